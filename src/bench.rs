@@ -1,0 +1,408 @@
+//! `mutebridge bench ingest`: a load generator for the ingest path.
+//!
+//! It sends signed callbacks (unique `callId`s, spread over many groups) on
+//! N keep-alive HTTP/1.1 connections and reports throughput and latency
+//! percentiles. Without `--url` it measures two servers in the same run, each
+//! in a child process of its own so the generator does not share their
+//! runtime: a bare "return 200" axum server (the baseline: what HTTP alone
+//! costs on this machine) and `mutebridge run` on the embedded Kafka
+//! cluster. Peak RSS of each server is read from `/proc`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use axum::body::Bytes;
+use axum::http::{header, Request, StatusCode};
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{DEMO_APPKEY, DEMO_SECRET};
+use crate::verify::sign;
+
+/// `mutebridge bench ...`
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Load-test the callback endpoint.
+    Ingest(IngestBench),
+    /// A bare axum server answering 200 to everything (the baseline).
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+/// Options of `mutebridge bench ingest`.
+#[derive(Args, Debug, Clone)]
+pub struct IngestBench {
+    /// Target an already running server instead of starting the baseline
+    /// and mutebridge (e.g. http://127.0.0.1:8080/webhooks/easemob).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Runs per server; the summary is the median run by throughput.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Distinct group IDs the callbacks are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub groups: u64,
+    /// Appkey and secret to sign with (default: the demo app).
+    #[arg(long, default_value = DEMO_APPKEY)]
+    pub appkey: String,
+    #[arg(long, default_value = DEMO_SECRET)]
+    pub secret: String,
+    /// Extra TOML appended to the generated mutebridge config (e.g.
+    /// `[kafka.client]` settings to compare).
+    #[arg(long)]
+    pub extra_config: Option<PathBuf>,
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+    /// Latencies of successful requests, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl LoadReport {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p`-th percentile latency in milliseconds (0 when empty).
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+}
+
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    path: String,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--url must start with http:// (the generator speaks plain HTTP/1.1)"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/webhooks/easemob"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} has no address"))?;
+    Ok(Target {
+        addr,
+        host: host.to_owned(),
+        path: path.to_owned(),
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+/// A signed new-format mute-all callback with a unique callId.
+fn callback(appkey: &str, secret: &str, run: u64, seq: u64, groups: u64) -> String {
+    let call_id = format!("{appkey}_bench-{run}-{seq}");
+    let ts = now_ms().to_string();
+    let security = sign(&call_id, secret, &ts);
+    let group = 100_000_000 + seq % groups.max(1);
+    format!(
+        r#"{{"callId":"{call_id}","security":"{security}","payload":{{"mute":true,"type":"MUTE"}},"appkey":"{appkey}","id":"{group}","type":"GROUP","event":"group_op_event","operation":"UPDATE","operator":"@ppAdmin","timestamp":{ts}}}"#
+    )
+}
+
+/// Drives `opts.connections` connections for `warmup + duration` seconds.
+pub async fn load(url: &str, opts: &IngestBench) -> anyhow::Result<LoadReport> {
+    let target = Arc::new(parse_url(url)?);
+    let seq = Arc::new(AtomicU64::new(0));
+    let run = now_ms() as u64;
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(opts.warmup);
+    let end = measure_from + Duration::from_secs(opts.duration);
+    let mut tasks = Vec::new();
+    for _ in 0..opts.connections {
+        let target = target.clone();
+        let seq = seq.clone();
+        let opts = opts.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(target.addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let body = callback(&opts.appkey, &opts.secret, run, n, opts.groups);
+                let req = Request::post(target.path.as_str())
+                    .header(header::HOST, target.host.as_str())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                resp.into_body().collect().await?;
+                if sent >= measure_from {
+                    if status == StatusCode::OK {
+                        ok += 1;
+                        lat.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+            anyhow::Ok((ok, failed, lat))
+        }));
+    }
+    let mut report = LoadReport {
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::from_secs(opts.duration),
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (ok, failed, lat) = task.await.context("a load connection panicked")??;
+        report.ok += ok;
+        report.failed += failed;
+        report.latencies_us.extend(lat);
+    }
+    report.latencies_us.sort_unstable();
+    Ok(report)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Peak resident set size of a process in MiB, from /proc (Linux only).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+async fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("http://{addr}{path}")).send().await {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server at {addr} did not become ready within 60 s")
+}
+
+/// A server under test, in a child process.
+struct Child {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Child {
+    async fn spawn(args: &[&str], addr: SocketAddr, ready_path: &str) -> anyhow::Result<Child> {
+        let exe = std::env::current_exe().context("cannot find the mutebridge binary")?;
+        let child = tokio::process::Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the server under test")?;
+        wait_ready(addr, ready_path).await?;
+        Ok(Child { child, addr })
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.child.id().and_then(peak_rss_mib)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            // SIGTERM, so mutebridge drains and flushes as in production.
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => self.child.kill().await?,
+        }
+        Ok(())
+    }
+}
+
+struct Row {
+    name: &'static str,
+    report: LoadReport,
+    rss_mib: Option<f64>,
+}
+
+fn print_row(label: &str, r: &Row) {
+    let rep = &r.report;
+    let rss = r.rss_mib.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
+    println!(
+        "{label:<28} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}",
+        rep.rate(),
+        rep.percentile_ms(50.0),
+        rep.percentile_ms(90.0),
+        rep.percentile_ms(99.0),
+        rep.percentile_ms(100.0),
+        rep.failed,
+        rss
+    );
+}
+
+fn print_header() {
+    println!(
+        "{:<28} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "server", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-200", "RSS MiB"
+    );
+}
+
+async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
+    if let Some(url) = &opts.url {
+        println!("# {} connections, {} s (+{} s warm-up), against {url}", opts.connections, opts.duration, opts.warmup);
+        print_header();
+        for i in 1..=opts.runs {
+            let report = load(url, &opts).await?;
+            print_row(&format!("run {i}"), &Row { name: "target", report, rss_mib: None });
+        }
+        return Ok(());
+    }
+
+    let extra = match &opts.extra_config {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => String::new(),
+    };
+    let config_path = std::env::temp_dir().join(format!("mutebridge-bench-{}.toml", std::process::id()));
+    println!(
+        "# {} connections, {} s per run (+{} s warm-up), {} run(s) per server, {} cores",
+        opts.connections,
+        opts.duration,
+        opts.warmup,
+        opts.runs,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    print_header();
+    let mut rows: Vec<Row> = Vec::new();
+    for i in 1..=opts.runs {
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listen = addr.to_string();
+        let baseline = Child::spawn(&["bench", "baseline-server", "--listen", &listen], addr, "/healthz").await?;
+        let report = load(&format!("http://{addr}/webhooks/easemob"), &opts).await?;
+        let row = Row { name: "baseline", report, rss_mib: baseline.peak_rss_mib() };
+        print_row(&format!("baseline (bare 200) run {i}"), &row);
+        rows.push(row);
+        baseline.stop().await?;
+
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        std::fs::write(
+            &config_path,
+            format!(
+                "[http]\nlisten = \"{addr}\"\n\n[[easemob.apps]]\nappkey = \"{}\"\nsecrets = [\"{}\"]\n\n{extra}\n",
+                opts.appkey, opts.secret
+            ),
+        )?;
+        let config = config_path.to_string_lossy().into_owned();
+        let server = Child::spawn(&["run", "--config", &config], addr, "/readyz").await?;
+        let report = load(&format!("http://{}/webhooks/easemob", server.addr), &opts).await?;
+        let row = Row { name: "mutebridge", report, rss_mib: server.peak_rss_mib() };
+        print_row(&format!("mutebridge run {i}"), &row);
+        rows.push(row);
+        server.stop().await?;
+    }
+    let _ = std::fs::remove_file(&config_path);
+    println!("# median run by throughput");
+    for name in ["baseline", "mutebridge"] {
+        let mut runs: Vec<&Row> = rows.iter().filter(|r| r.name == name).collect();
+        runs.sort_by(|a, b| a.report.rate().total_cmp(&b.report.rate()));
+        if let Some(median) = runs.get(runs.len() / 2) {
+            print_row(&format!("{name} (median)"), median);
+        }
+    }
+    Ok(())
+}
+
+async fn baseline_server(listen: SocketAddr) -> anyhow::Result<()> {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route("/webhooks/easemob", post(|_body: Bytes| async { r#"{"status":"ok"}"# }))
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::ingest::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Runs a `mutebridge bench` subcommand.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest(opts) => run_ingest_bench(opts).await,
+        BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let r = LoadReport {
+            ok: 100,
+            failed: 0,
+            elapsed: Duration::from_secs(1),
+            latencies_us: (1..=100).map(|i| i * 1000).collect(),
+        };
+        assert_eq!(r.rate(), 100.0);
+        assert_eq!(r.percentile_ms(50.0), 51.0);
+        assert_eq!(r.percentile_ms(99.0), 99.0);
+        assert_eq!(r.percentile_ms(100.0), 100.0);
+    }
+
+    #[test]
+    fn bench_callbacks_verify() {
+        let body = callback("a#b", "s", 1, 7, 10);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let ts = v["timestamp"].as_i64().unwrap().to_string();
+        assert_eq!(v["security"], sign(v["callId"].as_str().unwrap(), "s", &ts));
+        assert_eq!(v["id"], "100000007");
+    }
+}

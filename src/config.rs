@@ -1,0 +1,422 @@
+//! Configuration: one TOML file, every key defaulted, unknown keys rejected.
+//!
+//! Errors name the file and the key (`mutebridge.toml: kafka.partitions: ...`)
+//! because a service that silently ignores a misspelt key is one that runs
+//! with the wrong settings in production.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The appkey accepted when mutebridge runs without a config file.
+pub const DEMO_APPKEY: &str = "demo#mutebridge";
+/// The secret of the demo app. Only ever used without a config file.
+pub const DEMO_SECRET: &str = "demo-secret";
+
+/// librdkafka properties mutebridge sets itself; overriding them would break
+/// a promise the service makes (durable 200s, Java-compatible partitioning).
+const PINNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("acks", "a 200 promises the record is on every in-sync replica (acks=all)"),
+    ("request.required.acks", "a 200 promises the record is on every in-sync replica (acks=all)"),
+    ("enable.idempotence", "retries must not duplicate or reorder records of a group"),
+    ("partitioner", "records are placed with murmur2 so Java clients agree on the partition"),
+    ("bootstrap.servers", "set kafka.brokers instead"),
+];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub easemob: EasemobConfig,
+}
+
+/// `[http]`: the listener and what a reply may promise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on for callbacks, `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Larger bodies get 413 without being read.
+    pub max_body_bytes: usize,
+    /// How long a callback waits for Kafka's acknowledgement before 503.
+    /// Keep it below the sender's own timeout so its retry gets an answer.
+    pub ack_timeout_ms: u64,
+    /// Value of the `Retry-After` header on 503.
+    pub retry_after_seconds: u64,
+    /// On SIGTERM, how long in-flight requests and the producer flush may take.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            max_body_bytes: 65536,
+            ack_timeout_ms: 3000,
+            retry_after_seconds: 1,
+            shutdown_grace_seconds: 10,
+        }
+    }
+}
+
+/// `[kafka]`: where events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `"embedded"` for the in-process cluster, or `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic of normalized events.
+    pub topic: String,
+    /// Partition count used when mutebridge creates the topic.
+    pub partitions: i32,
+    /// Replication factor used when mutebridge creates the topic; unset means
+    /// the broker's `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// Create the topic at startup when it does not exist.
+    pub create_topics: bool,
+    /// Extra librdkafka properties, passed through as they are.
+    pub client: BTreeMap<String, toml::Value>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "embedded".into(),
+            topic: "im.group-events".into(),
+            partitions: 12,
+            replication_factor: None,
+            create_topics: true,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// True when the in-process cluster should be started.
+    pub fn is_embedded(&self) -> bool {
+        self.brokers.trim() == "embedded"
+    }
+
+    /// `[kafka.client]` as librdkafka property strings.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        self.client
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), value)
+            })
+            .collect()
+    }
+}
+
+/// `[easemob]`: which apps may call, and how callbacks are deduplicated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EasemobConfig {
+    pub apps: Vec<EasemobApp>,
+    /// Reject callbacks whose `timestamp` is older than this many seconds
+    /// (0 = off). Only the clock of the sender is trusted, so keep it generous.
+    pub replay_window_seconds: u64,
+    /// How long a published `callId` is remembered to answer retries with 200.
+    pub dedup_window_seconds: u64,
+    /// Upper bound on remembered callbacks; the oldest are forgotten first.
+    pub dedup_capacity: usize,
+    /// Also treat a callback as a duplicate when its content (group, operation,
+    /// members, timestamp) matches a recent one under a different `callId`.
+    pub dedup_by_content: bool,
+}
+
+impl Default for EasemobConfig {
+    fn default() -> Self {
+        EasemobConfig {
+            apps: Vec::new(),
+            replay_window_seconds: 0,
+            dedup_window_seconds: 600,
+            dedup_capacity: 100_000,
+            dedup_by_content: true,
+        }
+    }
+}
+
+/// One Easemob app and the secrets of its callback rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EasemobApp {
+    pub appkey: String,
+    /// One secret per callback rule (Easemob allows up to 4), so rules can be
+    /// rotated without downtime. `env:NAME` reads the environment variable.
+    pub secrets: Vec<Secret>,
+}
+
+/// A secret value; never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for signing; do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            kafka: KafkaConfig::default(),
+            easemob: EasemobConfig::default(),
+        }
+    }
+}
+
+/// A configuration mistake, naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted path of the offending key (`easemob.apps[0].secrets[1]`).
+    pub key: String,
+    pub message: String,
+}
+
+/// Where a configuration came from: a file, or the built-in demo defaults.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    File(PathBuf),
+    Demo,
+}
+
+impl Config {
+    /// The zero-config setup: embedded Kafka and the demo app.
+    pub fn demo() -> Config {
+        let mut config = Config::default();
+        config.easemob.apps.push(EasemobApp {
+            appkey: DEMO_APPKEY.into(),
+            secrets: vec![Secret::new(DEMO_SECRET)],
+        });
+        config
+    }
+
+    /// Loads `path`, or the demo configuration when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+        match path {
+            None => Ok((Config::demo(), Origin::Demo)),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: path.to_path_buf(),
+                    key: "(file)".into(),
+                    message: format!("cannot read the config file: {e}"),
+                })?;
+                Ok((Config::parse(&text, path)?, Origin::File(path.to_path_buf())))
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, file, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::parse`], reading `env:` secrets through `env`.
+    pub fn parse_with_env(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        let de = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => "(top level)".to_string(),
+                p => p,
+            };
+            err(key, one_line(&e.into_inner().to_string()))
+        })?;
+        config.resolve_secrets(env).map_err(|(k, m)| err(k, m))?;
+        config.validate().map_err(|(k, m)| err(k, m))?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), (String, String)> {
+        for (i, app) in self.easemob.apps.iter_mut().enumerate() {
+            for (j, secret) in app.secrets.iter_mut().enumerate() {
+                if let Some(name) = secret.0.strip_prefix("env:") {
+                    let value = env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                        (
+                            format!("easemob.apps[{i}].secrets[{j}]"),
+                            format!("environment variable {name} is not set or empty"),
+                        )
+                    })?;
+                    *secret = Secret(value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |k: &str, m: String| Err((k.to_string(), m));
+        if self.http.max_body_bytes < 1024 {
+            return fail("http.max_body_bytes", "must be at least 1024 bytes".into());
+        }
+        if self.http.ack_timeout_ms == 0 {
+            return fail("http.ack_timeout_ms", "must be greater than 0".into());
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return fail("kafka.brokers", "must be \"embedded\" or host:port[,host:port...]".into());
+        }
+        if self.kafka.topic.trim().is_empty() {
+            return fail("kafka.topic", "must not be empty".into());
+        }
+        if !(1..=10_000).contains(&self.kafka.partitions) {
+            return fail("kafka.partitions", format!("{} is not between 1 and 10000", self.kafka.partitions));
+        }
+        if let Some(rf) = self.kafka.replication_factor {
+            if rf < 1 {
+                return fail("kafka.replication_factor", "must be at least 1".into());
+            }
+        }
+        for (name, why) in PINNED_KAFKA_PROPERTIES {
+            if self.kafka.client.contains_key(*name) {
+                return fail(
+                    &format!("kafka.client.\"{name}\""),
+                    format!("mutebridge sets this itself and it cannot be overridden: {why}"),
+                );
+            }
+        }
+        if self.easemob.apps.is_empty() {
+            return fail(
+                "easemob.apps",
+                "no app is configured, so no callback could be verified; add an [[easemob.apps]] table".into(),
+            );
+        }
+        if self.easemob.dedup_capacity == 0 {
+            return fail("easemob.dedup_capacity", "must be at least 1".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, app) in self.easemob.apps.iter().enumerate() {
+            if !app.appkey.contains('#') {
+                return fail(
+                    &format!("easemob.apps[{i}].appkey"),
+                    format!("{:?} is not an appkey (expected org#app)", app.appkey),
+                );
+            }
+            if !seen.insert(app.appkey.as_str()) {
+                return fail(
+                    &format!("easemob.apps[{i}].appkey"),
+                    format!("{} is configured twice; put all its secrets in one entry", app.appkey),
+                );
+            }
+            if app.secrets.is_empty() || app.secrets.len() > 4 {
+                return fail(
+                    &format!("easemob.apps[{i}].secrets"),
+                    format!("needs 1 to 4 secrets (one per callback rule), found {}", app.secrets.len()),
+                );
+            }
+            if let Some(j) = app.secrets.iter().position(|s| s.0.is_empty()) {
+                return fail(&format!("easemob.apps[{i}].secrets[{j}]"), "is empty".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, Path::new("test.toml"), &|name| match name {
+            "SET" => Some("from-env".into()),
+            _ => None,
+        })
+    }
+
+    const APP: &str = "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"s\"]\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(APP).unwrap();
+        assert_eq!(c.kafka.topic, "im.group-events");
+        assert_eq!(c.kafka.partitions, 12);
+        assert!(c.kafka.is_embedded());
+        assert_eq!(c.http.max_body_bytes, 65536);
+        assert_eq!(c.easemob.apps[0].secrets[0].expose(), "s");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = parse(&format!("{APP}[kafka]\ntopik = \"x\"\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("test.toml: kafka"), "{text}");
+        assert!(text.contains("topik"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = parse(&format!("{APP}[kafka]\npartitions = \"twelve\"\n")).unwrap_err();
+        assert_eq!(e.key, "kafka.partitions", "{e}");
+    }
+
+    #[test]
+    fn env_secrets_resolve_or_fail_by_name() {
+        let ok = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:SET\"]\n").unwrap();
+        assert_eq!(ok.easemob.apps[0].secrets[0].expose(), "from-env");
+        let e = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"x\", \"env:UNSET\"]\n").unwrap_err();
+        assert_eq!(e.key, "easemob.apps[0].secrets[1]");
+        assert!(e.message.contains("UNSET"));
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let e = parse("").unwrap_err();
+        assert_eq!(e.key, "easemob.apps");
+        let e = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"1\",\"2\",\"3\",\"4\",\"5\"]\n").unwrap_err();
+        assert_eq!(e.key, "easemob.apps[0].secrets");
+        let e = parse(&format!("{APP}[kafka.client]\nacks = \"1\"\n")).unwrap_err();
+        assert!(e.key.contains("acks"), "{e}");
+        let e = parse(&format!("{APP}[kafka]\npartitions = 0\n")).unwrap_err();
+        assert_eq!(e.key, "kafka.partitions");
+    }
+
+    #[test]
+    fn client_properties_are_stringified() {
+        let c = parse(&format!("{APP}[kafka.client]\n\"linger.ms\" = 5\n\"compression.type\" = \"lz4\"\n")).unwrap();
+        let props = c.kafka.client_properties();
+        assert!(props.contains(&("linger.ms".into(), "5".into())));
+        assert!(props.contains(&("compression.type".into(), "lz4".into())));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = parse(APP).unwrap();
+        assert!(!format!("{c:?}").contains("\"s\""));
+    }
+}

@@ -1,0 +1,320 @@
+//! Duplicate suppression for callbacks: bounded in time and in memory.
+//!
+//! Easemob retries a non-200 once, immediately, and support can re-send
+//! stored callbacks later. A callback is remembered by `callId` (and, when
+//! enabled, by a fingerprint of its content) from the moment its publish
+//! starts:
+//! - while the first copy's publish is in flight, a duplicate waits for the
+//!   same outcome instead of publishing again;
+//! - once Kafka acknowledged it, duplicates get 200 without a second record;
+//! - if the publish failed, the entry is dropped so a retry publishes anew.
+//!
+//! Keys are 16-byte digests, so memory per entry is fixed whatever the
+//! sender puts in `callId`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use tokio::sync::watch;
+
+use crate::event::{Event, Mute};
+
+type Key = [u8; 16];
+
+/// What the cache knows about a callback.
+pub enum Claim {
+    /// First sighting: publish it, then resolve the ticket.
+    New(Ticket),
+    /// Already acknowledged by Kafka.
+    Published,
+    /// Another request is publishing it; wait for its outcome.
+    InFlight(Pending),
+}
+
+/// The outcome of another request's publish, awaited by a duplicate.
+pub struct Pending(watch::Receiver<Option<bool>>);
+
+impl Pending {
+    /// `true` once the original was acknowledged, `false` if it failed or
+    /// `deadline` passed first.
+    pub async fn published_within(mut self, deadline: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(deadline, self.0.wait_for(Option::is_some)).await,
+            Ok(Ok(v)) if *v == Some(true)
+        )
+    }
+}
+
+enum Entry {
+    InFlight(watch::Receiver<Option<bool>>),
+    Published(Instant),
+}
+
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    /// Published keys oldest first, for expiry and the capacity bound.
+    order: VecDeque<(Instant, Key)>,
+}
+
+/// The cache, shared by all requests of one ingest instance.
+#[derive(Clone)]
+pub struct Dedup {
+    inner: Arc<Mutex<Inner>>,
+    window: Duration,
+    capacity: usize,
+    by_content: bool,
+}
+
+/// The right (and duty) to publish a callback. Dropping it unresolved counts
+/// as a failed publish, so an abandoned request never blocks its retry.
+pub struct Ticket {
+    dedup: Dedup,
+    keys: Vec<Key>,
+    tx: watch::Sender<Option<bool>>,
+    resolved: bool,
+}
+
+impl Ticket {
+    /// A receiver of this ticket's outcome.
+    pub fn pending(&self) -> Pending {
+        Pending(self.tx.subscribe())
+    }
+
+    /// Records the outcome: remembered as published, or forgotten.
+    pub fn resolve(mut self, published: bool) {
+        self.finish(published);
+    }
+
+    fn finish(&mut self, published: bool) {
+        if self.resolved {
+            return;
+        }
+        self.resolved = true;
+        self.dedup.complete(&self.keys, published);
+        self.tx.send_replace(Some(published));
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+fn digest(parts: &[&[u8]]) -> Key {
+    let mut md5 = Md5::new();
+    for part in parts {
+        md5.update((part.len() as u64).to_le_bytes());
+        md5.update(part);
+    }
+    md5.finalize().into()
+}
+
+/// A fingerprint of what the callback says happened, independent of `callId`.
+fn content_key(e: &Event) -> Key {
+    let mute = match e.mute {
+        Some(Mute::All { all }) => format!("all:{all}"),
+        Some(Mute::Until { until_ms }) => format!("until:{until_ms:?}"),
+        None => String::new(),
+    };
+    let members = e.members.join("\u{0}");
+    digest(&[
+        b"content",
+        e.appkey.as_bytes(),
+        e.scope.as_str().as_bytes(),
+        e.group_id.as_bytes(),
+        e.operation.as_bytes(),
+        e.subtype.as_deref().unwrap_or("").as_bytes(),
+        e.operator.as_deref().unwrap_or("").as_bytes(),
+        members.as_bytes(),
+        mute.as_bytes(),
+        &e.occurred_at_ms.to_le_bytes(),
+    ])
+}
+
+impl Dedup {
+    pub fn new(window: Duration, capacity: usize, by_content: bool) -> Dedup {
+        Dedup {
+            inner: Arc::new(Mutex::new(Inner {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            })),
+            window,
+            capacity: capacity.max(1),
+            by_content,
+        }
+    }
+
+    /// Number of remembered callbacks (published or in flight).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps inconsistent
+        // in a way that matters here; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks the event up under its `callId` and content, and claims it if new.
+    pub fn claim(&self, event: &Event) -> Claim {
+        let mut keys = vec![digest(&[b"call", event.appkey.as_bytes(), event.id.as_bytes()])];
+        if self.by_content {
+            keys.push(content_key(event));
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        self.expire(&mut inner, now);
+        for key in &keys {
+            match inner.entries.get(key) {
+                Some(Entry::Published(_)) => return Claim::Published,
+                Some(Entry::InFlight(rx)) => return Claim::InFlight(Pending(rx.clone())),
+                None => {}
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        for key in &keys {
+            inner.entries.insert(*key, Entry::InFlight(rx.clone()));
+        }
+        drop(inner);
+        Claim::New(Ticket {
+            dedup: self.clone(),
+            keys,
+            tx,
+            resolved: false,
+        })
+    }
+
+    fn complete(&self, keys: &[Key], published: bool) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for key in keys {
+            if published {
+                inner.entries.insert(*key, Entry::Published(now));
+                inner.order.push_back((now, *key));
+            } else {
+                inner.entries.remove(key);
+            }
+        }
+        while inner.order.len() > self.capacity {
+            if let Some((at, key)) = inner.order.pop_front() {
+                remove_if_published_at(&mut inner.entries, &key, at);
+            }
+        }
+    }
+
+    fn expire(&self, inner: &mut Inner, now: Instant) {
+        while let Some(&(at, key)) = inner.order.front() {
+            if now.duration_since(at) < self.window {
+                break;
+            }
+            inner.order.pop_front();
+            remove_if_published_at(&mut inner.entries, &key, at);
+        }
+    }
+}
+
+/// Removes `key` only if it is still the publication recorded at `at` (the
+/// same callback may have been forgotten and published again since).
+fn remove_if_published_at(entries: &mut HashMap<Key, Entry>, key: &Key, at: Instant) {
+    if matches!(entries.get(key), Some(Entry::Published(t)) if *t == at) {
+        entries.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, Format, Scope, Source, SCHEMA_V1};
+
+    fn event(id: &str, ts: i64) -> Event {
+        Event {
+            schema: SCHEMA_V1.into(),
+            id: id.into(),
+            source: Source::Easemob,
+            format: Format::GroupOpEvent,
+            appkey: "a#b".into(),
+            scope: Scope::Group,
+            group_id: "g".into(),
+            kind: EventKind::MuteAll,
+            operation: "UPDATE".into(),
+            subtype: Some("MUTE".into()),
+            operator: None,
+            members: vec![],
+            mute: Some(Mute::All { all: true }),
+            occurred_at_ms: ts,
+            received_at_ms: 0,
+            attributes: Default::default(),
+        }
+    }
+
+    fn new_ticket(d: &Dedup, e: &Event) -> Ticket {
+        match d.claim(e) {
+            Claim::New(t) => t,
+            _ => panic!("expected a new claim"),
+        }
+    }
+
+    #[tokio::test]
+    async fn published_then_duplicate() {
+        let d = Dedup::new(Duration::from_secs(60), 100, true);
+        new_ticket(&d, &event("1", 1)).resolve(true);
+        assert!(matches!(d.claim(&event("1", 1)), Claim::Published));
+        // Same content, new callId: a re-send.
+        assert!(matches!(d.claim(&event("2", 1)), Claim::Published));
+        // New content, new callId: new.
+        assert!(matches!(d.claim(&event("3", 2)), Claim::New(_)));
+    }
+
+    #[tokio::test]
+    async fn content_check_can_be_disabled() {
+        let d = Dedup::new(Duration::from_secs(60), 100, false);
+        new_ticket(&d, &event("1", 1)).resolve(true);
+        assert!(matches!(d.claim(&event("2", 1)), Claim::New(_)));
+    }
+
+    #[tokio::test]
+    async fn failure_and_drop_forget() {
+        let d = Dedup::new(Duration::from_secs(60), 100, true);
+        new_ticket(&d, &event("1", 1)).resolve(false);
+        let t = new_ticket(&d, &event("1", 1));
+        drop(t);
+        assert!(matches!(d.claim(&event("1", 1)), Claim::New(_)));
+    }
+
+    #[tokio::test]
+    async fn in_flight_duplicate_waits_for_outcome() {
+        let d = Dedup::new(Duration::from_secs(60), 100, true);
+        let t = new_ticket(&d, &event("1", 1));
+        let Claim::InFlight(p) = d.claim(&event("1", 1)) else { panic!("expected in flight") };
+        let waiter = tokio::spawn(p.published_within(Duration::from_secs(5)));
+        t.resolve(true);
+        assert!(waiter.await.unwrap());
+        let t = new_ticket(&d, &event("9", 9));
+        let Claim::InFlight(p) = d.claim(&event("9", 9)) else { panic!("expected in flight") };
+        assert!(!p.published_within(Duration::from_millis(20)).await);
+        drop(t);
+    }
+
+    #[tokio::test]
+    async fn capacity_and_window_bound_memory() {
+        let d = Dedup::new(Duration::from_secs(60), 10, false);
+        for i in 0..100 {
+            new_ticket(&d, &event(&i.to_string(), i)).resolve(true);
+        }
+        assert_eq!(d.len(), 10);
+        assert!(matches!(d.claim(&event("99", 99)), Claim::Published));
+        assert!(matches!(d.claim(&event("0", 0)), Claim::New(_)));
+
+        let d = Dedup::new(Duration::from_millis(10), 10, false);
+        new_ticket(&d, &event("1", 1)).resolve(true);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(d.claim(&event("1", 1)), Claim::New(_)));
+    }
+}

@@ -1,0 +1,214 @@
+//! The normalized event: the one versioned contract between ingest and
+//! every downstream consumer (the worker, users' stream processors).
+//!
+//! Both Easemob callback formats are turned into [`Event`] by
+//! [`crate::normalize`]. The JSON shape is published as a JSON Schema
+//! (`mutebridge schema`, checked in under `deploy/schema/`); changing a field
+//! here is a contract change and needs a new `schema` version.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Value of the `schema` field and the `schema` Kafka header.
+pub const SCHEMA_V1: &str = "mutebridge.event/v1";
+
+/// One group or chatroom change, normalized from either callback format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "mutebridge.event/v1")]
+pub struct Event {
+    /// Always `mutebridge.event/v1` for this version of the contract.
+    #[schemars(extend("const" = "mutebridge.event/v1"))]
+    pub schema: String,
+    /// The sender's `callId`: the deduplication key for consumers.
+    pub id: String,
+    /// Which IM platform sent the callback.
+    pub source: Source,
+    /// Which callback format it arrived in.
+    pub format: Format,
+    /// The sender's application key (`org#app`).
+    pub appkey: String,
+    /// Group or chatroom.
+    pub scope: Scope,
+    /// Group or chatroom ID; also the Kafka record key.
+    pub group_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The raw operation as sent (`ban_group`, `UPDATE`, ...).
+    pub operation: String,
+    /// The raw `payload.type` of `group_op_event` callbacks; null for `muc`.
+    pub subtype: Option<String>,
+    /// Who did it (a user ID or `@ppAdmin`); null when the callback does not say.
+    pub operator: Option<String>,
+    /// The users the change is about; empty when it is about the whole group.
+    pub members: Vec<String>,
+    /// Mute state for `mute_all`, `unmute_all` and `member_muted`; null otherwise.
+    pub mute: Option<Mute>,
+    /// The callback's `timestamp` (milliseconds since the epoch).
+    pub occurred_at_ms: i64,
+    /// When mutebridge accepted the callback (milliseconds since the epoch).
+    pub received_at_ms: i64,
+    /// Kind-specific extras: announcement text, file info, parsed metadata,
+    /// member count, and for `unknown` the raw operation fields.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The IM platform a callback came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Easemob,
+}
+
+/// The callback format an event arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Legacy `chat_type: "muc"` callbacks.
+    Muc,
+    /// `event: "group_op_event"` callbacks.
+    GroupOpEvent,
+}
+
+/// Whether the event concerns a group or a chatroom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Group,
+    Chatroom,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Group => "group",
+            Scope::Chatroom => "chatroom",
+        }
+    }
+}
+
+/// Mute state carried by mute events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Mute {
+    /// `mute_all` (`all: true`) or `unmute_all` (`all: false`).
+    All { all: bool },
+    /// `member_muted`: muted until this instant (ms), or null when permanent
+    /// or when the callback does not say (legacy `add_mute` never does).
+    Until { until_ms: Option<i64> },
+}
+
+macro_rules! event_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// What happened to the group or chatroom.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum EventKind {
+            $($(#[$doc])* #[serde(rename = $name)] $variant,)*
+        }
+
+        impl EventKind {
+            /// Every kind, in contract order.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant,)*];
+
+            /// The snake_case name used in JSON, headers and metric labels.
+            pub fn as_str(self) -> &'static str {
+                match self { $(EventKind::$variant => $name,)* }
+            }
+
+            /// Parses a snake_case kind name.
+            pub fn from_name(name: &str) -> Option<EventKind> {
+                match name { $($name => Some(EventKind::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+event_kinds! {
+    /// Everyone in the group is muted.
+    MuteAll => "mute_all",
+    /// The group-wide mute is lifted.
+    UnmuteAll => "unmute_all",
+    /// `members` are muted (see `mute.until_ms`).
+    MemberMuted => "member_muted",
+    /// `members` are unmuted.
+    MemberUnmuted => "member_unmuted",
+    /// `members` are exempted from mute-all.
+    AllowlistAdded => "allowlist_added",
+    AllowlistRemoved => "allowlist_removed",
+    /// `members` are blocked from the group (Easemob's "blacklist").
+    BlocklistAdded => "blocklist_added",
+    BlocklistRemoved => "blocklist_removed",
+    MemberJoined => "member_joined",
+    MemberLeft => "member_left",
+    /// `members` were removed by someone else (or dropped offline from a chatroom).
+    MemberKicked => "member_kicked",
+    JoinRequested => "join_requested",
+    JoinRequestAccepted => "join_request_accepted",
+    Invited => "invited",
+    InviteAccepted => "invite_accepted",
+    InviteDeclined => "invite_declined",
+    GroupCreated => "group_created",
+    GroupDestroyed => "group_destroyed",
+    GroupUpdated => "group_updated",
+    GroupDisabled => "group_disabled",
+    GroupEnabled => "group_enabled",
+    OwnerChanged => "owner_changed",
+    AdminAdded => "admin_added",
+    AdminRemoved => "admin_removed",
+    SuperAdminAdded => "super_admin_added",
+    SuperAdminRemoved => "super_admin_removed",
+    AnnouncementUpdated => "announcement_updated",
+    AnnouncementDeleted => "announcement_deleted",
+    FileUploaded => "file_uploaded",
+    FileDeleted => "file_deleted",
+    /// A member blocks the group's messages for themselves.
+    GroupShielded => "group_shielded",
+    GroupUnshielded => "group_unshielded",
+    MetadataSet => "metadata_set",
+    MetadataDeleted => "metadata_deleted",
+    MemberMetadataUpdated => "member_metadata_updated",
+    /// An operation mutebridge does not know yet; the raw fields are in `attributes`.
+    Unknown => "unknown",
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON Schema of [`Event`], pretty-printed, as `mutebridge schema` prints it.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Event);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip_through_serde() {
+        for kind in EventKind::ALL {
+            let json = serde_json::to_string(kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(EventKind::from_name(kind.as_str()), Some(*kind));
+            let back: EventKind = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, *kind);
+        }
+        assert_eq!(EventKind::ALL.len(), 36);
+    }
+
+    #[test]
+    fn mute_shapes_are_distinct() {
+        let all: Mute = serde_json::from_str(r#"{"all":true}"#).unwrap();
+        assert_eq!(all, Mute::All { all: true });
+        let until: Mute = serde_json::from_str(r#"{"until_ms":null}"#).unwrap();
+        assert_eq!(until, Mute::Until { until_ms: None });
+        let until: Mute = serde_json::from_str(r#"{"until_ms":5}"#).unwrap();
+        assert_eq!(until, Mute::Until { until_ms: Some(5) });
+        assert!(serde_json::from_str::<Mute>(r#"{"other":1}"#).is_err());
+    }
+}

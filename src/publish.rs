@@ -1,0 +1,159 @@
+//! Publishing normalized events to Kafka.
+//!
+//! Records are keyed by group ID and placed with librdkafka's
+//! `murmur2_random` partitioner, the same placement Java clients compute, so
+//! one group is one partition is one order. The producer is idempotent with
+//! `acks=all`: a delivery report means every in-sync replica has the record,
+//! which is what a 200 promises.
+//!
+//! [`Publisher::enqueue`] hands the record to librdkafka immediately and
+//! returns the delivery future; it never waits behind other requests (an
+//! awaited `send` per request would serialise them behind `linger.ms`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::config::KafkaConfig;
+use crate::event::SCHEMA_V1;
+use crate::kafka;
+use crate::normalize::VerifiedEvent;
+
+/// Why a record was not handed to Kafka or not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("Kafka did not acknowledge the record: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the producer shut down before the record was acknowledged")]
+    Canceled,
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record handed to librdkafka, waiting for its delivery report.
+pub struct Pending(DeliveryFuture);
+
+impl Pending {
+    /// Waits for the broker's acknowledgement (or librdkafka's final error,
+    /// at the latest after `message.timeout.ms`).
+    pub async fn acknowledged(self) -> Result<Delivered, PublishError> {
+        match self.0.await {
+            Ok(Ok(d)) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Err((e, _))) => Err(PublishError::Kafka(e)),
+            Err(_) => Err(PublishError::Canceled),
+        }
+    }
+}
+
+/// The Kafka producer for normalized events.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+}
+
+/// Producer defaults a user may change through `[kafka.client]`.
+const DEFAULTS: &[(&str, &str)] = &[
+    // Each reply waits for its ack, so time spent lingering is reply latency.
+    ("linger.ms", "0"),
+    // Bounded: a full queue is answered 503 instead of growing memory.
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "65536"),
+    // After this librdkafka gives up on a record; replies stop waiting
+    // earlier (http.ack_timeout_ms), this bounds the tail behind a 503.
+    ("message.timeout.ms", "30000"),
+];
+
+impl Publisher {
+    /// Creates the producer; mutebridge's delivery guarantees are pinned.
+    pub fn new(cfg: &KafkaConfig, bootstrap: &str) -> anyhow::Result<Publisher> {
+        let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in DEFAULTS {
+            config.set(*key, *value);
+        }
+        for (key, value) in kafka::client_config(cfg, bootstrap).config_map() {
+            config.set(key, value);
+        }
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random");
+        let producer: FutureProducer = config
+            .create()
+            .context("cannot create the Kafka producer (check the [kafka.client] properties)")?;
+        Ok(Publisher {
+            producer,
+            topic: cfg.topic.as_str().into(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Hands the event to the producer without waiting; `QueueFull` when
+    /// librdkafka's bounded queue has no room.
+    pub fn enqueue(&self, event: &VerifiedEvent) -> Result<Pending, PublishError> {
+        let e = event.event();
+        let payload = serde_json::to_vec(e).expect("events always serialize");
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "event-kind",
+                value: Some(e.kind.as_str()),
+            })
+            .insert(Header {
+                key: "appkey",
+                value: Some(e.appkey.as_str()),
+            })
+            .insert(Header {
+                key: "call-id",
+                value: Some(e.id.as_str()),
+            })
+            .insert(Header {
+                key: "schema",
+                value: Some(SCHEMA_V1),
+            });
+        let record = FutureRecord::to(&self.topic)
+            .key(e.group_id.as_str())
+            .payload(&payload)
+            .headers(headers);
+        match self.producer.send_result(record) {
+            Ok(future) => Ok(Pending(future)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((e, _)) => Err(PublishError::Kafka(e)),
+        }
+    }
+
+    /// True when the cluster answers a metadata request for the topic.
+    pub async fn probe(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || kafka::partition_count(producer.client(), &topic, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Waits up to `timeout` for every queued record to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Records queued in librdkafka and not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
