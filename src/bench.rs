@@ -104,9 +104,9 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> anyhow::Result<Target> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--url must start with http:// (the generator speaks plain HTTP/1.1)"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        anyhow!("--url must start with http:// (the generator speaks plain HTTP/1.1)")
+    })?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/webhooks/easemob"),
@@ -123,7 +123,10 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// A signed new-format mute-all callback with a unique callId.
@@ -153,7 +156,8 @@ pub async fn load(url: &str, opts: &IngestBench) -> anyhow::Result<LoadReport> {
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(target.addr).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
             loop {
@@ -200,7 +204,9 @@ pub async fn load(url: &str, opts: &IngestBench) -> anyhow::Result<LoadReport> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Peak resident set size of a process in MiB, from /proc (Linux only).
@@ -253,7 +259,10 @@ impl Child {
     async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             // SIGTERM, so mutebridge drains and flushes as in production.
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
             Ok(status) => {
@@ -273,7 +282,10 @@ struct Row {
 
 fn print_row(label: &str, r: &Row) {
     let rep = &r.report;
-    let rss = r.rss_mib.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
+    let rss = r
+        .rss_mib
+        .map(|m| format!("{m:.1}"))
+        .unwrap_or_else(|| "-".into());
     println!(
         "{label:<28} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}",
         rep.rate(),
@@ -295,27 +307,42 @@ fn print_header() {
 
 async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
     if let Some(url) = &opts.url {
-        println!("# {} connections, {} s (+{} s warm-up), against {url}", opts.connections, opts.duration, opts.warmup);
+        println!(
+            "# {} connections, {} s (+{} s warm-up), against {url}",
+            opts.connections, opts.duration, opts.warmup
+        );
         print_header();
         for i in 1..=opts.runs {
             let report = load(url, &opts).await?;
-            print_row(&format!("run {i}"), &Row { name: "target", report, rss_mib: None });
+            print_row(
+                &format!("run {i}"),
+                &Row {
+                    name: "target",
+                    report,
+                    rss_mib: None,
+                },
+            );
         }
         return Ok(());
     }
 
     let extra = match &opts.extra_config {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         None => String::new(),
     };
-    let config_path = std::env::temp_dir().join(format!("mutebridge-bench-{}.toml", std::process::id()));
+    let config_path =
+        std::env::temp_dir().join(format!("mutebridge-bench-{}.toml", std::process::id()));
     println!(
         "# {} connections, {} s per run (+{} s warm-up), {} run(s) per server, {} cores",
         opts.connections,
         opts.duration,
         opts.warmup,
         opts.runs,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     print_header();
     let mut rows: Vec<Row> = Vec::new();
@@ -323,9 +350,18 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let listen = addr.to_string();
-        let baseline = Child::spawn(&["bench", "baseline-server", "--listen", &listen], addr, "/healthz").await?;
+        let baseline = Child::spawn(
+            &["bench", "baseline-server", "--listen", &listen],
+            addr,
+            "/healthz",
+        )
+        .await?;
         let report = load(&format!("http://{addr}/webhooks/easemob"), &opts).await?;
-        let row = Row { name: "baseline", report, rss_mib: baseline.peak_rss_mib() };
+        let row = Row {
+            name: "baseline",
+            report,
+            rss_mib: baseline.peak_rss_mib(),
+        };
         print_row(&format!("baseline (bare 200) run {i}"), &row);
         rows.push(row);
         baseline.stop().await?;
@@ -342,7 +378,11 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
         let config = config_path.to_string_lossy().into_owned();
         let server = Child::spawn(&["run", "--config", &config], addr, "/readyz").await?;
         let report = load(&format!("http://{}/webhooks/easemob", server.addr), &opts).await?;
-        let row = Row { name: "mutebridge", report, rss_mib: server.peak_rss_mib() };
+        let row = Row {
+            name: "mutebridge",
+            report,
+            rss_mib: server.peak_rss_mib(),
+        };
         print_row(&format!("mutebridge run {i}"), &row);
         rows.push(row);
         server.stop().await?;
@@ -362,7 +402,10 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
 async fn baseline_server(listen: SocketAddr) -> anyhow::Result<()> {
     use axum::routing::{get, post};
     let app = axum::Router::new()
-        .route("/webhooks/easemob", post(|_body: Bytes| async { r#"{"status":"ok"}"# }))
+        .route(
+            "/webhooks/easemob",
+            post(|_body: Bytes| async { r#"{"status":"ok"}"# }),
+        )
         .route("/healthz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app)

@@ -19,15 +19,27 @@ pub const DEMO_SECRET: &str = "demo-secret";
 /// librdkafka properties mutebridge sets itself; overriding them would break
 /// a promise the service makes (durable 200s, Java-compatible partitioning).
 const PINNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
-    ("acks", "a 200 promises the record is on every in-sync replica (acks=all)"),
-    ("request.required.acks", "a 200 promises the record is on every in-sync replica (acks=all)"),
-    ("enable.idempotence", "retries must not duplicate or reorder records of a group"),
-    ("partitioner", "records are placed with murmur2 so Java clients agree on the partition"),
+    (
+        "acks",
+        "a 200 promises the record is on every in-sync replica (acks=all)",
+    ),
+    (
+        "request.required.acks",
+        "a 200 promises the record is on every in-sync replica (acks=all)",
+    ),
+    (
+        "enable.idempotence",
+        "retries must not duplicate or reorder records of a group",
+    ),
+    (
+        "partitioner",
+        "records are placed with murmur2 so Java clients agree on the partition",
+    ),
     ("bootstrap.servers", "set kafka.brokers instead"),
 ];
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -178,16 +190,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            kafka: KafkaConfig::default(),
-            easemob: EasemobConfig::default(),
-        }
-    }
-}
-
 /// A configuration mistake, naming where it is.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {key}: {message}", file.display())]
@@ -226,7 +228,10 @@ impl Config {
                     key: "(file)".into(),
                     message: format!("cannot read the config file: {e}"),
                 })?;
-                Ok((Config::parse(&text, path)?, Origin::File(path.to_path_buf())))
+                Ok((
+                    Config::parse(&text, path)?,
+                    Origin::File(path.to_path_buf()),
+                ))
             }
         }
     }
@@ -260,7 +265,10 @@ impl Config {
         Ok(config)
     }
 
-    fn resolve_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), (String, String)> {
+    fn resolve_secrets(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), (String, String)> {
         for (i, app) in self.easemob.apps.iter_mut().enumerate() {
             for (j, secret) in app.secrets.iter_mut().enumerate() {
                 if let Some(name) = secret.0.strip_prefix("env:") {
@@ -286,13 +294,19 @@ impl Config {
             return fail("http.ack_timeout_ms", "must be greater than 0".into());
         }
         if self.kafka.brokers.trim().is_empty() {
-            return fail("kafka.brokers", "must be \"embedded\" or host:port[,host:port...]".into());
+            return fail(
+                "kafka.brokers",
+                "must be \"embedded\" or host:port[,host:port...]".into(),
+            );
         }
         if self.kafka.topic.trim().is_empty() {
             return fail("kafka.topic", "must not be empty".into());
         }
         if !(1..=10_000).contains(&self.kafka.partitions) {
-            return fail("kafka.partitions", format!("{} is not between 1 and 10000", self.kafka.partitions));
+            return fail(
+                "kafka.partitions",
+                format!("{} is not between 1 and 10000", self.kafka.partitions),
+            );
         }
         if let Some(rf) = self.kafka.replication_factor {
             if rf < 1 {
@@ -327,17 +341,26 @@ impl Config {
             if !seen.insert(app.appkey.as_str()) {
                 return fail(
                     &format!("easemob.apps[{i}].appkey"),
-                    format!("{} is configured twice; put all its secrets in one entry", app.appkey),
+                    format!(
+                        "{} is configured twice; put all its secrets in one entry",
+                        app.appkey
+                    ),
                 );
             }
             if app.secrets.is_empty() || app.secrets.len() > 4 {
                 return fail(
                     &format!("easemob.apps[{i}].secrets"),
-                    format!("needs 1 to 4 secrets (one per callback rule), found {}", app.secrets.len()),
+                    format!(
+                        "needs 1 to 4 secrets (one per callback rule), found {}",
+                        app.secrets.len()
+                    ),
                 );
             }
             if let Some(j) = app.secrets.iter().position(|s| s.0.is_empty()) {
-                return fail(&format!("easemob.apps[{i}].secrets[{j}]"), "is empty".into());
+                return fail(
+                    &format!("easemob.apps[{i}].secrets[{j}]"),
+                    "is empty".into(),
+                );
             }
         }
         Ok(())
@@ -345,7 +368,11 @@ impl Config {
 }
 
 fn one_line(s: &str) -> String {
-    s.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -389,7 +416,8 @@ mod tests {
     fn env_secrets_resolve_or_fail_by_name() {
         let ok = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:SET\"]\n").unwrap();
         assert_eq!(ok.easemob.apps[0].secrets[0].expose(), "from-env");
-        let e = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"x\", \"env:UNSET\"]\n").unwrap_err();
+        let e = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"x\", \"env:UNSET\"]\n")
+            .unwrap_err();
         assert_eq!(e.key, "easemob.apps[0].secrets[1]");
         assert!(e.message.contains("UNSET"));
     }
@@ -398,7 +426,10 @@ mod tests {
     fn validation_errors_name_the_key() {
         let e = parse("").unwrap_err();
         assert_eq!(e.key, "easemob.apps");
-        let e = parse("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"1\",\"2\",\"3\",\"4\",\"5\"]\n").unwrap_err();
+        let e = parse(
+            "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"1\",\"2\",\"3\",\"4\",\"5\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "easemob.apps[0].secrets");
         let e = parse(&format!("{APP}[kafka.client]\nacks = \"1\"\n")).unwrap_err();
         assert!(e.key.contains("acks"), "{e}");
@@ -408,7 +439,10 @@ mod tests {
 
     #[test]
     fn client_properties_are_stringified() {
-        let c = parse(&format!("{APP}[kafka.client]\n\"linger.ms\" = 5\n\"compression.type\" = \"lz4\"\n")).unwrap();
+        let c = parse(&format!(
+            "{APP}[kafka.client]\n\"linger.ms\" = 5\n\"compression.type\" = \"lz4\"\n"
+        ))
+        .unwrap();
         let props = c.kafka.client_properties();
         assert!(props.contains(&("linger.ms".into(), "5".into())));
         assert!(props.contains(&("compression.type".into(), "lz4".into())));

@@ -164,7 +164,11 @@ impl Dedup {
 
     /// Looks the event up under its `callId` and content, and claims it if new.
     pub fn claim(&self, event: &Event) -> Claim {
-        let mut keys = vec![digest(&[b"call", event.appkey.as_bytes(), event.id.as_bytes()])];
+        let mut keys = vec![digest(&[
+            b"call",
+            event.appkey.as_bytes(),
+            event.id.as_bytes(),
+        ])];
         if self.by_content {
             keys.push(content_key(event));
         }
@@ -292,12 +296,16 @@ mod tests {
     async fn in_flight_duplicate_waits_for_outcome() {
         let d = Dedup::new(Duration::from_secs(60), 100, true);
         let t = new_ticket(&d, &event("1", 1));
-        let Claim::InFlight(p) = d.claim(&event("1", 1)) else { panic!("expected in flight") };
+        let Claim::InFlight(p) = d.claim(&event("1", 1)) else {
+            panic!("expected in flight")
+        };
         let waiter = tokio::spawn(p.published_within(Duration::from_secs(5)));
         t.resolve(true);
         assert!(waiter.await.unwrap());
         let t = new_ticket(&d, &event("9", 9));
-        let Claim::InFlight(p) = d.claim(&event("9", 9)) else { panic!("expected in flight") };
+        let Claim::InFlight(p) = d.claim(&event("9", 9)) else {
+            panic!("expected in flight")
+        };
         assert!(!p.published_within(Duration::from_millis(20)).await);
         drop(t);
     }

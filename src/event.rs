@@ -8,6 +8,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Value of the `schema` field and the `schema` Kafka header.
 pub const SCHEMA_V1: &str = "mutebridge.event/v1";
@@ -179,10 +180,37 @@ impl std::fmt::Display for EventKind {
 
 /// The JSON Schema of [`Event`], pretty-printed, as `mutebridge schema` prints it.
 pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(Event);
+    let mut schema = serde_json::to_value(schemars::schema_for!(Event)).expect("a schema is JSON");
+    // Nullable fields are always present (as null) in what we publish;
+    // schemars marks `Option` fields optional, so say so explicitly.
+    require(&mut schema, &["subtype", "operator", "mute"]);
+    if let Some(Value::Array(variants)) = schema.pointer_mut("/$defs/Mute/anyOf") {
+        for variant in variants
+            .iter_mut()
+            .filter(|v| v.pointer("/properties/until_ms").is_some())
+        {
+            require(variant, &["until_ms"]);
+        }
+    }
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
     text.push('\n');
     text
+}
+
+fn require(schema: &mut Value, fields: &[&str]) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if let Value::Array(required) = object
+        .entry("required")
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        for field in fields {
+            if !required.iter().any(|r| r == field) {
+                required.push(Value::String((*field).to_owned()));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

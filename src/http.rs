@@ -71,7 +71,12 @@ fn now_ms() -> i64 {
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -86,12 +91,18 @@ impl Answer {
     fn published(d: Delivered) -> Answer {
         Answer(
             Outcome::Published,
-            reply(StatusCode::OK, json!({"status": "published", "partition": d.partition, "offset": d.offset})),
+            reply(
+                StatusCode::OK,
+                json!({"status": "published", "partition": d.partition, "offset": d.offset}),
+            ),
         )
     }
 
     fn duplicate() -> Answer {
-        Answer(Outcome::Duplicate, reply(StatusCode::OK, json!({"status": "duplicate"})))
+        Answer(
+            Outcome::Duplicate,
+            reply(StatusCode::OK, json!({"status": "duplicate"})),
+        )
     }
 
     fn bad_request(message: &str) -> Answer {
@@ -100,7 +111,9 @@ impl Answer {
 
     fn unavailable(state: &AppState, message: &str) -> Answer {
         let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
-        response.headers_mut().insert(header::RETRY_AFTER, state.retry_after.clone());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, state.retry_after.clone());
         Answer(Outcome::Unavailable, response)
     }
 }
@@ -109,14 +122,24 @@ async fn easemob(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     let started = Instant::now();
     let Answer(outcome, response) = handle(&state, &headers, body).await;
     state.metrics.answered(outcome);
-    state.metrics.webhook_duration.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .webhook_duration
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Answer> {
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Answer> {
     let too_large = || {
         let msg = format!("body is larger than {} bytes", state.max_body_bytes);
-        Answer(Outcome::TooLarge, error(StatusCode::PAYLOAD_TOO_LARGE, &msg))
+        Answer(
+            Outcome::TooLarge,
+            error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
+        )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -128,7 +151,9 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     match Limited::new(body, state.max_body_bytes).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Answer::bad_request(&format!("could not read the body: {e}"))),
+        Err(e) => Err(Answer::bad_request(&format!(
+            "could not read the body: {e}"
+        ))),
     }
 }
 
@@ -145,7 +170,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
     let verified = match state.verifier.verify(unverified, received_at) {
         Ok(v) => v,
         Err(rejected) => {
-            return Answer(Outcome::Unauthorized, error(StatusCode::UNAUTHORIZED, &rejected.to_string()));
+            return Answer(
+                Outcome::Unauthorized,
+                error(StatusCode::UNAUTHORIZED, &rejected.to_string()),
+            );
         }
     };
     let event = match normalize(verified, received_at) {
@@ -166,7 +194,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
             return if pending.published_within(state.ack_timeout).await {
                 Answer::duplicate()
             } else {
-                Answer::unavailable(state, "the first copy of this callback is not acknowledged by Kafka yet")
+                Answer::unavailable(
+                    state,
+                    "the first copy of this callback is not acknowledged by Kafka yet",
+                )
             };
         }
         Claim::New(ticket) => ticket,
@@ -191,7 +222,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
         let result = pending.acknowledged().await;
         match &result {
             Ok(_) => {
-                metrics.events_published.with_label_values(&[kind.as_str()]).inc();
+                metrics
+                    .events_published
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
                 ticket.resolve(true);
             }
             Err(e) => {
@@ -208,7 +242,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
         Ok(Err(_)) => Answer::unavailable(state, "the producer shut down"),
         Err(_) => Answer::unavailable(
             state,
-            &format!("Kafka did not acknowledge within {} ms", state.ack_timeout.as_millis()),
+            &format!(
+                "Kafka did not acknowledge within {} ms",
+                state.ack_timeout.as_millis()
+            ),
         ),
     }
 }
@@ -216,7 +253,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.dedup_entries.set(state.dedup.len() as i64);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -230,6 +270,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.kafka_ready.load(Ordering::Relaxed) {
         reply(StatusCode::OK, json!({"status": "ready"}))
     } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "Kafka metadata is not reachable")
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Kafka metadata is not reachable",
+        )
     }
 }

@@ -35,7 +35,11 @@ pub struct Ingest {
 
 impl Ingest {
     /// Binds `http.listen` and prepares the handlers.
-    pub async fn bind(config: &Config, publisher: Publisher, metrics: Metrics) -> anyhow::Result<Ingest> {
+    pub async fn bind(
+        config: &Config,
+        publisher: Publisher,
+        metrics: Metrics,
+    ) -> anyhow::Result<Ingest> {
         let listen = config.http.listen;
         let listener = TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen}; is another process using it? Set http.listen to another address")
@@ -64,12 +68,21 @@ impl Ingest {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes, then drains and flushes.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Ingest { state, listener, grace } = self;
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Ingest {
+            state,
+            listener,
+            grace,
+        } = self;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let probe = tokio::spawn(probe_kafka(state.clone(), stop_rx.clone()));
 
@@ -92,7 +105,9 @@ impl Ingest {
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(grace)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!(records = left, "producer flushed"),
-            Ok(Err(e)) => tracing::error!(error = %e, records = left, "producer flush did not complete"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, records = left, "producer flush did not complete")
+            }
             Err(e) => tracing::error!(error = %e, "producer flush task failed"),
         }
         Ok(())

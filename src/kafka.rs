@@ -44,13 +44,14 @@ impl EmbeddedKafka {
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || {
-                let cluster: MockCluster<'static, DefaultProducerContext> = match MockCluster::new(brokers) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
+                let cluster: MockCluster<'static, DefaultProducerContext> =
+                    match MockCluster::new(brokers) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 let done = |reply: Reply, r: rdkafka::error::KafkaResult<()>| {
                     let _ = reply.send(r.map_err(|e| e.to_string()));
@@ -133,7 +134,9 @@ impl Cluster {
             let embedded = EmbeddedKafka::start(1)?;
             embedded
                 .create_topic(&cfg.topic, cfg.partitions)
-                .with_context(|| format!("cannot create topic {} on the embedded cluster", cfg.topic))?;
+                .with_context(|| {
+                    format!("cannot create topic {} on the embedded cluster", cfg.topic)
+                })?;
             return Ok(Cluster {
                 bootstrap: embedded.bootstrap_servers().to_owned(),
                 embedded: Some(embedded),

@@ -14,7 +14,11 @@ use mutebridge::publish::Publisher;
 use mutebridge::{bench, event, send};
 
 #[derive(Parser)]
-#[command(name = "mutebridge", version, about = "Easemob group callbacks -> Kafka -> mute policy")]
+#[command(
+    name = "mutebridge",
+    version,
+    about = "Easemob group callbacks -> Kafka -> mute policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,10 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -118,7 +125,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(timeout),
             })
             .await?;
-            Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failures == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Schema => {
             print!("{}", event::json_schema());
@@ -126,7 +137,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             let config = Config::parse(
-                &std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?,
+                &std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?,
                 &file,
             )?;
             println!(
@@ -169,10 +181,14 @@ async fn run_ingest(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config.kafka.topic,
         config.kafka.partitions
     );
-    println!("  listening on http://{addr}  (POST /webhooks/easemob, GET /metrics /healthz /readyz)");
+    println!(
+        "  listening on http://{addr}  (POST /webhooks/easemob, GET /metrics /healthz /readyz)"
+    );
     if matches!(origin, Origin::Demo) {
         println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
-        let exe = std::env::args().next().unwrap_or_else(|| "mutebridge".into());
+        let exe = std::env::args()
+            .next()
+            .unwrap_or_else(|| "mutebridge".into());
         println!("  send a sample callback:");
         println!(
             "    {exe} send --url http://{addr}/webhooks/easemob --appkey '{DEMO_APPKEY}' --secret {DEMO_SECRET} --example mute-all"

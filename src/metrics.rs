@@ -5,7 +5,8 @@
 //! bounded whatever traffic arrives.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::event::EventKind;
@@ -59,7 +60,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let webhooks = IntCounterVec::new(
-            Opts::new("mutebridge_webhooks_total", "Callbacks answered, by outcome."),
+            Opts::new(
+                "mutebridge_webhooks_total",
+                "Callbacks answered, by outcome.",
+            ),
             &["outcome"],
         )
         .expect("valid metric");
@@ -74,7 +78,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let events_published = IntCounterVec::new(
-            Opts::new("mutebridge_events_published_total", "Normalized events acknowledged by Kafka, by kind."),
+            Opts::new(
+                "mutebridge_events_published_total",
+                "Normalized events acknowledged by Kafka, by kind.",
+            ),
             &["kind"],
         )
         .expect("valid metric");
@@ -94,11 +101,16 @@ impl Metrics {
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(
-            Opts::new("mutebridge_build_info", "Always 1; labels say which build is running."),
+            Opts::new(
+                "mutebridge_build_info",
+                "Always 1; labels say which build is running.",
+            ),
             &["version"],
         )
         .expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         for outcome in Outcome::ALL {
             webhooks.with_label_values(&[outcome.as_str()]);

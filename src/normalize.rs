@@ -74,16 +74,24 @@ fn base(v: &Verified, format: Format, received_at_ms: i64) -> Event {
 fn group_id(body: &Map<String, Value>, key: &str) -> Result<String, BadRequest> {
     match body.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => Err(BadRequest(format!("field `{key}` (the group or chatroom ID) is empty"))),
+        Some(Value::String(_)) => Err(BadRequest(format!(
+            "field `{key}` (the group or chatroom ID) is empty"
+        ))),
         // Some senders write numeric IDs as numbers; the digits are the ID.
         Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
-        Some(_) => Err(BadRequest(format!("field `{key}` (the group or chatroom ID) must be a string"))),
-        None => Err(BadRequest(format!("field `{key}` (the group or chatroom ID) is missing"))),
+        Some(_) => Err(BadRequest(format!(
+            "field `{key}` (the group or chatroom ID) must be a string"
+        ))),
+        None => Err(BadRequest(format!(
+            "field `{key}` (the group or chatroom ID) is missing"
+        ))),
     }
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    obj.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    obj.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// A user list that may be an array of strings or a single string.
@@ -91,7 +99,12 @@ fn user_list(obj: &Map<String, Value>, keys: &[&str]) -> Vec<String> {
     for key in keys {
         match obj.get(*key) {
             Some(Value::Array(items)) => {
-                return items.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+                return items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
             }
             Some(Value::String(s)) if !s.is_empty() => return vec![s.clone()],
             _ => {}
@@ -150,7 +163,11 @@ fn legacy_kind(operation: &str) -> EventKind {
 /// Keys are trimmed because the docs' own example has `"operator "`.
 fn parse_ext(ext: &str) -> Value {
     match serde_json::from_str::<Value>(ext) {
-        Ok(Value::Object(map)) => Value::Object(map.into_iter().map(|(k, v)| (k.trim().to_owned(), v)).collect()),
+        Ok(Value::Object(map)) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.trim().to_owned(), v))
+                .collect(),
+        ),
         Ok(other) => other,
         Err(_) => Value::String(ext.to_owned()),
     }
@@ -167,13 +184,23 @@ fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest> {
     };
     e.operation = match payload.get("operation") {
         Some(Value::String(op)) if !op.is_empty() => op.clone(),
-        Some(Value::String(_)) | None => return Err(BadRequest::new("field `payload.operation` is missing")),
-        Some(_) => return Err(BadRequest::new("field `payload.operation` must be a string")),
+        Some(Value::String(_)) | None => {
+            return Err(BadRequest::new("field `payload.operation` is missing"))
+        }
+        Some(_) => {
+            return Err(BadRequest::new(
+                "field `payload.operation` must be a string",
+            ))
+        }
     };
     e.scope = match payload.get("is_chatroom") {
         Some(Value::Bool(true)) => Scope::Chatroom,
         Some(Value::Bool(false)) => Scope::Group,
-        Some(_) => return Err(BadRequest::new("field `payload.is_chatroom` must be true or false")),
+        Some(_) => {
+            return Err(BadRequest::new(
+                "field `payload.is_chatroom` must be true or false",
+            ))
+        }
         None => return Err(BadRequest::new("field `payload.is_chatroom` is missing")),
     };
     e.kind = legacy_kind(&e.operation);
@@ -195,10 +222,26 @@ fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest> {
         MemberJoined | MemberLeft if matches!(e.operation.as_str(), "presence" | "absence") => {
             e.members = e.operator.clone().into_iter().collect();
         }
-        JoinRequested | JoinRequestAccepted | Invited | InviteAccepted | InviteDeclined | MemberKicked
-        | BlocklistAdded | BlocklistRemoved | GroupShielded | GroupUnshielded | MemberJoined | MemberLeft
-        | OwnerChanged | AdminAdded | AdminRemoved | MemberMuted | MemberUnmuted | AllowlistAdded
-        | AllowlistRemoved | MemberMetadataUpdated => {
+        JoinRequested
+        | JoinRequestAccepted
+        | Invited
+        | InviteAccepted
+        | InviteDeclined
+        | MemberKicked
+        | BlocklistAdded
+        | BlocklistRemoved
+        | GroupShielded
+        | GroupUnshielded
+        | MemberJoined
+        | MemberLeft
+        | OwnerChanged
+        | AdminAdded
+        | AdminRemoved
+        | MemberMuted
+        | MemberUnmuted
+        | AllowlistAdded
+        | AllowlistRemoved
+        | MemberMetadataUpdated => {
             e.members = to.map(str::to_owned).into_iter().collect();
         }
         _ => {}
@@ -210,12 +253,14 @@ fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest> {
         MemberMuted => e.mute = Some(Mute::Until { until_ms: None }),
         OwnerChanged => {
             if let Some(to) = to {
-                e.attributes.insert("new_owner".into(), Value::String(to.to_owned()));
+                e.attributes
+                    .insert("new_owner".into(), Value::String(to.to_owned()));
             }
         }
         AnnouncementUpdated => {
             if let Some(text) = payload.get("reason").and_then(Value::as_str) {
-                e.attributes.insert("announcement".into(), Value::String(text.to_owned()));
+                e.attributes
+                    .insert("announcement".into(), Value::String(text.to_owned()));
             }
         }
         FileUploaded => {
@@ -225,25 +270,39 @@ fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest> {
             }
         }
         FileDeleted => {
-            if let Some(id) = payload.get("reason").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-                e.attributes.insert("file_id".into(), Value::String(id.to_owned()));
+            if let Some(id) = payload
+                .get("reason")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                e.attributes
+                    .insert("file_id".into(), Value::String(id.to_owned()));
             }
         }
         MetadataSet | MetadataDeleted | MemberMetadataUpdated => {
             // `from` is the room, `to` the member who changed the metadata.
             e.operator = str_field(body, "to").map(str::to_owned);
-            if let Some(ext) = payload.get("event_info").and_then(|i| i.get("ext")).and_then(Value::as_str) {
+            if let Some(ext) = payload
+                .get("event_info")
+                .and_then(|i| i.get("ext"))
+                .and_then(Value::as_str)
+            {
                 e.attributes.insert("metadata".into(), parse_ext(ext));
             }
         }
         Unknown => {
-            e.attributes.insert("payload".into(), Value::Object(payload.clone()));
+            e.attributes
+                .insert("payload".into(), Value::Object(payload.clone()));
             if let Some(to) = str_field(body, "to") {
-                e.attributes.insert("to".into(), Value::String(to.to_owned()));
+                e.attributes
+                    .insert("to".into(), Value::String(to.to_owned()));
             }
         }
         _ => {
-            if let Some(reason) = payload.get("reason").filter(|r| !matches!(r, Value::String(s) if s.is_empty())) {
+            if let Some(reason) = payload
+                .get("reason")
+                .filter(|r| !matches!(r, Value::String(s) if s.is_empty()))
+            {
                 e.attributes.insert("reason".into(), reason.clone());
             }
         }
@@ -295,12 +354,22 @@ fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest
     e.scope = match body.get("type") {
         Some(Value::String(t)) if t.eq_ignore_ascii_case("GROUP") => Scope::Group,
         Some(Value::String(t)) if t.eq_ignore_ascii_case("CHATROOM") => Scope::Chatroom,
-        Some(_) => return Err(BadRequest::new("field `type` must be \"GROUP\" or \"CHATROOM\"")),
-        None => return Err(BadRequest::new("field `type` (GROUP or CHATROOM) is missing")),
+        Some(_) => {
+            return Err(BadRequest::new(
+                "field `type` must be \"GROUP\" or \"CHATROOM\"",
+            ))
+        }
+        None => {
+            return Err(BadRequest::new(
+                "field `type` (GROUP or CHATROOM) is missing",
+            ))
+        }
     };
     e.operation = match body.get("operation") {
         Some(Value::String(op)) if !op.is_empty() => op.clone(),
-        Some(Value::String(_)) | None => return Err(BadRequest::new("field `operation` is missing")),
+        Some(Value::String(_)) | None => {
+            return Err(BadRequest::new("field `operation` is missing"))
+        }
         Some(_) => return Err(BadRequest::new("field `operation` must be a string")),
     };
     e.operator = str_field(body, "operator").map(str::to_owned);
@@ -318,13 +387,23 @@ fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest
         ("UPDATE", Some("MUTE")) => match payload.get("mute") {
             Some(Value::Bool(true)) => MuteAll,
             Some(Value::Bool(false)) => UnmuteAll,
-            _ => return Err(BadRequest::new("field `payload.mute` must be true or false")),
+            _ => {
+                return Err(BadRequest::new(
+                    "field `payload.mute` must be true or false",
+                ))
+            }
         },
-        ("UPDATE", Some("DISABLE")) => match payload.get("disable").or_else(|| payload.get("disabled")) {
-            Some(Value::Bool(true)) => GroupDisabled,
-            Some(Value::Bool(false)) => GroupEnabled,
-            _ => return Err(BadRequest::new("field `payload.disable` must be true or false")),
-        },
+        ("UPDATE", Some("DISABLE")) => {
+            match payload.get("disable").or_else(|| payload.get("disabled")) {
+                Some(Value::Bool(true)) => GroupDisabled,
+                Some(Value::Bool(false)) => GroupEnabled,
+                _ => {
+                    return Err(BadRequest::new(
+                        "field `payload.disable` must be true or false",
+                    ))
+                }
+            }
+        }
         ("UPDATE", Some("ANNOUNCEMENT")) => match payload.get("announcement") {
             Some(Value::String(_)) => AnnouncementUpdated,
             _ => AnnouncementDeleted,
@@ -343,7 +422,10 @@ fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest
             e.members = user_list(payload, &["member", "members"]);
             // A non-positive expiry is a permanent mute (-1 means "forever" in
             // Easemob's REST API); what the callback sends for it is unconfirmed.
-            let until = payload.get("expire_timestamp").and_then(Value::as_i64).filter(|t| *t > 0);
+            let until = payload
+                .get("expire_timestamp")
+                .and_then(Value::as_i64)
+                .filter(|t| *t > 0);
             e.mute = Some(Mute::Until { until_ms: until });
             copy(attrs, payload, &["expire_timestamp"]);
         }
@@ -384,8 +466,17 @@ mod tests {
         obj.insert("appkey".into(), "org#app".into());
         obj.insert("callId".into(), "org#app_1".into());
         obj.insert("timestamp".into(), 1700000000000i64.into());
-        obj.insert("security".into(), sign("org#app_1", "s", "1700000000000").into());
-        let verifier = Verifier::new(&[EasemobApp { appkey: "org#app".into(), secrets: vec![Secret::new("s")] }], 0);
+        obj.insert(
+            "security".into(),
+            sign("org#app_1", "s", "1700000000000").into(),
+        );
+        let verifier = Verifier::new(
+            &[EasemobApp {
+                appkey: "org#app".into(),
+                secrets: vec![Secret::new("s")],
+            }],
+            0,
+        );
         let u = Unverified::parse(body.to_string().as_bytes()).unwrap();
         normalize(verifier.verify(u, 0).unwrap(), 1).map(VerifiedEvent::into_event)
     }
@@ -405,7 +496,14 @@ mod tests {
     #[test]
     fn legacy_traps() {
         let e = run(legacy_op("ban_group", true, "g1")).unwrap();
-        assert_eq!((e.kind, e.scope, e.mute), (EventKind::MuteAll, Scope::Chatroom, Some(Mute::All { all: true })));
+        assert_eq!(
+            (e.kind, e.scope, e.mute),
+            (
+                EventKind::MuteAll,
+                Scope::Chatroom,
+                Some(Mute::All { all: true })
+            )
+        );
         assert!(e.members.is_empty());
         let e = run(legacy_op("ban", false, "bob")).unwrap();
         assert_eq!(e.kind, EventKind::BlocklistAdded);
@@ -418,7 +516,10 @@ mod tests {
         let e = run(legacy_op("assing_owner", false, "bob")).unwrap();
         assert_eq!(e.kind, EventKind::OwnerChanged);
         let e = run(legacy_op("presence", false, "g1")).unwrap();
-        assert_eq!((e.kind, e.members.as_slice()), (EventKind::MemberJoined, &["alice".to_string()][..]));
+        assert_eq!(
+            (e.kind, e.members.as_slice()),
+            (EventKind::MemberJoined, &["alice".to_string()][..])
+        );
     }
 
     #[test]
@@ -428,7 +529,10 @@ mod tests {
         assert_eq!(e.operation, "brand_new");
         assert_eq!(e.attributes["payload"]["operation"], "brand_new");
         let e = run(op_event("PIN", serde_json::json!({"type": "ADD", "x": 1}))).unwrap();
-        assert_eq!((e.kind, e.subtype.as_deref()), (EventKind::Unknown, Some("ADD")));
+        assert_eq!(
+            (e.kind, e.subtype.as_deref()),
+            (EventKind::Unknown, Some("ADD"))
+        );
         assert_eq!(e.attributes["payload"]["x"], 1);
     }
 
@@ -437,12 +541,25 @@ mod tests {
         let e = run(op_event("MUTE", serde_json::json!({"type": "ADD", "member": ["a", "b"], "expire_timestamp": 1700000060000i64}))).unwrap();
         assert_eq!(e.kind, EventKind::MemberMuted);
         assert_eq!(e.members, ["a", "b"]);
-        assert_eq!(e.mute, Some(Mute::Until { until_ms: Some(1700000060000) }));
+        assert_eq!(
+            e.mute,
+            Some(Mute::Until {
+                until_ms: Some(1700000060000)
+            })
+        );
         for permanent in [serde_json::json!(-1), serde_json::json!(null)] {
-            let e = run(op_event("MUTE", serde_json::json!({"type": "ADD", "member": ["a"], "expire_timestamp": permanent}))).unwrap();
+            let e = run(op_event(
+                "MUTE",
+                serde_json::json!({"type": "ADD", "member": ["a"], "expire_timestamp": permanent}),
+            ))
+            .unwrap();
             assert_eq!(e.mute, Some(Mute::Until { until_ms: None }));
         }
-        let e = run(op_event("MUTE", serde_json::json!({"type": "REMOVE", "member": ["a"]}))).unwrap();
+        let e = run(op_event(
+            "MUTE",
+            serde_json::json!({"type": "REMOVE", "member": ["a"]}),
+        ))
+        .unwrap();
         assert_eq!((e.kind, e.mute), (EventKind::MemberUnmuted, None));
     }
 
@@ -450,23 +567,91 @@ mod tests {
     fn op_event_table() {
         use EventKind::*;
         let cases = [
-            ("UPDATE", serde_json::json!({"type": "MUTE", "mute": false}), UnmuteAll),
-            ("UPDATE", serde_json::json!({"type": "DISABLE", "disabled": true}), GroupDisabled),
-            ("UPDATE", serde_json::json!({"type": "DISABLE", "disable": false}), GroupEnabled),
-            ("UPDATE", serde_json::json!({"type": "ANNOUNCEMENT", "announcement": "hi"}), AnnouncementUpdated),
-            ("UPDATE", serde_json::json!({"type": "ANNOUNCEMENT"}), AnnouncementDeleted),
-            ("UPDATE", serde_json::json!({"type": "OWNER", "owner": "a", "new_owner": "b"}), OwnerChanged),
-            ("UPDATE", serde_json::json!({"type": "INFO", "info": {}}), GroupUpdated),
-            ("WHITE", serde_json::json!({"type": "ADD", "member": ["a"]}), AllowlistAdded),
-            ("BLOCK", serde_json::json!({"type": "REMOVE", "member": ["a"]}), BlocklistRemoved),
-            ("SHIELD", serde_json::json!({"type": "ADD", "member": ["a"]}), GroupShielded),
-            ("ADMIN", serde_json::json!({"type": "ADD", "admin": ["a"]}), AdminAdded),
-            ("ROOM_SUPER_ADMIN", serde_json::json!({"type": "REMOVE", "admin": ["a"]}), SuperAdminRemoved),
-            ("JOIN", serde_json::json!({"type": "INVITE", "member": ["a"]}), MemberJoined),
-            ("LEAVE", serde_json::json!({"type": "KICK", "member": ["a"]}), MemberKicked),
-            ("LEAVE", serde_json::json!({"type": "QUIT", "member": ["a"], "action": "user_offline"}), MemberLeft),
-            ("CREATE", serde_json::json!({"member": ["a"], "role": {"a": "owner"}}), GroupCreated),
-            ("SHARE_FILE", serde_json::json!({"type": "REMOVE", "share_file": []}), FileDeleted),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "MUTE", "mute": false}),
+                UnmuteAll,
+            ),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "DISABLE", "disabled": true}),
+                GroupDisabled,
+            ),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "DISABLE", "disable": false}),
+                GroupEnabled,
+            ),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "ANNOUNCEMENT", "announcement": "hi"}),
+                AnnouncementUpdated,
+            ),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "ANNOUNCEMENT"}),
+                AnnouncementDeleted,
+            ),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "OWNER", "owner": "a", "new_owner": "b"}),
+                OwnerChanged,
+            ),
+            (
+                "UPDATE",
+                serde_json::json!({"type": "INFO", "info": {}}),
+                GroupUpdated,
+            ),
+            (
+                "WHITE",
+                serde_json::json!({"type": "ADD", "member": ["a"]}),
+                AllowlistAdded,
+            ),
+            (
+                "BLOCK",
+                serde_json::json!({"type": "REMOVE", "member": ["a"]}),
+                BlocklistRemoved,
+            ),
+            (
+                "SHIELD",
+                serde_json::json!({"type": "ADD", "member": ["a"]}),
+                GroupShielded,
+            ),
+            (
+                "ADMIN",
+                serde_json::json!({"type": "ADD", "admin": ["a"]}),
+                AdminAdded,
+            ),
+            (
+                "ROOM_SUPER_ADMIN",
+                serde_json::json!({"type": "REMOVE", "admin": ["a"]}),
+                SuperAdminRemoved,
+            ),
+            (
+                "JOIN",
+                serde_json::json!({"type": "INVITE", "member": ["a"]}),
+                MemberJoined,
+            ),
+            (
+                "LEAVE",
+                serde_json::json!({"type": "KICK", "member": ["a"]}),
+                MemberKicked,
+            ),
+            (
+                "LEAVE",
+                serde_json::json!({"type": "QUIT", "member": ["a"], "action": "user_offline"}),
+                MemberLeft,
+            ),
+            (
+                "CREATE",
+                serde_json::json!({"member": ["a"], "role": {"a": "owner"}}),
+                GroupCreated,
+            ),
+            (
+                "SHARE_FILE",
+                serde_json::json!({"type": "REMOVE", "share_file": []}),
+                FileDeleted,
+            ),
         ];
         for (op, payload, kind) in cases {
             let e = run(op_event(op, payload.clone())).unwrap();
@@ -475,7 +660,11 @@ mod tests {
         let mut deleted = op_event("DELETE", Value::Null);
         deleted.as_object_mut().unwrap().remove("payload");
         assert_eq!(run(deleted).unwrap().kind, GroupDestroyed);
-        let e = run(op_event("UPDATE", serde_json::json!({"type": "OWNER", "owner": "a", "new_owner": "b"}))).unwrap();
+        let e = run(op_event(
+            "UPDATE",
+            serde_json::json!({"type": "OWNER", "owner": "a", "new_owner": "b"}),
+        ))
+        .unwrap();
         assert_eq!(e.members, ["b"]);
     }
 

@@ -133,7 +133,9 @@ impl Publisher {
             .headers(headers);
         match self.producer.send_result(record) {
             Ok(future) => Ok(Pending(future)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(PublishError::QueueFull)
+            }
             Err((e, _)) => Err(PublishError::Kafka(e)),
         }
     }
@@ -142,9 +144,11 @@ impl Publisher {
     pub async fn probe(&self, timeout: Duration) -> bool {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || kafka::partition_count(producer.client(), &topic, timeout).is_ok())
-            .await
-            .unwrap_or(false)
+        tokio::task::spawn_blocking(move || {
+            kafka::partition_count(producer.client(), &topic, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Waits up to `timeout` for every queued record to be acknowledged.

@@ -51,10 +51,16 @@ pub const EXAMPLES: &[(&str, &str, &str)] = &[
 
 /// The payload of a built-in example, or an error listing the names.
 pub fn example(name: &str) -> anyhow::Result<Map<String, Value>> {
-    let (_, _, text) = EXAMPLES.iter().find(|(n, _, _)| *n == name).ok_or_else(|| {
-        let names: Vec<_> = EXAMPLES.iter().map(|(n, _, _)| *n).collect();
-        anyhow!("no built-in example {name:?}; try one of: {}", names.join(", "))
-    })?;
+    let (_, _, text) = EXAMPLES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = EXAMPLES.iter().map(|(n, _, _)| *n).collect();
+            anyhow!(
+                "no built-in example {name:?}; try one of: {}",
+                names.join(", ")
+            )
+        })?;
     match serde_json::from_str(text)? {
         Value::Object(map) => Ok(map),
         _ => unreachable!("examples are objects"),
@@ -62,12 +68,20 @@ pub fn example(name: &str) -> anyhow::Result<Map<String, Value>> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// Sets `appkey`, `callId`, `timestamp` (fresh unless `keep_ids`) and the
 /// matching `security` on a payload.
-pub fn resign(body: &mut Map<String, Value>, appkey: &str, secret: &str, keep_ids: bool) -> anyhow::Result<()> {
+pub fn resign(
+    body: &mut Map<String, Value>,
+    appkey: &str,
+    secret: &str,
+    keep_ids: bool,
+) -> anyhow::Result<()> {
     body.insert("appkey".into(), Value::String(appkey.to_owned()));
     if !keep_ids || !body.contains_key("callId") {
         let id = format!("{appkey}_{}", uuid::Uuid::new_v4());
@@ -83,7 +97,10 @@ pub fn resign(body: &mut Map<String, Value>, appkey: &str, secret: &str, keep_id
             }
         }
     }
-    let call_id = body.get("callId").and_then(Value::as_str).ok_or_else(|| anyhow!("`callId` must be a string"))?;
+    let call_id = body
+        .get("callId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("`callId` must be a string"))?;
     let digits = match body.get("timestamp") {
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
         Some(Value::String(s)) => s.clone(),
@@ -123,9 +140,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<usize> {
         payloads.push((format!("example {name}"), example(name)?));
     }
     for file in &args.files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let value: Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
         let Value::Object(map) = value else {
             bail!("{} must hold one JSON object", file.display());
         };
@@ -171,7 +189,10 @@ mod tests {
             let ts = body["timestamp"].as_i64().unwrap().to_string();
             assert_eq!(body["security"], sign(call_id, "s", &ts));
         }
-        assert!(example("nope").unwrap_err().to_string().contains("mute-all"));
+        assert!(example("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("mute-all"));
     }
 
     #[test]

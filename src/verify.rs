@@ -97,7 +97,8 @@ fn timestamp_of(body: &Map<String, Value>) -> Result<(i64, String), BadRequest> 
 impl Unverified {
     /// Parses a body as JSON and reads the signed envelope fields.
     pub fn parse(bytes: &[u8]) -> Result<Unverified, BadRequest> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| BadRequest(format!("body is not JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| BadRequest(format!("body is not JSON: {e}")))?;
         let Value::Object(body) = value else {
             return Err(BadRequest::new("body must be a JSON object"));
         };
@@ -151,8 +152,12 @@ impl Verifier {
     /// `replay_window_seconds == 0` accepts any timestamp.
     pub fn new(apps: &[EasemobApp], replay_window_seconds: u64) -> Verifier {
         Verifier {
-            apps: apps.iter().map(|a| (a.appkey.clone(), a.secrets.clone())).collect(),
-            replay_window_ms: (replay_window_seconds > 0).then(|| (replay_window_seconds as i64).saturating_mul(1000)),
+            apps: apps
+                .iter()
+                .map(|a| (a.appkey.clone(), a.secrets.clone()))
+                .collect(),
+            replay_window_ms: (replay_window_seconds > 0)
+                .then(|| (replay_window_seconds as i64).saturating_mul(1000)),
         }
     }
 
@@ -199,20 +204,26 @@ mod tests {
 
     fn body(call_id: &str, secret: &str, ts: &str) -> String {
         let security = sign(call_id, secret, ts);
-        format!(r#"{{"callId":"{call_id}","security":"{security}","appkey":"org#app","timestamp":{ts},"id":"1"}}"#)
+        format!(
+            r#"{{"callId":"{call_id}","security":"{security}","appkey":"org#app","timestamp":{ts},"id":"1"}}"#
+        )
     }
 
     #[test]
     fn sign_matches_md5sum() {
         // printf 'org#app_1s1729497065641' | md5sum
-        assert_eq!(sign("org#app_1", "s", "1729497065641"), "879f1416d7c4f4d2dea11015631e5e2e");
+        assert_eq!(
+            sign("org#app_1", "s", "1729497065641"),
+            "879f1416d7c4f4d2dea11015631e5e2e"
+        );
     }
 
     #[test]
     fn every_rule_secret_is_accepted() {
         let v = verifier(0);
         for secret in ["rule-1", "rule-2"] {
-            let u = Unverified::parse(body("org#app_x", secret, "1729497065641").as_bytes()).unwrap();
+            let u =
+                Unverified::parse(body("org#app_x", secret, "1729497065641").as_bytes()).unwrap();
             assert!(v.verify(u, 0).is_ok(), "{secret}");
         }
     }
@@ -231,8 +242,13 @@ mod tests {
     fn uppercase_security_is_accepted() {
         let v = verifier(0);
         let sig = sign("c", "rule-1", "5");
-        let raw = format!(r#"{{"callId":"c","security":"{}","appkey":"org#app","timestamp":5}}"#, sig.to_uppercase());
-        assert!(v.verify(Unverified::parse(raw.as_bytes()).unwrap(), 0).is_ok());
+        let raw = format!(
+            r#"{{"callId":"c","security":"{}","appkey":"org#app","timestamp":5}}"#,
+            sig.to_uppercase()
+        );
+        assert!(v
+            .verify(Unverified::parse(raw.as_bytes()).unwrap(), 0)
+            .is_ok());
     }
 
     #[test]
@@ -244,11 +260,15 @@ mod tests {
         assert!(v.verify(u, 0).is_ok());
         // A string timestamp is signed as its own digits.
         let sig = sign("c", "rule-1", ts);
-        let raw = format!(r#"{{"callId":"c","security":"{sig}","appkey":"org#app","timestamp":"{ts}"}}"#);
-        assert!(v.verify(Unverified::parse(raw.as_bytes()).unwrap(), 0).is_ok());
+        let raw =
+            format!(r#"{{"callId":"c","security":"{sig}","appkey":"org#app","timestamp":"{ts}"}}"#);
+        assert!(v
+            .verify(Unverified::parse(raw.as_bytes()).unwrap(), 0)
+            .is_ok());
         // Floats and exponents are not timestamps.
         for bad in ["1.5", "1e3", "-", "\"12a\""] {
-            let raw = format!(r#"{{"callId":"c","security":"x","appkey":"org#app","timestamp":{bad}}}"#);
+            let raw =
+                format!(r#"{{"callId":"c","security":"x","appkey":"org#app","timestamp":{bad}}}"#);
             assert!(Unverified::parse(raw.as_bytes()).is_err(), "{bad}");
         }
     }
@@ -259,8 +279,14 @@ mod tests {
             (r#"{"security":"x","appkey":"a#b","timestamp":1}"#, "callId"),
             (r#"{"callId":"c","appkey":"a#b","timestamp":1}"#, "security"),
             (r#"{"callId":"c","security":"x","timestamp":1}"#, "appkey"),
-            (r#"{"callId":"c","security":"x","appkey":"a#b"}"#, "timestamp"),
-            (r#"{"callId":5,"security":"x","appkey":"a#b","timestamp":1}"#, "callId"),
+            (
+                r#"{"callId":"c","security":"x","appkey":"a#b"}"#,
+                "timestamp",
+            ),
+            (
+                r#"{"callId":5,"security":"x","appkey":"a#b","timestamp":1}"#,
+                "callId",
+            ),
         ];
         for (raw, field) in cases {
             let e = Unverified::parse(raw.as_bytes()).unwrap_err();
