@@ -66,6 +66,11 @@ pub struct IngestBench {
     pub appkey: String,
     #[arg(long, default_value = DEMO_SECRET)]
     pub secret: String,
+    /// Where the embedded cluster runs: `in-process` (the zero-config
+    /// default) or `separate-process` (`mutebridge dev-kafka`, so the RSS
+    /// reported is mutebridge's own and not the in-memory log's).
+    #[arg(long, default_value = "in-process", value_parser = ["in-process", "separate-process"])]
+    pub kafka: String,
     /// Extra TOML appended to the generated mutebridge config (e.g.
     /// `[kafka.client]` settings to compare).
     #[arg(long)]
@@ -238,18 +243,41 @@ struct Child {
 }
 
 impl Child {
-    async fn spawn(args: &[&str], addr: SocketAddr, ready_path: &str) -> anyhow::Result<Child> {
+    fn command(args: &[&str]) -> anyhow::Result<tokio::process::Command> {
         let exe = std::env::current_exe().context("cannot find the mutebridge binary")?;
-        let child = tokio::process::Command::new(exe)
-            .args(args)
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(args)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    async fn spawn(args: &[&str], addr: SocketAddr, ready_path: &str) -> anyhow::Result<Child> {
+        let child = Child::command(args)?
+            .stdout(Stdio::null())
             .spawn()
             .context("cannot start the server under test")?;
         wait_ready(addr, ready_path).await?;
         Ok(Child { child, addr })
+    }
+
+    /// Starts `mutebridge dev-kafka` and returns it with its bootstrap list.
+    async fn spawn_kafka() -> anyhow::Result<(Child, String)> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = Child::command(&["dev-kafka"])?
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start mutebridge dev-kafka")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await? {
+            if let Some(bootstrap) = line.strip_prefix("bootstrap.servers=") {
+                let addr = bootstrap.split(',').next().unwrap_or_default().parse()?;
+                return Ok((Child { child, addr }, bootstrap.to_owned()));
+            }
+        }
+        bail!("mutebridge dev-kafka exited without printing its address")
     }
 
     fn peak_rss_mib(&self) -> Option<f64> {
@@ -335,11 +363,12 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
     let config_path =
         std::env::temp_dir().join(format!("mutebridge-bench-{}.toml", std::process::id()));
     println!(
-        "# {} connections, {} s per run (+{} s warm-up), {} run(s) per server, {} cores",
+        "# {} connections, {} s per run (+{} s warm-up), {} run(s) per server, Kafka {}, {} cores",
         opts.connections,
         opts.duration,
         opts.warmup,
         opts.runs,
+        opts.kafka,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -368,10 +397,17 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
 
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (kafka, brokers) = match opts.kafka.as_str() {
+            "separate-process" => {
+                let (child, bootstrap) = Child::spawn_kafka().await?;
+                (Some(child), bootstrap)
+            }
+            _ => (None, "embedded".to_owned()),
+        };
         std::fs::write(
             &config_path,
             format!(
-                "[http]\nlisten = \"{addr}\"\n\n[[easemob.apps]]\nappkey = \"{}\"\nsecrets = [\"{}\"]\n\n{extra}\n",
+                "[http]\nlisten = \"{addr}\"\n\n[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n\n[[easemob.apps]]\nappkey = \"{}\"\nsecrets = [\"{}\"]\n\n{extra}\n",
                 opts.appkey, opts.secret
             ),
         )?;
@@ -386,6 +422,9 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
         print_row(&format!("mutebridge run {i}"), &row);
         rows.push(row);
         server.stop().await?;
+        if let Some(kafka) = kafka {
+            kafka.stop().await?;
+        }
     }
     let _ = std::fs::remove_file(&config_path);
     println!("# median run by throughput");

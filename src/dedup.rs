@@ -10,14 +10,15 @@
 //! - if the publish failed, the entry is dropped so a retry publishes anew.
 //!
 //! Keys are 16-byte digests, so memory per entry is fixed whatever the
-//! sender puts in `callId`.
+//! sender puts in `callId`. Duplicates that arrive while the first copy is in
+//! flight are rare (the sender retries only after an answer), so they poll
+//! the entry instead of every request paying for a notification channel.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
-use tokio::sync::watch;
 
 use crate::event::{Event, Mute};
 
@@ -33,22 +34,39 @@ pub enum Claim {
     InFlight(Pending),
 }
 
-/// The outcome of another request's publish, awaited by a duplicate.
-pub struct Pending(watch::Receiver<Option<bool>>);
+/// Another request's publish, awaited by a duplicate.
+pub struct Pending {
+    dedup: Dedup,
+    key: Key,
+    claim: u64,
+}
+
+/// How often a waiting duplicate looks at the entry again.
+const POLL: Duration = Duration::from_millis(5);
 
 impl Pending {
     /// `true` once the original was acknowledged, `false` if it failed or
     /// `deadline` passed first.
-    pub async fn published_within(mut self, deadline: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(deadline, self.0.wait_for(Option::is_some)).await,
-            Ok(Ok(v)) if *v == Some(true)
-        )
+    pub async fn published_within(self, deadline: Duration) -> bool {
+        let give_up = Instant::now() + deadline;
+        loop {
+            match self.dedup.lock().entries.get(&self.key) {
+                Some(Entry::Published(_)) => return true,
+                Some(Entry::InFlight(claim)) if *claim == self.claim => {}
+                // Failed and forgotten, or claimed again by a later retry.
+                _ => return false,
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(POLL.min(give_up.saturating_duration_since(Instant::now()))).await;
+        }
     }
 }
 
 enum Entry {
-    InFlight(watch::Receiver<Option<bool>>),
+    /// Being published under this claim number.
+    InFlight(u64),
     Published(Instant),
 }
 
@@ -56,6 +74,7 @@ struct Inner {
     entries: HashMap<Key, Entry>,
     /// Published keys oldest first, for expiry and the capacity bound.
     order: VecDeque<(Instant, Key)>,
+    next_claim: u64,
 }
 
 /// The cache, shared by all requests of one ingest instance.
@@ -72,16 +91,10 @@ pub struct Dedup {
 pub struct Ticket {
     dedup: Dedup,
     keys: Vec<Key>,
-    tx: watch::Sender<Option<bool>>,
     resolved: bool,
 }
 
 impl Ticket {
-    /// A receiver of this ticket's outcome.
-    pub fn pending(&self) -> Pending {
-        Pending(self.tx.subscribe())
-    }
-
     /// Records the outcome: remembered as published, or forgotten.
     pub fn resolve(mut self, published: bool) {
         self.finish(published);
@@ -93,7 +106,6 @@ impl Ticket {
         }
         self.resolved = true;
         self.dedup.complete(&self.keys, published);
-        self.tx.send_replace(Some(published));
     }
 }
 
@@ -114,13 +126,16 @@ fn digest(parts: &[&[u8]]) -> Key {
 
 /// A fingerprint of what the callback says happened, independent of `callId`.
 fn content_key(e: &Event) -> Key {
-    let mute = match e.mute {
-        Some(Mute::All { all }) => format!("all:{all}"),
-        Some(Mute::Until { until_ms }) => format!("until:{until_ms:?}"),
-        None => String::new(),
+    let mute: [u8; 9] = match e.mute {
+        Some(Mute::All { all }) => [1, all as u8, 0, 0, 0, 0, 0, 0, 0],
+        Some(Mute::Until { until_ms }) => {
+            let mut m = [2u8; 9];
+            m[1..].copy_from_slice(&until_ms.unwrap_or(-1).to_le_bytes());
+            m
+        }
+        None => [0; 9],
     };
-    let members = e.members.join("\u{0}");
-    digest(&[
+    let mut parts: Vec<&[u8]> = vec![
         b"content",
         e.appkey.as_bytes(),
         e.scope.as_str().as_bytes(),
@@ -128,10 +143,12 @@ fn content_key(e: &Event) -> Key {
         e.operation.as_bytes(),
         e.subtype.as_deref().unwrap_or("").as_bytes(),
         e.operator.as_deref().unwrap_or("").as_bytes(),
-        members.as_bytes(),
-        mute.as_bytes(),
-        &e.occurred_at_ms.to_le_bytes(),
-    ])
+        &mute,
+    ];
+    let ts = e.occurred_at_ms.to_le_bytes();
+    parts.push(&ts);
+    parts.extend(e.members.iter().map(|m| m.as_bytes()));
+    digest(&parts)
 }
 
 impl Dedup {
@@ -140,6 +157,7 @@ impl Dedup {
             inner: Arc::new(Mutex::new(Inner {
                 entries: HashMap::new(),
                 order: VecDeque::new(),
+                next_claim: 0,
             })),
             window,
             capacity: capacity.max(1),
@@ -178,19 +196,25 @@ impl Dedup {
         for key in &keys {
             match inner.entries.get(key) {
                 Some(Entry::Published(_)) => return Claim::Published,
-                Some(Entry::InFlight(rx)) => return Claim::InFlight(Pending(rx.clone())),
+                Some(Entry::InFlight(claim)) => {
+                    return Claim::InFlight(Pending {
+                        dedup: self.clone(),
+                        key: *key,
+                        claim: *claim,
+                    })
+                }
                 None => {}
             }
         }
-        let (tx, rx) = watch::channel(None);
+        inner.next_claim += 1;
+        let claim = inner.next_claim;
         for key in &keys {
-            inner.entries.insert(*key, Entry::InFlight(rx.clone()));
+            inner.entries.insert(*key, Entry::InFlight(claim));
         }
         drop(inner);
         Claim::New(Ticket {
             dedup: self.clone(),
             keys,
-            tx,
             resolved: false,
         })
     }

@@ -29,12 +29,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use crate::dedup::{Claim, Dedup};
 use crate::metrics::{Metrics, Outcome};
 use crate::normalize::normalize;
-use crate::publish::{Delivered, PublishError, Publisher};
+use crate::publish::{Delivered, Publisher};
 use crate::verify::{Unverified, Verifier};
 
 /// The longest error message put in a reply; keeps bodies under 1000 bytes.
@@ -202,7 +201,6 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
         }
         Claim::New(ticket) => ticket,
     };
-    state.metrics.dedup_entries.set(state.dedup.len() as i64);
 
     let pending = match state.publisher.enqueue(&event) {
         Ok(p) => p,
@@ -215,10 +213,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
     // The delivery report is awaited on its own task, so it is recorded even
     // when the sender hangs up or our deadline passes first: a late ack still
     // makes the sender's retry a duplicate instead of a second record.
-    let (tx, rx) = oneshot::channel::<Result<Delivered, PublishError>>();
     let metrics = state.metrics.clone();
     let kind = event.event().kind;
-    tokio::spawn(async move {
+    let delivery = tokio::spawn(async move {
         let result = pending.acknowledged().await;
         match &result {
             Ok(_) => {
@@ -234,12 +231,13 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
                 ticket.resolve(false);
             }
         }
-        let _ = tx.send(result);
+        result
     });
-    match tokio::time::timeout(state.ack_timeout, rx).await {
+    // Dropping the JoinHandle at the deadline does not cancel the task.
+    match tokio::time::timeout(state.ack_timeout, delivery).await {
         Ok(Ok(Ok(delivered))) => Answer::published(delivered),
         Ok(Ok(Err(e))) => Answer::unavailable(state, &e.to_string()),
-        Ok(Err(_)) => Answer::unavailable(state, "the producer shut down"),
+        Ok(Err(_)) => Answer::unavailable(state, "the delivery task failed"),
         Err(_) => Answer::unavailable(
             state,
             &format!(
