@@ -265,7 +265,12 @@ async fn broker_down_gives_503_and_never_a_false_200() {
     let h = Harness::start_with(|c| c.http.ack_timeout_ms = 700).await;
     let mut acked = HashSet::new();
     let before = mute_all("g-before");
-    assert_eq!(h.post(&before).await.status, 200);
+    // The first record also waits for the idempotent producer's ID; give it
+    // more than one 700 ms deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.post(&before).await.status != 200 {
+        assert!(Instant::now() < deadline, "the cluster never acknowledged");
+    }
     acked.insert(before["callId"].as_str().unwrap().to_owned());
 
     h.cluster.embedded().unwrap().broker_down(1).unwrap();
@@ -341,7 +346,11 @@ async fn broker_down_gives_503_and_never_a_false_200() {
             .await
             >= 5.0
     );
-    assert_eq!(h.get("/readyz").await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "/readyz did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     h.stop().await;
 }
 

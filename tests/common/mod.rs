@@ -82,7 +82,7 @@ impl Harness {
         let server = tokio::spawn(ingest.serve(async move {
             let _ = rx.await;
         }));
-        Harness {
+        let h = Harness {
             cluster,
             addr,
             config,
@@ -90,7 +90,13 @@ impl Harness {
             shutdown: Some(tx),
             server: Some(server),
             http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while h.get("/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "ingest never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        h
     }
 
     pub fn url(&self, path: &str) -> String {
