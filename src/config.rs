@@ -258,7 +258,17 @@ impl Config {
                 p if p == "." => "(top level)".to_string(),
                 p => p,
             };
-            err(key, one_line(&e.into_inner().to_string()))
+            let inner = e.into_inner();
+            let at = inner.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" (line {line}, column {column})")
+            });
+            err(
+                key,
+                format!("{}{}", one_line(inner.message()), at.unwrap_or_default()),
+            )
         })?;
         config.resolve_secrets(env).map_err(|(k, m)| err(k, m))?;
         config.validate().map_err(|(k, m)| err(k, m))?;
