@@ -178,14 +178,32 @@ impl Cluster {
                 )
             })?
             .with_context(|| format!("cannot reach Kafka at {} to create topic {topic}", self.bootstrap))?;
+        let mut existed = false;
         for result in results {
             match result {
                 Ok(_) => tracing::info!(topic, partitions = cfg.partitions, "created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => existed = true,
                 Err((_, code)) => bail!(
                     "cannot create topic {topic} on {}: {code}; create it yourself and set kafka.create_topics = false",
                     self.bootstrap
                 ),
+            }
+        }
+        if existed {
+            // Kept as it is: repartitioning would move groups between
+            // partitions and break their order. Say so if it differs.
+            let name = topic.to_owned();
+            let found = tokio::task::spawn_blocking(move || partition_count(admin.inner(), &name, Duration::from_secs(10)))
+                .await?;
+            match found {
+                Ok(n) if n as i32 != cfg.partitions => tracing::warn!(
+                    topic,
+                    existing = n,
+                    configured = cfg.partitions,
+                    "topic exists with a different partition count; using it as it is"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(topic, error = %e, "cannot read the topic's metadata"),
             }
         }
         Ok(())
