@@ -59,6 +59,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; callbacks go to POST /webhooks/easemob",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
         .with_state(state)
 }
 
@@ -219,10 +228,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
         let result = pending.acknowledged().await;
         match &result {
             Ok(_) => {
-                metrics
-                    .events_published
-                    .with_label_values(&[kind.as_str()])
-                    .inc();
+                metrics.published(kind);
                 ticket.resolve(true);
             }
             Err(e) => {

@@ -193,8 +193,10 @@ impl Cluster {
             // Kept as it is: repartitioning would move groups between
             // partitions and break their order. Say so if it differs.
             let name = topic.to_owned();
-            let found = tokio::task::spawn_blocking(move || partition_count(admin.inner(), &name, Duration::from_secs(10)))
-                .await?;
+            let found = tokio::task::spawn_blocking(move || {
+                partition_count(admin.inner(), &name, Duration::from_secs(10))
+            })
+            .await?;
             match found {
                 Ok(n) if n as i32 != cfg.partitions => tracing::warn!(
                     topic,

@@ -9,6 +9,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::sync::Arc;
+
 use crate::event::EventKind;
 
 /// What happened to a callback; the `outcome` label of `mutebridge_webhooks_total`.
@@ -54,6 +56,8 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     pub dedup_entries: IntGauge,
     pub kafka_ready: IntGauge,
+    by_outcome: Arc<[IntCounter; 6]>,
+    by_kind: Arc<Vec<IntCounter>>,
 }
 
 impl Metrics {
@@ -112,12 +116,13 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        for outcome in Outcome::ALL {
-            webhooks.with_label_values(&[outcome.as_str()]);
-        }
-        for kind in EventKind::ALL {
-            events_published.with_label_values(&[kind.as_str()]);
-        }
+        // Resolved once: a label lookup hashes and locks on every call,
+        // and these are incremented on every request.
+        let by_outcome = Outcome::ALL.map(|o| webhooks.with_label_values(&[o.as_str()]));
+        let by_kind = EventKind::ALL
+            .iter()
+            .map(|k| events_published.with_label_values(&[k.as_str()]))
+            .collect();
         for m in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhook_duration.clone()),
@@ -131,6 +136,8 @@ impl Metrics {
         }
         Metrics {
             registry,
+            by_outcome: Arc::new(by_outcome),
+            by_kind: Arc::new(by_kind),
             webhooks,
             webhook_duration,
             events_published,
@@ -147,7 +154,12 @@ impl Metrics {
 
     /// Counts one answered callback.
     pub fn answered(&self, outcome: Outcome) {
-        self.webhooks.with_label_values(&[outcome.as_str()]).inc();
+        self.by_outcome[outcome as usize].inc();
+    }
+
+    /// Counts one event acknowledged by Kafka.
+    pub fn published(&self, kind: EventKind) {
+        self.by_kind[kind as usize].inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -163,5 +175,27 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_resolved_counters_line_up_with_labels() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        let m = Metrics::new();
+        m.answered(Outcome::TooLarge);
+        m.published(EventKind::MemberMuted);
+        let text = m.render();
+        assert!(text.contains("mutebridge_webhooks_total{outcome=\"too_large\"} 1"));
+        assert!(text.contains("mutebridge_events_published_total{kind=\"member_muted\"} 1"));
+        assert!(text.contains("mutebridge_webhooks_total{outcome=\"published\"} 0"));
     }
 }

@@ -379,9 +379,13 @@ async fn metrics_health_and_routes() {
         assert!(Instant::now() < deadline, "/readyz never became ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(h.get("/nope").await.0, 404);
-    let resp = reqwest::get(h.url("/webhooks/easemob")).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 405);
+    // Even stray requests get short JSON.
+    let (status, body) = h.get("/nope").await;
+    assert_eq!(status, 404);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    let (status, body) = h.get("/webhooks/easemob").await;
+    assert_eq!(status, 405);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
     h.stop().await;
 }
 
