@@ -91,7 +91,7 @@ impl Metrics {
         .expect("valid metric");
         let produce_errors = IntCounter::new(
             "mutebridge_kafka_produce_errors_total",
-            "Records Kafka did not acknowledge (delivery errors, full producer queue, ack deadline passed).",
+            "Records Kafka did not take: delivery errors, and rejections because the producer queue was full.",
         )
         .expect("valid metric");
         let dedup_entries = IntGauge::new(

@@ -431,3 +431,36 @@ async fn shutdown_drains_in_flight_requests() {
         "a 200 given during shutdown is not in Kafka"
     );
 }
+
+/// A full producer queue is answered 503 at once instead of growing memory
+/// or making the sender wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_producer_queue_gives_immediate_503() {
+    let h = Harness::start_with(|c| {
+        c.http.ack_timeout_ms = 500;
+        c.kafka.client.insert(
+            "queue.buffering.max.messages".into(),
+            toml::Value::Integer(1),
+        );
+    })
+    .await;
+    h.cluster.embedded().unwrap().broker_down(1).unwrap();
+    // Fills the queue: waits for its deadline, stays queued behind it.
+    assert_eq!(h.post(&mute_all("g-q1")).await.status, 503);
+    let started = Instant::now();
+    let r = h.post(&mute_all("g-q2")).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("queue is full"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert!(h.metric("mutebridge_kafka_produce_errors_total").await >= 1.0);
+    h.cluster.embedded().unwrap().broker_up(1).unwrap();
+    h.stop().await;
+}
