@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::HeaderValue;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -93,11 +92,6 @@ impl Ingest {
             tracing::info!("shutting down: no new connections; finishing in-flight requests");
             let _ = stop_tx.send(true);
         };
-        // Replies are small and each one is awaited by its sender: send them
-        // at once rather than letting Nagle's algorithm hold them back.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let server = axum::serve(listener, app).with_graceful_shutdown(signalled);
         tokio::select! {
             result = server => result.context("the HTTP server failed")?,
