@@ -42,13 +42,16 @@ pub enum Rejected {
 pub struct Unverified {
     body: Map<String, Value>,
     call_id: String,
-    security: String,
+    /// The signature's 16 bytes; `None` when it is not 32 hex characters
+    /// (then it cannot match, and is rejected like any wrong signature).
+    security: Option<[u8; 16]>,
     timestamp: i64,
     timestamp_digits: String,
     appkey: String,
 }
 
-/// A callback whose `security` matched one of its app's secrets.
+/// A callback whose `security` matched one of its app's secrets (compared
+/// as digests, so upper- and lowercase hex are both accepted).
 #[derive(Debug)]
 pub struct Verified {
     body: Map<String, Value>,
@@ -60,11 +63,15 @@ pub struct Verified {
 /// `md5(callId + secret + timestamp)` as 32 lowercase hex characters: the
 /// Easemob callback signature.
 pub fn sign(call_id: &str, secret: &str, timestamp_digits: &str) -> String {
+    hex::encode(digest(call_id, secret, timestamp_digits))
+}
+
+fn digest(call_id: &str, secret: &str, timestamp_digits: &str) -> [u8; 16] {
     let mut md5 = Md5::new();
     md5.update(call_id.as_bytes());
     md5.update(secret.as_bytes());
     md5.update(timestamp_digits.as_bytes());
-    hex::encode(md5.finalize())
+    md5.finalize().into()
 }
 
 fn required_str<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, BadRequest> {
@@ -103,7 +110,10 @@ impl Unverified {
             return Err(BadRequest::new("body must be a JSON object"));
         };
         let call_id = required_str(&body, "callId")?.to_owned();
-        let security = required_str(&body, "security")?.to_ascii_lowercase();
+        let mut security = [0u8; 16];
+        let security = hex::decode_to_slice(required_str(&body, "security")?, &mut security)
+            .ok()
+            .map(|()| security);
         let appkey = required_str(&body, "appkey")?.to_owned();
         let (timestamp, timestamp_digits) = timestamp_of(&body)?;
         Ok(Unverified {
@@ -166,10 +176,11 @@ impl Verifier {
     /// constant time, so timing does not reveal which rule nearly matched.
     pub fn verify(&self, u: Unverified, now_ms: i64) -> Result<Verified, Rejected> {
         let secrets = self.apps.get(&u.appkey).ok_or(Rejected::UnknownAppkey)?;
+        let provided = u.security.ok_or(Rejected::BadSignature)?;
         let mut matched = subtle::Choice::from(0);
         for secret in secrets {
-            let expected = sign(&u.call_id, secret.expose(), &u.timestamp_digits);
-            matched |= expected.as_bytes().ct_eq(u.security.as_bytes());
+            let expected = digest(&u.call_id, secret.expose(), &u.timestamp_digits);
+            matched |= expected.ct_eq(&provided);
         }
         if !bool::from(matched) {
             return Err(Rejected::BadSignature);
@@ -249,6 +260,19 @@ mod tests {
         assert!(v
             .verify(Unverified::parse(raw.as_bytes()).unwrap(), 0)
             .is_ok());
+    }
+
+    #[test]
+    fn malformed_security_is_a_wrong_signature() {
+        let v = verifier(0);
+        for sec in ["", "zz", "0123", &"g".repeat(32), &"ab".repeat(17)] {
+            let raw =
+                format!(r#"{{"callId":"c","security":"{sec}","appkey":"org#app","timestamp":5}}"#);
+            match Unverified::parse(raw.as_bytes()) {
+                Ok(u) => assert_eq!(v.verify(u, 0).unwrap_err(), Rejected::BadSignature, "{sec}"),
+                Err(e) => assert!(sec.is_empty() && e.0.contains("security"), "{sec}: {e}"),
+            }
+        }
     }
 
     #[test]
