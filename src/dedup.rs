@@ -148,6 +148,12 @@ fn content_key(e: &Event) -> Key {
     let ts = e.occurred_at_ms.to_le_bytes();
     parts.push(&ts);
     parts.extend(e.members.iter().map(|m| m.as_bytes()));
+    // The kind-specific extras too (announcement text, info snapshot, raw
+    // payload of unknown kinds): two different updates in the same
+    // millisecond must not look alike. The map's keys are sorted, so this
+    // serialization is canonical.
+    let attributes = serde_json::to_vec(&e.attributes).expect("a JSON map serializes");
+    parts.push(&attributes);
     digest(&parts)
 }
 
@@ -165,9 +171,18 @@ impl Dedup {
         }
     }
 
+    /// Keys recorded per callback: its callId, and its content if enabled.
+    fn keys_per_callback(&self) -> usize {
+        if self.by_content {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Number of remembered callbacks (published or in flight).
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().entries.len() / self.keys_per_callback()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -230,7 +245,7 @@ impl Dedup {
                 inner.entries.remove(key);
             }
         }
-        while inner.order.len() > self.capacity {
+        while inner.order.len() > self.capacity * self.keys_per_callback() {
             if let Some((at, key)) = inner.order.pop_front() {
                 remove_if_published_at(&mut inner.entries, &key, at);
             }
@@ -300,6 +315,46 @@ mod tests {
         assert!(matches!(d.claim(&event("3", 2)), Claim::New(_)));
     }
 
+    /// Memory per remembered callback, for the README:
+    /// `cargo test --release --lib dedup::tests::memory_per_callback -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn memory_per_callback() {
+        fn rss_kib() -> i64 {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let n = 1_000_000usize;
+        let d = Dedup::new(Duration::from_secs(3600), n, true);
+        let mut e = event("x", 0);
+        let before = rss_kib();
+        for i in 0..n {
+            e.id = format!("a#b_{i}");
+            e.occurred_at_ms = i as i64;
+            if let Claim::New(t) = d.claim(&e) {
+                t.resolve(true)
+            }
+        }
+        let after = rss_kib();
+        eprintln!(
+            "{} callbacks: {} bytes each",
+            d.len(),
+            (after - before) * 1024 / n as i64
+        );
+    }
+
+    #[tokio::test]
+    async fn different_extras_are_different_content() {
+        let d = Dedup::new(Duration::from_secs(60), 100, true);
+        let mut a = event("1", 1);
+        a.attributes.insert("announcement".into(), "first".into());
+        new_ticket(&d, &a).resolve(true);
+        let mut b = event("2", 1);
+        b.attributes.insert("announcement".into(), "second".into());
+        assert!(matches!(d.claim(&b), Claim::New(_)));
+    }
+
     #[tokio::test]
     async fn content_check_can_be_disabled() {
         let d = Dedup::new(Duration::from_secs(60), 100, false);
@@ -343,6 +398,15 @@ mod tests {
         assert_eq!(d.len(), 10);
         assert!(matches!(d.claim(&event("99", 99)), Claim::Published));
         assert!(matches!(d.claim(&event("0", 0)), Claim::New(_)));
+
+        // With content keys, the capacity still counts callbacks.
+        let d = Dedup::new(Duration::from_secs(60), 10, true);
+        for i in 0..100 {
+            new_ticket(&d, &event(&i.to_string(), i)).resolve(true);
+        }
+        assert_eq!(d.len(), 10);
+        assert!(matches!(d.claim(&event("90", 90)), Claim::Published));
+        assert!(matches!(d.claim(&event("89", 89)), Claim::New(_)));
 
         let d = Dedup::new(Duration::from_millis(10), 10, false);
         new_ticket(&d, &event("1", 1)).resolve(true);

@@ -109,10 +109,8 @@ pub fn resign(
     let security = sign(call_id, secret, &digits);
     body.insert("security".into(), Value::String(security));
     // Legacy examples carry the appkey inside JIDs.
-    for key in ["from"] {
-        if let Some(Value::String(s)) = body.get_mut(key) {
-            *s = s.replace("APPKEY", appkey);
-        }
+    if let Some(Value::String(s)) = body.get_mut("from") {
+        *s = s.replace("APPKEY", appkey);
     }
     if let Some(Value::Object(p)) = body.get_mut("payload") {
         if let Some(Value::String(s)) = p.get_mut("muc_id") {
