@@ -25,6 +25,7 @@ enum Command {
     CreateTopic(String, i32, Reply),
     BrokerDown(i32, Reply),
     BrokerUp(i32, Reply),
+    RoundTripTime(i32, Duration, Reply),
 }
 
 /// librdkafka's mock cluster, owned by a thread of its own (the handle is
@@ -64,6 +65,9 @@ impl EmbeddedKafka {
                         }
                         Command::BrokerDown(id, reply) => done(reply, cluster.broker_down(id)),
                         Command::BrokerUp(id, reply) => done(reply, cluster.broker_up(id)),
+                        Command::RoundTripTime(id, rtt, reply) => {
+                            done(reply, cluster.broker_round_trip_time(id, rtt))
+                        }
                     }
                 }
             })
@@ -103,6 +107,11 @@ impl EmbeddedKafka {
     /// Takes a broker down: its connections are closed and refused.
     pub fn broker_down(&self, id: i32) -> anyhow::Result<()> {
         self.call(|r| Command::BrokerDown(id, r))
+    }
+
+    /// Delays every response of a broker by `rtt` (a slow network or disk).
+    pub fn broker_round_trip_time(&self, id: i32, rtt: Duration) -> anyhow::Result<()> {
+        self.call(|r| Command::RoundTripTime(id, rtt, r))
     }
 
     /// Brings a broker taken down by [`EmbeddedKafka::broker_down`] back.
