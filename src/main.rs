@@ -161,11 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
-            let config = Config::parse(
-                &std::fs::read_to_string(&file)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?,
-                &file,
-            )?;
+            let (config, _) = Config::load(Some(&file))?;
             println!(
                 "{}: OK ({} app(s), kafka {} topic {})",
                 file.display(),
