@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::policy::{MapConfig, Policy, PolicyConfig};
+use crate::target::TargetConfig;
+
 /// The appkey accepted when mutebridge runs without a config file.
 pub const DEMO_APPKEY: &str = "demo#mutebridge";
 /// The secret of the demo app. Only ever used without a config file.
@@ -45,6 +48,78 @@ pub struct Config {
     pub http: HttpConfig,
     pub kafka: KafkaConfig,
     pub easemob: EasemobConfig,
+    pub worker: WorkerConfig,
+    /// `[targets.NAME]`: downstream APIs the policy's actions go to.
+    pub targets: BTreeMap<String, TargetConfig>,
+    pub policy: PolicyConfig,
+    /// `[maps.NAME]`: ID translation tables the policy may use.
+    pub maps: BTreeMap<String, MapConfig>,
+    /// The file this came from (for error messages); `None` for the demo.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// `[worker]`: the consumer group that applies the policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Kafka consumer group; every worker replica uses the same one.
+    pub group_id: String,
+    /// Groups processed concurrently; one group is always sequential.
+    pub max_in_flight_groups: usize,
+    /// Events held in memory (queued behind a busy group or running); at the
+    /// limit fetching pauses until the backlog halves.
+    pub max_buffered_events: usize,
+    /// Where actions that failed for good go, with the reason.
+    pub dlq_topic: String,
+    /// How often finished offsets are committed (also on rebalance and exit).
+    pub commit_interval_ms: u64,
+    /// On SIGTERM, how long in-flight actions may take before they are
+    /// abandoned (their events are re-delivered after a restart).
+    pub shutdown_grace_seconds: u64,
+    /// Per-attempt HTTP timeout for targets.
+    pub request_timeout_ms: u64,
+    pub retry: RetryConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            group_id: "mutebridge-workers".into(),
+            max_in_flight_groups: 256,
+            max_buffered_events: 10_000,
+            dlq_topic: "im.group-events.dlq".into(),
+            commit_interval_ms: 1000,
+            shutdown_grace_seconds: 10,
+            request_timeout_ms: 10_000,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// `[worker.retry]`: the budget of one action (one provider call).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in total, the first included.
+    pub max_attempts: u32,
+    /// Time from the first attempt after which no new attempt starts.
+    pub max_elapsed_seconds: u64,
+    /// Backoff ceiling of the first retry; doubles per attempt, with full
+    /// jitter (a uniformly random wait between 0 and the ceiling).
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 8,
+            max_elapsed_seconds: 300,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+        }
+    }
 }
 
 /// `[http]`: the listener and what a reply may promise.
@@ -208,14 +283,42 @@ pub enum Origin {
 }
 
 impl Config {
-    /// The zero-config setup: embedded Kafka and the demo app.
+    /// The zero-config setup: embedded Kafka, the demo app, and a policy
+    /// whose targets print the requests they would send (`src/demo.toml`).
     pub fn demo() -> Config {
-        let mut config = Config::default();
-        config.easemob.apps.push(EasemobApp {
-            appkey: DEMO_APPKEY.into(),
-            secrets: vec![Secret::new(DEMO_SECRET)],
-        });
-        config
+        Config::parse_with_env(DEMO_TOML, Path::new("(built-in demo config)"), &|_| None)
+            .expect("the built-in demo config is valid")
+    }
+
+    /// Fails unless the ingest role can run with this config.
+    pub fn require_ingest(&self) -> Result<(), ConfigError> {
+        if self.easemob.apps.is_empty() {
+            return Err(ConfigError {
+                file: self.file.clone().unwrap_or_else(|| PathBuf::from("(config)")),
+                key: "easemob.apps".into(),
+                message: "no app is configured, so no callback could be verified; add an [[easemob.apps]] table".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The compiled policy (already checked when the config was loaded).
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        let base = self
+            .file
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        Policy::build(&self.policy, &self.targets, &self.maps, base).map_err(|(key, message)| {
+            ConfigError {
+                file: self
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("(config)")),
+                key,
+                message,
+            }
+        })
     }
 
     /// Loads `path`, or the demo configuration when `path` is `None`.
@@ -270,8 +373,10 @@ impl Config {
                 format!("{}{}", one_line(inner.message()), at.unwrap_or_default()),
             )
         })?;
+        config.file = Some(file.to_path_buf());
         config.resolve_secrets(env).map_err(|(k, m)| err(k, m))?;
         config.validate().map_err(|(k, m)| err(k, m))?;
+        config.policy()?;
         Ok(config)
     }
 
@@ -281,15 +386,12 @@ impl Config {
     ) -> Result<(), (String, String)> {
         for (i, app) in self.easemob.apps.iter_mut().enumerate() {
             for (j, secret) in app.secrets.iter_mut().enumerate() {
-                if let Some(name) = secret.0.strip_prefix("env:") {
-                    let value = env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-                        (
-                            format!("easemob.apps[{i}].secrets[{j}]"),
-                            format!("environment variable {name} is not set or empty"),
-                        )
-                    })?;
-                    *secret = Secret(value);
-                }
+                resolve(secret, format!("easemob.apps[{i}].secrets[{j}]"), env)?;
+            }
+        }
+        for (name, target) in self.targets.iter_mut() {
+            for (key, secret) in target.secrets_mut() {
+                resolve(secret, format!("targets.{name}.{key}"), env)?;
             }
         }
         Ok(())
@@ -331,12 +433,6 @@ impl Config {
                 );
             }
         }
-        if self.easemob.apps.is_empty() {
-            return fail(
-                "easemob.apps",
-                "no app is configured, so no callback could be verified; add an [[easemob.apps]] table".into(),
-            );
-        }
         if self.easemob.dedup_capacity == 0 {
             return fail("easemob.dedup_capacity", "must be at least 1".into());
         }
@@ -373,8 +469,76 @@ impl Config {
                 );
             }
         }
+        let w = &self.worker;
+        if w.group_id.trim().is_empty() {
+            return fail("worker.group_id", "must not be empty".into());
+        }
+        if w.max_in_flight_groups == 0 {
+            return fail("worker.max_in_flight_groups", "must be at least 1".into());
+        }
+        if w.max_buffered_events < w.max_in_flight_groups {
+            return fail(
+                "worker.max_buffered_events",
+                format!(
+                    "must be at least worker.max_in_flight_groups ({})",
+                    w.max_in_flight_groups
+                ),
+            );
+        }
+        if w.dlq_topic.trim().is_empty() || w.dlq_topic == self.kafka.topic {
+            return fail(
+                "worker.dlq_topic",
+                "must be set and differ from kafka.topic".into(),
+            );
+        }
+        if w.commit_interval_ms == 0 || w.request_timeout_ms == 0 {
+            return fail(
+                if w.commit_interval_ms == 0 {
+                    "worker.commit_interval_ms"
+                } else {
+                    "worker.request_timeout_ms"
+                },
+                "must be greater than 0".into(),
+            );
+        }
+        if w.retry.max_attempts == 0 {
+            return fail("worker.retry.max_attempts", "must be at least 1".into());
+        }
+        if w.retry.initial_backoff_ms == 0 || w.retry.max_backoff_ms < w.retry.initial_backoff_ms {
+            return fail(
+                "worker.retry.max_backoff_ms",
+                "needs 0 < initial_backoff_ms <= max_backoff_ms".into(),
+            );
+        }
+        for (name, target) in &self.targets {
+            target
+                .validate()
+                .or_else(|(k, m)| fail(&format!("targets.{name}.{k}"), m))?;
+        }
         Ok(())
     }
+}
+
+/// The built-in demo configuration.
+const DEMO_TOML: &str = include_str!("demo.toml");
+
+fn resolve(
+    secret: &mut Secret,
+    key: String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    if let Some(name) = secret.0.strip_prefix("env:") {
+        let value = env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            (
+                key,
+                format!("environment variable {name} is not set or empty"),
+            )
+        })?;
+        *secret = Secret(value);
+    } else if secret.0.is_empty() {
+        return Err((key, "is empty".into()));
+    }
+    Ok(())
 }
 
 fn one_line(s: &str) -> String {
@@ -434,7 +598,7 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_key() {
-        let e = parse("").unwrap_err();
+        let e = parse("").unwrap().require_ingest().unwrap_err();
         assert_eq!(e.key, "easemob.apps");
         let e = parse(
             "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"1\",\"2\",\"3\",\"4\",\"5\"]\n",
@@ -456,6 +620,45 @@ mod tests {
         let props = c.kafka.client_properties();
         assert!(props.contains(&("linger.ms".into(), "5".into())));
         assert!(props.contains(&("compression.type".into(), "lz4".into())));
+    }
+
+    #[test]
+    fn demo_config_is_valid_and_previews_both_providers() {
+        let c = Config::demo();
+        c.require_ingest().unwrap();
+        assert!(c.policy().is_ok());
+        assert!(c.targets.values().all(|t| t.kind() == "log"));
+    }
+
+    #[test]
+    fn target_errors_name_the_target_and_key() {
+        let e = parse(&format!(
+            "{APP}[targets.zego]\nkind = \"zego\"\napp_id = 1\nserver_secret = \"env:UNSET\"\nfrom_user_id = \"b\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "targets.zego.server_secret");
+        let e = parse(&format!(
+            "{APP}[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\nrate_per_second = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "targets.rc.rate_per_second");
+        let e = parse(&format!(
+            "{APP}[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\nrate_per_sec = 5\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("targets.rc") && e.to_string().contains("rate_per_sec"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{APP}[[policy.rules]]\nname = \"r\"\nthen = [{{ target = \"nope\" }}]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "policy.rules[0].then[0].target");
+        assert!(
+            e.to_string().starts_with("test.toml: policy.rules[0]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -71,6 +71,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `/metrics`, `/healthz` and `/readyz` alone, for a worker-only process.
+pub fn ops_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics_reply(&metrics) }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move { ready_reply(ready.load(Ordering::Relaxed)) }
+            }),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -256,12 +277,16 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Answer {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.dedup_entries.set(state.dedup.len() as i64);
+    metrics_reply(&state.metrics)
+}
+
+fn metrics_reply(metrics: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }
@@ -271,7 +296,11 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.kafka_ready.load(Ordering::Relaxed) {
+    ready_reply(state.kafka_ready.load(Ordering::Relaxed))
+}
+
+fn ready_reply(ready: bool) -> Response {
+    if ready {
         reply(StatusCode::OK, json!({"status": "ready"}))
     } else {
         error(

@@ -40,6 +40,7 @@ impl Ingest {
         publisher: Publisher,
         metrics: Metrics,
     ) -> anyhow::Result<Ingest> {
+        config.require_ingest()?;
         let listen = config.http.listen;
         let listener = TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen}; is another process using it? Set http.listen to another address")

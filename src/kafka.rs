@@ -33,6 +33,8 @@ enum Command {
 /// The data lives in memory and is gone when this is dropped.
 pub struct EmbeddedKafka {
     bootstrap: String,
+    /// Topics created through this handle; creating one again is a no-op.
+    topics: std::sync::Mutex<std::collections::HashSet<String>>,
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -78,6 +80,7 @@ impl EmbeddedKafka {
             .map_err(|e| anyhow!("cannot start the embedded Kafka cluster: {e}"))?;
         Ok(EmbeddedKafka {
             bootstrap,
+            topics: Default::default(),
             commands: Some(tx),
             thread: Some(thread),
         })
@@ -99,9 +102,15 @@ impl EmbeddedKafka {
             .map_err(|e| anyhow!(e))
     }
 
-    /// Creates a topic with replication factor 1.
+    /// Creates a topic with replication factor 1 (once; again is a no-op).
     pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
-        self.call(|r| Command::CreateTopic(name.to_owned(), partitions, r))
+        let mut topics = self.topics.lock().expect("topics lock");
+        if topics.contains(name) {
+            return Ok(());
+        }
+        self.call(|r| Command::CreateTopic(name.to_owned(), partitions, r))?;
+        topics.insert(name.to_owned());
+        Ok(())
     }
 
     /// Takes a broker down: its connections are closed and refused.
@@ -159,6 +168,15 @@ impl Cluster {
             cluster.create_topic(cfg, &cfg.topic).await?;
         }
         Ok(cluster)
+    }
+
+    /// Creates another topic (the dead-letter topic) like the event topic.
+    pub async fn create_extra_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
+        match &self.embedded {
+            Some(embedded) => embedded.create_topic(topic, cfg.partitions),
+            None if cfg.create_topics => self.create_topic(cfg, topic).await,
+            None => Ok(()),
+        }
     }
 
     /// The bootstrap list clients should use.
@@ -229,6 +247,37 @@ pub fn client_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     for (key, value) in cfg.client_properties() {
         config.set(key, value);
     }
+    config
+}
+
+/// Producer defaults a user may change through `[kafka.client]`.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // Each reply waits for its ack, so time spent lingering is reply latency.
+    ("linger.ms", "0"),
+    // Bounded: a full queue is answered 503 instead of growing memory.
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "65536"),
+    // After this librdkafka gives up on a record; replies stop waiting
+    // earlier (http.ack_timeout_ms), this bounds the tail behind a 503.
+    ("message.timeout.ms", "30000"),
+];
+
+/// Settings of every mutebridge producer (events and dead letters): durable
+/// (`acks=all`), idempotent (retries neither duplicate nor reorder) and
+/// placed with murmur2 like Java clients. The pinned three cannot be
+/// overridden; the config loader refuses them in `[kafka.client]`.
+pub fn producer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in PRODUCER_DEFAULTS {
+        config.set(*key, *value);
+    }
+    for (key, value) in client_config(cfg, bootstrap).config_map() {
+        config.set(key, value);
+    }
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random");
     config
 }
 

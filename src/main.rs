@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use mutebridge::config::{Config, Origin, DEMO_APPKEY, DEMO_SECRET};
@@ -11,6 +12,7 @@ use mutebridge::ingest::{shutdown_signal, Ingest};
 use mutebridge::kafka::Cluster;
 use mutebridge::metrics::Metrics;
 use mutebridge::publish::Publisher;
+use mutebridge::worker::Worker;
 use mutebridge::{bench, event, send};
 
 // Per request the service allocates many small short-lived objects (JSON
@@ -32,8 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role in one process (today: ingest). Without --config:
-    /// embedded Kafka and a demo app, for trying mutebridge out.
+    /// Run ingest and worker in one process. Without --config: embedded
+    /// Kafka, a demo app, and targets that print what they would send.
     Run {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -42,6 +44,16 @@ enum Command {
     Ingest {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Run the worker role: consume events and apply the mute policy.
+    Worker {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the mute policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Sign callback payloads as Easemob does and POST them.
     Send {
@@ -86,6 +98,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print which rules match a normalized event (JSON, as read from the
+    /// topic) and the exact requests they would send. Calls nothing.
+    Explain {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A `mutebridge.event/v1` JSON file.
+        event: PathBuf,
+    },
+}
+
+/// Which roles a process runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Roles {
+    Both,
+    Ingest,
+    Worker,
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
@@ -116,9 +148,27 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } | Command::Ingest { config } => {
-            init_logging();
-            run_ingest(config).await?;
+        Command::Run { config } => serve(config, Roles::Both).await,
+        Command::Ingest { config } => serve(config, Roles::Ingest).await,
+        Command::Worker { config } => serve(config, Roles::Worker).await,
+        Command::Policy {
+            command: PolicyCommand::Explain { config, event },
+        } => {
+            let (config, _) = Config::load(config.as_deref())?;
+            let policy = config.policy()?;
+            let text = std::fs::read_to_string(&event)
+                .with_context(|| format!("cannot read {}", event.display()))?;
+            let event: event::Event = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a normalized event ({}); save one from the topic, e.g. with kcat",
+                    event.display(),
+                    event::SCHEMA_V1
+                )
+            })?;
+            print!(
+                "{}",
+                mutebridge::policy::explain_text(&policy, &config.targets, &event)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {
@@ -163,12 +213,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => {
             let (config, _) = Config::load(Some(&file))?;
             println!(
-                "{}: OK ({} app(s), kafka {} topic {})",
+                "{}: OK ({} app(s), kafka {} topic {}, {} target(s), {} rule(s))",
                 file.display(),
                 config.easemob.apps.len(),
                 config.kafka.brokers,
-                config.kafka.topic
+                config.kafka.topic,
+                config.targets.len(),
+                config.policy.rules.len()
             );
+            if config.easemob.apps.is_empty() {
+                println!("  no [[easemob.apps]]: usable for `mutebridge worker` only");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => {
@@ -178,18 +233,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_ingest(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(config_path: Option<PathBuf>, roles: Roles) -> anyhow::Result<ExitCode> {
+    init_logging();
     let (config, origin) = Config::load(config_path.as_deref())?;
+    if roles != Roles::Worker {
+        config.require_ingest()?;
+    }
     let metrics = Metrics::new();
     let cluster = Cluster::connect(&config.kafka).await?;
-    let publisher = Publisher::new(&config.kafka, cluster.bootstrap_servers())?;
-    let ingest = Ingest::bind(&config, publisher, metrics).await?;
-    let addr = ingest.local_addr();
+    let worker = match roles {
+        Roles::Ingest => None,
+        _ => Some(Worker::start(&config, &cluster, &metrics).await?),
+    };
+    let ingest = match roles {
+        Roles::Worker => None,
+        _ => {
+            let publisher = Publisher::new(&config.kafka, cluster.bootstrap_servers())?;
+            Some(Ingest::bind(&config, publisher, metrics.clone()).await?)
+        }
+    };
 
     println!("mutebridge {}", env!("CARGO_PKG_VERSION"));
     match &origin {
         Origin::File(path) => println!("  config: {}", path.display()),
-        Origin::Demo => println!("  config: none given, using built-in defaults"),
+        Origin::Demo => println!("  config: none given, using the built-in demo config"),
     }
     if cluster.embedded().is_some() {
         println!("  kafka: EMBEDDED in-process cluster (in memory; its data is gone when mutebridge exits)");
@@ -202,26 +269,91 @@ async fn run_ingest(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config.kafka.topic,
         config.kafka.partitions
     );
-    println!(
-        "  listening on http://{addr}  (POST /webhooks/easemob, GET /metrics /healthz /readyz)"
-    );
-    if matches!(origin, Origin::Demo) {
-        println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
-        let exe = std::env::args()
-            .next()
-            .unwrap_or_else(|| "mutebridge".into());
-        println!("  send a sample callback:");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(ingest) = ingest {
+        let addr = ingest.local_addr();
         println!(
-            "    {exe} send --url http://{addr}/webhooks/easemob --appkey '{DEMO_APPKEY}' --secret {DEMO_SECRET} --example mute-all"
+            "  ingest: http://{addr}  (POST /webhooks/easemob, GET /metrics /healthz /readyz)"
         );
-        println!("  read the topic:");
-        println!(
-            "    kcat -b {} -t {} -C -o beginning -f '%k %h %s\\n'",
-            cluster.bootstrap_servers(),
-            config.kafka.topic
-        );
+        if matches!(origin, Origin::Demo) {
+            println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
+            let exe = std::env::args()
+                .next()
+                .unwrap_or_else(|| "mutebridge".into());
+            println!("  send a sample callback:");
+            println!(
+                "    {exe} send --url http://{addr}/webhooks/easemob --appkey '{DEMO_APPKEY}' --secret {DEMO_SECRET} --example mute-all"
+            );
+            println!("  read the topic:");
+            println!(
+                "    kcat -b {} -t {} -C -o beginning -f '%k %h %s\\n'",
+                cluster.bootstrap_servers(),
+                config.kafka.topic
+            );
+        }
+        tasks.spawn(ingest.serve(stopped(stop_rx.clone())));
     }
-    ingest.serve(shutdown_signal()).await?;
+    if let Some(worker) = worker {
+        println!(
+            "  worker: group {} -> {} target(s), {} rule(s); dead letters to {}",
+            config.worker.group_id,
+            config.targets.len(),
+            config.policy.rules.len(),
+            config.worker.dlq_topic
+        );
+        if matches!(origin, Origin::Demo) {
+            println!("  DEMO targets are `log` targets: each action is printed below as the signed request it would send");
+        }
+        if roles == Roles::Worker {
+            let listen = config.http.listen;
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+                format!("cannot listen on {listen}; is another process using it? Set http.listen to another address")
+            })?;
+            println!("  worker: http://{listen}  (GET /metrics /healthz /readyz)");
+            let router = mutebridge::http::ops_router(metrics.clone(), worker.ready_flag());
+            let stop = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .context("the metrics server failed")
+            });
+        }
+        tasks.spawn(worker.run(stopped(stop_rx.clone())));
+    }
+    let mut failed = false;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(result) = tasks.join_next() => {
+            report(result, &mut failed);
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(result) = tasks.join_next().await {
+        report(result, &mut failed);
+    }
     drop(cluster);
-    Ok(())
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn report(result: Result<anyhow::Result<()>, tokio::task::JoinError>, failed: &mut bool) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            *failed = true;
+        }
+        Err(e) => {
+            eprintln!("error: a task failed: {e}");
+            *failed = true;
+        }
+    }
 }

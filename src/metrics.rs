@@ -5,8 +5,8 @@
 //! bounded whatever traffic arrives.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::sync::Arc;
@@ -56,8 +56,134 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     pub dedup_entries: IntGauge,
     pub kafka_ready: IntGauge,
+    pub worker: WorkerMetrics,
     by_outcome: Arc<[IntCounter; 6]>,
     by_kind: Arc<Vec<IntCounter>>,
+}
+
+/// The worker's metrics. Label values are closed sets: targets are the
+/// configured names, actions and outcomes are fixed, partitions are bounded
+/// by the topic.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// `outcome`: applied, skipped, no_match, dead_lettered.
+    pub events: IntCounterVec,
+    /// `outcome`: ok, skipped, dead_lettered.
+    pub actions: IntCounterVec,
+    pub action_duration: HistogramVec,
+    pub action_retries: IntCounterVec,
+    /// `reason`: see [`crate::dlq::Reason`].
+    pub dead_letters: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub rate_limit_wait: CounterVec,
+    pub groups_in_flight: IntGauge,
+    pub buffered_events: IntGauge,
+}
+
+impl WorkerMetrics {
+    fn new() -> WorkerMetrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        WorkerMetrics {
+            events: counter(
+                "mutebridge_worker_events_total",
+                "Events consumed and finished, by outcome (applied, skipped, no_match, dead_lettered).",
+                &["outcome"],
+            ),
+            actions: counter(
+                "mutebridge_actions_total",
+                "Actions finished, by target, action and outcome (ok, skipped, dead_lettered).",
+                &["target", "action", "outcome"],
+            ),
+            action_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "mutebridge_action_duration_seconds",
+                    "Duration of one HTTP attempt against a target.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["target"],
+            )
+            .expect("valid metric"),
+            action_retries: counter(
+                "mutebridge_action_retries_total",
+                "Attempts that were retried, by target.",
+                &["target"],
+            ),
+            dead_letters: counter(
+                "mutebridge_dead_letters_total",
+                "Records written to the dead-letter topic, by target and reason.",
+                &["target", "reason"],
+            ),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "mutebridge_consumer_lag",
+                    "Messages between the committed offset and the end of each assigned partition (librdkafka statistics).",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+            rate_limit_wait: CounterVec::new(
+                Opts::new(
+                    "mutebridge_rate_limit_wait_seconds_total",
+                    "Time actions spent waiting for their target's rate limiter.",
+                ),
+                &["target"],
+            )
+            .expect("valid metric"),
+            groups_in_flight: IntGauge::new(
+                "mutebridge_worker_groups_in_flight",
+                "Groups with an event being applied right now.",
+            )
+            .expect("valid metric"),
+            buffered_events: IntGauge::new(
+                "mutebridge_worker_buffered_events",
+                "Events consumed and not yet finished (running or queued behind their group).",
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.events.clone()),
+            Box::new(self.actions.clone()),
+            Box::new(self.action_duration.clone()),
+            Box::new(self.action_retries.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.consumer_lag.clone()),
+            Box::new(self.rate_limit_wait.clone()),
+            Box::new(self.groups_in_flight.clone()),
+            Box::new(self.buffered_events.clone()),
+        ]
+    }
+
+    /// Creates every label combination of `targets` at zero, so dashboards
+    /// and alerts see the series before the first failure.
+    pub fn init_labels<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
+        for outcome in ["applied", "skipped", "no_match", "dead_lettered"] {
+            self.events.with_label_values(&[outcome]);
+        }
+        self.dead_letters
+            .with_label_values(&["none", "undecodable"]);
+        for t in targets {
+            for action in crate::policy::Op::NAMES {
+                for outcome in ["ok", "skipped", "dead_lettered"] {
+                    self.actions.with_label_values(&[t, action, outcome]);
+                }
+            }
+            self.action_duration.with_label_values(&[t]);
+            self.action_retries.with_label_values(&[t]);
+            self.rate_limit_wait.with_label_values(&[t]);
+            for reason in crate::dlq::Reason::ALL {
+                if reason != crate::dlq::Reason::Undecodable {
+                    self.dead_letters.with_label_values(&[t, reason.as_str()]);
+                }
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -116,6 +242,11 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let worker = WorkerMetrics::new();
+        for c in worker.collectors() {
+            registry.register(c).expect("metric names are unique");
+        }
+
         // Resolved once: a label lookup hashes and locks on every call,
         // and these are incremented on every request.
         let by_outcome = Outcome::ALL.map(|o| webhooks.with_label_values(&[o.as_str()]));
@@ -144,6 +275,7 @@ impl Metrics {
             produce_errors,
             dedup_entries,
             kafka_ready,
+            worker,
         }
     }
 

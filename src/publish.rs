@@ -66,32 +66,10 @@ pub struct Publisher {
     topic: Arc<str>,
 }
 
-/// Producer defaults a user may change through `[kafka.client]`.
-const DEFAULTS: &[(&str, &str)] = &[
-    // Each reply waits for its ack, so time spent lingering is reply latency.
-    ("linger.ms", "0"),
-    // Bounded: a full queue is answered 503 instead of growing memory.
-    ("queue.buffering.max.messages", "100000"),
-    ("queue.buffering.max.kbytes", "65536"),
-    // After this librdkafka gives up on a record; replies stop waiting
-    // earlier (http.ack_timeout_ms), this bounds the tail behind a 503.
-    ("message.timeout.ms", "30000"),
-];
-
 impl Publisher {
     /// Creates the producer; mutebridge's delivery guarantees are pinned.
     pub fn new(cfg: &KafkaConfig, bootstrap: &str) -> anyhow::Result<Publisher> {
-        let mut config = rdkafka::ClientConfig::new();
-        for (key, value) in DEFAULTS {
-            config.set(*key, *value);
-        }
-        for (key, value) in kafka::client_config(cfg, bootstrap).config_map() {
-            config.set(key, value);
-        }
-        config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("partitioner", "murmur2_random");
+        let config = kafka::producer_config(cfg, bootstrap);
         let producer: FutureProducer = config
             .create()
             .context("cannot create the Kafka producer (check the [kafka.client] properties)")?;

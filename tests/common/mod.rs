@@ -66,6 +66,13 @@ impl Harness {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Harness {
+        // Logs show with `RUST_LOG=info cargo test -- --nocapture`.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let mut config = test_config();
         adjust(&mut config);
         let metrics = Metrics::new();
@@ -320,4 +327,93 @@ fn murmur2_matches_kafka_test_vectors() {
         -58897971
     );
     assert_eq!(java_murmur2(b"abc"), 479470107);
+}
+
+/// A worker running against the harness's cluster.
+pub struct WorkerHandle {
+    pub metrics: Metrics,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl WorkerHandle {
+    /// Graceful stop (the SIGTERM path): finish running events, commit.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// The value of a metric line starting with `line_prefix`, or 0.
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(line_prefix)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Settings that keep worker tests quick: frequent commits, short backoffs.
+pub fn fast_worker(config: &mut Config) {
+    config.worker.commit_interval_ms = 100;
+    config.worker.request_timeout_ms = 1000;
+    config.worker.shutdown_grace_seconds = 5;
+    config.worker.retry.initial_backoff_ms = 20;
+    config.worker.retry.max_backoff_ms = 200;
+    config.worker.retry.max_attempts = 6;
+}
+
+impl Harness {
+    /// Starts a worker with the harness's config.
+    pub async fn start_worker(&self) -> WorkerHandle {
+        self.start_worker_with(&self.config).await
+    }
+
+    /// Starts a worker with `config` against the harness's cluster.
+    pub async fn start_worker_with(&self, config: &Config) -> WorkerHandle {
+        let metrics = Metrics::new();
+        let worker = mutebridge::worker::Worker::start(config, &self.cluster, &metrics)
+            .await
+            .expect("worker starts");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = rx.await;
+        }));
+        WorkerHandle {
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Reads the dead-letter topic from the start.
+    pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<Record> {
+        let bootstrap = self.cluster.bootstrap_servers().to_owned();
+        let topic = self.config.worker.dlq_topic.clone();
+        let partitions = self.config.kafka.partitions;
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, partitions, n, timeout))
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

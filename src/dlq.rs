@@ -1,0 +1,143 @@
+//! The dead-letter topic: where an action that failed for good goes, with
+//! everything needed to understand and replay it.
+//!
+//! A dead letter is what lets the worker commit past a failure without
+//! losing it, so writing one is not allowed to fail: it is retried until
+//! Kafka acknowledges it, holding up only that event's group.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+
+use crate::config::KafkaConfig;
+use crate::event::Event;
+use crate::kafka;
+
+/// Value of the `schema` field of a dead letter.
+pub const DEAD_LETTER_SCHEMA: &str = "mutebridge.dead_letter/v1";
+
+/// Why an action was dead-lettered; the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The target refused the call in a way retrying cannot fix (bad
+    /// credentials or parameters, no such group, no permission).
+    PermanentError,
+    /// Retryable failures outlasted `[worker.retry]`'s budget.
+    RetriesExhausted,
+    /// An ID had no mapping and the rule says `on_unmapped = "dead_letter"`.
+    Unmapped,
+    /// The record is not a `mutebridge.event/v1` event.
+    Undecodable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::PermanentError,
+        Reason::RetriesExhausted,
+        Reason::Unmapped,
+        Reason::Undecodable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PermanentError => "permanent_error",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::Unmapped => "unmapped",
+            Reason::Undecodable => "undecodable",
+        }
+    }
+}
+
+/// Where the failed event was read from.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One dead-letter record (the JSON value on the topic).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub schema: &'static str,
+    pub reason: Reason,
+    /// The last error, as the target or the policy put it.
+    pub error: String,
+    /// The `[targets.NAME]`, when an action failed.
+    pub target: Option<String>,
+    /// The rule's name, when an action failed.
+    pub rule: Option<String>,
+    /// `mute_all`, `mute_members`, ...
+    pub action: Option<&'static str>,
+    /// The users the failure is about (a partial failure names some).
+    pub users: Vec<String>,
+    pub attempts: u32,
+    pub source: SourceRecord,
+    pub failed_at_ms: i64,
+    /// The original event, when it could be decoded.
+    pub event: Option<Event>,
+    /// The raw record value, when it could not.
+    pub payload: Option<String>,
+}
+
+/// The dead-letter producer (durable and idempotent, like the event producer).
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(cfg: &KafkaConfig, bootstrap: &str, topic: &str) -> anyhow::Result<DeadLetters> {
+        let producer: FutureProducer = kafka::producer_config(cfg, bootstrap).create().context(
+            "cannot create the dead-letter producer (check the [kafka.client] properties)",
+        )?;
+        Ok(DeadLetters {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes `letter` keyed like its event, retrying until Kafka
+    /// acknowledges it.
+    pub async fn write(&self, key: &[u8], letter: &DeadLetter) {
+        let payload = serde_json::to_vec(letter).expect("dead letters always serialize");
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "reason",
+                    value: Some(letter.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "schema",
+                    value: Some(DEAD_LETTER_SCHEMA),
+                });
+            let record = FutureRecord::to(&self.topic)
+                .key(key)
+                .payload(&payload)
+                .headers(headers);
+            match self.producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    tracing::error!(error = %e, topic = %self.topic, "cannot write a dead letter; retrying (the group waits)");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for queued dead letters.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}

@@ -1,0 +1,394 @@
+//! Targets: the downstream APIs the worker applies actions to.
+//!
+//! A target turns one call (an [`Action`] with at most 20 users) into the
+//! exact HTTP [`Request`] the provider expects, signed afresh for every
+//! attempt, and reads the provider's reply into an [`Outcome`] the retry
+//! loop in [`crate::deliver`] acts on. Building and reading are pure, so
+//! `policy explain` and the `log` target print byte for byte what a real
+//! target would send.
+
+pub mod rongcloud;
+pub mod webhook;
+pub mod zego;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::config::Secret;
+use crate::event::Event;
+use crate::policy::{Action, Dest, Op};
+
+/// `[targets.NAME]`: where actions go, chosen by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetConfig {
+    /// ZEGO ZIM server API.
+    Zego(zego::ZegoConfig),
+    /// RongCloud (Nexconn) server API.
+    Rongcloud(rongcloud::RongCloudConfig),
+    /// POST the normalized event to a URL, HMAC-SHA256 signed.
+    Webhook(webhook::WebhookConfig),
+    /// Print each request instead of sending it.
+    Log(LogConfig),
+    /// Accept every action and do nothing (benchmarks, dry runs).
+    Discard(DiscardConfig),
+}
+
+/// `kind = "log"`: prints what would be sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// The target whose requests are printed (`[targets.NAME.as]`, with
+    /// its own `kind`); without it the action is printed as JSON.
+    #[serde(rename = "as", default)]
+    pub render_as: Option<Box<TargetConfig>>,
+}
+
+/// `kind = "discard"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardConfig {}
+
+impl TargetConfig {
+    /// The `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetConfig::Zego(_) => "zego",
+            TargetConfig::Rongcloud(_) => "rongcloud",
+            TargetConfig::Webhook(_) => "webhook",
+            TargetConfig::Log(_) => "log",
+            TargetConfig::Discard(_) => "discard",
+        }
+    }
+
+    /// The config whose request shape this target uses (`log` looks through
+    /// to its `as` table).
+    pub fn shape(&self) -> &TargetConfig {
+        match self {
+            TargetConfig::Log(LogConfig {
+                render_as: Some(inner),
+            }) => inner.shape(),
+            other => other,
+        }
+    }
+
+    /// Every secret in this target, with its key relative to the target.
+    pub fn secrets_mut(&mut self) -> Vec<(String, &mut Secret)> {
+        match self {
+            TargetConfig::Zego(c) => vec![("server_secret".into(), &mut c.server_secret)],
+            TargetConfig::Rongcloud(c) => vec![("app_secret".into(), &mut c.app_secret)],
+            TargetConfig::Webhook(c) => vec![("secret".into(), &mut c.secret)],
+            TargetConfig::Log(LogConfig {
+                render_as: Some(inner),
+            }) => inner
+                .secrets_mut()
+                .into_iter()
+                .map(|(k, s)| (format!("as.{k}"), s))
+                .collect(),
+            TargetConfig::Log(_) | TargetConfig::Discard(_) => Vec::new(),
+        }
+    }
+
+    /// Checks settings that serde cannot; `Err((key, message))`, the key
+    /// relative to the target.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let rate = |r: Option<f64>| match r {
+            Some(r) if !(r > 0.0 && r <= 100_000.0) => Err((
+                "rate_per_second".to_string(),
+                format!("{r} is not between 0 (exclusive) and 100000"),
+            )),
+            _ => Ok(()),
+        };
+        match self {
+            TargetConfig::Zego(c) => {
+                rate(Some(c.rate_per_second))?;
+                url_ok("base_url", &c.base_url)?;
+                if c.from_user_id.trim().is_empty() {
+                    return Err((
+                        "from_user_id".into(),
+                        "must name the user the mutes are made as (a group owner or admin)".into(),
+                    ));
+                }
+                Ok(())
+            }
+            TargetConfig::Rongcloud(c) => {
+                rate(Some(c.rate_per_second))?;
+                if c.base_urls.is_empty() {
+                    return Err(("base_urls".into(), "needs at least one host".into()));
+                }
+                for (i, u) in c.base_urls.iter().enumerate() {
+                    url_ok(&format!("base_urls[{i}]"), u)?;
+                }
+                if c.app_key.trim().is_empty() {
+                    return Err(("app_key".into(), "must not be empty".into()));
+                }
+                Ok(())
+            }
+            TargetConfig::Webhook(c) => {
+                rate(c.rate_per_second)?;
+                url_ok("url", &c.url)
+            }
+            TargetConfig::Log(LogConfig {
+                render_as: Some(inner),
+            }) => match **inner {
+                TargetConfig::Log(_) | TargetConfig::Discard(_) => Err((
+                    "as.kind".into(),
+                    "must be zego, rongcloud or webhook (the target whose requests are printed)"
+                        .into(),
+                )),
+                _ => inner.validate().map_err(|(k, m)| (format!("as.{k}"), m)),
+            },
+            TargetConfig::Log(_) | TargetConfig::Discard(_) => Ok(()),
+        }
+    }
+}
+
+fn url_ok(key: &str, url: &str) -> Result<(), (String, String)> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err((key.into(), format!("{url:?} is not an http(s) URL"))),
+        Err(e) => Err((key.into(), format!("{url:?} is not a URL: {e}"))),
+    }
+}
+
+/// A request exactly as it goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let method = match self.method {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        };
+        write!(f, "{method} {}", self.url)?;
+        for (name, value) in &self.headers {
+            write!(f, "\n{name}: {value}")?;
+        }
+        if let Some(body) = &self.body {
+            write!(f, "\n\n{body}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A provider's reply, as far as the targets need it.
+pub struct Reply<'a> {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: &'a [u8],
+}
+
+/// What one attempt achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    /// Some users failed (ZEGO `ErrorUsers`): retry these, give up on those.
+    Partial {
+        retry: Vec<String>,
+        failed: Vec<(String, String)>,
+    },
+    /// Worth another attempt after a backoff.
+    Retry {
+        error: String,
+        rate_limited: bool,
+        /// Try the next host (timeouts, connection errors, 5xx).
+        switch_host: bool,
+        after: Option<Duration>,
+    },
+    /// Another attempt would fail the same way.
+    Permanent {
+        error: String,
+    },
+}
+
+impl Outcome {
+    fn retry(error: String) -> Outcome {
+        Outcome::Retry {
+            error,
+            rate_limited: false,
+            switch_host: false,
+            after: None,
+        }
+    }
+}
+
+/// Why a call cannot be rendered into a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsendable {
+    /// Nothing to do any more (a mute that has already expired).
+    Moot(&'static str),
+    /// The call would be wrong to send (it goes to the dead-letter topic).
+    Invalid(String),
+}
+
+/// A configured target, ready to render and read.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Zego(zego::Zego),
+    RongCloud(rongcloud::RongCloud),
+    Webhook(webhook::Webhook),
+    /// Prints instead of sending; the inner target shapes the request.
+    Log(Option<Box<Target>>),
+    Discard,
+}
+
+/// Most users one provider call may name (ZEGO and RongCloud both cap at 20).
+pub const MAX_USERS_PER_CALL: usize = 20;
+
+impl Target {
+    pub fn new(config: &TargetConfig) -> Target {
+        match config {
+            TargetConfig::Zego(c) => Target::Zego(zego::Zego::new(c.clone())),
+            TargetConfig::Rongcloud(c) => Target::RongCloud(rongcloud::RongCloud::new(c.clone())),
+            TargetConfig::Webhook(c) => Target::Webhook(webhook::Webhook::new(c.clone())),
+            TargetConfig::Log(c) => {
+                Target::Log(c.render_as.as_ref().map(|t| Box::new(Target::new(t))))
+            }
+            TargetConfig::Discard(_) => Target::Discard,
+        }
+    }
+
+    /// True when this target makes network calls (and so is rate limited
+    /// and retried).
+    pub fn sends(&self) -> bool {
+        matches!(
+            self,
+            Target::Zego(_) | Target::RongCloud(_) | Target::Webhook(_)
+        )
+    }
+
+    /// Requests per second this target allows itself; `None` = unlimited.
+    pub fn rate_per_second(&self) -> Option<f64> {
+        match self {
+            Target::Zego(z) => Some(z.config.rate_per_second),
+            Target::RongCloud(r) => Some(r.config.rate_per_second),
+            Target::Webhook(w) => w.config.rate_per_second,
+            Target::Log(_) | Target::Discard => None,
+        }
+    }
+
+    /// Hosts to fail over between (RongCloud's primary and backup).
+    pub fn hosts(&self) -> usize {
+        match self {
+            Target::RongCloud(r) => r.config.base_urls.len(),
+            _ => 1,
+        }
+    }
+
+    /// Splits an action into provider calls of at most 20 users each.
+    pub fn split(&self, action: Action) -> Vec<Action> {
+        let per_user = matches!(action.op, Op::MuteMembers { .. } | Op::UnmuteMembers);
+        if !per_user || action.users.len() <= MAX_USERS_PER_CALL {
+            return vec![action];
+        }
+        action
+            .users
+            .chunks(MAX_USERS_PER_CALL)
+            .map(|chunk| Action {
+                users: chunk.to_vec(),
+                ..action.clone()
+            })
+            .collect()
+    }
+
+    /// The request for one attempt of `call`, signed for `now`; `None` when
+    /// the target sends nothing (`discard`, or `log` without `as`).
+    pub fn render(
+        &self,
+        call: &Action,
+        event: &Event,
+        host: usize,
+        now: SystemTime,
+    ) -> Result<Option<Request>, Unsendable> {
+        match self {
+            Target::Zego(z) => z.render(call, now).map(Some),
+            Target::RongCloud(r) => r.render(call, host, now).map(Some),
+            Target::Webhook(w) => w.render(call, event, now).map(Some),
+            Target::Log(Some(inner)) => inner.render(call, event, host, now),
+            Target::Log(None) | Target::Discard => {
+                if let Op::MuteMembers { length } = &call.op {
+                    remaining_seconds(length, now)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the reply to `call`.
+    pub fn read(&self, call: &Action, reply: &Reply<'_>) -> Outcome {
+        match self {
+            Target::Zego(z) => z.read(call, reply),
+            Target::RongCloud(_) => rongcloud::read(reply),
+            Target::Webhook(_) => webhook::read(reply),
+            Target::Log(_) | Target::Discard => Outcome::Done,
+        }
+    }
+
+    /// The line the `log` target prints for a call it did not render.
+    pub fn describe(call: &Action, event: &Event) -> String {
+        serde_json::json!({
+            "rule": &*call.rule,
+            "target": &*call.target,
+            "action": call.op.name(),
+            "dest": match &call.dest {
+                Dest::Group(g) => serde_json::json!({"group": g}),
+                Dest::Chatroom(c) => serde_json::json!({"chatroom": c}),
+                Dest::Event => serde_json::Value::Null,
+            },
+            "users": &call.users,
+            "event": event,
+        })
+        .to_string()
+    }
+}
+
+/// How long a member mute still has to run, in whole seconds rounded up;
+/// `None` = permanent. An expired mute is moot.
+pub fn remaining_seconds(
+    length: &crate::policy::MuteLength,
+    now: SystemTime,
+) -> Result<Option<u64>, Unsendable> {
+    use crate::policy::MuteLength;
+    match *length {
+        MuteLength::Permanent => Ok(None),
+        MuteLength::Seconds(s) => Ok(Some(s)),
+        MuteLength::UntilMs(until) => {
+            let now_ms = unix_ms(now);
+            if until <= now_ms {
+                Err(Unsendable::Moot("the mute has already expired"))
+            } else {
+                Ok(Some(((until - now_ms) as u64).div_ceil(1000)))
+            }
+        }
+    }
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A fresh nonce: 16 lowercase hex characters, as the providers' samples use.
+pub(crate) fn nonce() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Parses `Retry-After` given in seconds (the form APIs use).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}

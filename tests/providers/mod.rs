@@ -1,0 +1,518 @@
+//! Local stand-ins for the ZEGO and RongCloud server APIs, faithful to the
+//! parts of their contracts mutebridge uses: they check the signature and
+//! the parameters, enforce the documented rate limits with the real error
+//! codes, and can be told to fail (5xx, slow replies, given codes, outage).
+//! Shared by the integration tests and the worker benchmark.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::json;
+
+/// A scripted misbehaviour, applied to the next request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Reply with this HTTP status (and an error body).
+    Status(u16),
+    /// Reply with this provider code (ZEGO: HTTP 200; RongCloud: its status).
+    Code(i64),
+    /// Wait this long before handling the request (client timeouts).
+    Delay(Duration),
+}
+
+/// A token bucket like the providers' per-second limits: `rate` tokens per
+/// second, at most `rate` stored.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Bucket {
+        Bucket {
+            rate,
+            tokens: rate,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One request a fake accepted and applied.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// ZEGO `Action`, or the RongCloud path.
+    pub action: String,
+    /// GroupId / groupId / chatroomId.
+    pub id: String,
+    pub users: Vec<String>,
+    /// ZEGO `Duration`, RongCloud `minute`.
+    pub duration: Option<i64>,
+    pub all_muted: Option<bool>,
+    pub need_notify: Option<bool>,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Common {
+    calls: Mutex<Vec<Call>>,
+    faults: Mutex<VecDeque<Fault>>,
+    down: AtomicBool,
+    requests: AtomicU64,
+    rate_limited: AtomicU64,
+    rejected: Mutex<Vec<String>>,
+}
+
+async fn common_gate(c: &Common) -> Option<Fault> {
+    let fault = c.faults.lock().unwrap().pop_front();
+    if let Some(Fault::Delay(d)) = fault {
+        tokio::time::sleep(d).await;
+        return None;
+    }
+    fault
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn pairs(text: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(text.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn all(pairs: &[(String, String)], key: &str) -> Vec<String> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+// ---------------------------------------------------------------- ZEGO
+
+pub struct ZegoState {
+    pub app_id: u32,
+    pub secret: String,
+    common: Common,
+    bucket: Mutex<Bucket>,
+    /// `None`: every group exists.
+    groups: Mutex<Option<HashSet<String>>>,
+    /// Users that fail inside `MuteGroupMembers` with this sub-code.
+    failing_users: Mutex<HashMap<String, i64>>,
+}
+
+/// A ZEGO ZIM server API on loopback: GET `/?Action=MuteGroup|MuteGroupMembers`.
+#[derive(Clone)]
+pub struct FakeZego {
+    pub addr: SocketAddr,
+    pub state: Arc<ZegoState>,
+}
+
+impl FakeZego {
+    pub async fn start(app_id: u32, secret: &str, rate_per_second: f64) -> FakeZego {
+        let state = Arc::new(ZegoState {
+            app_id,
+            secret: secret.into(),
+            common: Common::default(),
+            bucket: Mutex::new(Bucket::new(rate_per_second)),
+            groups: Mutex::new(None),
+            failing_users: Mutex::new(HashMap::new()),
+        });
+        let router = Router::new()
+            .fallback(zego_handler)
+            .with_state(state.clone());
+        FakeZego {
+            addr: serve(router).await,
+            state,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.common.calls.lock().unwrap().clone()
+    }
+    pub fn fault(&self, f: Fault) {
+        self.state.common.faults.lock().unwrap().push_back(f);
+    }
+    pub fn set_down(&self, down: bool) {
+        self.state.common.down.store(down, Ordering::SeqCst);
+    }
+    pub fn only_groups(&self, groups: &[&str]) {
+        *self.state.groups.lock().unwrap() = Some(groups.iter().map(|g| g.to_string()).collect());
+    }
+    pub fn fail_user(&self, user: &str, sub_code: i64) {
+        self.state
+            .failing_users
+            .lock()
+            .unwrap()
+            .insert(user.into(), sub_code);
+    }
+    pub fn rate_limited(&self) -> u64 {
+        self.state.common.rate_limited.load(Ordering::Relaxed)
+    }
+    pub fn requests(&self) -> u64 {
+        self.state.common.requests.load(Ordering::Relaxed)
+    }
+    /// Requests refused for a bad signature or bad parameters, with why.
+    pub fn rejected(&self) -> Vec<String> {
+        self.state.common.rejected.lock().unwrap().clone()
+    }
+}
+
+fn zego_reply(code: i64, message: &str) -> Response {
+    axum::Json(json!({"Code": code, "Message": message, "RequestId": "fake"})).into_response()
+}
+
+async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
+    s.common.requests.fetch_add(1, Ordering::Relaxed);
+    if s.common.down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
+    }
+    match common_gate(&s.common).await {
+        Some(Fault::Status(st)) => {
+            return (StatusCode::from_u16(st).unwrap(), "injected").into_response()
+        }
+        Some(Fault::Code(c)) => return zego_reply(c, "injected"),
+        _ => {}
+    }
+    let q = pairs(uri.query().unwrap_or(""));
+    let reject = |code: i64, why: String| {
+        s.common.rejected.lock().unwrap().push(why.clone());
+        zego_reply(code, &why)
+    };
+    let Some(app_id) = one(&q, "AppId").and_then(|v| v.parse::<u32>().ok()) else {
+        return reject(100000001, "AppId missing".into());
+    };
+    if app_id != s.app_id {
+        return reject(100000001, format!("unknown AppId {app_id}"));
+    }
+    if one(&q, "SignatureVersion") != Some("2.0") {
+        return reject(100000014, "SignatureVersion must be 2.0".into());
+    }
+    let nonce = one(&q, "SignatureNonce").unwrap_or("");
+    if nonce.is_empty() {
+        return reject(100000003, "SignatureNonce missing".into());
+    }
+    let Some(ts) = one(&q, "Timestamp").and_then(|v| v.parse::<i64>().ok()) else {
+        return reject(100000002, "Timestamp missing".into());
+    };
+    if (ts - now_s()).abs() > 600 {
+        return reject(100000004, "signature expired".into());
+    }
+    let expected = mutebridge::target::zego::signature(app_id, nonce, &s.secret, ts as u64);
+    // Independent check of the rule, not via the code under test.
+    let independent = {
+        use md5::Digest;
+        hex::encode(md5::Md5::digest(format!("{app_id}{nonce}{}{ts}", s.secret)))
+    };
+    assert_eq!(expected, independent);
+    if one(&q, "Signature") != Some(independent.as_str()) {
+        return reject(100000005, "signature wrong".into());
+    }
+    if !s.bucket.lock().unwrap().take() {
+        s.common.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return zego_reply(660300005, "AppID rate limit");
+    }
+    let (Some(from), Some(group)) = (one(&q, "FromUserId"), one(&q, "GroupId")) else {
+        return reject(660000002, "FromUserId and GroupId are required".into());
+    };
+    if from.is_empty() || group.is_empty() {
+        return reject(660000002, "empty FromUserId or GroupId".into());
+    }
+    let duration = match one(&q, "Duration").map(|d| d.parse::<i64>()) {
+        None => 0,
+        Some(Ok(d)) if (-1..=2_592_000).contains(&d) => d,
+        _ => return reject(660000002, "Duration out of range".into()),
+    };
+    if let Some(groups) = &*s.groups.lock().unwrap() {
+        if !groups.contains(group) {
+            return zego_reply(660600001, "group does not exist");
+        }
+    }
+    let action = one(&q, "Action").unwrap_or("").to_owned();
+    let mut call = Call {
+        action: action.clone(),
+        id: group.into(),
+        users: Vec::new(),
+        duration: Some(duration),
+        all_muted: None,
+        need_notify: None,
+        at: Instant::now(),
+    };
+    match action.as_str() {
+        "MuteGroup" => {
+            call.all_muted = match one(&q, "IsAllMuted") {
+                None => None,
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                Some(other) => return reject(660000002, format!("IsAllMuted={other}")),
+            };
+            s.common.calls.lock().unwrap().push(call);
+            zego_reply(0, "success")
+        }
+        "MuteGroupMembers" => {
+            let users = all(&q, "UserIds[]");
+            if users.is_empty() || users.len() > 20 {
+                return reject(
+                    660000002,
+                    format!("{} UserIds (1 to 20 allowed)", users.len()),
+                );
+            }
+            let failing = s.failing_users.lock().unwrap().clone();
+            let errors: Vec<_> = users
+                .iter()
+                .filter_map(|u| failing.get(u).map(|c| json!({"UserId": u, "SubCode": c})))
+                .collect();
+            call.users = users
+                .into_iter()
+                .filter(|u| !failing.contains_key(u))
+                .collect();
+            if call.users.is_empty() {
+                return axum::Json(json!({"Code": 660600033, "Message": "failed for every user", "ErrorUsers": errors})).into_response();
+            }
+            s.common.calls.lock().unwrap().push(call);
+            axum::Json(
+                json!({"Code": 0, "Message": "success", "RequestId": "fake", "ErrorUsers": errors}),
+            )
+            .into_response()
+        }
+        other => reject(100000006, format!("unsupported Action {other:?}")),
+    }
+}
+
+// ----------------------------------------------------------- RongCloud
+
+pub struct RongState {
+    pub app_key: String,
+    pub secret: String,
+    common: Common,
+    bucket: Mutex<Bucket>,
+}
+
+/// One RongCloud host (primary or backup) on loopback.
+#[derive(Clone)]
+pub struct FakeRongCloud {
+    pub addr: SocketAddr,
+    pub state: Arc<RongState>,
+}
+
+const RONG_PATHS: [&str; 8] = [
+    "/chatroom/ban/add.json",
+    "/chatroom/ban/rollback.json",
+    "/group/ban/add.json",
+    "/group/ban/rollback.json",
+    "/chatroom/user/gag/add.json",
+    "/chatroom/user/gag/rollback.json",
+    "/group/user/gag/add.json",
+    "/group/user/gag/rollback.json",
+];
+
+impl FakeRongCloud {
+    pub async fn start(app_key: &str, secret: &str, rate_per_second: f64) -> FakeRongCloud {
+        let state = Arc::new(RongState {
+            app_key: app_key.into(),
+            secret: secret.into(),
+            common: Common::default(),
+            bucket: Mutex::new(Bucket::new(rate_per_second)),
+        });
+        let router = Router::new()
+            .fallback(rong_handler)
+            .with_state(state.clone());
+        FakeRongCloud {
+            addr: serve(router).await,
+            state,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.common.calls.lock().unwrap().clone()
+    }
+    pub fn fault(&self, f: Fault) {
+        self.state.common.faults.lock().unwrap().push_back(f);
+    }
+    pub fn set_down(&self, down: bool) {
+        self.state.common.down.store(down, Ordering::SeqCst);
+    }
+    pub fn requests(&self) -> u64 {
+        self.state.common.requests.load(Ordering::Relaxed)
+    }
+    pub fn rate_limited(&self) -> u64 {
+        self.state.common.rate_limited.load(Ordering::Relaxed)
+    }
+    pub fn rejected(&self) -> Vec<String> {
+        self.state.common.rejected.lock().unwrap().clone()
+    }
+}
+
+fn rong_reply(status: u16, code: i64, message: &str) -> Response {
+    let mut body = json!({"code": code});
+    if code != 200 {
+        body["errorMessage"] = json!(message);
+    }
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+async fn rong_handler(
+    State(s): State<Arc<RongState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.common.requests.fetch_add(1, Ordering::Relaxed);
+    if s.common.down.load(Ordering::SeqCst) {
+        return (StatusCode::BAD_GATEWAY, "host down").into_response();
+    }
+    match common_gate(&s.common).await {
+        Some(Fault::Status(st)) => {
+            return (StatusCode::from_u16(st).unwrap(), "injected").into_response()
+        }
+        Some(Fault::Code(c)) => {
+            let status = match c {
+                1000 => 500,
+                1008 => 429,
+                1050 => 504,
+                1001 | 1004 | 1006 | 1007 => 401,
+                1009 => 430,
+                _ => 400,
+            };
+            return rong_reply(status, c, "injected");
+        }
+        _ => {}
+    }
+    let reject = |status: u16, code: i64, why: String| {
+        s.common.rejected.lock().unwrap().push(why.clone());
+        rong_reply(status, code, &why)
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    if header("App-Key") != s.app_key {
+        return reject(401, 1001, "unknown App-Key".into());
+    }
+    let (nonce, ts, sig) = (header("Nonce"), header("Timestamp"), header("Signature"));
+    if nonce.is_empty() || nonce.len() > 18 {
+        return reject(401, 1004, "Nonce missing or longer than 18".into());
+    }
+    let Ok(ts_value) = ts.parse::<i64>() else {
+        return reject(401, 1004, "Timestamp missing".into());
+    };
+    // The docs say milliseconds, the SDKs send seconds: accept both.
+    let ts_s = if ts_value > 100_000_000_000 {
+        ts_value / 1000
+    } else {
+        ts_value
+    };
+    if (ts_s - now_s()).abs() > 300 {
+        return reject(401, 1004, "Timestamp too far from now".into());
+    }
+    let independent = {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(format!("{}{nonce}{ts}", s.secret)))
+    };
+    if sig != independent {
+        return reject(401, 1004, "signature error".into());
+    }
+    if header("Content-Type") != "application/x-www-form-urlencoded" {
+        return reject(400, 1002, "body must be a form".into());
+    }
+    if !s.bucket.lock().unwrap().take() {
+        s.common.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return rong_reply(429, 1008, "Too Many Requests");
+    }
+    let path = uri.path();
+    if !RONG_PATHS.contains(&path) {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    let form = pairs(std::str::from_utf8(&body).unwrap_or(""));
+    let chatroom = path.starts_with("/chatroom/");
+    let id_key = if chatroom { "chatroomId" } else { "groupId" };
+    let ids = all(&form, id_key);
+    let gag = path.contains("/user/gag/");
+    // Group gag with no groupId mutes the user in every group; the real API
+    // accepts it, so the fake records it as such for tests to catch.
+    let global_gag = gag && !chatroom;
+    if ids.len() != 1 || (ids[0].is_empty() && !global_gag) {
+        return reject(400, 1002, format!("{id_key} required"));
+    }
+    let users = all(&form, "userId");
+    if gag && (users.is_empty() || users.len() > 20) {
+        return reject(
+            400,
+            1002,
+            format!("{} userId (1 to 20 allowed)", users.len()),
+        );
+    }
+    let minute = one(&form, "minute").map(|m| m.parse::<i64>());
+    let duration = match (path, minute) {
+        ("/chatroom/user/gag/add.json", Some(Ok(m))) if (1..=43200).contains(&m) => Some(m),
+        ("/chatroom/user/gag/add.json", _) => {
+            return reject(400, 1002, "minute required, 1..=43200".into())
+        }
+        ("/group/user/gag/add.json", Some(Ok(m))) if (0..=43200).contains(&m) => Some(m),
+        ("/group/user/gag/add.json", _) => {
+            return reject(400, 1002, "minute required, 0..=43200".into())
+        }
+        (_, None) => None,
+        (_, Some(_)) => return reject(400, 1002, "unexpected minute".into()),
+    };
+    s.common.calls.lock().unwrap().push(Call {
+        action: path.to_owned(),
+        id: ids[0].clone(),
+        users,
+        duration,
+        all_muted: None,
+        need_notify: one(&form, "needNotify").map(|v| v == "true"),
+        at: Instant::now(),
+    });
+    rong_reply(200, 200, "")
+}

@@ -1,0 +1,705 @@
+//! The worker end to end: callbacks POSTed to the real ingest, through the
+//! embedded Kafka cluster, applied by a real worker to local ZEGO and
+//! RongCloud servers (tests/providers) that check signatures, parameters
+//! and rate limits.
+
+mod common;
+mod providers;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use mutebridge::config::Config;
+use providers::{FakeRongCloud, FakeZego, Fault};
+use serde_json::{json, Map, Value};
+
+const ZEGO_APP: u32 = 12345;
+const ZEGO_SECRET: &str = "9193cc662a4c0ec135ec71fb57194b38";
+const RC_KEY: &str = "uwd1c0sxdlx2";
+const RC_SECRET: &str = "Y1W2MeFwwwRxa0";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Copies targets, policy and maps from a TOML fragment into `config`.
+fn policy(config: &mut Config, text: &str) {
+    let parsed = Config::parse(text, Path::new("test-policy.toml")).expect("test policy parses");
+    config.targets = parsed.targets;
+    config.policy = parsed.policy;
+    config.maps = parsed.maps;
+    config.easemob.dedup_by_content = false;
+    fast_worker(config);
+}
+
+fn zego_target(z: &FakeZego, name: &str) -> String {
+    format!(
+        "[targets.{name}]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {ZEGO_APP}\nserver_secret = \"{ZEGO_SECRET}\"\nfrom_user_id = \"moderation-bot\"\n",
+        z.base_url()
+    )
+}
+
+fn rc_target(hosts: &[&FakeRongCloud], name: &str) -> String {
+    let urls: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("\"{}\"", h.base_url()))
+        .collect();
+    format!(
+        "[targets.{name}]\nkind = \"rongcloud\"\nbase_urls = [{}]\napp_key = \"{RC_KEY}\"\napp_secret = \"{RC_SECRET}\"\n",
+        urls.join(", ")
+    )
+}
+
+const ZEGO_RULE: &str = r#"
+[[policy.rules]]
+name = "mirror group mutes to ZEGO"
+when = { scope = "group", kinds = ["mute_all", "unmute_all", "member_muted", "member_unmuted"] }
+then = [{ target = "zego", group = "{group_id}" }]
+"#;
+
+fn fixture(name: &str) -> Map<String, Value> {
+    let text = std::fs::read_to_string(format!("tests/fixtures/seeds/{name}")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The legacy seed callback with this operation and chatroom flag.
+fn legacy(operation: &str, chatroom: bool) -> Map<String, Value> {
+    let mut names: Vec<_> = std::fs::read_dir("tests/fixtures/seeds")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for n in names {
+        let f = fixture(&n);
+        if f["payload"]["operation"] == operation && f["payload"]["is_chatroom"] == chatroom {
+            return f;
+        }
+    }
+    panic!("no seed callback for {operation} (chatroom: {chatroom})")
+}
+
+fn member_mute(group: &str, members: &[String], expire_ms: Option<i64>) -> Map<String, Value> {
+    let mut payload = json!({"type": "ADD", "member": members});
+    if let Some(t) = expire_ms {
+        payload["expire_timestamp"] = json!(t);
+    }
+    op_event(group, "MUTE", payload)
+}
+
+fn unmute_all(group: &str) -> Map<String, Value> {
+    op_event(group, "UPDATE", json!({"type": "MUTE", "mute": false}))
+}
+
+async fn post_ok(h: &Harness, body: &Map<String, Value>) {
+    let r = h.post(body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000_mutes_the_mapped_zego_group_and_the_undo_unmutes_it() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 20.0).await;
+    let text = format!(
+        "{}\n[maps.zego_groups]\nids = {{ \"262246968131585\" = \"zego-room-42\" }}\n
+[[policy.rules]]
+name = \"mirror group mutes to ZEGO\"
+when = {{ scope = \"group\", kinds = [\"mute_all\", \"unmute_all\"] }}
+then = [{{ target = \"zego\", group = \"{{group_id}}\", group_map = \"zego_groups\" }}]
+",
+        zego_target(&zego, "zego")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+
+    let mut seed = fixture("000-00.json");
+    resign(&mut seed, SEED_SECRET);
+    post_ok(&h, &seed).await;
+    let mut undo = seed.clone();
+    undo["callId"] = json!("XXXX#XXXX_undo");
+    undo["payload"] = json!({"type": "MUTE", "mute": false});
+    undo["timestamp"] = json!(1729497065999i64);
+    resign(&mut undo, SEED_SECRET);
+    post_ok(&h, &undo).await;
+
+    assert!(
+        wait_until(WAIT, || zego.calls().len() >= 2).await,
+        "calls: {:?}",
+        zego.calls()
+    );
+    let calls = zego.calls();
+    assert_eq!(calls[0].action, "MuteGroup");
+    assert_eq!(calls[0].id, "zego-room-42");
+    assert_eq!(calls[0].all_muted, Some(true));
+    assert_eq!(calls[0].duration, Some(-1));
+    assert_eq!(calls[1].action, "MuteGroup");
+    assert_eq!(calls[1].duration, Some(0), "unmute_all lifts the mute");
+    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
+    assert!(
+        wait_until(WAIT, || w
+            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
+            == 2.0)
+        .await
+    );
+    assert_eq!(
+        w.metric("mutebridge_actions_total{action=\"mute_all\",outcome=\"ok\",target=\"zego\"}"),
+        1.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_chatroom_ban_group_goes_to_rongcloud_and_its_undo_rolls_back() {
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = format!(
+        "{}
+[[policy.rules]]
+name = \"mirror chatroom mutes to RongCloud\"
+when = {{ scope = \"chatroom\", kinds = [\"mute_all\", \"unmute_all\"], appkeys = [\"XXXX#XXXX\"] }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\", need_notify = true }}]
+",
+        rc_target(&[&rc], "rc")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    for op in ["ban_group", "remove_ban_group"] {
+        let mut body = legacy(op, true);
+        resign(&mut body, SEED_SECRET);
+        post_ok(&h, &body).await;
+    }
+    // A group (not chatroom) ban_group matches no rule.
+    let mut group = legacy("ban_group", false);
+    resign(&mut group, SEED_SECRET);
+    post_ok(&h, &group).await;
+
+    assert!(wait_until(WAIT, || rc.calls().len() >= 2).await);
+    let calls = rc.calls();
+    assert_eq!(calls[0].action, "/chatroom/ban/add.json");
+    assert_eq!(calls[0].id, "XXXX");
+    assert_eq!(calls[0].need_notify, Some(true));
+    assert_eq!(calls[1].action, "/chatroom/ban/rollback.json");
+    assert!(
+        wait_until(WAIT, || w
+            .metric("mutebridge_worker_events_total{outcome=\"no_match\"}")
+            == 1.0)
+        .await
+    );
+    assert_eq!(rc.calls().len(), 2);
+    assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_mutes_with_and_without_expiry_split_into_calls_of_twenty() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 20.0).await;
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = format!(
+        "{}{}{ZEGO_RULE}
+[[policy.rules]]
+name = \"group member mutes to RongCloud\"
+when = {{ scope = \"group\", kinds = [\"member_muted\", \"member_unmuted\"] }}
+then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
+",
+        zego_target(&zego, "zego"),
+        rc_target(&[&rc], "rc")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+
+    let ten_minutes = now_ms() + 600_000;
+    post_ok(
+        &h,
+        &member_mute("g-exp", &["alice".into()], Some(ten_minutes)),
+    )
+    .await;
+    post_ok(&h, &member_mute("g-perm", &["bob".into()], None)).await;
+    post_ok(
+        &h,
+        &member_mute("g-old", &["carol".into()], Some(now_ms() - 1000)),
+    )
+    .await;
+    let many: Vec<String> = (0..45).map(|i| format!("user-{i:02}")).collect();
+    post_ok(&h, &member_mute("g-many", &many, None)).await;
+    post_ok(
+        &h,
+        &op_event(
+            "g-perm",
+            "MUTE",
+            json!({"type": "REMOVE", "member": ["bob"]}),
+        ),
+    )
+    .await;
+
+    assert!(
+        wait_until(WAIT, || w
+            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
+            + w.metric("mutebridge_worker_events_total{outcome=\"skipped\"}")
+            >= 5.0)
+        .await
+    );
+    let by_group = |calls: &[providers::Call], g: &str| -> Vec<providers::Call> {
+        calls.iter().filter(|c| c.id == g).cloned().collect()
+    };
+    let z = zego.calls();
+    let exp = by_group(&z, "g-exp");
+    assert_eq!(exp.len(), 1);
+    assert_eq!(exp[0].action, "MuteGroupMembers");
+    let d = exp[0].duration.unwrap();
+    assert!((590..=600).contains(&d), "seconds remaining, got {d}");
+    let perm = by_group(&z, "g-perm");
+    assert_eq!(
+        (perm[0].duration, perm[1].duration),
+        (Some(-1), Some(0)),
+        "permanent, then unmute"
+    );
+    assert!(
+        by_group(&z, "g-old").is_empty(),
+        "an expired mute is not sent"
+    );
+    let split = by_group(&z, "g-many");
+    assert_eq!(
+        split.iter().map(|c| c.users.len()).collect::<Vec<_>>(),
+        vec![20, 20, 5]
+    );
+    assert_eq!(
+        split
+            .iter()
+            .flat_map(|c| c.users.clone())
+            .collect::<Vec<_>>(),
+        many
+    );
+
+    let r = rc.calls();
+    let exp = by_group(&r, "rc-g-exp");
+    assert_eq!(
+        (exp[0].action.as_str(), exp[0].duration),
+        ("/group/user/gag/add.json", Some(10))
+    );
+    let perm = by_group(&r, "rc-g-perm");
+    assert_eq!(perm[0].duration, Some(0), "0 = permanent on group gag");
+    assert_eq!(perm[1].action, "/group/user/gag/rollback.json");
+    assert_eq!(by_group(&r, "rc-g-many").len(), 3);
+    assert!(r.iter().all(|c| !c.id.is_empty()), "never an empty groupId");
+    assert!(zego.rejected().is_empty() && rc.rejected().is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_then_back_loses_nothing_and_keeps_group_order() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        c.worker.retry.max_attempts = 100;
+    })
+    .await;
+    zego.set_down(true);
+    let mut w = h.start_worker().await;
+    let mut sent: HashMap<String, Vec<i64>> = HashMap::new();
+    for round in 0..6 {
+        for g in 0..5 {
+            let group = format!("order-{g}");
+            let mute = round % 2 == 0;
+            post_ok(
+                &h,
+                &if mute {
+                    mute_all(&group)
+                } else {
+                    unmute_all(&group)
+                },
+            )
+            .await;
+            sent.entry(group)
+                .or_default()
+                .push(if mute { -1 } else { 0 });
+        }
+    }
+    assert!(
+        wait_until(WAIT, || w
+            .metric("mutebridge_action_retries_total{target=\"zego\"}")
+            >= 5.0)
+        .await
+    );
+    assert!(zego.calls().is_empty());
+    zego.set_down(false);
+    assert!(
+        wait_until(WAIT, || zego.calls().len() >= 30).await,
+        "{} calls",
+        zego.calls().len()
+    );
+    let mut applied: HashMap<String, Vec<i64>> = HashMap::new();
+    for c in zego.calls() {
+        applied.entry(c.id).or_default().push(c.duration.unwrap());
+    }
+    assert_eq!(
+        applied, sent,
+        "every event applied once, in order per group"
+    );
+    assert!(
+        wait_until(WAIT, || w
+            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
+            == 30.0)
+        .await
+    );
+    assert_eq!(
+        w.metric("mutebridge_worker_events_total{outcome=\"dead_lettered\"}"),
+        0.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_and_exhausted_retries_are_dead_lettered_with_the_reason() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    zego.only_groups(&["exists", "partial"]);
+    zego.fail_user("outsider", 660600024);
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+
+    post_ok(&h, &mute_all("missing")).await; // 660600001: no such group
+    post_ok(
+        &h,
+        &member_mute("partial", &["ok-1".into(), "outsider".into()], None),
+    )
+    .await;
+    assert!(
+        wait_until(WAIT, || w.metric(
+            "mutebridge_worker_events_total{outcome=\"dead_lettered\"}"
+        ) == 2.0)
+        .await
+    );
+    for _ in 0..6 {
+        zego.fault(Fault::Status(503));
+    }
+    post_ok(&h, &mute_all("exists")).await; // 503 six times: budget exhausted
+    post_ok(&h, &unmute_all("exists")).await; // applied after the dead letter
+
+    let letters = h.dead_letters(3, WAIT).await;
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let find = |group: &str| {
+        letters
+            .iter()
+            .find(|l| l.key == group)
+            .unwrap_or_else(|| panic!("{group}: {letters:?}"))
+            .value
+            .clone()
+    };
+    let missing = find("missing");
+    assert_eq!(missing["reason"], "permanent_error");
+    assert_eq!(missing["target"], "zego");
+    assert_eq!(missing["rule"], "mirror group mutes to ZEGO");
+    assert_eq!(missing["action"], "mute_all");
+    assert!(
+        missing["error"].as_str().unwrap().contains("660600001"),
+        "{missing}"
+    );
+    assert_eq!(missing["event"]["group_id"], "missing");
+    assert_eq!(missing["source"]["topic"], "im.group-events");
+    assert!(missing["source"]["offset"].as_i64().unwrap() >= 0);
+    let partial = find("partial");
+    assert_eq!(partial["users"], json!(["outsider"]));
+    assert!(partial["error"].as_str().unwrap().contains("660600024"));
+    let exhausted = find("exists");
+    assert_eq!(exhausted["reason"], "retries_exhausted");
+    assert_eq!(exhausted["attempts"], 6);
+
+    assert!(wait_until(WAIT, || zego.calls().iter().any(|c| c.id == "exists")).await);
+    let calls = zego.calls();
+    assert_eq!(
+        calls.iter().filter(|c| c.id == "exists").count(),
+        1,
+        "only the unmute"
+    );
+    assert_eq!(
+        calls.iter().find(|c| c.id == "partial").unwrap().users,
+        vec!["ok-1"]
+    );
+    assert_eq!(
+        w.metric("mutebridge_dead_letters_total{reason=\"permanent_error\",target=\"zego\"}"),
+        2.0
+    );
+    assert_eq!(
+        w.metric("mutebridge_dead_letters_total{reason=\"retries_exhausted\",target=\"zego\"}"),
+        1.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_respected_and_provider_rate_errors_are_retried() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 20.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    // Injected: the provider's own rate-limit code once, then a 429.
+    zego.fault(Fault::Code(660300005));
+    zego.fault(Fault::Status(429));
+    for g in 0..40 {
+        post_ok(&h, &mute_all(&format!("rl-{g}"))).await;
+    }
+    let mut w = h.start_worker().await;
+    assert!(wait_until(Duration::from_secs(30), || zego.calls().len() >= 40).await);
+    assert_eq!(
+        zego.rate_limited(),
+        0,
+        "the worker's own limiter kept under 20/s"
+    );
+    let calls = zego.calls();
+    let span = calls[39].at.duration_since(calls[0].at).as_secs_f64();
+    assert!(
+        span >= 39.0 / 20.0 * 0.95,
+        "40 calls at <= 20/s take ~1.95 s, took {span:.2}"
+    );
+    assert_eq!(
+        w.metric("mutebridge_action_retries_total{target=\"zego\"}"),
+        2.0
+    );
+    assert!(w.metric("mutebridge_rate_limit_wait_seconds_total{target=\"zego\"}") > 1.0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rongcloud_fails_over_to_the_backup_host() {
+    let primary = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let backup = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    primary.set_down(true);
+    let text = format!(
+        "{}
+[[policy.rules]]
+name = \"rc\"
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
+when = {{ kinds = [\"mute_all\"] }}
+",
+        rc_target(&[&primary, &backup], "rc")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("room-1")).await;
+    assert!(wait_until(WAIT, || backup.calls().len() == 1).await);
+    assert_eq!(primary.requests(), 1, "one failed attempt on the primary");
+    assert_eq!(backup.calls()[0].action, "/chatroom/ban/add.json");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_target_posts_the_signed_event() {
+    use axum::http::HeaderMap;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(HeaderMap, String)>::new()));
+    let r2 = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let r = r2.clone();
+            async move {
+                r.lock().unwrap().push((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let text = format!(
+        "[targets.audit]\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\nsecret = \"audit-secret\"\n
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+"
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(
+        &h,
+        &op_event(
+            "g-audit",
+            "MEMBER",
+            json!({"type": "KICK", "member": ["x"]}),
+        ),
+    )
+    .await;
+    assert!(wait_until(WAIT, || received.lock().unwrap().len() == 1).await);
+    let (headers, body) = received.lock().unwrap()[0].clone();
+    let ts = headers["x-mutebridge-timestamp"].to_str().unwrap();
+    let expected = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"audit-secret").unwrap();
+        mac.update(format!("{ts}.{body}").as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    assert_eq!(
+        headers["x-mutebridge-signature"].to_str().unwrap(),
+        expected
+    );
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["group_id"], "g-audit");
+    assert_eq!(event["schema"], "mutebridge.event/v1");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_skips_nothing_and_repeats_only_the_unfinished_tail() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        c.worker.shutdown_grace_seconds = 0;
+        c.worker.request_timeout_ms = 5000;
+        // The mock cluster's coordinator holds a join for the rebalance
+        // timeout (max.poll.interval.ms) after a member leaves.
+        c.kafka.client.insert(
+            "max.poll.interval.ms".into(),
+            toml::Value::String("7000".into()),
+        );
+        c.kafka.client.insert(
+            "session.timeout.ms".into(),
+            toml::Value::String("6000".into()),
+        );
+    })
+    .await;
+    // Every call takes 150 ms, so the stop lands mid-stream.
+    for _ in 0..400 {
+        zego.fault(Fault::Delay(Duration::from_millis(150)));
+    }
+    let groups: Vec<String> = (0..8).map(|g| format!("restart-{g}")).collect();
+    for round in 0..5 {
+        for g in &groups {
+            post_ok(
+                &h,
+                &if round % 2 == 0 {
+                    mute_all(g)
+                } else {
+                    unmute_all(g)
+                },
+            )
+            .await;
+        }
+    }
+    let mut first = h.start_worker().await;
+    assert!(wait_until(WAIT, || zego.calls().len() >= 10).await);
+    first.stop().await; // grace 0: running calls are abandoned
+    let before = zego.calls().len();
+    assert!(before < 40, "stopped mid-stream ({before} of 40 applied)");
+    let mut second = h.start_worker().await;
+    assert!(
+        wait_until(Duration::from_secs(40), || second
+            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
+            + first
+                .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
+            >= 40.0)
+        .await
+    );
+    let mut per_group: HashMap<String, Vec<i64>> = HashMap::new();
+    for c in zego.calls() {
+        per_group.entry(c.id).or_default().push(c.duration.unwrap());
+    }
+    let mut repeats = 0;
+    for g in &groups {
+        let seq = &per_group[g];
+        // Sent: -1, 0, -1, 0, -1. Applied: the same, with at most the event
+        // in flight at the stop applied twice in a row.
+        let mut dedup = seq.clone();
+        dedup.dedup();
+        assert_eq!(dedup, vec![-1, 0, -1, 0, -1], "{g}: {seq:?}");
+        repeats += seq.len() - 5;
+    }
+    assert!(
+        repeats <= groups.len(),
+        "only the unfinished tail repeats ({repeats})"
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_in_one_group_share_the_partitions() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        c.kafka.client.insert(
+            "max.poll.interval.ms".into(),
+            toml::Value::String("7000".into()),
+        );
+        c.kafka.client.insert(
+            "session.timeout.ms".into(),
+            toml::Value::String("6000".into()),
+        );
+    })
+    .await;
+    let mut a = h.start_worker().await;
+    let mut b = h.start_worker().await;
+    // Let both join before events flow, so the rebalance does not race them.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for g in 0..60 {
+        post_ok(&h, &mute_all(&format!("shared-{g}"))).await;
+    }
+    let applied =
+        |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"applied\"}");
+    let distinct = || {
+        let mut ids: Vec<String> = zego.calls().into_iter().map(|c| c.id).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    // At-least-once: a rebalance may repeat an event, never lose one.
+    assert!(
+        wait_until(Duration::from_secs(30), || distinct() == 60).await,
+        "{} of 60 groups; a={} b={}",
+        distinct(),
+        applied(&a),
+        applied(&b)
+    );
+    assert!(
+        applied(&a) > 0.0 && applied(&b) > 0.0,
+        "both got partitions: a={} b={}",
+        applied(&a),
+        applied(&b)
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_are_dead_lettered_and_do_not_block_the_partition() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to("im.group-events")
+                .key("bad-group")
+                .payload("not json"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    post_ok(&h, &mute_all("bad-group")).await;
+    let mut w = h.start_worker().await;
+    let letters = h.dead_letters(1, WAIT).await;
+    assert_eq!(letters[0].value["reason"], "undecodable");
+    assert_eq!(letters[0].value["payload"], "not json");
+    assert!(wait_until(WAIT, || zego.calls().len() == 1).await);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_exported_per_partition() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("lag-1")).await;
+    assert!(wait_until(WAIT, || zego.calls().len() == 1).await);
+    assert!(
+        wait_until(WAIT, || w
+            .metrics
+            .render()
+            .contains("mutebridge_consumer_lag{partition="))
+        .await,
+        "{}",
+        w.metrics.render()
+    );
+    w.stop().await;
+}
