@@ -45,6 +45,18 @@ pub struct Failure {
     pub users: Vec<String>,
 }
 
+impl Failure {
+    /// The whole call failed (no per-user split).
+    fn whole(reason: Reason, error: String, attempts: u32) -> Settled {
+        Settled::Failed(Failure {
+            reason,
+            error,
+            attempts,
+            users: Vec::new(),
+        })
+    }
+}
+
 /// A target with its limiter, failover position and metric handles.
 pub struct TargetRuntime {
     pub name: Arc<str>,
@@ -116,12 +128,8 @@ impl Deliverer {
     pub async fn apply(&self, action: Action, event: &Event) -> Vec<Settled> {
         let Some(rt) = self.targets.get(&action.target).cloned() else {
             // The policy is checked against the targets at load time.
-            return vec![Settled::Failed(Failure {
-                reason: Reason::PermanentError,
-                error: format!("no target named {}", action.target),
-                attempts: 0,
-                users: Vec::new(),
-            })];
+            let error = format!("no target named {}", action.target);
+            return vec![Failure::whole(Reason::PermanentError, error, 0)];
         };
         let mut results = Vec::new();
         for call in rt.target.split(action) {
@@ -171,13 +179,8 @@ impl Deliverer {
                     return finish(failed_users, attempts, Settled::Moot(why))
                 }
                 Err(Unsendable::Invalid(error)) => {
-                    let f = Failure {
-                        reason: Reason::PermanentError,
-                        error,
-                        attempts,
-                        users: Vec::new(),
-                    };
-                    return finish(failed_users, attempts, Settled::Failed(f));
+                    let f = Failure::whole(Reason::PermanentError, error, attempts);
+                    return finish(failed_users, attempts, f);
                 }
             };
             let outcome = match (&rt.target, request) {
@@ -200,13 +203,8 @@ impl Deliverer {
             let (error, after, switch_host) = match outcome {
                 Outcome::Done => return finish(failed_users, attempts, Settled::Done),
                 Outcome::Permanent { error } => {
-                    let f = Failure {
-                        reason: Reason::PermanentError,
-                        error,
-                        attempts,
-                        users: Vec::new(),
-                    };
-                    return finish(failed_users, attempts, Settled::Failed(f));
+                    let f = Failure::whole(Reason::PermanentError, error, attempts);
+                    return finish(failed_users, attempts, f);
                 }
                 Outcome::Partial { retry, failed } => {
                     failed_users.extend(failed);
@@ -241,13 +239,9 @@ impl Deliverer {
                 backoff(&self.retry, attempts).max(after.unwrap_or_default())
             };
             if attempts >= self.retry.max_attempts || started.elapsed() + wait > budget {
-                let f = Failure {
-                    reason: Reason::RetriesExhausted,
-                    error: format!("{error} (gave up after {attempts} attempts)"),
-                    attempts,
-                    users: Vec::new(),
-                };
-                return finish(failed_users, attempts, Settled::Failed(f));
+                let error = format!("{error} (gave up after {attempts} attempts)");
+                let f = Failure::whole(Reason::RetriesExhausted, error, attempts);
+                return finish(failed_users, attempts, f);
             }
             tracing::warn!(target = %rt.name, rule = %call.rule, attempt = attempts, ?wait, %error, "action failed; retrying");
             rt.retries.inc();
