@@ -1,5 +1,5 @@
 //! The `mutebridge` binary as a user runs it: the zero-config first run from
-//! the README, `send`, `schema`, and `check-config`.
+//! the README, `send`, `schema`, `check-config` and `policy explain`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -37,17 +37,169 @@ fn check_config(text: &str) -> (bool, String, String) {
     )
 }
 
+const EXAMPLE_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config/mutebridge.toml");
+
+/// The `env:NAME` secrets the documented example refers to, each with a
+/// value of its own.
+fn example_secrets() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(EXAMPLE_CONFIG).unwrap();
+    let mut names: Vec<String> = text
+        .split("\"env:")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let value = format!("value-of-{n}");
+            (n, value)
+        })
+        .collect()
+}
+
 #[test]
 fn check_config_accepts_the_documented_example() {
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/config/mutebridge.toml"
-    ))
-    .unwrap();
-    let example = example.replace("env:EASEMOB_RULE2_SECRET", "env:SECRET_FROM_ENV");
-    let (ok, stdout, stderr) = check_config(&example);
-    assert!(ok, "{stderr}");
-    assert!(stdout.contains("OK"), "{stdout}");
+    let example = std::fs::read_to_string(EXAMPLE_CONFIG).unwrap();
+    let secrets = example_secrets();
+    assert!(secrets.len() >= 4, "{secrets:?}");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(EXAMPLE_CONFIG)
+        .envs(secrets.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("OK") && stdout.contains("3 target(s), 4 rule(s)"),
+        "{stdout}"
+    );
+
+    // Without the environment the same file is refused, naming the key.
+    let (ok, _, stderr) = check_config(&example);
+    assert!(!ok);
+    assert!(stderr.contains("env"), "{stderr}");
+}
+
+/// A normalized event as the worker reads it from the topic.
+fn event_json(scope: &str, group: &str, kind: &str) -> String {
+    serde_json::json!({
+        "schema": "mutebridge.event/v1",
+        "id": "1100000000000000#moderation_1",
+        "source": "easemob",
+        "format": "group_op_event",
+        "appkey": "1100000000000000#moderation",
+        "scope": scope,
+        "group_id": group,
+        "kind": kind,
+        "operation": "UPDATE",
+        "subtype": "MUTE",
+        "operator": "@ppAdmin",
+        "members": [],
+        "mute": {"all": kind == "mute_all"},
+        "occurred_at_ms": 1_795_000_000_000i64,
+        "received_at_ms": 1_795_000_000_001i64,
+        "attributes": {},
+    })
+    .to_string()
+}
+
+/// `policy explain` on the documented example: which rules match, why the
+/// others do not, and the signed request, without the secret in it.
+fn explain(event: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("event.json");
+    std::fs::write(&path, event).unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "explain", "--config", EXAMPLE_CONFIG])
+        .arg(&path)
+        .envs(example_secrets())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_explain_prints_matching_rules_and_signed_requests() {
+    let (ok, out, err) = explain(&event_json("group", "262246968131585", "mute_all"));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("rule \"mirror group mutes to ZEGO\": matches"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "rule \"mirror chatroom mutes to RongCloud\": no match (scope is group, not chatroom)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("rule \"audit every kick and mute\": matches"),
+        "{out}"
+    );
+    let request = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("GET https://zim-api.zego.im/?"))
+        .unwrap_or_else(|| panic!("no ZEGO request in:\n{out}"));
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(request.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {k} in {request}"))
+    };
+    assert_eq!(get("Action"), "MuteGroup");
+    assert_eq!(get("GroupId"), "zego-room-42", "the example's group map");
+    assert_eq!(get("IsAllMuted"), "true");
+    assert_eq!(get("Duration"), "-1");
+    // Signed with the secret from the environment, which is never printed.
+    let secret = "value-of-ZEGO_SERVER_SECRET";
+    let expected = hex::encode(<md5::Md5 as md5::Digest>::digest(format!(
+        "{}{}{}{}",
+        get("AppId"),
+        get("SignatureNonce"),
+        secret,
+        get("Timestamp")
+    )));
+    assert_eq!(get("Signature"), expected);
+    for (_, value) in example_secrets() {
+        assert!(!out.contains(&value), "a secret was printed:\n{out}");
+    }
+
+    // A group missing from the map is reported as the rule says.
+    let (ok, out, err) = explain(&event_json("group", "262299999999999", "mute_all"));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("dead-lettered as unmapped") && !out.contains("Action=MuteGroup"),
+        "{out}"
+    );
+
+    // A chatroom unmute goes to RongCloud's rollback endpoint.
+    let (ok, out, err) = explain(&event_json("chatroom", "1234567890", "unmute_all"));
+    assert!(ok, "{err}");
+    assert!(out.contains("/chatroom/ban/rollback.json"), "{out}");
+
+    // What is not an event is refused with a hint, naming the file.
+    let (ok, _, err) = explain("{\"kind\": \"mute_all\"}");
+    assert!(!ok);
+    assert!(
+        err.contains("event.json") && err.contains("is not a normalized event"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use mutebridge::config::Config;
-use providers::{FakeRongCloud, FakeZego, Fault};
+use providers::{FakeRongCloud, FakeZego, Fault, Provider};
 use serde_json::{json, Map, Value};
 
 const ZEGO_APP: u32 = 12345;
@@ -89,6 +89,13 @@ fn unmute_all(group: &str) -> Map<String, Value> {
     op_event(group, "UPDATE", json!({"type": "MUTE", "mute": false}))
 }
 
+/// The ingest harness and a worker, both with the policy fragment `text`.
+async fn start_with_policy(text: &str) -> (Harness, WorkerHandle) {
+    let h = Harness::start_with(|c| policy(c, text)).await;
+    let w = h.start_worker().await;
+    (h, w)
+}
+
 async fn post_ok(h: &Harness, body: &Map<String, Value>) {
     let r = h.post(body).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -106,8 +113,7 @@ then = [{{ target = \"zego\", group = \"{{group_id}}\", group_map = \"zego_group
 ",
         zego_target(&zego, "zego")
     );
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
 
     let mut seed = fixture("000-00.json");
     resign(&mut seed, SEED_SECRET);
@@ -157,8 +163,7 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\", need_notify = true }}]
 ",
         rc_target(&[&rc], "rc")
     );
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
     for op in ["ban_group", "remove_ban_group"] {
         let mut body = legacy(op, true);
         resign(&mut body, SEED_SECRET);
@@ -200,8 +205,7 @@ then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
         zego_target(&zego, "zego"),
         rc_target(&[&rc], "rc")
     );
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
 
     let ten_minutes = now_ms() + 600_000;
     post_ok(
@@ -351,8 +355,7 @@ async fn permanent_errors_and_exhausted_retries_are_dead_lettered_with_the_reaso
     zego.only_groups(&["exists", "partial"]);
     zego.fail_user("outsider", 660600024);
     let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
 
     post_ok(&h, &mute_all("missing")).await; // 660600001: no such group
     post_ok(
@@ -469,8 +472,7 @@ when = {{ kinds = [\"mute_all\"] }}
 ",
         rc_target(&[&primary, &backup], "rc")
     );
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
     post_ok(&h, &mute_all("room-1")).await;
     assert!(wait_until(WAIT, || backup.calls().len() == 1).await);
     assert_eq!(primary.requests(), 1, "one failed attempt on the primary");
@@ -503,8 +505,7 @@ name = \"audit everything\"
 then = [{{ target = \"audit\" }}]
 "
     );
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
     post_ok(
         &h,
         &op_event(
@@ -696,8 +697,7 @@ async fn undecodable_records_are_dead_lettered_and_do_not_block_the_partition() 
 async fn consumer_lag_is_exported_per_partition() {
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
     let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
-    let h = Harness::start_with(|c| policy(c, &text)).await;
-    let mut w = h.start_worker().await;
+    let (h, mut w) = start_with_policy(&text).await;
     post_ok(&h, &mute_all("lag-1")).await;
     assert!(wait_until(WAIT, || zego.calls().len() == 1).await);
     assert!(

@@ -76,14 +76,49 @@ pub struct Call {
     pub at: Instant,
 }
 
+/// What both fakes record and how they can be told to fail.
 #[derive(Default)]
-struct Common {
+pub struct Common {
     calls: Mutex<Vec<Call>>,
     faults: Mutex<VecDeque<Fault>>,
     down: AtomicBool,
     requests: AtomicU64,
     rate_limited: AtomicU64,
     rejected: Mutex<Vec<String>>,
+}
+
+/// The accessors tests use on either fake.
+pub trait Provider {
+    fn addr(&self) -> SocketAddr;
+    fn common(&self) -> &Common;
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+    /// Requests accepted and applied, in arrival order.
+    fn calls(&self) -> Vec<Call> {
+        self.common().calls.lock().unwrap().clone()
+    }
+    /// Queues a misbehaviour for the next request.
+    fn fault(&self, f: Fault) {
+        self.common().faults.lock().unwrap().push_back(f);
+    }
+    /// While down, every request gets a 5xx (ZEGO 503, RongCloud 502).
+    fn set_down(&self, down: bool) {
+        self.common().down.store(down, Ordering::SeqCst);
+    }
+    /// Every request that reached the server.
+    fn requests(&self) -> u64 {
+        self.common().requests.load(Ordering::Relaxed)
+    }
+    /// Requests refused by the rate limit.
+    fn rate_limited(&self) -> u64 {
+        self.common().rate_limited.load(Ordering::Relaxed)
+    }
+    /// Requests refused for a bad signature or bad parameters, with why.
+    fn rejected(&self) -> Vec<String> {
+        self.common().rejected.lock().unwrap().clone()
+    }
 }
 
 async fn common_gate(c: &Common) -> Option<Fault> {
@@ -169,18 +204,6 @@ impl FakeZego {
         }
     }
 
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-    pub fn calls(&self) -> Vec<Call> {
-        self.state.common.calls.lock().unwrap().clone()
-    }
-    pub fn fault(&self, f: Fault) {
-        self.state.common.faults.lock().unwrap().push_back(f);
-    }
-    pub fn set_down(&self, down: bool) {
-        self.state.common.down.store(down, Ordering::SeqCst);
-    }
     pub fn only_groups(&self, groups: &[&str]) {
         *self.state.groups.lock().unwrap() = Some(groups.iter().map(|g| g.to_string()).collect());
     }
@@ -191,15 +214,14 @@ impl FakeZego {
             .unwrap()
             .insert(user.into(), sub_code);
     }
-    pub fn rate_limited(&self) -> u64 {
-        self.state.common.rate_limited.load(Ordering::Relaxed)
+}
+
+impl Provider for FakeZego {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
-    pub fn requests(&self) -> u64 {
-        self.state.common.requests.load(Ordering::Relaxed)
-    }
-    /// Requests refused for a bad signature or bad parameters, with why.
-    pub fn rejected(&self) -> Vec<String> {
-        self.state.common.rejected.lock().unwrap().clone()
+    fn common(&self) -> &Common {
+        &self.state.common
     }
 }
 
@@ -367,27 +389,14 @@ impl FakeRongCloud {
             state,
         }
     }
+}
 
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+impl Provider for FakeRongCloud {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
-    pub fn calls(&self) -> Vec<Call> {
-        self.state.common.calls.lock().unwrap().clone()
-    }
-    pub fn fault(&self, f: Fault) {
-        self.state.common.faults.lock().unwrap().push_back(f);
-    }
-    pub fn set_down(&self, down: bool) {
-        self.state.common.down.store(down, Ordering::SeqCst);
-    }
-    pub fn requests(&self) -> u64 {
-        self.state.common.requests.load(Ordering::Relaxed)
-    }
-    pub fn rate_limited(&self) -> u64 {
-        self.state.common.rate_limited.load(Ordering::Relaxed)
-    }
-    pub fn rejected(&self) -> Vec<String> {
-        self.state.common.rejected.lock().unwrap().clone()
+    fn common(&self) -> &Common {
+        &self.state.common
     }
 }
 

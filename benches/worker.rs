@@ -1,0 +1,483 @@
+//! `cargo bench --bench worker`: how fast the worker turns events into
+//! finished, committed work, measured on the embedded Kafka cluster.
+//!
+//! Two measurements, each repeated `--runs` times on a fresh cluster:
+//!
+//! 1. **Throughput to a no-op target.** `--events` normalized events (spread
+//!    over `--groups` group IDs, keyed like ingest keys them) are preloaded
+//!    into the topic. Then, in the same run, a *baseline* — a bare rdkafka
+//!    consumer in its own group that only receives and commits — reads them,
+//!    and the worker (policy: every event to a `discard` target) processes
+//!    them. Reported: events/s from the first event finished to the last,
+//!    and the time until the group's committed offsets reach the end.
+//! 2. **Achieved rate against a limited provider.** A local ZEGO server
+//!    (tests/providers, the same one the tests use) enforces 20 requests/s
+//!    with its real rate-limit code; the worker's ZEGO target is set to
+//!    `rate_per_second = 20` and gets `--rate-events` mute-all events on
+//!    distinct groups. Reported: calls/s between the first and the last call
+//!    the provider accepted, and how many calls it rejected for rate.
+//!
+//! Summaries are medians over the runs.
+
+#[path = "../tests/providers/mod.rs"]
+mod providers;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use mutebridge::config::Config;
+use mutebridge::event::{Event, EventKind, Format, Mute, Scope, Source, SCHEMA_V1};
+use mutebridge::kafka::{producer_config, Cluster};
+use mutebridge::metrics::Metrics;
+use mutebridge::worker::Worker;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use providers::{FakeZego, Provider};
+
+// The allocator the binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "Worker benchmark (see the module comment)")]
+struct Args {
+    /// Events preloaded for the throughput measurement.
+    /// At most about 130 000: the embedded cluster keeps 5 MiB per partition.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// Distinct group IDs they are spread over.
+    #[arg(long, default_value_t = 1000)]
+    groups: usize,
+    /// Mute-all events sent through the 20 req/s target.
+    #[arg(long, default_value_t = 200)]
+    rate_events: usize,
+    /// The provider's limit and the target's `rate_per_second`.
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// Repetitions of each measurement; summaries are medians.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Skip the throughput measurement.
+    #[arg(long)]
+    no_throughput: bool,
+    /// Skip the rate measurement.
+    #[arg(long)]
+    no_rate: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const TOPIC: &str = "im.group-events";
+const PARTITIONS: i32 = 12;
+const ZEGO_APP: u32 = 12345;
+const ZEGO_SECRET: &str = "9193cc662a4c0ec135ec71fb57194b38";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        println!("worker benchmark: {} run(s) per measurement", args.runs);
+        if !args.no_throughput {
+            throughput(&args).await?;
+        }
+        if !args.no_rate {
+            rate(&args).await?;
+        }
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------ throughput
+
+struct ThroughputRun {
+    baseline_per_s: f64,
+    worker_per_s: f64,
+    /// From the worker's first finished event until its committed offsets
+    /// cover every event.
+    worker_committed_s: f64,
+}
+
+async fn throughput(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "\n## throughput to a discard target: {} events over {} groups, {PARTITIONS} partitions",
+        args.events, args.groups
+    );
+    println!(
+        "run | baseline consumer ev/s | worker ev/s | worker/baseline | worker all committed after"
+    );
+    let mut runs = Vec::new();
+    for i in 1..=args.runs {
+        let r = throughput_run(args).await?;
+        println!(
+            "{i} | {:.0} | {:.0} | {:.2} | {:.2} s",
+            r.baseline_per_s,
+            r.worker_per_s,
+            r.worker_per_s / r.baseline_per_s,
+            r.worker_committed_s
+        );
+        runs.push(r);
+    }
+    println!(
+        "median | {:.0} | {:.0} | {:.2} | {:.2} s",
+        median(runs.iter().map(|r| r.baseline_per_s)),
+        median(runs.iter().map(|r| r.worker_per_s)),
+        median(runs.iter().map(|r| r.worker_per_s / r.baseline_per_s)),
+        median(runs.iter().map(|r| r.worker_committed_s)),
+    );
+    Ok(())
+}
+
+fn discard_config() -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[kafka]
+topic = "{TOPIC}"
+partitions = {PARTITIONS}
+
+[worker]
+group_id = "bench-worker"
+commit_interval_ms = 100
+
+[targets.sink]
+kind = "discard"
+
+[[policy.rules]]
+name = "everything to the sink"
+then = [{{ target = "sink" }}]
+"#
+    );
+    Ok(Config::parse(&text, Path::new("bench-worker.toml"))?)
+}
+
+async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
+    let config = discard_config()?;
+    let cluster = Cluster::connect(&config.kafka).await?;
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    preload(&config, &bootstrap, args.events, args.groups)?;
+
+    let baseline_per_s = {
+        let bootstrap = bootstrap.clone();
+        let n = args.events;
+        tokio::task::spawn_blocking(move || baseline_consume(&bootstrap, n)).await??
+    };
+
+    let metrics = Metrics::new();
+    let worker = Worker::start(&config, &cluster, &metrics).await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let applied = metrics.worker.events.with_label_values(&["applied"]);
+    let total = args.events as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while applied.get() == 0 {
+        ensure_before(deadline, "the worker finished no event")?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (first, first_count) = (Instant::now(), applied.get());
+    while applied.get() < total {
+        ensure_before(deadline, "the worker did not finish every event")?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let worker_per_s = (total - first_count) as f64 / first.elapsed().as_secs_f64();
+    let committer = committed_reader(&bootstrap, "bench-worker")?;
+    loop {
+        let committed = committed_total(&committer)?;
+        if committed >= total as i64 {
+            break;
+        }
+        ensure_before(deadline, "the worker never committed every event")?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let worker_committed_s = first.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    task.await??;
+    let other = metrics
+        .worker
+        .events
+        .with_label_values(&["dead_lettered"])
+        .get()
+        + metrics.worker.events.with_label_values(&["no_match"]).get();
+    if other != 0 {
+        bail!("{other} events were not applied");
+    }
+    Ok(ThroughputRun {
+        baseline_per_s,
+        worker_per_s,
+        worker_committed_s,
+    })
+}
+
+/// A normalized mute-all event as ingest would publish it.
+fn mute_all(i: usize, group: &str) -> Event {
+    let now = now_ms();
+    Event {
+        schema: SCHEMA_V1.into(),
+        id: format!("bench#app_{i}"),
+        source: Source::Easemob,
+        format: Format::GroupOpEvent,
+        appkey: "bench#app".into(),
+        scope: Scope::Group,
+        group_id: group.into(),
+        kind: EventKind::MuteAll,
+        operation: "UPDATE".into(),
+        subtype: Some("MUTE".into()),
+        operator: Some("@ppAdmin".into()),
+        members: Vec::new(),
+        mute: Some(Mute::All { all: true }),
+        occurred_at_ms: now,
+        received_at_ms: now,
+        attributes: Default::default(),
+    }
+}
+
+/// Produces `n` mute-all events keyed by group, round-robin over `groups`
+/// groups, and waits until Kafka has acknowledged all of them.
+fn preload(config: &Config, bootstrap: &str, n: usize, groups: usize) -> anyhow::Result<()> {
+    let producer: BaseProducer = producer_config(&config.kafka, bootstrap)
+        .create()
+        .context("bench producer")?;
+    for i in 0..n {
+        let group = format!("{}", 262_000_000_000_000u64 + (i % groups) as u64);
+        let payload = serde_json::to_vec(&mute_all(i, &group))?;
+        let mut record = BaseRecord::to(&config.kafka.topic)
+            .key(group.as_str())
+            .payload(payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e).context("bench producer"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("preloaded events not acknowledged")?;
+    // The embedded (mock) cluster keeps at most 5 MiB per partition and
+    // drops the oldest records beyond that.
+    let mut kept = 0;
+    for p in 0..PARTITIONS {
+        let (low, high) =
+            producer
+                .client()
+                .fetch_watermarks(&config.kafka.topic, p, Duration::from_secs(5))?;
+        if low != 0 {
+            bail!("the embedded cluster dropped the first {low} records of partition {p} (it keeps 5 MiB per partition): use fewer --events");
+        }
+        kept += high;
+    }
+    if kept != n as i64 {
+        bail!("{kept} of {n} preloaded events are in the topic");
+    }
+    Ok(())
+}
+
+/// The floor: a bare consumer group member that receives `n` records and
+/// commits every 100 ms, with no decoding or policy. Returns records/s from
+/// the first record to the last.
+fn baseline_consume(bootstrap: &str, n: usize) -> anyhow::Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "bench-baseline")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[TOPIC])?;
+        let mut first: Option<Instant> = None;
+        let mut last_commit = Instant::now();
+        let mut bytes = 0usize;
+        for i in 0..n {
+            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .with_context(|| format!("baseline consumer stalled after {i} of {n} records"))??;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            consumer.store_offset_from_message(&m)?;
+            first.get_or_insert_with(Instant::now);
+            if last_commit.elapsed() >= Duration::from_millis(100) {
+                consumer.commit_consumer_state(CommitMode::Async)?;
+                last_commit = Instant::now();
+            }
+        }
+        consumer.commit_consumer_state(CommitMode::Sync)?;
+        std::hint::black_box(bytes);
+        let first = first.expect("at least one record");
+        Ok((n - 1) as f64 / first.elapsed().as_secs_f64())
+    })
+}
+
+fn committed_reader(bootstrap: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?)
+}
+
+/// Sum of the group's committed offsets over the topic's partitions (with
+/// one record per offset, the number of records committed).
+fn committed_total(reader: &StreamConsumer) -> anyhow::Result<i64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(TOPIC, p);
+    }
+    let committed = reader.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
+// ------------------------------------------------------------ rate
+
+struct RateRun {
+    calls: usize,
+    per_s: f64,
+    rejected_for_rate: u64,
+}
+
+async fn rate(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "\n## achieved rate: {} mute-alls (distinct groups) to a ZEGO server limited to {}/s, target rate_per_second = {}",
+        args.rate_events, args.rate, args.rate
+    );
+    println!("run | calls accepted | calls/s | of the limit | rejected for rate (660300005)");
+    let mut runs = Vec::new();
+    for i in 1..=args.runs {
+        let r = rate_run(args).await?;
+        println!(
+            "{i} | {} | {:.2} | {:.1} % | {}",
+            r.calls,
+            r.per_s,
+            100.0 * r.per_s / f64::from(args.rate),
+            r.rejected_for_rate
+        );
+        runs.push(r);
+    }
+    let per_s = median(runs.iter().map(|r| r.per_s));
+    println!(
+        "median | {} | {:.2} | {:.1} % | {}",
+        args.rate_events,
+        per_s,
+        100.0 * per_s / f64::from(args.rate),
+        median(runs.iter().map(|r| r.rejected_for_rate as f64))
+    );
+    Ok(())
+}
+
+async fn rate_run(args: &Args) -> anyhow::Result<RateRun> {
+    let zego = Arc::new(FakeZego::start(ZEGO_APP, ZEGO_SECRET, f64::from(args.rate)).await);
+    let text = format!(
+        r#"
+[kafka]
+topic = "{TOPIC}"
+partitions = {PARTITIONS}
+
+[worker]
+group_id = "bench-rate"
+commit_interval_ms = 100
+
+[targets.zego]
+kind = "zego"
+base_url = "{}"
+app_id = {ZEGO_APP}
+server_secret = "{ZEGO_SECRET}"
+from_user_id = "moderation-bot"
+rate_per_second = {}
+
+[[policy.rules]]
+name = "mirror group mutes to ZEGO"
+when = {{ scope = "group", kinds = ["mute_all"] }}
+then = [{{ target = "zego", group = "{{group_id}}" }}]
+"#,
+        zego.base_url(),
+        args.rate
+    );
+    let config = Config::parse(&text, Path::new("bench-rate.toml"))?;
+    let cluster = Cluster::connect(&config.kafka).await?;
+    preload(
+        &config,
+        cluster.bootstrap_servers(),
+        args.rate_events,
+        args.rate_events,
+    )?;
+    let metrics = Metrics::new();
+    let worker = Worker::start(&config, &cluster, &metrics).await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * args.rate_events as u64);
+    let applied = metrics.worker.events.with_label_values(&["applied"]);
+    while applied.get() < args.rate_events as u64 {
+        ensure_before(deadline, "the worker did not apply every event")?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    task.await??;
+    let calls = zego.calls();
+    if calls.len() != args.rate_events {
+        bail!(
+            "the provider accepted {} calls for {} events",
+            calls.len(),
+            args.rate_events
+        );
+    }
+    let span = calls
+        .last()
+        .expect("calls")
+        .at
+        .duration_since(calls[0].at)
+        .as_secs_f64();
+    Ok(RateRun {
+        calls: calls.len(),
+        per_s: (calls.len() - 1) as f64 / span,
+        rejected_for_rate: zego.rate_limited(),
+    })
+}
+
+// ------------------------------------------------------------ helpers
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn ensure_before(deadline: Instant, what: &str) -> anyhow::Result<()> {
+    if Instant::now() > deadline {
+        bail!("timed out: {what}");
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
