@@ -91,6 +91,15 @@ enum Command {
     Schema,
     /// Validate a config file; exits non-zero with the key at fault.
     CheckConfig { file: PathBuf },
+    /// Exit 0 if URL answers 200 within the timeout, 1 otherwise: the
+    /// container health check (the runtime image has no curl).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// Seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// Load generators and benchmarks.
     Bench {
         #[command(subcommand)]
@@ -225,6 +234,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("  no [[easemob.apps]]: usable for `mutebridge worker` only");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { url, timeout } => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(timeout))
+                .build()?;
+            match client.get(&url).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => Ok(ExitCode::SUCCESS),
+                Ok(r) => {
+                    eprintln!("{url}: {}", r.status());
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => {
+                    eprintln!("{url}: {:#}", anyhow::Error::from(e));
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Bench { command } => {
             bench::run(command).await?;
