@@ -169,12 +169,8 @@ async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
         tokio::task::spawn_blocking(move || baseline_consume(&bootstrap, n)).await??
     };
 
-    let metrics = Metrics::new();
-    let worker = Worker::start(&config, &cluster, &metrics).await?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::start(&config, &cluster).await?;
+    let metrics = worker.metrics.clone();
     let applied = metrics.worker.events.with_label_values(&["applied"]);
     let total = args.events as u64;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -198,8 +194,7 @@ async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let worker_committed_s = first.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    task.await??;
+    worker.stop().await?;
     let other = metrics
         .worker
         .events
@@ -422,20 +417,15 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         args.rate_events,
         args.rate_events,
     )?;
-    let metrics = Metrics::new();
-    let worker = Worker::start(&config, &cluster, &metrics).await?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::start(&config, &cluster).await?;
+    let metrics = worker.metrics.clone();
     let deadline = Instant::now() + Duration::from_secs(60 + 2 * args.rate_events as u64);
     let applied = metrics.worker.events.with_label_values(&["applied"]);
     while applied.get() < args.rate_events as u64 {
         ensure_before(deadline, "the worker did not apply every event")?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(());
-    task.await??;
+    worker.stop().await?;
     let calls = zego.calls();
     if calls.len() != args.rate_events {
         bail!(
@@ -458,6 +448,35 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
 }
 
 // ------------------------------------------------------------ helpers
+
+/// A worker running on its own task until `stop`.
+struct RunningWorker {
+    metrics: Metrics,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    async fn start(config: &Config, cluster: &Cluster) -> anyhow::Result<RunningWorker> {
+        let metrics = Metrics::new();
+        let worker = Worker::start(config, cluster, &metrics).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningWorker {
+            metrics,
+            stop,
+            task,
+        })
+    }
+
+    /// The SIGTERM path: finish, commit, leave the group.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
