@@ -6,7 +6,7 @@
 //! The tools come from Debian (`prometheus`, `docker-compose`) and PyPI
 //! (`kubernetes-validate`); `.ci/run` installs them. A missing tool fails the
 //! test with the install command, unless MUTEBRIDGE_SKIP_DEPLOY_TOOLS=1 is
-//! set, which skips only the checks that need it (and says so).
+//! set, which skips the tests that need it (and says so).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
