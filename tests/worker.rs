@@ -138,12 +138,7 @@ then = [{{ target = \"zego\", group = \"{{group_id}}\", group_map = \"zego_group
     assert_eq!(calls[1].action, "MuteGroup");
     assert_eq!(calls[1].duration, Some(0), "unmute_all lifts the mute");
     assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
-    assert!(
-        wait_until(WAIT, || w
-            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
-            == 2.0)
-        .await
-    );
+    w.wait_for_events("applied", 2.0).await;
     assert_eq!(
         w.metric("mutebridge_actions_total{action=\"mute_all\",outcome=\"ok\",target=\"zego\"}"),
         1.0
@@ -180,12 +175,7 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\", need_notify = true }}]
     assert_eq!(calls[0].id, "XXXX");
     assert_eq!(calls[0].need_notify, Some(true));
     assert_eq!(calls[1].action, "/chatroom/ban/rollback.json");
-    assert!(
-        wait_until(WAIT, || w
-            .metric("mutebridge_worker_events_total{outcome=\"no_match\"}")
-            == 1.0)
-        .await
-    );
+    w.wait_for_events("no_match", 1.0).await;
     assert_eq!(rc.calls().len(), 2);
     assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
     w.stop().await;
@@ -336,12 +326,7 @@ async fn provider_down_then_back_loses_nothing_and_keeps_group_order() {
         applied, sent,
         "every event applied once, in order per group"
     );
-    assert!(
-        wait_until(WAIT, || w
-            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
-            == 30.0)
-        .await
-    );
+    w.wait_for_events("applied", 30.0).await;
     assert_eq!(
         w.metric("mutebridge_worker_events_total{outcome=\"dead_lettered\"}"),
         0.0

@@ -347,6 +347,14 @@ impl WorkerHandle {
         }
     }
 
+    /// Waits (up to 20 s) until `mutebridge_worker_events_total{outcome}`
+    /// is exactly `n`, and fails with the last value seen otherwise.
+    pub async fn wait_for_events(&self, outcome: &str, n: f64) {
+        let line = format!("mutebridge_worker_events_total{{outcome=\"{outcome}\"}}");
+        let reached = wait_until(Duration::from_secs(20), || self.metric(&line) == n).await;
+        assert!(reached, "{line} is {}, expected {n}", self.metric(&line));
+    }
+
     /// The value of a metric line starting with `line_prefix`, or 0.
     pub fn metric(&self, line_prefix: &str) -> f64 {
         self.metrics
