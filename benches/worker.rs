@@ -19,7 +19,7 @@
 //!
 //! Summaries are medians over the runs.
 
-#[path = "../tests/providers/mod.rs"]
+#[path = "../tests/it/providers.rs"]
 mod providers;
 
 use std::path::Path;

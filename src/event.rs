@@ -2,7 +2,7 @@
 //! every downstream consumer (the worker, users' stream processors).
 //!
 //! Both Easemob callback formats are turned into [`Event`] by
-//! [`crate::normalize`]. The JSON shape is published as a JSON Schema
+//! [`crate::ingest::normalize`]. The JSON shape is published as a JSON Schema
 //! (`mutebridge schema`, checked in under `deploy/schema/`); changing a field
 //! here is a contract change and needs a new `schema` version.
 

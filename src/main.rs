@@ -7,13 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use mutebridge::cli::{bench, send};
 use mutebridge::config::{Config, Origin, DEMO_APPKEY, DEMO_SECRET};
+use mutebridge::event;
 use mutebridge::ingest::{shutdown_signal, Ingest};
 use mutebridge::kafka::Cluster;
 use mutebridge::metrics::Metrics;
-use mutebridge::publish::Publisher;
+use mutebridge::ingest::publish::Publisher;
 use mutebridge::worker::Worker;
-use mutebridge::{bench, event, send};
 
 // Per request the service allocates many small short-lived objects (JSON
 // values, headers, channels); mimalloc serves that pattern with less CPU
@@ -339,7 +340,7 @@ async fn serve(config_path: Option<PathBuf>, roles: Roles) -> anyhow::Result<Exi
                 format!("cannot listen on {listen}; is another process using it? Set http.listen to another address")
             })?;
             println!("  worker: http://{listen}  (GET /metrics /healthz /readyz)");
-            let router = mutebridge::http::ops_router(metrics.clone(), worker.ready_flag());
+            let router = mutebridge::ingest::http::ops_router(metrics.clone(), worker.ready_flag());
             let stop = stopped(stop_rx.clone());
             tasks.spawn(async move {
                 axum::serve(listener, router)

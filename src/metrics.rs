@@ -72,7 +72,7 @@ pub struct WorkerMetrics {
     pub actions: IntCounterVec,
     pub action_duration: HistogramVec,
     pub action_retries: IntCounterVec,
-    /// `reason`: see [`crate::dlq::Reason`].
+    /// `reason`: see [`crate::worker::dlq::Reason`].
     pub dead_letters: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub rate_limit_wait: CounterVec,
@@ -177,8 +177,8 @@ impl WorkerMetrics {
             self.action_duration.with_label_values(&[t]);
             self.action_retries.with_label_values(&[t]);
             self.rate_limit_wait.with_label_values(&[t]);
-            for reason in crate::dlq::Reason::ALL {
-                if reason != crate::dlq::Reason::Undecodable {
+            for reason in crate::worker::dlq::Reason::ALL {
+                if reason != crate::worker::dlq::Reason::Undecodable {
                     self.dead_letters.with_label_values(&[t, reason.as_str()]);
                 }
             }

@@ -3,7 +3,7 @@
 //! A target turns one call (an [`Action`] with at most 20 users) into the
 //! exact HTTP [`Request`] the provider expects, signed afresh for every
 //! attempt, and reads the provider's reply into an [`Outcome`] the retry
-//! loop in [`crate::deliver`] acts on. Building and reading are pure, so
+//! loop in [`crate::worker::deliver`] acts on. Building and reading are pure, so
 //! `policy explain` and the `log` target print byte for byte what a real
 //! target would send.
 

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{DEMO_APPKEY, DEMO_SECRET};
-use crate::verify::sign;
+use crate::ingest::verify::sign;
 
 /// `mutebridge bench ...`
 #[derive(Subcommand, Debug)]

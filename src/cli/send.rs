@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use serde_json::{Map, Value};
 
-use crate::verify::sign;
+use crate::ingest::verify::sign;
 
 /// Built-in sample callbacks: `(name, description, payload)`. Signature
 /// fields are filled in by [`resign`].

@@ -2,8 +2,8 @@
 //! `/readyz`.
 //!
 //! A callback's path through this handler is the service in miniature:
-//! read (bounded) -> [`verify`](crate::verify) -> [`normalize`] ->
-//! [`dedup`](crate::dedup) -> [`publish`](crate::publish) -> wait for the
+//! read (bounded) -> [`verify`](crate::ingest::verify) -> [`normalize`] ->
+//! [`dedup`](crate::ingest::dedup) -> [`publish`](crate::ingest::publish) -> wait for the
 //! ack (bounded) -> reply. Each status code is a promise to the sender:
 //!
 //! | status | promise |
@@ -30,11 +30,11 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
-use crate::dedup::{Claim, Dedup};
+use crate::ingest::dedup::{Claim, Dedup};
+use crate::ingest::normalize::normalize;
+use crate::ingest::publish::{Delivered, Publisher};
+use crate::ingest::verify::{Unverified, Verifier};
 use crate::metrics::{Metrics, Outcome};
-use crate::normalize::normalize;
-use crate::publish::{Delivered, Publisher};
-use crate::verify::{Unverified, Verifier};
 
 /// The longest error message put in a reply; keeps bodies under 1000 bytes.
 const MAX_MESSAGE_CHARS: usize = 300;

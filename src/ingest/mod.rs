@@ -5,6 +5,12 @@
 //! accepting, let in-flight requests finish (each waits for its own ack),
 //! then flush the producer so late acks are not lost either.
 
+pub mod dedup;
+pub mod http;
+pub mod normalize;
+pub mod publish;
+pub mod verify;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -17,11 +23,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::dedup::Dedup;
-use crate::http::{router, AppState};
+use crate::ingest::dedup::Dedup;
+use crate::ingest::http::{router, AppState};
+use crate::ingest::publish::Publisher;
+use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
-use crate::verify::Verifier;
 
 /// How often `/readyz` re-checks that Kafka answers.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);

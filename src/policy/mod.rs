@@ -6,7 +6,7 @@
 //! (`group = "{group_id}"`, optionally through an ID map). The kind decides
 //! the action: `mute_all` mutes everyone, `member_muted` mutes the event's
 //! members, and so on. Deciding is pure and cheap; applying is
-//! [`crate::deliver`]'s job. The whole policy is checked when the config is
+//! [`crate::worker::deliver`]'s job. The whole policy is checked when the config is
 //! loaded, so a typo is a startup error that names the rule, not a dead
 //! letter at 3 a.m.
 

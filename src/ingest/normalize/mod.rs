@@ -18,7 +18,7 @@
 use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Format, Mute, Scope, Source, SCHEMA_V1};
-use crate::verify::{BadRequest, Verified};
+use crate::ingest::verify::{BadRequest, Verified};
 
 /// An event built from a verified callback: the only thing the publisher
 /// accepts. It cannot be constructed outside this module.
@@ -459,7 +459,7 @@ fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest
 mod tests {
     use super::*;
     use crate::config::{EasemobApp, Secret};
-    use crate::verify::{sign, Unverified, Verifier};
+    use crate::ingest::verify::{sign, Unverified, Verifier};
 
     fn run(mut body: Value) -> Result<Event, BadRequest> {
         let obj = body.as_object_mut().unwrap();

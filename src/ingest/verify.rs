@@ -4,7 +4,7 @@
 //! The type-state is the point: [`Unverified::parse`] reads just the envelope
 //! (`callId`, `security`, `timestamp`, `appkey`), and only
 //! [`Verifier::verify`] can produce a [`Verified`], whose fields are private.
-//! [`crate::normalize`] accepts nothing else, and the publisher accepts only
+//! [`crate::ingest::normalize`] accepts nothing else, and the publisher accepts only
 //! what normalize returns, so unverified data cannot reach Kafka.
 
 use std::collections::HashMap;

@@ -20,8 +20,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::config::KafkaConfig;
 use crate::event::SCHEMA_V1;
+use crate::ingest::normalize::VerifiedEvent;
 use crate::kafka;
-use crate::normalize::VerifiedEvent;
 
 /// Why a record was not handed to Kafka or not acknowledged.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,11 @@
 //! group's actions happen in partition order; up to
 //! `worker.max_in_flight_groups` groups run at once, so a group stuck in
 //! retries holds up only itself. The commit position of a partition never
-//! passes an unfinished event ([`crate::consume::Tracker`]).
+//! passes an unfinished event ([`crate::worker::offsets::Tracker`]).
+
+pub mod deliver;
+pub mod dlq;
+pub mod offsets;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -22,13 +26,13 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, WorkerConfig};
-use crate::consume::{Tracker, WorkerContext};
-use crate::deliver::{Deliverer, Settled};
-use crate::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord, DEAD_LETTER_SCHEMA};
 use crate::event::{Event, SCHEMA_V1};
 use crate::kafka::{self, Cluster};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::policy::{Planned, Policy};
+use crate::worker::deliver::{Deliverer, Settled};
+use crate::worker::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord, DEAD_LETTER_SCHEMA};
+use crate::worker::offsets::{Tracker, WorkerContext};
 
 /// Consumer defaults a user may change through `[kafka.client]`.
 const CONSUMER_DEFAULTS: &[(&str, &str)] = &[

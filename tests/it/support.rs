@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mutebridge::config::{Config, EasemobApp, Secret};
+use mutebridge::ingest::publish::Publisher;
+use mutebridge::ingest::verify::sign;
 use mutebridge::ingest::Ingest;
 use mutebridge::kafka::Cluster;
 use mutebridge::metrics::Metrics;
-use mutebridge::publish::Publisher;
-use mutebridge::verify::sign;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};

@@ -12,7 +12,7 @@ fn schema_command_matches_the_checked_in_copy() {
     let out = Command::new(BIN).arg("schema").output().unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
-    let checked_in = include_str!("../deploy/schema/event.v1.json");
+    let checked_in = include_str!("../../deploy/schema/event.v1.json");
     assert_eq!(
         printed, checked_in,
         "the event schema changed: run `mutebridge schema > deploy/schema/event.v1.json` and bump the schema version if it is not backward compatible"

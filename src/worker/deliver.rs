@@ -18,13 +18,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::config::{RetryConfig, WorkerConfig};
-use crate::dlq::Reason;
 use crate::event::Event;
 use crate::metrics::WorkerMetrics;
 use crate::policy::Action;
 use crate::target::{
     parse_retry_after, Method, Outcome, Reply, Request, Target, TargetConfig, Unsendable,
 };
+use crate::worker::dlq::Reason;
 
 /// How one call ended.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,13 +2,11 @@
 //! signatures, every status code and what it promises, dedup, metrics,
 //! readiness and shutdown.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::*;
-use mutebridge::verify::sign;
+use crate::support::*;
+use mutebridge::ingest::verify::sign;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,11 @@
 //! through the real HTTP endpoint into the embedded cluster and is read back
 //! with a real Kafka consumer.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::{json, Map, Value};
 
 fn fixtures() -> Vec<(String, Map<String, Value>)> {
@@ -175,7 +173,7 @@ async fn every_seed_example_reaches_kafka_normalized() {
         .collect();
 
     let schema: Value =
-        serde_json::from_str(include_str!("../deploy/schema/event.v1.json")).unwrap();
+        serde_json::from_str(include_str!("../../deploy/schema/event.v1.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the checked-in schema compiles");
     assert!(
         !validator.is_valid(&json!({"schema": "mutebridge.event/v1"})),

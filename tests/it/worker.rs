@@ -3,16 +3,13 @@
 //! RongCloud servers (tests/providers) that check signatures, parameters
 //! and rate limits.
 
-mod common;
-mod providers;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
+use crate::support::*;
 use mutebridge::config::Config;
-use providers::{FakeRongCloud, FakeZego, Fault, Provider};
 use serde_json::{json, Map, Value};
 
 const ZEGO_APP: u32 = 12345;
@@ -228,7 +225,7 @@ then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
             >= 5.0)
         .await
     );
-    let by_group = |calls: &[providers::Call], g: &str| -> Vec<providers::Call> {
+    let by_group = |calls: &[crate::providers::Call], g: &str| -> Vec<crate::providers::Call> {
         calls.iter().filter(|c| c.id == g).cloned().collect()
     };
     let z = zego.calls();

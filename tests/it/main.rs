@@ -1,0 +1,14 @@
+//! The integration tests, as one binary: librdkafka and OpenSSL are linked
+//! once, and the shared harness and provider stand-ins compile once.
+//!
+//! Each module is one area, in the order an event travels: the seeds and the
+//! ingest endpoint, the worker against the provider stand-ins, the command
+//! line, and the deployment bundle checked with the real tools.
+
+mod cli;
+mod deploy;
+mod ingest;
+mod providers;
+mod seeds;
+mod support;
+mod worker;
