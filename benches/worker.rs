@@ -28,11 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mutebridge::config::Config;
 use mutebridge::event::{Event, EventKind, Format, Mute, Scope, Source, SCHEMA_V1};
-use mutebridge::kafka::{producer_config, Cluster};
-use mutebridge::metrics::Metrics;
-use mutebridge::worker::Worker;
+use mutebridge::Config;
+use mutebridge::Metrics;
+use mutebridge::Worker;
+use mutebridge::{producer_config, Cluster};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

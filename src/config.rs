@@ -8,38 +8,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::policy::{MapConfig, Policy, PolicyConfig};
+use crate::policy::{Capabilities, MapConfig, Policy, PolicyConfig};
 use crate::target::TargetConfig;
 
 /// The appkey accepted when mutebridge runs without a config file.
 pub const DEMO_APPKEY: &str = "demo#mutebridge";
 /// The secret of the demo app. Only ever used without a config file.
 pub const DEMO_SECRET: &str = "demo-secret";
-
-/// librdkafka properties mutebridge sets itself; overriding them would break
-/// a promise the service makes (durable 200s, Java-compatible partitioning).
-const PINNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
-    (
-        "acks",
-        "a 200 promises the record is on every in-sync replica (acks=all)",
-    ),
-    (
-        "request.required.acks",
-        "a 200 promises the record is on every in-sync replica (acks=all)",
-    ),
-    (
-        "enable.idempotence",
-        "retries must not duplicate or reorder records of a group",
-    ),
-    (
-        "partitioner",
-        "records are placed with murmur2 so Java clients agree on the partition",
-    ),
-    ("bootstrap.servers", "set kafka.brokers instead"),
-];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,6 +36,9 @@ pub struct Config {
     /// The file this came from (for error messages); `None` for the demo.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// The policy compiled when the file was loaded (maps read once).
+    #[serde(skip)]
+    compiled: Option<Arc<Policy>>,
 }
 
 /// `[worker]`: the consumer group that applies the policy.
@@ -275,6 +257,50 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A setting that is wrong: its dotted key path and what is wrong with it.
+/// Each section checks itself with keys relative to the section;
+/// [`Invalid::under`] puts the section's name in front on the way up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same mistake as seen from the table `prefix`
+    /// (`rate_per_second` under `targets.zego` is `targets.zego.rate_per_second`).
+    pub fn under(mut self, prefix: &str) -> Invalid {
+        self.key = if self.key.is_empty() {
+            prefix.to_owned()
+        } else if self.key.starts_with('[') {
+            format!("{prefix}{}", self.key)
+        } else {
+            format!("{prefix}.{}", self.key)
+        };
+        self
+    }
+
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            key: self.key,
+            message: self.message,
+        }
+    }
+}
+
+/// `Err(Invalid)` for `key`, to keep checks one line each.
+fn invalid<T>(key: &str, message: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid::new(key, message))
+}
+
 /// Where a configuration came from: a file, or the built-in demo defaults.
 #[derive(Debug, Clone)]
 pub enum Origin {
@@ -293,32 +319,43 @@ impl Config {
     /// Fails unless the ingest role can run with this config.
     pub fn require_ingest(&self) -> Result<(), ConfigError> {
         if self.easemob.apps.is_empty() {
-            return Err(ConfigError {
-                file: self.file.clone().unwrap_or_else(|| PathBuf::from("(config)")),
-                key: "easemob.apps".into(),
-                message: "no app is configured, so no callback could be verified; add an [[easemob.apps]] table".into(),
-            });
+            return Err(Invalid::new(
+                "easemob.apps",
+                "no app is configured, so no callback could be verified; add an [[easemob.apps]] table",
+            )
+            .in_file(&self.file_name()));
         }
         Ok(())
     }
 
-    /// The compiled policy (already checked when the config was loaded).
-    pub fn policy(&self) -> Result<Policy, ConfigError> {
+    fn file_name(&self) -> PathBuf {
+        self.file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(config)"))
+    }
+
+    /// The compiled policy: the one compiled when the file was loaded, or,
+    /// for a config built in code, compiled now.
+    pub fn policy(&self) -> Result<Arc<Policy>, ConfigError> {
+        match &self.compiled {
+            Some(policy) => Ok(policy.clone()),
+            None => self.compile_policy().map(Arc::new),
+        }
+    }
+
+    fn compile_policy(&self) -> Result<Policy, ConfigError> {
         let base = self
             .file
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
-        Policy::build(&self.policy, &self.targets, &self.maps, base).map_err(|(key, message)| {
-            ConfigError {
-                file: self
-                    .file
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("(config)")),
-                key,
-                message,
-            }
-        })
+        let targets: BTreeMap<&str, Capabilities> = self
+            .targets
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.capabilities()))
+            .collect();
+        Policy::build(&self.policy, &targets, &self.maps, base)
+            .map_err(|e| e.in_file(&self.file_name()))
     }
 
     /// Loads `path`, or the demo configuration when `path` is `None`.
@@ -326,10 +363,9 @@ impl Config {
         match path {
             None => Ok((Config::demo(), Origin::Demo)),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                    file: path.to_path_buf(),
-                    key: "(file)".into(),
-                    message: format!("cannot read the config file: {e}"),
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Invalid::new("(file)", format!("cannot read the config file: {e}"))
+                        .in_file(path)
                 })?;
                 Ok((
                     Config::parse(&text, path)?,
@@ -350,11 +386,6 @@ impl Config {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let err = |key: String, message: String| ConfigError {
-            file: file.to_path_buf(),
-            key,
-            message,
-        };
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = match e.path().to_string() {
@@ -368,85 +399,115 @@ impl Config {
                 let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
                 format!(" (line {line}, column {column})")
             });
-            err(
+            Invalid::new(
                 key,
                 format!("{}{}", one_line(inner.message()), at.unwrap_or_default()),
             )
+            .in_file(file)
         })?;
         config.file = Some(file.to_path_buf());
-        config.resolve_secrets(env).map_err(|(k, m)| err(k, m))?;
-        config.validate().map_err(|(k, m)| err(k, m))?;
-        config.policy()?;
+        config
+            .resolve_secrets(env)
+            .and_then(|()| config.validate())
+            .map_err(|e| e.in_file(file))?;
+        config.compiled = Some(Arc::new(config.compile_policy()?));
         Ok(config)
     }
 
-    fn resolve_secrets(
-        &mut self,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(), (String, String)> {
+    fn resolve_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Invalid> {
         for (i, app) in self.easemob.apps.iter_mut().enumerate() {
             for (j, secret) in app.secrets.iter_mut().enumerate() {
-                resolve(secret, format!("easemob.apps[{i}].secrets[{j}]"), env)?;
+                resolve(secret, env)
+                    .map_err(|e| e.under(&format!("easemob.apps[{i}].secrets[{j}]")))?;
             }
         }
         for (name, target) in self.targets.iter_mut() {
             for (key, secret) in target.secrets_mut() {
-                resolve(secret, format!("targets.{name}.{key}"), env)?;
+                resolve(secret, env).map_err(|e| e.under(&format!("targets.{name}.{key}")))?;
             }
         }
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
-        let fail = |k: &str, m: String| Err((k.to_string(), m));
-        if self.http.max_body_bytes < 1024 {
-            return fail("http.max_body_bytes", "must be at least 1024 bytes".into());
+    /// Checks what serde cannot, section by section (the policy is checked
+    /// when it is compiled).
+    fn validate(&self) -> Result<(), Invalid> {
+        self.http.validate().map_err(|e| e.under("http"))?;
+        self.kafka.validate().map_err(|e| e.under("kafka"))?;
+        self.easemob.validate().map_err(|e| e.under("easemob"))?;
+        self.worker
+            .validate(&self.kafka)
+            .map_err(|e| e.under("worker"))?;
+        for (name, target) in &self.targets {
+            target
+                .validate()
+                .map_err(|e| e.under(&format!("targets.{name}")))?;
         }
-        if self.http.ack_timeout_ms == 0 {
-            return fail("http.ack_timeout_ms", "must be greater than 0".into());
+        Ok(())
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes", "must be at least 1024 bytes");
         }
-        if self.kafka.brokers.trim().is_empty() {
-            return fail(
-                "kafka.brokers",
-                "must be \"embedded\" or host:port[,host:port...]".into(),
+        if self.ack_timeout_ms == 0 {
+            return invalid("ack_timeout_ms", "must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.brokers.trim().is_empty() {
+            return invalid(
+                "brokers",
+                "must be \"embedded\" or host:port[,host:port...]",
             );
         }
-        if self.kafka.topic.trim().is_empty() {
-            return fail("kafka.topic", "must not be empty".into());
+        if self.topic.trim().is_empty() {
+            return invalid("topic", "must not be empty");
         }
-        if !(1..=10_000).contains(&self.kafka.partitions) {
-            return fail(
-                "kafka.partitions",
-                format!("{} is not between 1 and 10000", self.kafka.partitions),
+        if !(1..=10_000).contains(&self.partitions) {
+            return invalid(
+                "partitions",
+                format!("{} is not between 1 and 10000", self.partitions),
             );
         }
-        if let Some(rf) = self.kafka.replication_factor {
-            if rf < 1 {
-                return fail("kafka.replication_factor", "must be at least 1".into());
-            }
+        if self.replication_factor.is_some_and(|rf| rf < 1) {
+            return invalid("replication_factor", "must be at least 1");
         }
-        for (name, why) in PINNED_KAFKA_PROPERTIES {
-            if self.kafka.client.contains_key(*name) {
-                return fail(
-                    &format!("kafka.client.\"{name}\""),
+        for (name, why) in crate::kafka::client::PINNED {
+            if self.client.contains_key(*name) {
+                return invalid(
+                    &format!("client.\"{name}\""),
                     format!("mutebridge sets this itself and it cannot be overridden: {why}"),
                 );
             }
         }
-        if self.easemob.dedup_capacity == 0 {
-            return fail("easemob.dedup_capacity", "must be at least 1".into());
+        Ok(())
+    }
+}
+
+impl EasemobConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.dedup_capacity == 0 {
+            return invalid("dedup_capacity", "must be at least 1");
         }
         let mut seen = HashSet::new();
-        for (i, app) in self.easemob.apps.iter().enumerate() {
+        for (i, app) in self.apps.iter().enumerate() {
+            let at = format!("apps[{i}]");
             if !app.appkey.contains('#') {
-                return fail(
-                    &format!("easemob.apps[{i}].appkey"),
+                return invalid(
+                    &format!("{at}.appkey"),
                     format!("{:?} is not an appkey (expected org#app)", app.appkey),
                 );
             }
             if !seen.insert(app.appkey.as_str()) {
-                return fail(
-                    &format!("easemob.apps[{i}].appkey"),
+                return invalid(
+                    &format!("{at}.appkey"),
                     format!(
                         "{} is configured twice; put all its secrets in one entry",
                         app.appkey
@@ -454,8 +515,8 @@ impl Config {
                 );
             }
             if app.secrets.is_empty() || app.secrets.len() > 4 {
-                return fail(
-                    &format!("easemob.apps[{i}].secrets"),
+                return invalid(
+                    &format!("{at}.secrets"),
                     format!(
                         "needs 1 to 4 secrets (one per callback rule), found {}",
                         app.secrets.len()
@@ -463,57 +524,53 @@ impl Config {
                 );
             }
             if let Some(j) = app.secrets.iter().position(|s| s.0.is_empty()) {
-                return fail(
-                    &format!("easemob.apps[{i}].secrets[{j}]"),
-                    "is empty".into(),
-                );
+                return invalid(&format!("{at}.secrets[{j}]"), "is empty");
             }
         }
-        let w = &self.worker;
-        if w.group_id.trim().is_empty() {
-            return fail("worker.group_id", "must not be empty".into());
+        Ok(())
+    }
+}
+
+impl WorkerConfig {
+    fn validate(&self, kafka: &KafkaConfig) -> Result<(), Invalid> {
+        if self.group_id.trim().is_empty() {
+            return invalid("group_id", "must not be empty");
         }
-        if w.max_in_flight_groups == 0 {
-            return fail("worker.max_in_flight_groups", "must be at least 1".into());
+        if self.max_in_flight_groups == 0 {
+            return invalid("max_in_flight_groups", "must be at least 1");
         }
-        if w.max_buffered_events < w.max_in_flight_groups {
-            return fail(
-                "worker.max_buffered_events",
+        if self.max_buffered_events < self.max_in_flight_groups {
+            return invalid(
+                "max_buffered_events",
                 format!(
                     "must be at least worker.max_in_flight_groups ({})",
-                    w.max_in_flight_groups
+                    self.max_in_flight_groups
                 ),
             );
         }
-        if w.dlq_topic.trim().is_empty() || w.dlq_topic == self.kafka.topic {
-            return fail(
-                "worker.dlq_topic",
-                "must be set and differ from kafka.topic".into(),
+        if self.dlq_topic.trim().is_empty() || self.dlq_topic == kafka.topic {
+            return invalid("dlq_topic", "must be set and differ from kafka.topic");
+        }
+        if self.commit_interval_ms == 0 {
+            return invalid("commit_interval_ms", "must be greater than 0");
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms", "must be greater than 0");
+        }
+        self.retry.validate().map_err(|e| e.under("retry"))
+    }
+}
+
+impl RetryConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.max_attempts == 0 {
+            return invalid("max_attempts", "must be at least 1");
+        }
+        if self.initial_backoff_ms == 0 || self.max_backoff_ms < self.initial_backoff_ms {
+            return invalid(
+                "max_backoff_ms",
+                "needs 0 < initial_backoff_ms <= max_backoff_ms",
             );
-        }
-        if w.commit_interval_ms == 0 || w.request_timeout_ms == 0 {
-            return fail(
-                if w.commit_interval_ms == 0 {
-                    "worker.commit_interval_ms"
-                } else {
-                    "worker.request_timeout_ms"
-                },
-                "must be greater than 0".into(),
-            );
-        }
-        if w.retry.max_attempts == 0 {
-            return fail("worker.retry.max_attempts", "must be at least 1".into());
-        }
-        if w.retry.initial_backoff_ms == 0 || w.retry.max_backoff_ms < w.retry.initial_backoff_ms {
-            return fail(
-                "worker.retry.max_backoff_ms",
-                "needs 0 < initial_backoff_ms <= max_backoff_ms".into(),
-            );
-        }
-        for (name, target) in &self.targets {
-            target
-                .validate()
-                .or_else(|(k, m)| fail(&format!("targets.{name}.{k}"), m))?;
         }
         Ok(())
     }
@@ -522,21 +579,18 @@ impl Config {
 /// The built-in demo configuration.
 const DEMO_TOML: &str = include_str!("demo.toml");
 
-fn resolve(
-    secret: &mut Secret,
-    key: String,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), (String, String)> {
+/// Replaces an `env:NAME` secret with the variable's value.
+fn resolve(secret: &mut Secret, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Invalid> {
     if let Some(name) = secret.0.strip_prefix("env:") {
         let value = env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            (
-                key,
+            Invalid::new(
+                "",
                 format!("environment variable {name} is not set or empty"),
             )
         })?;
         *secret = Secret(value);
     } else if secret.0.is_empty() {
-        return Err((key, "is empty".into()));
+        return invalid("", "is empty");
     }
     Ok(())
 }
@@ -627,6 +681,7 @@ mod tests {
         let c = Config::demo();
         c.require_ingest().unwrap();
         assert!(c.policy().is_ok());
+        assert!(c.compiled.is_some(), "compiled once, at load");
         assert!(c.targets.values().all(|t| t.kind() == "log"));
     }
 

@@ -1,12 +1,42 @@
 //! mutebridge: Easemob / Agora Chat group and chatroom callbacks in, one
-//! normalized, per-group-ordered Kafka topic out.
+//! normalized, per-group-ordered Kafka topic out, and a worker that applies
+//! a mute policy from that topic to other IM providers.
+//!
+//! Read the modules in the order an event travels:
+//!
+//! - [`ingest`]: HTTP -> verify -> normalize -> dedup -> publish, one
+//!   callback at a time, answered 200 only once Kafka has acknowledged it;
+//! - [`event`]: the versioned contract on the topic, between the two roles
+//!   and towards anyone else who reads it;
+//! - [`worker`]: consume -> schedule per group -> [`policy`] decides ->
+//!   deliver to a [`target`] (ZEGO, RongCloud, webhook) -> dead-letter what
+//!   fails for good -> commit.
+//!
+//! Around them: [`config`] (one TOML file, checked at load), [`kafka`] (the
+//! cluster, embedded or external, and every client's settings), `ops`
+//! (`/metrics`, `/healthz`, `/readyz`), [`metrics`], and [`cli`], the
+//! commands that run and drive it all.
+//!
+//! The items re-exported at the top are what the binary, the integration
+//! tests and the benchmarks build on.
 
 pub mod cli;
 pub mod config;
 pub mod event;
-pub mod ingest;
-pub mod kafka;
-pub mod metrics;
-pub mod policy;
-pub mod target;
-pub mod worker;
+mod ingest;
+mod kafka;
+mod metrics;
+mod ops;
+mod policy;
+mod target;
+mod time;
+mod worker;
+
+pub use config::Config;
+pub use ingest::publish::Publisher;
+pub use ingest::verify::sign;
+pub use ingest::Ingest;
+pub use kafka::{producer_config, Cluster, EmbeddedKafka};
+pub use metrics::Metrics;
+pub use target::zego::signature as zego_signature;
+pub use worker::Worker;

@@ -12,10 +12,12 @@ use prometheus::{
 use std::sync::Arc;
 
 use crate::event::EventKind;
+use crate::worker::dlq::Reason;
+use crate::worker::outcome::{ActionOutcome, EventOutcome};
 
 /// What happened to a callback; the `outcome` label of `mutebridge_webhooks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum WebhookOutcome {
     Published,
     Duplicate,
     BadRequest,
@@ -24,24 +26,24 @@ pub enum Outcome {
     Unavailable,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Published,
-        Outcome::Duplicate,
-        Outcome::BadRequest,
-        Outcome::Unauthorized,
-        Outcome::TooLarge,
-        Outcome::Unavailable,
+impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 6] = [
+        WebhookOutcome::Published,
+        WebhookOutcome::Duplicate,
+        WebhookOutcome::BadRequest,
+        WebhookOutcome::Unauthorized,
+        WebhookOutcome::TooLarge,
+        WebhookOutcome::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Published => "published",
-            Outcome::Duplicate => "duplicate",
-            Outcome::BadRequest => "bad_request",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::TooLarge => "too_large",
-            Outcome::Unavailable => "unavailable",
+            WebhookOutcome::Published => "published",
+            WebhookOutcome::Duplicate => "duplicate",
+            WebhookOutcome::BadRequest => "bad_request",
+            WebhookOutcome::Unauthorized => "unauthorized",
+            WebhookOutcome::TooLarge => "too_large",
+            WebhookOutcome::Unavailable => "unavailable",
         }
     }
 }
@@ -163,22 +165,22 @@ impl WorkerMetrics {
     /// Creates every label combination of `targets` at zero, so dashboards
     /// and alerts see the series before the first failure.
     pub fn init_labels<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
-        for outcome in ["applied", "skipped", "no_match", "dead_lettered"] {
-            self.events.with_label_values(&[outcome]);
+        for outcome in EventOutcome::ALL {
+            self.events.with_label_values(&[outcome.as_str()]);
         }
         self.dead_letters
             .with_label_values(&["none", "undecodable"]);
         for t in targets {
             for action in crate::policy::Op::NAMES {
-                for outcome in ["ok", "skipped", "dead_lettered"] {
+                for outcome in ActionOutcome::ALL {
                     self.actions.with_label_values(&[t, action, outcome]);
                 }
             }
             self.action_duration.with_label_values(&[t]);
             self.action_retries.with_label_values(&[t]);
             self.rate_limit_wait.with_label_values(&[t]);
-            for reason in crate::worker::dlq::Reason::ALL {
-                if reason != crate::worker::dlq::Reason::Undecodable {
+            for reason in Reason::ALL {
+                if reason != Reason::Undecodable {
                     self.dead_letters.with_label_values(&[t, reason.as_str()]);
                 }
             }
@@ -249,7 +251,7 @@ impl Metrics {
 
         // Resolved once: a label lookup hashes and locks on every call,
         // and these are incremented on every request.
-        let by_outcome = Outcome::ALL.map(|o| webhooks.with_label_values(&[o.as_str()]));
+        let by_outcome = WebhookOutcome::ALL.map(|o| webhooks.with_label_values(&[o.as_str()]));
         let by_kind = EventKind::ALL
             .iter()
             .map(|k| events_published.with_label_values(&[k.as_str()]))
@@ -285,7 +287,7 @@ impl Metrics {
     }
 
     /// Counts one answered callback.
-    pub fn answered(&self, outcome: Outcome) {
+    pub fn answered(&self, outcome: WebhookOutcome) {
         self.by_outcome[outcome as usize].inc();
     }
 
@@ -316,14 +318,14 @@ mod tests {
 
     #[test]
     fn pre_resolved_counters_line_up_with_labels() {
-        for (i, o) in Outcome::ALL.iter().enumerate() {
+        for (i, o) in WebhookOutcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);
         }
         let m = Metrics::new();
-        m.answered(Outcome::TooLarge);
+        m.answered(WebhookOutcome::TooLarge);
         m.published(EventKind::MemberMuted);
         let text = m.render();
         assert!(text.contains("mutebridge_webhooks_total{outcome=\"too_large\"} 1"));

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use axum::body::Bytes;
@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{DEMO_APPKEY, DEMO_SECRET};
 use crate::ingest::verify::sign;
+use crate::time::now_ms;
 
 /// `mutebridge bench ...`
 #[derive(Subcommand, Debug)]
@@ -125,13 +126,6 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
         host: host.to_owned(),
         path: path.to_owned(),
     })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// A signed new-format mute-all callback with a unique callId.
@@ -448,7 +442,7 @@ async fn baseline_server(listen: SocketAddr) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app)
-        .with_graceful_shutdown(crate::ingest::shutdown_signal())
+        .with_graceful_shutdown(crate::ops::shutdown_signal())
         .await?;
     Ok(())
 }

@@ -1,4 +1,41 @@
-//! The tools that drive mutebridge from outside.
+//! The command line's work, one file per command; `main.rs` only parses the
+//! arguments and dispatches here.
 
 pub mod bench;
+pub mod explain;
+pub mod health;
+pub mod run;
 pub mod send;
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::kafka::EmbeddedKafka;
+
+/// `mutebridge check-config FILE`: loads it as the services would.
+pub fn check_config(file: &Path) -> anyhow::Result<()> {
+    let (config, _) = Config::load(Some(file))?;
+    println!(
+        "{}: OK ({} app(s), kafka {} topic {}, {} target(s), {} rule(s))",
+        file.display(),
+        config.easemob.apps.len(),
+        config.kafka.brokers,
+        config.kafka.topic,
+        config.targets.len(),
+        config.policy.rules.len()
+    );
+    if config.easemob.apps.is_empty() {
+        println!("  no [[easemob.apps]]: usable for `mutebridge worker` only");
+    }
+    Ok(())
+}
+
+/// `mutebridge dev-kafka`: the embedded cluster alone, until Ctrl-C.
+pub async fn dev_kafka(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let cluster = EmbeddedKafka::start(1)?;
+    cluster.create_topic(topic, partitions)?;
+    println!("bootstrap.servers={}", cluster.bootstrap_servers());
+    println!("topic {topic} ({partitions} partitions); in memory, gone on exit. Ctrl-C to stop.");
+    crate::ops::shutdown_signal().await;
+    Ok(())
+}

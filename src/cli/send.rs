@@ -7,12 +7,13 @@
 //! the same callback looks).
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{Map, Value};
 
 use crate::ingest::verify::sign;
+use crate::time::now_ms;
 
 /// Built-in sample callbacks: `(name, description, payload)`. Signature
 /// fields are filled in by [`resign`].
@@ -65,13 +66,6 @@ pub fn example(name: &str) -> anyhow::Result<Map<String, Value>> {
         Value::Object(map) => Ok(map),
         _ => unreachable!("examples are objects"),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Sets `appkey`, `callId`, `timestamp` (fresh unless `keep_ids`) and the

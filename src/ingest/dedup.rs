@@ -185,10 +185,6 @@ impl Dedup {
         self.lock().entries.len() / self.keys_per_callback()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps inconsistent
         // in a way that matters here; keep serving.

@@ -1,5 +1,10 @@
-//! The ingest role, assembled: listener, verifier, dedup cache, publisher,
-//! readiness probe and graceful shutdown.
+//! The ingest role: accept Easemob callbacks and publish them to Kafka.
+//!
+//! A callback's path is the service in miniature, and [`accept`] is that
+//! path without HTTP: [`verify`] -> [`normalize`] -> [`dedup`] ->
+//! [`publish`] -> wait for the ack (bounded) -> an [`Answer`]. [`http`]
+//! reads the request (bounded) and turns the answer into a status code.
+//! [`Ingest`] binds, serves and shuts down.
 //!
 //! Shutdown order matters for "nothing acknowledged that was not kept": stop
 //! accepting, let in-flight requests finish (each waits for its own ack),
@@ -13,28 +18,149 @@ pub mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::ingest::dedup::Dedup;
-use crate::ingest::http::{router, AppState};
-use crate::ingest::publish::Publisher;
-use crate::ingest::verify::Verifier;
-use crate::metrics::Metrics;
+use crate::event::EventKind;
+use crate::metrics::{Metrics, WebhookOutcome};
+use dedup::{Claim, Dedup};
+use normalize::normalize;
+use publish::{Delivered, Publisher};
+use verify::{Unverified, Verifier};
 
-/// How often `/readyz` re-checks that Kafka answers.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Everything a callback needs, shared by all requests.
+pub struct Ingestor {
+    pub verifier: Verifier,
+    pub dedup: Dedup,
+    pub publisher: Publisher,
+    pub metrics: Metrics,
+    /// Set by the readiness probe loop.
+    pub kafka_ready: Arc<AtomicBool>,
+    /// How long a callback waits for Kafka's acknowledgement.
+    pub ack_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// Seconds, for `Retry-After` on [`Answer::Unavailable`].
+    pub retry_after_seconds: u64,
+}
+
+/// What the sender is told about one callback. Each answer is a promise:
+/// see the status table in [`http`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// In Kafka, acknowledged.
+    Published(Delivered),
+    /// Already in Kafka (or a copy of one that is).
+    Duplicate,
+    /// Not a callback; the message names the field.
+    BadRequest(String),
+    /// Unknown appkey, wrong signature, or outside the replay window.
+    Unauthorized(String),
+    /// The body is over `http.max_body_bytes`.
+    TooLarge(usize),
+    /// Not acknowledged in time, or the queue is full: retry later.
+    Unavailable(String),
+}
+
+impl Answer {
+    /// The `outcome` label this answer is counted under.
+    pub fn outcome(&self) -> WebhookOutcome {
+        match self {
+            Answer::Published(_) => WebhookOutcome::Published,
+            Answer::Duplicate => WebhookOutcome::Duplicate,
+            Answer::BadRequest(_) => WebhookOutcome::BadRequest,
+            Answer::Unauthorized(_) => WebhookOutcome::Unauthorized,
+            Answer::TooLarge(_) => WebhookOutcome::TooLarge,
+            Answer::Unavailable(_) => WebhookOutcome::Unavailable,
+        }
+    }
+}
+
+/// Verifies, normalizes, deduplicates and publishes one callback body, and
+/// waits (up to `ack_timeout`) for Kafka's acknowledgement.
+pub async fn accept(ingestor: &Ingestor, body: &[u8]) -> Answer {
+    let unverified = match Unverified::parse(body) {
+        Ok(u) => u,
+        Err(e) => return Answer::BadRequest(e.0),
+    };
+    let received_at = crate::time::now_ms();
+    let verified = match ingestor.verifier.verify(unverified, received_at) {
+        Ok(v) => v,
+        Err(rejected) => return Answer::Unauthorized(rejected.to_string()),
+    };
+    let event = match normalize(verified, received_at) {
+        Ok(e) => e,
+        Err(e) => return Answer::BadRequest(e.0),
+    };
+    if event.event().kind == EventKind::Unknown {
+        tracing::warn!(
+            operation = %event.event().operation,
+            subtype = ?event.event().subtype,
+            "unknown operation; publishing it as kind `unknown`"
+        );
+    }
+
+    let ticket = match ingestor.dedup.claim(event.event()) {
+        Claim::Published => return Answer::Duplicate,
+        Claim::InFlight(pending) => {
+            return if pending.published_within(ingestor.ack_timeout).await {
+                Answer::Duplicate
+            } else {
+                Answer::Unavailable(
+                    "the first copy of this callback is not acknowledged by Kafka yet".into(),
+                )
+            };
+        }
+        Claim::New(ticket) => ticket,
+    };
+
+    let pending = match ingestor.publisher.enqueue(&event) {
+        Ok(p) => p,
+        Err(e) => {
+            ingestor.metrics.produce_errors.inc();
+            ticket.resolve(false);
+            return Answer::Unavailable(e.to_string());
+        }
+    };
+    // The delivery report is awaited on its own task, so it is recorded even
+    // when the sender hangs up or our deadline passes first: a late ack still
+    // makes the sender's retry a duplicate instead of a second record.
+    let metrics = ingestor.metrics.clone();
+    let kind = event.event().kind;
+    let delivery = tokio::spawn(async move {
+        let result = pending.acknowledged().await;
+        match &result {
+            Ok(_) => {
+                metrics.published(kind);
+                ticket.resolve(true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka did not acknowledge an event");
+                metrics.produce_errors.inc();
+                ticket.resolve(false);
+            }
+        }
+        result
+    });
+    // Dropping the JoinHandle at the deadline does not cancel the task.
+    match tokio::time::timeout(ingestor.ack_timeout, delivery).await {
+        Ok(Ok(Ok(delivered))) => Answer::Published(delivered),
+        Ok(Ok(Err(e))) => Answer::Unavailable(e.to_string()),
+        Ok(Err(_)) => Answer::Unavailable("the delivery task failed".into()),
+        Err(_) => Answer::Unavailable(format!(
+            "Kafka did not acknowledge within {} ms",
+            ingestor.ack_timeout.as_millis()
+        )),
+    }
+}
 
 /// A bound, not yet serving, ingest server.
 pub struct Ingest {
-    state: Arc<AppState>,
+    ingestor: Arc<Ingestor>,
     listener: TcpListener,
     grace: Duration,
 }
@@ -47,12 +173,9 @@ impl Ingest {
         metrics: Metrics,
     ) -> anyhow::Result<Ingest> {
         config.require_ingest()?;
-        let listen = config.http.listen;
-        let listener = TcpListener::bind(listen).await.with_context(|| {
-            format!("cannot listen on {listen}; is another process using it? Set http.listen to another address")
-        })?;
+        let listener = crate::ops::bind(config.http.listen).await?;
         let e = &config.easemob;
-        let state = Arc::new(AppState {
+        let ingestor = Arc::new(Ingestor {
             verifier: Verifier::new(&e.apps, e.replay_window_seconds),
             dedup: Dedup::new(
                 Duration::from_secs(e.dedup_window_seconds),
@@ -64,10 +187,10 @@ impl Ingest {
             kafka_ready: Default::default(),
             ack_timeout: Duration::from_millis(config.http.ack_timeout_ms),
             max_body_bytes: config.http.max_body_bytes,
-            retry_after: HeaderValue::from(config.http.retry_after_seconds),
+            retry_after_seconds: config.http.retry_after_seconds,
         });
         Ok(Ingest {
-            state,
+            ingestor,
             listener,
             grace: Duration::from_secs(config.http.shutdown_grace_seconds),
         })
@@ -86,14 +209,21 @@ impl Ingest {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Ingest {
-            state,
+            ingestor,
             listener,
             grace,
         } = self;
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let probe = tokio::spawn(probe_kafka(state.clone(), stop_rx.clone()));
-
-        let app = router(state.clone());
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let probe = {
+            let publisher = ingestor.publisher.clone();
+            tokio::spawn(crate::ops::probe_kafka(
+                "ingest",
+                ingestor.kafka_ready.clone(),
+                Some(ingestor.metrics.kafka_ready.clone()),
+                move |timeout| Some(publisher.probe(timeout)),
+            ))
+        };
+        let app = http::router(ingestor.clone());
         let signalled = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing in-flight requests");
@@ -107,7 +237,7 @@ impl Ingest {
             }
         }
         probe.abort();
-        let publisher = state.publisher.clone();
+        let publisher = ingestor.publisher.clone();
         let left = publisher.in_flight();
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(grace)).await;
         match flushed {
@@ -118,45 +248,5 @@ impl Ingest {
             Err(e) => tracing::error!(error = %e, "producer flush task failed"),
         }
         Ok(())
-    }
-}
-
-async fn probe_kafka(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let ready = state.publisher.probe(PROBE_INTERVAL).await;
-        if ready != state.kafka_ready.swap(ready, Ordering::Relaxed) {
-            if ready {
-                tracing::info!("Kafka is reachable; ready");
-            } else {
-                tracing::warn!("Kafka metadata is not reachable; /readyz answers 503");
-            }
-        }
-        state.metrics.kafka_ready.set(ready as i64);
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

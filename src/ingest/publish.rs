@@ -79,10 +79,6 @@ impl Publisher {
         })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Hands the event to the producer without waiting; `QueueFull` when
     /// librdkafka's bounded queue has no room.
     pub fn enqueue(&self, event: &VerifiedEvent) -> Result<Pending, PublishError> {
@@ -118,15 +114,10 @@ impl Publisher {
         }
     }
 
-    /// True when the cluster answers a metadata request for the topic.
-    pub async fn probe(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            kafka::partition_count(producer.client(), &topic, timeout).is_ok()
-        })
-        .await
-        .unwrap_or(false)
+    /// True when the cluster answers a metadata request for the topic
+    /// within `timeout`. Blocks: call it from a blocking thread.
+    pub fn probe(&self, timeout: Duration) -> bool {
+        kafka::partition_count(self.producer.client(), &self.topic, timeout).is_ok()
     }
 
     /// Waits up to `timeout` for every queued record to be acknowledged.

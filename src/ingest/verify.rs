@@ -125,10 +125,6 @@ impl Unverified {
             appkey,
         })
     }
-
-    pub fn appkey(&self) -> &str {
-        &self.appkey
-    }
 }
 
 impl Verified {

@@ -3,22 +3,26 @@
 //! A target turns one call (an [`Action`] with at most 20 users) into the
 //! exact HTTP [`Request`] the provider expects, signed afresh for every
 //! attempt, and reads the provider's reply into an [`Outcome`] the retry
-//! loop in [`crate::worker::deliver`] acts on. Building and reading are pure, so
-//! `policy explain` and the `log` target print byte for byte what a real
-//! target would send.
+//! loop in the worker's deliverer acts on. Building and reading are pure,
+//! so `policy explain` and the `log` target print byte for byte what a real
+//! target would send. Each provider's file also states what it can do
+//! ([`Capabilities`]) and checks its own settings.
 
+pub mod log;
 pub mod rongcloud;
 pub mod webhook;
 pub mod zego;
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::config::{Invalid, Secret};
 use crate::event::Event;
-use crate::policy::{Action, Dest, Op};
+use crate::policy::{Action, Addressing, Capabilities, Dest, MuteLength, Op};
+use crate::time::unix_ms;
+pub use log::{DiscardConfig, LogConfig};
 
 /// `[targets.NAME]`: where actions go, chosen by `kind`.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,21 +39,6 @@ pub enum TargetConfig {
     /// Accept every action and do nothing (benchmarks, dry runs).
     Discard(DiscardConfig),
 }
-
-/// `kind = "log"`: prints what would be sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// The target whose requests are printed (`[targets.NAME.as]`, with
-    /// its own `kind`); without it the action is printed as JSON.
-    #[serde(rename = "as", default)]
-    pub render_as: Option<Box<TargetConfig>>,
-}
-
-/// `kind = "discard"`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscardConfig {}
 
 impl TargetConfig {
     /// The `kind` as written in the config.
@@ -91,65 +80,54 @@ impl TargetConfig {
         }
     }
 
-    /// Checks settings that serde cannot; `Err((key, message))`, the key
-    /// relative to the target.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let rate = |r: Option<f64>| match r {
-            Some(r) if !(r > 0.0 && r <= 100_000.0) => Err((
-                "rate_per_second".to_string(),
-                format!("{r} is not between 0 (exclusive) and 100000"),
-            )),
-            _ => Ok(()),
-        };
-        match self {
-            TargetConfig::Zego(c) => {
-                rate(Some(c.rate_per_second))?;
-                url_ok("base_url", &c.base_url)?;
-                if c.from_user_id.trim().is_empty() {
-                    return Err((
-                        "from_user_id".into(),
-                        "must name the user the mutes are made as (a group owner or admin)".into(),
-                    ));
-                }
-                Ok(())
-            }
-            TargetConfig::Rongcloud(c) => {
-                rate(Some(c.rate_per_second))?;
-                if c.base_urls.is_empty() {
-                    return Err(("base_urls".into(), "needs at least one host".into()));
-                }
-                for (i, u) in c.base_urls.iter().enumerate() {
-                    url_ok(&format!("base_urls[{i}]"), u)?;
-                }
-                if c.app_key.trim().is_empty() {
-                    return Err(("app_key".into(), "must not be empty".into()));
-                }
-                Ok(())
-            }
-            TargetConfig::Webhook(c) => {
-                rate(c.rate_per_second)?;
-                url_ok("url", &c.url)
-            }
-            TargetConfig::Log(LogConfig {
-                render_as: Some(inner),
-            }) => match **inner {
-                TargetConfig::Log(_) | TargetConfig::Discard(_) => Err((
-                    "as.kind".into(),
-                    "must be zego, rongcloud or webhook (the target whose requests are printed)"
-                        .into(),
-                )),
-                _ => inner.validate().map_err(|(k, m)| (format!("as.{k}"), m)),
+    /// What this target can do, for checking the policy against it.
+    pub fn capabilities(&self) -> Capabilities {
+        let own = match self.shape() {
+            TargetConfig::Zego(_) => zego::CAPABILITIES,
+            TargetConfig::Rongcloud(_) => rongcloud::CAPABILITIES,
+            _ => Capabilities {
+                kind: "",
+                addressing: Addressing::Event,
+                max_mute_seconds: 0,
+                timed_mute_all: false,
+                chatroom_notify: false,
             },
-            TargetConfig::Log(_) | TargetConfig::Discard(_) => Ok(()),
+        };
+        Capabilities {
+            kind: self.kind(),
+            ..own
+        }
+    }
+
+    /// Checks settings that serde cannot; keys relative to the target.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            TargetConfig::Zego(c) => c.validate(),
+            TargetConfig::Rongcloud(c) => c.validate(),
+            TargetConfig::Webhook(c) => c.validate(),
+            TargetConfig::Log(c) => c.validate(),
+            TargetConfig::Discard(_) => Ok(()),
         }
     }
 }
 
-fn url_ok(key: &str, url: &str) -> Result<(), (String, String)> {
+/// `rate_per_second` must be positive and sane.
+fn check_rate(rate: Option<f64>) -> Result<(), Invalid> {
+    match rate {
+        Some(r) if !(r > 0.0 && r <= 100_000.0) => Err(Invalid::new(
+            "rate_per_second",
+            format!("{r} is not between 0 (exclusive) and 100000"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `url` must be an absolute http(s) URL.
+fn check_url(key: &str, url: &str) -> Result<(), Invalid> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err((key.into(), format!("{url:?} is not an http(s) URL"))),
-        Err(e) => Err((key.into(), format!("{url:?} is not a URL: {e}"))),
+        Ok(_) => Err(Invalid::new(key, format!("{url:?} is not an http(s) URL"))),
+        Err(e) => Err(Invalid::new(key, format!("{url:?} is not a URL: {e}"))),
     }
 }
 
@@ -204,6 +182,7 @@ pub enum Outcome {
     /// Worth another attempt after a backoff.
     Retry {
         error: String,
+        /// The provider said we are over its rate limit.
         rate_limited: bool,
         /// Try the next host (timeouts, connection errors, 5xx).
         switch_host: bool,
@@ -260,15 +239,6 @@ impl Target {
             }
             TargetConfig::Discard(_) => Target::Discard,
         }
-    }
-
-    /// True when this target makes network calls (and so is rate limited
-    /// and retried).
-    pub fn sends(&self) -> bool {
-        matches!(
-            self,
-            Target::Zego(_) | Target::RongCloud(_) | Target::Webhook(_)
-        )
     }
 
     /// Requests per second this target allows itself; `None` = unlimited.
@@ -358,11 +328,7 @@ impl Target {
 
 /// How long a member mute still has to run, in whole seconds rounded up;
 /// `None` = permanent. An expired mute is moot.
-pub fn remaining_seconds(
-    length: &crate::policy::MuteLength,
-    now: SystemTime,
-) -> Result<Option<u64>, Unsendable> {
-    use crate::policy::MuteLength;
+pub fn remaining_seconds(length: &MuteLength, now: SystemTime) -> Result<Option<u64>, Unsendable> {
     match *length {
         MuteLength::Permanent => Ok(None),
         MuteLength::Seconds(s) => Ok(Some(s)),
@@ -375,12 +341,6 @@ pub fn remaining_seconds(
             }
         }
     }
-}
-
-pub(crate) fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A fresh nonce: 16 lowercase hex characters, as the providers' samples use.

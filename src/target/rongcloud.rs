@@ -11,9 +11,10 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 
-use super::{remaining_seconds, unix_ms, Method, Outcome, Reply, Request, Unsendable};
-use crate::config::Secret;
-use crate::policy::{Action, Dest, Op};
+use super::{remaining_seconds, Method, Outcome, Reply, Request, Unsendable};
+use crate::config::{Invalid, Secret};
+use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
+use crate::time::unix_ms;
 
 /// Longest chatroom or group gag RongCloud accepts, in minutes (30 days).
 pub const MAX_GAG_MINUTES: u64 = 43_200;
@@ -44,6 +45,33 @@ pub enum TimestampUnit {
     #[default]
     Seconds,
     Milliseconds,
+}
+
+/// What a RongCloud target can do: mute a group or a chatroom (everyone
+/// or members), members for up to 30 days; a mute-all has no length.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    kind: "rongcloud",
+    addressing: Addressing::GroupOrChatroom,
+    max_mute_seconds: MAX_GAG_MINUTES * 60,
+    timed_mute_all: false,
+    chatroom_notify: true,
+};
+
+impl RongCloudConfig {
+    /// Keys relative to the target.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        super::check_rate(Some(self.rate_per_second))?;
+        if self.base_urls.is_empty() {
+            return Err(Invalid::new("base_urls", "needs at least one host"));
+        }
+        for (i, u) in self.base_urls.iter().enumerate() {
+            super::check_url(&format!("base_urls[{i}]"), u)?;
+        }
+        if self.app_key.trim().is_empty() {
+            return Err(Invalid::new("app_key", "must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 fn default_base_urls() -> Vec<String> {

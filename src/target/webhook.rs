@@ -11,10 +11,11 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{unix_ms, Method, Outcome, Reply, Request, Unsendable};
-use crate::config::Secret;
+use super::{Method, Outcome, Reply, Request, Unsendable};
+use crate::config::{Invalid, Secret};
 use crate::event::Event;
 use crate::policy::Action;
+use crate::time::unix_ms;
 
 /// `[targets.NAME]` with `kind = "webhook"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +27,14 @@ pub struct WebhookConfig {
     /// Unlimited when unset.
     #[serde(default)]
     pub rate_per_second: Option<f64>,
+}
+
+impl WebhookConfig {
+    /// Keys relative to the target.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        super::check_rate(self.rate_per_second)?;
+        super::check_url("url", &self.url)
+    }
 }
 
 /// `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.

@@ -10,9 +10,10 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::{remaining_seconds, unix_ms, Outcome, Reply, Request, Unsendable};
-use crate::config::Secret;
-use crate::policy::{Action, Dest, Op};
+use super::{remaining_seconds, Outcome, Reply, Request, Unsendable};
+use crate::config::{Invalid, Secret};
+use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
+use crate::time::unix_ms;
 
 /// Longest mute ZEGO accepts, in seconds (30 days).
 pub const MAX_DURATION_SECONDS: u64 = 2_592_000;
@@ -32,6 +33,30 @@ pub struct ZegoConfig {
     /// ZEGO allows 20 calls per second for each of these APIs.
     #[serde(default = "default_rate")]
     pub rate_per_second: f64,
+}
+
+/// What a ZEGO target can do: mute a group or its members, for up to 30 days.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    kind: "zego",
+    addressing: Addressing::Group,
+    max_mute_seconds: MAX_DURATION_SECONDS,
+    timed_mute_all: true,
+    chatroom_notify: false,
+};
+
+impl ZegoConfig {
+    /// Keys relative to the target.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        super::check_rate(Some(self.rate_per_second))?;
+        super::check_url("base_url", &self.base_url)?;
+        if self.from_user_id.trim().is_empty() {
+            return Err(Invalid::new(
+                "from_user_id",
+                "must name the user the mutes are made as (a group owner or admin)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_base_url() -> String {

@@ -17,6 +17,8 @@ use anyhow::Context;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prometheus::{Counter, Histogram, IntCounter};
 
+use super::dlq::Reason;
+use super::outcome::{ActionOutcome, Failure};
 use crate::config::{RetryConfig, WorkerConfig};
 use crate::event::Event;
 use crate::metrics::WorkerMetrics;
@@ -24,38 +26,6 @@ use crate::policy::Action;
 use crate::target::{
     parse_retry_after, Method, Outcome, Reply, Request, Target, TargetConfig, Unsendable,
 };
-use crate::worker::dlq::Reason;
-
-/// How one call ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Settled {
-    Done,
-    /// Nothing to do any more (an expired mute).
-    Moot(&'static str),
-    Failed(Failure),
-}
-
-/// A call (or some of its users) that has to be dead-lettered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub reason: Reason,
-    pub error: String,
-    pub attempts: u32,
-    /// Empty when the whole call failed; else the users that did.
-    pub users: Vec<String>,
-}
-
-impl Failure {
-    /// The whole call failed (no per-user split).
-    fn whole(reason: Reason, error: String, attempts: u32) -> Settled {
-        Settled::Failed(Failure {
-            reason,
-            error,
-            attempts,
-            users: Vec::new(),
-        })
-    }
-}
 
 /// A target with its limiter, failover position and metric handles.
 pub struct TargetRuntime {
@@ -125,7 +95,7 @@ impl Deliverer {
 
     /// Applies `action` (split into calls of at most 20 users), one call
     /// after another; every call's result, in order.
-    pub async fn apply(&self, action: Action, event: &Event) -> Vec<Settled> {
+    pub async fn apply(&self, action: Action, event: &Event) -> Vec<ActionOutcome> {
         let Some(rt) = self.targets.get(&action.target).cloned() else {
             // The policy is checked against the targets at load time.
             let error = format!("no target named {}", action.target);
@@ -143,15 +113,15 @@ impl Deliverer {
         rt: &TargetRuntime,
         mut call: Action,
         event: &Event,
-    ) -> Vec<Settled> {
+    ) -> Vec<ActionOutcome> {
         let started = Instant::now();
         let budget = Duration::from_secs(self.retry.max_elapsed_seconds);
         let mut failed_users: Vec<(String, String)> = Vec::new();
         let mut attempts = 0u32;
-        let finish = |failed_users: Vec<(String, String)>, attempts: u32, last: Settled| {
+        let finish = |failed_users: Vec<(String, String)>, attempts: u32, last: ActionOutcome| {
             let mut out = Vec::new();
             if !failed_users.is_empty() {
-                out.push(Settled::Failed(Failure {
+                out.push(ActionOutcome::DeadLettered(Failure {
                     reason: Reason::PermanentError,
                     error: failed_users
                         .iter()
@@ -176,7 +146,7 @@ impl Deliverer {
             let request = match rt.target.render(&call, event, host, SystemTime::now()) {
                 Ok(r) => r,
                 Err(Unsendable::Moot(why)) => {
-                    return finish(failed_users, attempts, Settled::Moot(why))
+                    return finish(failed_users, attempts, ActionOutcome::Skipped(why.into()))
                 }
                 Err(Unsendable::Invalid(error)) => {
                     let f = Failure::whole(Reason::PermanentError, error, attempts);
@@ -200,8 +170,8 @@ impl Deliverer {
                     outcome
                 }
             };
-            let (error, after, switch_host) = match outcome {
-                Outcome::Done => return finish(failed_users, attempts, Settled::Done),
+            let (error, after, switch_host, rate_limited) = match outcome {
+                Outcome::Done => return finish(failed_users, attempts, ActionOutcome::Ok),
                 Outcome::Permanent { error } => {
                     let f = Failure::whole(Reason::PermanentError, error, attempts);
                     return finish(failed_users, attempts, f);
@@ -209,18 +179,18 @@ impl Deliverer {
                 Outcome::Partial { retry, failed } => {
                     failed_users.extend(failed);
                     if retry.is_empty() {
-                        return finish(failed_users, attempts, Settled::Done);
+                        return finish(failed_users, attempts, ActionOutcome::Ok);
                     }
                     let error = format!("failed for {} user(s), retrying them", retry.len());
                     call.users = retry;
-                    (error, None, false)
+                    (error, None, false, false)
                 }
                 Outcome::Retry {
                     error,
-                    after,
+                    rate_limited,
                     switch_host,
-                    ..
-                } => (error, after, switch_host),
+                    after,
+                } => (error, after, switch_host, rate_limited),
             };
             let hosts = rt.target.hosts();
             let switched = switch_host && hosts > 1;
@@ -243,7 +213,7 @@ impl Deliverer {
                 let f = Failure::whole(Reason::RetriesExhausted, error, attempts);
                 return finish(failed_users, attempts, f);
             }
-            tracing::warn!(target = %rt.name, rule = %call.rule, attempt = attempts, ?wait, %error, "action failed; retrying");
+            tracing::warn!(target = %rt.name, rule = %call.rule, attempt = attempts, ?wait, rate_limited, %error, "action failed; retrying");
             rt.retries.inc();
             tokio::time::sleep(wait).await;
         }
@@ -293,11 +263,6 @@ impl Deliverer {
                 after: retry_after,
             },
         }
-    }
-
-    /// Names of the configured targets.
-    pub fn target_names(&self) -> impl Iterator<Item = &str> {
-        self.targets.keys().map(|k| k.as_ref())
     }
 }
 

@@ -15,6 +15,9 @@ use serde::Serialize;
 use crate::config::KafkaConfig;
 use crate::event::Event;
 use crate::kafka;
+use crate::time::now_ms;
+
+use super::outcome::{ActionId, Failure};
 
 /// Value of the `schema` field of a dead letter.
 pub const DEAD_LETTER_SCHEMA: &str = "mutebridge.dead_letter/v1";
@@ -84,6 +87,49 @@ pub struct DeadLetter {
     pub payload: Option<String>,
 }
 
+impl DeadLetter {
+    /// A record that is not a `mutebridge.event/v1` event.
+    pub fn undecodable(source: SourceRecord, payload: Option<&[u8]>, why: String) -> DeadLetter {
+        DeadLetter {
+            schema: DEAD_LETTER_SCHEMA,
+            reason: Reason::Undecodable,
+            error: why,
+            target: None,
+            rule: None,
+            action: None,
+            users: Vec::new(),
+            attempts: 0,
+            source,
+            failed_at_ms: now_ms(),
+            event: None,
+            payload: payload.map(|p| String::from_utf8_lossy(p).into_owned()),
+        }
+    }
+
+    /// An action of `event` that failed for good.
+    pub fn action(
+        source: SourceRecord,
+        event: &Event,
+        id: &ActionId,
+        failure: Failure,
+    ) -> DeadLetter {
+        DeadLetter {
+            schema: DEAD_LETTER_SCHEMA,
+            reason: failure.reason,
+            error: failure.error,
+            target: Some(id.target.to_string()),
+            rule: Some(id.rule.to_string()),
+            action: Some(id.action),
+            users: failure.users,
+            attempts: failure.attempts,
+            source,
+            failed_at_ms: now_ms(),
+            event: Some(event.clone()),
+            payload: None,
+        }
+    }
+}
+
 /// The dead-letter producer (durable and idempotent, like the event producer).
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -100,10 +146,6 @@ impl DeadLetters {
             producer,
             topic: topic.to_owned(),
         })
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Writes `letter` keyed like its event, retrying until Kafka

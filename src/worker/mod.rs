@@ -1,94 +1,44 @@
-//! The worker role, assembled: consume the event topic, run each event
-//! through the policy, apply its actions, dead-letter what fails for good,
-//! and commit what is finished.
+//! The worker role: consume the event topic, run each event through the
+//! policy, apply its actions, dead-letter what fails for good, and commit
+//! what is finished.
 //!
-//! One coordinator task owns all scheduling state. Events are queued per
-//! group (partition + key) and a group runs one event at a time, so a
-//! group's actions happen in partition order; up to
-//! `worker.max_in_flight_groups` groups run at once, so a group stuck in
-//! retries holds up only itself. The commit position of a partition never
-//! passes an unfinished event ([`crate::worker::offsets::Tracker`]).
+//! Read it in the order a record travels: [`offsets`] (the consumer group
+//! and the commit position, which never passes an unfinished event) ->
+//! [`scheduler`] (per-group queues: one event per group at a time) ->
+//! [`engine`] (decode -> decide -> deliver -> dead-letter) -> [`deliver`]
+//! (rate limit, send, retry) -> [`dlq`]. [`outcome`] names the results.
+//!
+//! [`Worker::run`] is one coordinator task that owns all scheduling state,
+//! in two phases: consuming until shutdown, then draining what runs.
 
 pub mod deliver;
 pub mod dlq;
+pub mod engine;
 pub mod offsets;
+pub mod outcome;
+pub mod scheduler;
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, WorkerConfig};
-use crate::event::{Event, SCHEMA_V1};
 use crate::kafka::{self, Cluster};
 use crate::metrics::{Metrics, WorkerMetrics};
-use crate::policy::{Planned, Policy};
-use crate::worker::deliver::{Deliverer, Settled};
-use crate::worker::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord, DEAD_LETTER_SCHEMA};
-use crate::worker::offsets::{Tracker, WorkerContext};
+use deliver::Deliverer;
+use dlq::DeadLetters;
+use engine::Engine;
+use offsets::{Tracker, WorkerContext};
+use scheduler::{Flow, GroupKey, Job, Scheduler};
 
-/// Consumer defaults a user may change through `[kafka.client]`.
-const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    // A new consumer group starts with the oldest retained event, so events
-    // published before the first worker started are applied too.
-    ("auto.offset.reset", "earliest"),
-    ("statistics.interval.ms", "5000"),
-];
-
-/// How often the worker's readiness probe checks Kafka.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// What happened to one event; the `outcome` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventOutcome {
-    Applied,
-    Skipped,
-    NoMatch,
-    DeadLettered,
-}
-
-impl EventOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventOutcome::Applied => "applied",
-            EventOutcome::Skipped => "skipped",
-            EventOutcome::NoMatch => "no_match",
-            EventOutcome::DeadLettered => "dead_lettered",
-        }
-    }
-}
-
-/// Everything that handles one event, shared by the group tasks.
-struct Engine {
-    policy: Policy,
-    deliverer: Deliverer,
-    dlq: DeadLetters,
-    metrics: WorkerMetrics,
-    topic: String,
-}
-
-struct Job {
-    partition: i32,
-    offset: i64,
-    generation: u64,
-    key: Vec<u8>,
-    payload: Option<Vec<u8>>,
-}
-
-type GroupKey = (i32, Vec<u8>);
-
-struct Running {
-    generation: u64,
-    abort: AbortHandle,
-}
-
+/// A group task's report that its event is finished.
 struct Finished {
     group: GroupKey,
     offset: i64,
@@ -136,21 +86,12 @@ impl Worker {
             topic: config.kafka.topic.clone(),
             lag: metrics.worker.consumer_lag.clone(),
         };
-        let mut client = rdkafka::ClientConfig::new();
-        for (key, value) in CONSUMER_DEFAULTS {
-            client.set(*key, *value);
-        }
-        for (key, value) in kafka::client_config(&config.kafka, bootstrap).config_map() {
-            client.set(key, value);
-        }
-        // Pinned: offsets move only when work is finished, never on a timer.
-        client
-            .set("group.id", &w.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        let consumer: StreamConsumer<WorkerContext> = client
-            .create_with_context(context)
-            .context("cannot create the Kafka consumer (check the [kafka.client] properties)")?;
+        let consumer: StreamConsumer<WorkerContext> =
+            kafka::consumer_config(&config.kafka, bootstrap, &w.group_id)
+                .create_with_context(context)
+                .context(
+                    "cannot create the Kafka consumer (check the [kafka.client] properties)",
+                )?;
         consumer
             .subscribe(&[&config.kafka.topic])
             .with_context(|| format!("cannot subscribe to {}", config.kafka.topic))?;
@@ -178,133 +119,94 @@ impl Worker {
     /// Runs until `shutdown` completes, then lets running actions finish
     /// (up to `worker.shutdown_grace_seconds`) and commits what is done.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Worker {
-            consumer,
-            tracker,
-            engine,
-            config,
-            ready,
-        } = self;
-        let topic = engine.topic.clone();
-        let probe = tokio::spawn(probe(Arc::downgrade(&consumer), topic.clone(), ready));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut queues: HashMap<GroupKey, VecDeque<Job>> = HashMap::new();
-        let mut running: HashMap<GroupKey, Running> = HashMap::new();
-        let mut ready_groups: VecDeque<GroupKey> = VecDeque::new();
-        let mut buffered = 0usize;
-        let mut paused = false;
-        let mut commit_tick =
-            tokio::time::interval(Duration::from_millis(config.commit_interval_ms));
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let m = engine.metrics.clone();
-        tokio::pin!(shutdown);
+        let probe = {
+            let consumer = Arc::downgrade(&self.consumer);
+            let topic = self.engine.topic.clone();
+            tokio::spawn(crate::ops::probe_kafka(
+                "worker",
+                self.ready.clone(),
+                None,
+                move |timeout| {
+                    let c = consumer.upgrade()?;
+                    Some(kafka::partition_count(c.client(), &topic, timeout).is_ok())
+                },
+            ))
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut run = Run {
+            worker: &self,
+            scheduler: Scheduler::new(
+                self.config.max_in_flight_groups,
+                self.config.max_buffered_events,
+            ),
+            done_tx,
+            done_rx,
+            metrics: self.engine.metrics.clone(),
+        };
+        run.consume(shutdown).await;
+        run.drain().await;
+        drop(run);
+        probe.abort();
+        let _ = probe.await;
+        self.commit(CommitMode::Sync);
+        self.engine.dlq.flush(Duration::from_secs(5));
+        self.consumer.unsubscribe();
+        // Closed here, while the cluster is still up: a consumer closed
+        // later would wait out its session timeout trying to leave the group.
+        drop(self);
+        tracing::info!("worker stopped; finished offsets committed");
+        Ok(())
+    }
 
+    /// Commits the positions that moved since the last commit.
+    fn commit(&self, mode: CommitMode) {
+        let tpl = self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .take_commits(&self.engine.topic);
+        if let Some(tpl) = tpl {
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
+                tracing::warn!(error = %e, "offset commit failed; retried with the next commit");
+            }
+        }
+    }
+}
+
+/// The coordinator's state while it runs.
+struct Run<'w> {
+    worker: &'w Worker,
+    scheduler: Scheduler<AbortHandle>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    done_rx: mpsc::UnboundedReceiver<Finished>,
+    metrics: WorkerMetrics,
+}
+
+impl Run<'_> {
+    /// Phase one: receive, schedule, record finished work and commit on a
+    /// timer, until `shutdown` completes.
+    async fn consume(&mut self, shutdown: impl Future<Output = ()>) {
+        let w = self.worker;
+        let mut commit_tick =
+            tokio::time::interval(Duration::from_millis(w.config.commit_interval_ms));
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
         loop {
             // Work of partitions taken away by a rebalance is dropped; the
             // new owner starts from what was committed at the revoke.
-            let revoked = tracker.lock().expect("tracker lock").take_revoked();
+            let revoked = w.tracker.lock().expect("tracker lock").take_revoked();
             for (partition, generation) in revoked {
-                for (key, queue) in queues.iter_mut() {
-                    if key.0 == partition {
-                        let before = queue.len();
-                        queue.retain(|j| j.generation != generation);
-                        buffered -= before - queue.len();
-                    }
-                }
-                running.retain(|key, r| {
-                    let stale = key.0 == partition && r.generation == generation;
-                    if stale {
-                        r.abort.abort();
-                        buffered -= 1;
-                    }
-                    !stale
-                });
-                ready_groups.retain(|k| queues.get(k).is_some_and(|q| !q.is_empty()));
-                queues.retain(|k, q| !q.is_empty() || running.contains_key(k));
+                self.scheduler.revoke(partition, generation);
             }
-            while running.len() < config.max_in_flight_groups {
-                let Some(key) = ready_groups.pop_front() else {
-                    break;
-                };
-                let Some(job) = queues.get_mut(&key).and_then(VecDeque::pop_front) else {
-                    continue;
-                };
-                let generation = job.generation;
-                let engine = engine.clone();
-                let tx = done_tx.clone();
-                let group = key.clone();
-                let handle = tokio::spawn(async move {
-                    engine.process(&job).await;
-                    let _ = tx.send(Finished {
-                        group,
-                        offset: job.offset,
-                        generation: job.generation,
-                    });
-                });
-                running.insert(
-                    key,
-                    Running {
-                        generation,
-                        abort: handle.abort_handle(),
-                    },
-                );
-            }
-            m.groups_in_flight.set(running.len() as i64);
-            m.buffered_events.set(buffered as i64);
-            if !paused && buffered >= config.max_buffered_events {
-                if let Ok(assignment) = consumer.assignment() {
-                    if consumer.pause(&assignment).is_ok() {
-                        paused = true;
-                        tracing::info!(
-                            buffered,
-                            "backlog at worker.max_buffered_events; fetching paused"
-                        );
-                    }
-                }
-            } else if paused && buffered <= config.max_buffered_events / 2 {
-                if let Ok(assignment) = consumer.assignment() {
-                    if consumer.resume(&assignment).is_ok() {
-                        paused = false;
-                    }
-                }
-            }
-
+            self.start_ready();
+            self.flow_control();
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
-                Some(done) = done_rx.recv() => {
-                    if running.get(&done.group).is_some_and(|r| r.generation == done.generation) {
-                        running.remove(&done.group);
-                        buffered -= 1;
-                        tracker.lock().expect("tracker lock").finished(done.group.0, done.offset, done.generation);
-                        if queues.get(&done.group).is_some_and(|q| !q.is_empty()) {
-                            ready_groups.push_back(done.group);
-                        } else {
-                            queues.remove(&done.group);
-                        }
-                    }
-                }
-                _ = commit_tick.tick() => commit(&consumer, &tracker, &topic, CommitMode::Async),
-                message = consumer.recv() => match message {
-                    Ok(msg) => {
-                        let partition = msg.partition();
-                        let offset = msg.offset();
-                        let generation = tracker.lock().expect("tracker lock").received(partition, offset);
-                        let key: GroupKey = (partition, msg.key().unwrap_or_default().to_vec());
-                        let job = Job {
-                            partition,
-                            offset,
-                            generation,
-                            key: key.1.clone(),
-                            payload: msg.payload().map(<[u8]>::to_vec),
-                        };
-                        buffered += 1;
-                        let known = running.contains_key(&key) || queues.contains_key(&key);
-                        queues.entry(key.clone()).or_default().push_back(job);
-                        if !known {
-                            ready_groups.push_back(key);
-                        }
-                    }
+                _ = &mut shutdown => return,
+                Some(done) = self.done_rx.recv() => self.finished(done),
+                _ = commit_tick.tick() => w.commit(CommitMode::Async),
+                message = w.consumer.recv() => match message {
+                    Ok(msg) => self.received(&msg),
                     Err(e) => {
                         tracing::warn!(error = %e, "Kafka consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -312,250 +214,106 @@ impl Worker {
                 },
             }
         }
+    }
 
-        // Shutdown: nothing new starts; running events get the grace period.
-        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    /// Phase two: nothing new starts; running events get the grace period,
+    /// then are abandoned (they are re-delivered after a restart).
+    async fn drain(&mut self) {
+        let grace = Duration::from_secs(self.worker.config.shutdown_grace_seconds);
         tracing::info!(
-            running = running.len(),
+            running = self.scheduler.running(),
             ?grace,
             "worker stopping: finishing running events"
         );
         let deadline = tokio::time::Instant::now() + grace;
-        while !running.is_empty() {
+        while self.scheduler.running() > 0 {
             tokio::select! {
-                Some(done) = done_rx.recv() => {
-                    if running.get(&done.group).is_some_and(|r| r.generation == done.generation) {
-                        running.remove(&done.group);
-                        tracker.lock().expect("tracker lock").finished(done.group.0, done.offset, done.generation);
-                    }
-                }
+                Some(done) = self.done_rx.recv() => self.finished(done),
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(abandoned = running.len(), "grace period over; abandoning running events (they are re-delivered after restart)");
-                    for r in running.values() {
-                        r.abort.abort();
-                    }
+                    tracing::warn!(abandoned = self.scheduler.running(), "grace period over; abandoning running events (they are re-delivered after restart)");
+                    self.scheduler.abort_running();
                     break;
                 }
             }
         }
-        probe.abort();
-        let _ = probe.await;
-        commit(&consumer, &tracker, &topic, CommitMode::Sync);
-        engine.dlq.flush(Duration::from_secs(5));
-        consumer.unsubscribe();
-        // Closed here, while the cluster is still up: a consumer closed
-        // later would wait out its session timeout trying to leave the group.
-        drop(consumer);
-        tracing::info!("worker stopped; finished offsets committed");
-        Ok(())
     }
-}
 
-fn commit(
-    consumer: &StreamConsumer<WorkerContext>,
-    tracker: &Mutex<Tracker>,
-    topic: &str,
-    mode: CommitMode,
-) {
-    let tpl = tracker.lock().expect("tracker lock").to_commit(topic);
-    if let Some(tpl) = tpl {
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            tracing::warn!(error = %e, "offset commit failed; retried with the next commit");
-        }
-    }
-}
-
-async fn probe(
-    consumer: std::sync::Weak<StreamConsumer<WorkerContext>>,
-    topic: String,
-    ready: Arc<AtomicBool>,
-) {
-    loop {
-        let Some(c) = consumer.upgrade() else { return };
-        let t = topic.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            kafka::partition_count(c.client(), &t, PROBE_INTERVAL).is_ok()
-        })
-        .await
-        .unwrap_or(false);
-        if ok != ready.swap(ok, Ordering::Relaxed) && !ok {
-            tracing::warn!("worker: Kafka metadata is not reachable");
-        }
-        tokio::time::sleep(PROBE_INTERVAL).await;
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-impl Engine {
-    /// Applies one event's actions; returns once each is done, moot,
-    /// skipped, or written to the dead-letter topic.
-    async fn process(&self, job: &Job) {
-        let source = SourceRecord {
-            topic: self.topic.clone(),
-            partition: job.partition,
-            offset: job.offset,
-        };
-        let event = match decode(job.payload.as_deref()) {
-            Ok(e) => e,
-            Err(why) => {
-                tracing::error!(partition = job.partition, offset = job.offset, %why, "undecodable record; dead-lettered");
-                self.dead_letter(
-                    &job.key,
-                    DeadLetter {
-                        schema: DEAD_LETTER_SCHEMA,
-                        reason: Reason::Undecodable,
-                        error: why,
-                        target: None,
-                        rule: None,
-                        action: None,
-                        users: Vec::new(),
-                        attempts: 0,
-                        source,
-                        failed_at_ms: now_ms(),
-                        event: None,
-                        payload: job
-                            .payload
-                            .as_deref()
-                            .map(|p| String::from_utf8_lossy(p).into_owned()),
-                    },
-                )
-                .await;
-                self.finish(EventOutcome::DeadLettered);
-                return;
-            }
-        };
-        let planned = self.policy.decide(&event);
-        if planned.is_empty() {
-            self.finish(EventOutcome::NoMatch);
-            return;
-        }
-        let (mut ok, mut dead) = (false, false);
-        for p in planned {
-            match p {
-                Planned::Skip {
-                    rule,
-                    target,
-                    action,
-                    why,
-                } => {
-                    tracing::debug!(%rule, %target, %why, event = %event.id, "skipped by policy");
-                    self.count(&target, action, "skipped");
-                }
-                Planned::Unmapped {
-                    rule,
-                    target,
-                    action,
-                    why,
-                } => {
-                    dead = true;
-                    self.count(&target, action, "dead_lettered");
-                    self.dead_letter(
-                        &job.key,
-                        DeadLetter {
-                            schema: DEAD_LETTER_SCHEMA,
-                            reason: Reason::Unmapped,
-                            error: why,
-                            target: Some(target.to_string()),
-                            rule: Some(rule.to_string()),
-                            action: Some(action),
-                            users: Vec::new(),
-                            attempts: 0,
-                            source: source.clone(),
-                            failed_at_ms: now_ms(),
-                            event: Some(event.clone()),
-                            payload: None,
-                        },
-                    )
-                    .await;
-                }
-                Planned::Act(action) => {
-                    let (rule, target, name) =
-                        (action.rule.clone(), action.target.clone(), action.op.name());
-                    for settled in self.deliverer.apply(action, &event).await {
-                        match settled {
-                            Settled::Done => {
-                                ok = true;
-                                self.count(&target, name, "ok");
-                            }
-                            Settled::Moot(why) => {
-                                tracing::debug!(%rule, %target, why, event = %event.id, "nothing to do");
-                                self.count(&target, name, "skipped");
-                            }
-                            Settled::Failed(f) => {
-                                dead = true;
-                                tracing::warn!(%rule, %target, reason = f.reason.as_str(), error = %f.error, event = %event.id, "action failed; dead-lettered");
-                                self.count(&target, name, "dead_lettered");
-                                self.dead_letter(
-                                    &job.key,
-                                    DeadLetter {
-                                        schema: DEAD_LETTER_SCHEMA,
-                                        reason: f.reason,
-                                        error: f.error,
-                                        target: Some(target.to_string()),
-                                        rule: Some(rule.to_string()),
-                                        action: Some(name),
-                                        users: f.users,
-                                        attempts: f.attempts,
-                                        source: source.clone(),
-                                        failed_at_ms: now_ms(),
-                                        event: Some(event.clone()),
-                                        payload: None,
-                                    },
-                                )
-                                .await;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.finish(if dead {
-            EventOutcome::DeadLettered
-        } else if ok {
-            EventOutcome::Applied
-        } else {
-            EventOutcome::Skipped
+    fn received(&mut self, msg: &BorrowedMessage<'_>) {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let generation = self
+            .worker
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .received(partition, offset);
+        self.scheduler.push(Job {
+            partition,
+            offset,
+            generation,
+            key: msg.key().unwrap_or_default().to_vec(),
+            payload: msg.payload().map(<[u8]>::to_vec),
         });
     }
 
-    fn count(&self, target: &str, action: &str, outcome: &str) {
-        self.metrics
-            .actions
-            .with_label_values(&[target, action, outcome])
-            .inc();
+    fn finished(&mut self, done: Finished) {
+        if self.scheduler.finished(&done.group, done.generation) {
+            self.worker.tracker.lock().expect("tracker lock").finished(
+                done.group.0,
+                done.offset,
+                done.generation,
+            );
+        }
     }
 
-    fn finish(&self, outcome: EventOutcome) {
+    /// Starts what may start, each event on a task of its own.
+    fn start_ready(&mut self) {
+        let engine = &self.worker.engine;
+        let done_tx = &self.done_tx;
+        self.scheduler.start_ready(|job| {
+            let engine = engine.clone();
+            let tx = done_tx.clone();
+            tokio::spawn(async move {
+                engine.process(&job).await;
+                let _ = tx.send(Finished {
+                    group: (job.partition, job.key),
+                    offset: job.offset,
+                    generation: job.generation,
+                });
+            })
+            .abort_handle()
+        });
         self.metrics
-            .events
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+            .groups_in_flight
+            .set(self.scheduler.running() as i64);
+        self.metrics
+            .buffered_events
+            .set(self.scheduler.buffered() as i64);
     }
 
-    async fn dead_letter(&self, key: &[u8], letter: DeadLetter) {
-        self.metrics
-            .dead_letters
-            .with_label_values(&[
-                letter.target.as_deref().unwrap_or("none"),
-                letter.reason.as_str(),
-            ])
-            .inc();
-        self.dlq.write(key, &letter).await;
+    /// Pauses fetching at `worker.max_buffered_events`, resumes at half.
+    fn flow_control(&mut self) {
+        let Some(flow) = self.scheduler.flow() else {
+            return;
+        };
+        let consumer = &self.worker.consumer;
+        let Ok(assignment) = consumer.assignment() else {
+            return;
+        };
+        match flow {
+            Flow::Pause => {
+                if consumer.pause(&assignment).is_ok() {
+                    self.scheduler.set_paused(true);
+                    tracing::info!(
+                        buffered = self.scheduler.buffered(),
+                        "backlog at worker.max_buffered_events; fetching paused"
+                    );
+                }
+            }
+            Flow::Resume => {
+                if consumer.resume(&assignment).is_ok() {
+                    self.scheduler.set_paused(false);
+                }
+            }
+        }
     }
-}
-
-fn decode(payload: Option<&[u8]>) -> Result<Event, String> {
-    let payload = payload.ok_or("the record has no value")?;
-    let event: Event =
-        serde_json::from_slice(payload).map_err(|e| format!("not a {SCHEMA_V1} event: {e}"))?;
-    if event.schema != SCHEMA_V1 {
-        return Err(format!("schema {:?} is not {SCHEMA_V1}", event.schema));
-    }
-    Ok(event)
 }

@@ -67,12 +67,13 @@ impl Tracker {
     }
 
     /// The offset to commit for `partition`: everything before it is finished.
+    #[cfg(test)]
     pub fn position(&self, partition: i32) -> Option<i64> {
         self.parts.get(&partition).map(Part::position)
     }
 
     /// Positions that moved since the last call, for committing.
-    pub fn to_commit(&mut self, topic: &str) -> Option<TopicPartitionList> {
+    pub fn take_commits(&mut self, topic: &str) -> Option<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (p, part) in self.parts.iter_mut() {
             let position = part.position();
@@ -178,12 +179,12 @@ mod tests {
         assert_eq!(t.position(0), Some(10), "10 is still running");
         t.finished(0, 10, g);
         assert_eq!(t.position(0), Some(13));
-        let tpl = t.to_commit("t").unwrap();
+        let tpl = t.take_commits("t").unwrap();
         assert_eq!(
             tpl.find_partition("t", 0).unwrap().offset(),
             Offset::Offset(13)
         );
-        assert!(t.to_commit("t").is_none(), "nothing moved");
+        assert!(t.take_commits("t").is_none(), "nothing moved");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mutebridge::config::Config;
+use mutebridge::Config;
 use serde_json::Value;
 use serde_norway::Value as Yaml;
 

@@ -265,7 +265,7 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
     if (ts - now_s()).abs() > 600 {
         return reject(100000004, "signature expired".into());
     }
-    let expected = mutebridge::target::zego::signature(app_id, nonce, &s.secret, ts as u64);
+    let expected = mutebridge::zego_signature(app_id, nonce, &s.secret, ts as u64);
     // Independent check of the rule, not via the code under test.
     let independent = {
         use md5::Digest;

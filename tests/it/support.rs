@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mutebridge::config::{Config, EasemobApp, Secret};
-use mutebridge::ingest::publish::Publisher;
-use mutebridge::ingest::verify::sign;
-use mutebridge::ingest::Ingest;
-use mutebridge::kafka::Cluster;
-use mutebridge::metrics::Metrics;
+use mutebridge::sign;
+use mutebridge::Cluster;
+use mutebridge::Ingest;
+use mutebridge::Metrics;
+use mutebridge::Publisher;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -387,7 +387,7 @@ impl Harness {
     /// Starts a worker with `config` against the harness's cluster.
     pub async fn start_worker_with(&self, config: &Config) -> WorkerHandle {
         let metrics = Metrics::new();
-        let worker = mutebridge::worker::Worker::start(config, &self.cluster, &metrics)
+        let worker = mutebridge::Worker::start(config, &self.cluster, &metrics)
             .await
             .expect("worker starts");
         let (tx, rx) = oneshot::channel::<()>();

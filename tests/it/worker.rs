@@ -1,6 +1,6 @@
 //! The worker end to end: callbacks POSTed to the real ingest, through the
 //! embedded Kafka cluster, applied by a real worker to local ZEGO and
-//! RongCloud servers (tests/providers) that check signatures, parameters
+//! RongCloud servers (tests/it/providers.rs) that check signatures, parameters
 //! and rate limits.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
 use crate::support::*;
-use mutebridge::config::Config;
+use mutebridge::Config;
 use serde_json::{json, Map, Value};
 
 const ZEGO_APP: u32 = 12345;

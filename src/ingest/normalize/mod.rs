@@ -15,9 +15,12 @@
 //! - chatroom `muc_id` sometimes lacks its suffix, so IDs come from
 //!   `group_id` / `id` only.
 
+mod group_op;
+mod muc;
+
 use serde_json::{Map, Value};
 
-use crate::event::{Event, EventKind, Format, Mute, Scope, Source, SCHEMA_V1};
+use crate::event::{Event, EventKind, Format, Scope, Source, SCHEMA_V1};
 use crate::ingest::verify::{BadRequest, Verified};
 
 /// An event built from a verified callback: the only thing the publisher
@@ -39,9 +42,9 @@ impl VerifiedEvent {
 pub fn normalize(v: Verified, received_at_ms: i64) -> Result<VerifiedEvent, BadRequest> {
     let body = v.body();
     let event = if body.get("chat_type").and_then(Value::as_str) == Some("muc") {
-        legacy(&v, received_at_ms)?
+        muc::legacy(&v, received_at_ms)?
     } else if body.get("event").and_then(Value::as_str) == Some("group_op_event") {
-        group_op_event(&v, received_at_ms)?
+        group_op::group_op_event(&v, received_at_ms)?
     } else {
         return Err(BadRequest::new(
             "not a group or chatroom callback: expected `chat_type: \"muc\"` or `event: \"group_op_event\"`",
@@ -50,7 +53,7 @@ pub fn normalize(v: Verified, received_at_ms: i64) -> Result<VerifiedEvent, BadR
     Ok(VerifiedEvent(event))
 }
 
-fn base(v: &Verified, format: Format, received_at_ms: i64) -> Event {
+pub(super) fn base(v: &Verified, format: Format, received_at_ms: i64) -> Event {
     Event {
         schema: SCHEMA_V1.to_string(),
         id: v.call_id().to_string(),
@@ -71,7 +74,7 @@ fn base(v: &Verified, format: Format, received_at_ms: i64) -> Event {
     }
 }
 
-fn group_id(body: &Map<String, Value>, key: &str) -> Result<String, BadRequest> {
+pub(super) fn group_id(body: &Map<String, Value>, key: &str) -> Result<String, BadRequest> {
     match body.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::String(_)) => Err(BadRequest(format!(
@@ -88,14 +91,14 @@ fn group_id(body: &Map<String, Value>, key: &str) -> Result<String, BadRequest> 
     }
 }
 
-fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+pub(super) fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     obj.get(key)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
 }
 
 /// A user list that may be an array of strings or a single string.
-fn user_list(obj: &Map<String, Value>, keys: &[&str]) -> Vec<String> {
+pub(super) fn user_list(obj: &Map<String, Value>, keys: &[&str]) -> Vec<String> {
     for key in keys {
         match obj.get(*key) {
             Some(Value::Array(items)) => {
@@ -113,352 +116,11 @@ fn user_list(obj: &Map<String, Value>, keys: &[&str]) -> Vec<String> {
     Vec::new()
 }
 
-/// The user ID inside a legacy JID `{appkey}_{user}@easemob.com/{resource}`;
-/// `None` for anything else (the appkey alone, a group ID, an anonymized value).
-fn user_from_jid(jid: &str, appkey: &str) -> Option<String> {
-    let rest = jid.strip_prefix(appkey)?.strip_prefix('_')?;
-    let user = rest.split(['@', '/']).next().unwrap_or_default();
-    (!user.is_empty()).then(|| user.to_owned())
-}
-
-fn legacy_kind(operation: &str) -> EventKind {
-    use EventKind::*;
-    match operation {
-        "create" => GroupCreated,
-        "destroy" => GroupDestroyed,
-        "apply" => JoinRequested,
-        "apply_accept" => JoinRequestAccepted,
-        "invite" => Invited,
-        "invite_accept" => InviteAccepted,
-        "invite_decline" => InviteDeclined,
-        "kick" => MemberKicked,
-        "ban" => BlocklistAdded,
-        "allow" => BlocklistRemoved,
-        "update" => GroupUpdated,
-        "block" => GroupShielded,
-        "unblock" => GroupUnshielded,
-        "presence" | "direct_joined" => MemberJoined,
-        "absence" | "leave" => MemberLeft,
-        "assing_owner" | "assign_owner" => OwnerChanged,
-        "add_admin" => AdminAdded,
-        "remove_admin" => AdminRemoved,
-        "add_mute" => MemberMuted,
-        "remove_mute" => MemberUnmuted,
-        "update_announcement" => AnnouncementUpdated,
-        "delete_announcement" => AnnouncementDeleted,
-        "upload_file" => FileUploaded,
-        "delete_file" => FileDeleted,
-        "add_user_white_list" => AllowlistAdded,
-        "remove_user_white_list" => AllowlistRemoved,
-        "ban_group" => MuteAll,
-        "remove_ban_group" => UnmuteAll,
-        "set_metadata" => MetadataSet,
-        "delete_metadata" => MetadataDeleted,
-        "group_member_metadata_update" => MemberMetadataUpdated,
-        _ => Unknown,
-    }
-}
-
-/// Metadata `ext` is JSON inside a string; keep it parsed when it parses.
-/// Keys are trimmed because the docs' own example has `"operator "`.
-fn parse_ext(ext: &str) -> Value {
-    match serde_json::from_str::<Value>(ext) {
-        Ok(Value::Object(map)) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k.trim().to_owned(), v))
-                .collect(),
-        ),
-        Ok(other) => other,
-        Err(_) => Value::String(ext.to_owned()),
-    }
-}
-
-fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest> {
-    let body = v.body();
-    let mut e = base(v, Format::Muc, received_at_ms);
-    e.group_id = group_id(body, "group_id")?;
-    let payload = match body.get("payload") {
-        Some(Value::Object(p)) => p,
-        Some(_) => return Err(BadRequest::new("field `payload` must be an object")),
-        None => return Err(BadRequest::new("field `payload` is missing")),
-    };
-    e.operation = match payload.get("operation") {
-        Some(Value::String(op)) if !op.is_empty() => op.clone(),
-        Some(Value::String(_)) | None => {
-            return Err(BadRequest::new("field `payload.operation` is missing"))
-        }
-        Some(_) => {
-            return Err(BadRequest::new(
-                "field `payload.operation` must be a string",
-            ))
-        }
-    };
-    e.scope = match payload.get("is_chatroom") {
-        Some(Value::Bool(true)) => Scope::Chatroom,
-        Some(Value::Bool(false)) => Scope::Group,
-        Some(_) => {
-            return Err(BadRequest::new(
-                "field `payload.is_chatroom` must be true or false",
-            ))
-        }
-        None => return Err(BadRequest::new("field `payload.is_chatroom` is missing")),
-    };
-    e.kind = legacy_kind(&e.operation);
-
-    let from = str_field(body, "from");
-    let to = str_field(body, "to").filter(|to| *to != e.group_id);
-    e.operator = from.and_then(|f| user_from_jid(f, v.appkey()));
-    let attrs = &mut e.attributes;
-    if let Some(from) = from {
-        attrs.insert("from".into(), Value::String(from.to_owned()));
-    }
-    if let Some(msg_id) = str_field(body, "msg_id") {
-        attrs.insert("msg_id".into(), Value::String(msg_id.to_owned()));
-    }
-
-    use EventKind::*;
-    match e.kind {
-        // `to` is the group here; the member is the sender of the presence.
-        MemberJoined | MemberLeft if matches!(e.operation.as_str(), "presence" | "absence") => {
-            e.members = e.operator.clone().into_iter().collect();
-        }
-        JoinRequested
-        | JoinRequestAccepted
-        | Invited
-        | InviteAccepted
-        | InviteDeclined
-        | MemberKicked
-        | BlocklistAdded
-        | BlocklistRemoved
-        | GroupShielded
-        | GroupUnshielded
-        | MemberJoined
-        | MemberLeft
-        | OwnerChanged
-        | AdminAdded
-        | AdminRemoved
-        | MemberMuted
-        | MemberUnmuted
-        | AllowlistAdded
-        | AllowlistRemoved
-        | MemberMetadataUpdated => {
-            e.members = to.map(str::to_owned).into_iter().collect();
-        }
-        _ => {}
-    }
-    match e.kind {
-        MuteAll => e.mute = Some(Mute::All { all: true }),
-        UnmuteAll => e.mute = Some(Mute::All { all: false }),
-        // The legacy format never says how long a member mute lasts.
-        MemberMuted => e.mute = Some(Mute::Until { until_ms: None }),
-        OwnerChanged => {
-            if let Some(to) = to {
-                e.attributes
-                    .insert("new_owner".into(), Value::String(to.to_owned()));
-            }
-        }
-        AnnouncementUpdated => {
-            if let Some(text) = payload.get("reason").and_then(Value::as_str) {
-                e.attributes
-                    .insert("announcement".into(), Value::String(text.to_owned()));
-            }
-        }
-        FileUploaded => {
-            let file = payload.get("reason").and_then(|r| r.get("data")).cloned();
-            if let Some(file) = file {
-                e.attributes.insert("file".into(), file);
-            }
-        }
-        FileDeleted => {
-            if let Some(id) = payload
-                .get("reason")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                e.attributes
-                    .insert("file_id".into(), Value::String(id.to_owned()));
-            }
-        }
-        MetadataSet | MetadataDeleted | MemberMetadataUpdated => {
-            // `from` is the room, `to` the member who changed the metadata.
-            e.operator = str_field(body, "to").map(str::to_owned);
-            if let Some(ext) = payload
-                .get("event_info")
-                .and_then(|i| i.get("ext"))
-                .and_then(Value::as_str)
-            {
-                e.attributes.insert("metadata".into(), parse_ext(ext));
-            }
-        }
-        Unknown => {
-            e.attributes
-                .insert("payload".into(), Value::Object(payload.clone()));
-            if let Some(to) = str_field(body, "to") {
-                e.attributes
-                    .insert("to".into(), Value::String(to.to_owned()));
-            }
-        }
-        _ => {
-            if let Some(reason) = payload
-                .get("reason")
-                .filter(|r| !matches!(r, Value::String(s) if s.is_empty()))
-            {
-                e.attributes.insert("reason".into(), reason.clone());
-            }
-        }
-    }
-    Ok(e)
-}
-
-/// `(operation, payload.type)` of a `group_op_event` to its kind; `None`
-/// when it depends on a payload field or is unknown.
-fn op_event_kind(operation: &str, subtype: Option<&str>) -> Option<EventKind> {
-    use EventKind::*;
-    Some(match (operation, subtype?) {
-        ("MUTE", "ADD") => MemberMuted,
-        ("MUTE", "REMOVE") => MemberUnmuted,
-        ("WHITE", "ADD") => AllowlistAdded,
-        ("WHITE", "REMOVE") => AllowlistRemoved,
-        ("BLOCK", "ADD") => BlocklistAdded,
-        ("BLOCK", "REMOVE") => BlocklistRemoved,
-        ("SHIELD", "ADD") => GroupShielded,
-        ("SHIELD", "REMOVE") => GroupUnshielded,
-        ("ADMIN", "ADD") => AdminAdded,
-        ("ADMIN", "REMOVE") => AdminRemoved,
-        ("ROOM_SUPER_ADMIN", "ADD") => SuperAdminAdded,
-        ("ROOM_SUPER_ADMIN", "REMOVE") => SuperAdminRemoved,
-        ("JOIN", "DIRECT" | "INVITE" | "APPLY") => MemberJoined,
-        ("LEAVE", "QUIT" | "DELETE") => MemberLeft,
-        ("LEAVE", "KICK" | "BLOCK") => MemberKicked,
-        ("UPDATE", "INFO") => GroupUpdated,
-        ("UPDATE", "OWNER") => OwnerChanged,
-        ("SHARE_FILE", "ADD") => FileUploaded,
-        ("SHARE_FILE", "REMOVE") => FileDeleted,
-        _ => return None,
-    })
-}
-
-/// Copies the listed payload fields into the attributes when present.
-fn copy(attrs: &mut Map<String, Value>, payload: &Map<String, Value>, keys: &[&str]) {
-    for key in keys {
-        if let Some(value) = payload.get(*key) {
-            attrs.insert((*key).to_owned(), value.clone());
-        }
-    }
-}
-
-fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequest> {
-    let body = v.body();
-    let mut e = base(v, Format::GroupOpEvent, received_at_ms);
-    e.group_id = group_id(body, "id")?;
-    e.scope = match body.get("type") {
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("GROUP") => Scope::Group,
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("CHATROOM") => Scope::Chatroom,
-        Some(_) => {
-            return Err(BadRequest::new(
-                "field `type` must be \"GROUP\" or \"CHATROOM\"",
-            ))
-        }
-        None => {
-            return Err(BadRequest::new(
-                "field `type` (GROUP or CHATROOM) is missing",
-            ))
-        }
-    };
-    e.operation = match body.get("operation") {
-        Some(Value::String(op)) if !op.is_empty() => op.clone(),
-        Some(Value::String(_)) | None => {
-            return Err(BadRequest::new("field `operation` is missing"))
-        }
-        Some(_) => return Err(BadRequest::new("field `operation` must be a string")),
-    };
-    e.operator = str_field(body, "operator").map(str::to_owned);
-    let empty = Map::new();
-    let payload = match body.get("payload") {
-        Some(Value::Object(p)) => p,
-        None | Some(Value::Null) => &empty,
-        Some(_) => return Err(BadRequest::new("field `payload` must be an object")),
-    };
-    e.subtype = str_field(payload, "type").map(str::to_owned);
-    let subtype = e.subtype.as_deref();
-
-    use EventKind::*;
-    e.kind = match (e.operation.as_str(), subtype) {
-        ("UPDATE", Some("MUTE")) => match payload.get("mute") {
-            Some(Value::Bool(true)) => MuteAll,
-            Some(Value::Bool(false)) => UnmuteAll,
-            _ => {
-                return Err(BadRequest::new(
-                    "field `payload.mute` must be true or false",
-                ))
-            }
-        },
-        ("UPDATE", Some("DISABLE")) => {
-            match payload.get("disable").or_else(|| payload.get("disabled")) {
-                Some(Value::Bool(true)) => GroupDisabled,
-                Some(Value::Bool(false)) => GroupEnabled,
-                _ => {
-                    return Err(BadRequest::new(
-                        "field `payload.disable` must be true or false",
-                    ))
-                }
-            }
-        }
-        ("UPDATE", Some("ANNOUNCEMENT")) => match payload.get("announcement") {
-            Some(Value::String(_)) => AnnouncementUpdated,
-            _ => AnnouncementDeleted,
-        },
-        ("CREATE", _) => GroupCreated,
-        ("DELETE", _) => GroupDestroyed,
-        (op, sub) => op_event_kind(op, sub).unwrap_or(Unknown),
-    };
-
-    let attrs = &mut e.attributes;
-    copy(attrs, body, &["member_count"]);
-    match e.kind {
-        MuteAll => e.mute = Some(Mute::All { all: true }),
-        UnmuteAll => e.mute = Some(Mute::All { all: false }),
-        MemberMuted => {
-            e.members = user_list(payload, &["member", "members"]);
-            // A non-positive expiry is a permanent mute (-1 means "forever" in
-            // Easemob's REST API); what the callback sends for it is unconfirmed.
-            let until = payload
-                .get("expire_timestamp")
-                .and_then(Value::as_i64)
-                .filter(|t| *t > 0);
-            e.mute = Some(Mute::Until { until_ms: until });
-            copy(attrs, payload, &["expire_timestamp"]);
-        }
-        AdminAdded | AdminRemoved | SuperAdminAdded | SuperAdminRemoved => {
-            e.members = user_list(payload, &["admin", "super_admin", "member"]);
-        }
-        OwnerChanged => {
-            e.members = user_list(payload, &["new_owner", "owner"]);
-            copy(attrs, payload, &["owner", "new_owner"]);
-        }
-        GroupCreated => {
-            e.members = user_list(payload, &["member"]);
-            copy(attrs, payload, &["role", "info"]);
-        }
-        GroupUpdated => copy(attrs, payload, &["info"]),
-        AnnouncementUpdated => copy(attrs, payload, &["announcement"]),
-        FileUploaded | FileDeleted => copy(attrs, payload, &["share_file"]),
-        GroupDisabled | GroupEnabled | GroupDestroyed | AnnouncementDeleted => {}
-        Unknown => {
-            attrs.insert("payload".into(), Value::Object(payload.clone()));
-        }
-        _ => {
-            e.members = user_list(payload, &["member", "members"]);
-            copy(attrs, payload, &["expire_timestamp", "action", "options"]);
-        }
-    }
-    Ok(e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{EasemobApp, Secret};
+    use crate::event::Mute;
     use crate::ingest::verify::{sign, Unverified, Verifier};
 
     fn run(mut body: Value) -> Result<Event, BadRequest> {

@@ -1,0 +1,160 @@
+//! `mutebridge run | ingest | worker`: start the roles a process runs,
+//! print what a first-time user needs to know (the banner), and stop them
+//! in order on SIGTERM or Ctrl-C.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+
+use crate::config::{Config, Origin, DEMO_APPKEY, DEMO_SECRET};
+use crate::ingest::publish::Publisher;
+use crate::ingest::Ingest;
+use crate::kafka::Cluster;
+use crate::metrics::Metrics;
+use crate::worker::Worker;
+
+/// Which roles a process runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Roles {
+    Both,
+    Ingest,
+    Worker,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs `roles` until SIGTERM or Ctrl-C; the exit code says whether every
+/// part stopped cleanly.
+pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let (config, origin) = Config::load(config_path)?;
+    if roles != Roles::Worker {
+        config.require_ingest()?;
+    }
+    let metrics = Metrics::new();
+    let cluster = Cluster::connect(&config.kafka).await?;
+    let worker = match roles {
+        Roles::Ingest => None,
+        _ => Some(Worker::start(&config, &cluster, &metrics).await?),
+    };
+    let ingest = match roles {
+        Roles::Worker => None,
+        _ => {
+            let publisher = Publisher::new(&config.kafka, cluster.bootstrap_servers())?;
+            Some(Ingest::bind(&config, publisher, metrics.clone()).await?)
+        }
+    };
+
+    println!("mutebridge {}", env!("CARGO_PKG_VERSION"));
+    match &origin {
+        Origin::File(path) => println!("  config: {}", path.display()),
+        Origin::Demo => println!("  config: none given, using the built-in demo config"),
+    }
+    if cluster.embedded().is_some() {
+        println!("  kafka: EMBEDDED in-process cluster (in memory; its data is gone when mutebridge exits)");
+    } else {
+        println!("  kafka: external cluster");
+    }
+    println!(
+        "  bootstrap.servers={}  topic={} ({} partitions)",
+        cluster.bootstrap_servers(),
+        config.kafka.topic,
+        config.kafka.partitions
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(ingest) = ingest {
+        let addr = ingest.local_addr();
+        println!(
+            "  ingest: http://{addr}  (POST /webhooks/easemob, GET /metrics /healthz /readyz)"
+        );
+        if matches!(origin, Origin::Demo) {
+            println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
+            let exe = std::env::args()
+                .next()
+                .unwrap_or_else(|| "mutebridge".into());
+            println!("  send a sample callback:");
+            println!(
+                "    {exe} send --url http://{addr}/webhooks/easemob --appkey '{DEMO_APPKEY}' --secret {DEMO_SECRET} --example mute-all"
+            );
+            println!("  read the topic:");
+            println!(
+                "    kcat -b {} -t {} -C -o beginning -f '%k %h %s\\n'",
+                cluster.bootstrap_servers(),
+                config.kafka.topic
+            );
+        }
+        tasks.spawn(ingest.serve(stopped(stop_rx.clone())));
+    }
+    if let Some(worker) = worker {
+        println!(
+            "  worker: group {} -> {} target(s), {} rule(s); dead letters to {}",
+            config.worker.group_id,
+            config.targets.len(),
+            config.policy.rules.len(),
+            config.worker.dlq_topic
+        );
+        if matches!(origin, Origin::Demo) {
+            println!("  DEMO targets are `log` targets: each action is printed below as the signed request it would send");
+        }
+        if roles == Roles::Worker {
+            let listen = config.http.listen;
+            let listener = crate::ops::bind(listen).await?;
+            println!("  worker: http://{listen}  (GET /metrics /healthz /readyz)");
+            let router = crate::ops::router(metrics.clone(), worker.ready_flag(), || {}).fallback(
+                || async { crate::ops::error(StatusCode::NOT_FOUND, "no such endpoint") },
+            );
+            let stop = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .context("the metrics server failed")
+            });
+        }
+        tasks.spawn(worker.run(stopped(stop_rx.clone())));
+    }
+    let mut failed = false;
+    tokio::select! {
+        _ = crate::ops::shutdown_signal() => {}
+        Some(result) = tasks.join_next() => {
+            report(result, &mut failed);
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(result) = tasks.join_next().await {
+        report(result, &mut failed);
+    }
+    drop(cluster);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn report(result: Result<anyhow::Result<()>, tokio::task::JoinError>, failed: &mut bool) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            *failed = true;
+        }
+        Err(e) => {
+            eprintln!("error: a task failed: {e}");
+            *failed = true;
+        }
+    }
+}
