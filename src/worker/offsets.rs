@@ -85,11 +85,13 @@ impl Tracker {
         (tpl.count() > 0).then_some(tpl)
     }
 
-    /// Forgets a revoked partition; returns its final position.
+    /// Forgets a revoked partition; returns its final position when that
+    /// is past what was already committed (else there is nothing to commit).
     pub fn revoke(&mut self, partition: i32) -> Option<i64> {
         let part = self.parts.remove(&partition)?;
         self.revoked.push((partition, part.generation));
-        Some(part.position())
+        let position = part.position();
+        (position > part.committed).then_some(position)
     }
 
     /// Partitions revoked since the last call, with their old generation:
@@ -199,5 +201,17 @@ mod tests {
         assert_eq!(t.position(3), Some(5), "a stale finish is ignored");
         t.finished(3, 5, new);
         assert_eq!(t.position(3), Some(6));
+    }
+
+    #[test]
+    fn a_revoke_after_the_last_commit_has_nothing_to_commit() {
+        let mut t = Tracker::default();
+        let g = t.received(2, 7);
+        t.finished(2, 7, g);
+        assert!(t.take_commits("t").is_some());
+        // At shutdown the final commit ran before the unsubscribe: the
+        // revoke must not block on committing the same position again.
+        assert_eq!(t.revoke(2), None);
+        assert_eq!(t.take_revoked(), vec![(2, g)]);
     }
 }
