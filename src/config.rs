@@ -119,6 +119,18 @@ pub struct HttpConfig {
     pub retry_after_seconds: u64,
     /// On SIGTERM, how long in-flight requests and the producer flush may take.
     pub shutdown_grace_seconds: u64,
+    /// A connection must deliver a whole request head this soon after it
+    /// opens, or after the head's first byte.
+    pub header_timeout_seconds: u64,
+    /// A request body must arrive this soon after its head (else 408).
+    pub body_timeout_seconds: u64,
+    /// A keep-alive connection with no new request this long after the last
+    /// reply is closed. Keep it above your load balancer's idle timeout, so
+    /// that the balancer closes first and never reuses a closed connection.
+    pub idle_timeout_seconds: u64,
+    /// Most connections open at once; lowered at start to fit the process's
+    /// file-descriptor limit (less 128 kept for Kafka and files).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -129,6 +141,10 @@ impl Default for HttpConfig {
             ack_timeout_ms: 3000,
             retry_after_seconds: 1,
             shutdown_grace_seconds: 10,
+            header_timeout_seconds: 10,
+            body_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            max_connections: 10_000,
         }
     }
 }
@@ -296,6 +312,10 @@ impl Invalid {
     }
 }
 
+/// What a callback's event adds to its body at most, apart from long IDs:
+/// the contract's own fields, the record key and headers.
+pub const EVENT_ENVELOPE_BYTES: usize = 512;
+
 /// `Err(Invalid)` for `key`, to keep checks one line each.
 fn invalid<T>(key: &str, message: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid::new(key, message))
@@ -434,6 +454,16 @@ impl Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.http.validate().map_err(|e| e.under("http"))?;
         self.kafka.validate().map_err(|e| e.under("kafka"))?;
+        let max_message = crate::kafka::client::max_message_bytes(&self.kafka);
+        if self.http.max_body_bytes + EVENT_ENVELOPE_BYTES > max_message {
+            return invalid(
+                "http.max_body_bytes",
+                format!(
+                    "{} bytes plus {EVENT_ENVELOPE_BYTES} of event envelope (fields, key, headers) do not fit the producer's message.max.bytes ({max_message}), so the largest callbacks could never be published; lower it or raise [kafka.client] \"message.max.bytes\" (and the topic's max.message.bytes)",
+                    self.http.max_body_bytes
+                ),
+            );
+        }
         self.easemob.validate().map_err(|e| e.under("easemob"))?;
         self.worker
             .validate(&self.kafka)
@@ -454,6 +484,18 @@ impl HttpConfig {
         }
         if self.ack_timeout_ms == 0 {
             return invalid("ack_timeout_ms", "must be greater than 0");
+        }
+        for (key, value) in [
+            ("header_timeout_seconds", self.header_timeout_seconds),
+            ("body_timeout_seconds", self.body_timeout_seconds),
+            ("idle_timeout_seconds", self.idle_timeout_seconds),
+        ] {
+            if !(1..=3600).contains(&value) {
+                return invalid(key, format!("{value} is not between 1 and 3600 seconds"));
+            }
+        }
+        if self.max_connections < 16 {
+            return invalid("max_connections", "must be at least 16");
         }
         Ok(())
     }
@@ -478,6 +520,19 @@ impl KafkaConfig {
         }
         if self.replication_factor.is_some_and(|rf| rf < 1) {
             return invalid("replication_factor", "must be at least 1");
+        }
+        if let Some(v) = self.client.get("message.max.bytes") {
+            let n = match v {
+                toml::Value::Integer(n) => Some(*n),
+                toml::Value::String(s) => s.parse().ok(),
+                _ => None,
+            };
+            if !n.is_some_and(|n| (1000..=1_000_000_000).contains(&n)) {
+                return invalid(
+                    "client.\"message.max.bytes\"",
+                    format!("{v} is not a number of bytes between 1000 and 1000000000"),
+                );
+            }
         }
         for (name, why) in crate::kafka::client::PINNED {
             if self.client.contains_key(*name) {

@@ -13,6 +13,15 @@ use serde_json::Value;
 /// Value of the `schema` field and the `schema` Kafka header.
 pub const SCHEMA_V1: &str = "mutebridge.event/v1";
 
+/// Header on an event record that `mutebridge dlq replay` published again:
+/// `{dlq topic}/{partition}/{offset}` of the dead letter. Consumers that
+/// want each callback once can skip records that carry it.
+pub const HEADER_REPLAY_OF: &str = "replay-of";
+/// On a replayed record: the only target the worker applies it to.
+pub const HEADER_REPLAY_TARGET: &str = "replay-target";
+/// On a replayed record: the only rule the worker applies it with.
+pub const HEADER_REPLAY_RULE: &str = "replay-rule";
+
 /// One group or chatroom change, normalized from either callback format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +31,7 @@ pub struct Event {
     #[schemars(extend("const" = "mutebridge.event/v1"))]
     pub schema: String,
     /// The sender's `callId`: the deduplication key for consumers.
+    #[schemars(length(min = 1, max = 256))]
     pub id: String,
     /// Which IM platform sent the callback.
     pub source: Source,
@@ -31,7 +41,9 @@ pub struct Event {
     pub appkey: String,
     /// Group or chatroom.
     pub scope: Scope,
-    /// Group or chatroom ID; also the Kafka record key.
+    /// Group or chatroom ID; also the Kafka record key. Never blank, no
+    /// control characters.
+    #[schemars(length(min = 1, max = 256))]
     pub group_id: String,
     /// What happened.
     pub kind: EventKind,

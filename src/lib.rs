@@ -28,6 +28,7 @@ mod kafka;
 mod metrics;
 mod ops;
 mod policy;
+mod server;
 mod target;
 mod time;
 mod worker;

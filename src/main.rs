@@ -75,11 +75,20 @@ enum Command {
     /// Run only the embedded (in-memory) Kafka cluster, for pointing
     /// separate mutebridge processes or other clients at one dev cluster.
     DevKafka {
-        /// Topic to create.
+        /// The event topic to create (`kafka.topic`).
         #[arg(long, default_value = "im.group-events")]
         topic: String,
+        /// The dead-letter topic to create (`worker.dlq_topic`).
+        #[arg(long, default_value = "im.group-events.dlq")]
+        dlq_topic: String,
         #[arg(long, default_value_t = 12)]
         partitions: i32,
+    },
+    /// Inspect the dead-letter topic and send its events through the
+    /// worker again.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Print the JSON Schema of the normalized event.
     Schema,
@@ -98,6 +107,34 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// A summary by target and reason, then each dead letter.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        filters: cli::dlq::Filters,
+        /// One JSON line per dead letter instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the selected dead letters' events to the event topic again,
+    /// for the worker to re-apply (only the failed target and rule).
+    Replay {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        filters: cli::dlq::Filters,
+        /// Print what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also replay dead letters that were replayed before.
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -162,7 +199,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(exit(failures == 0))
         }
-        Command::DevKafka { topic, partitions } => cli::dev_kafka(&topic, partitions).await.map(ok),
+        Command::DevKafka {
+            topic,
+            dlq_topic,
+            partitions,
+        } => cli::dev_kafka(&[&topic, &dlq_topic], partitions)
+            .await
+            .map(ok),
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                config,
+                filters,
+                json,
+            } => cli::dlq::list(config.as_deref(), &filters, json)
+                .await
+                .map(ok),
+            DlqCommand::Replay {
+                config,
+                filters,
+                dry_run,
+                again,
+            } => cli::dlq::replay(config.as_deref(), &filters, dry_run, again)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+        },
         Command::Schema => {
             print!("{}", mutebridge::event::json_schema());
             Ok(ExitCode::SUCCESS)

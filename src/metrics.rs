@@ -23,16 +23,18 @@ pub enum WebhookOutcome {
     BadRequest,
     Unauthorized,
     TooLarge,
+    BodyTimeout,
     Unavailable,
 }
 
 impl WebhookOutcome {
-    pub const ALL: [WebhookOutcome; 6] = [
+    pub const ALL: [WebhookOutcome; 7] = [
         WebhookOutcome::Published,
         WebhookOutcome::Duplicate,
         WebhookOutcome::BadRequest,
         WebhookOutcome::Unauthorized,
         WebhookOutcome::TooLarge,
+        WebhookOutcome::BodyTimeout,
         WebhookOutcome::Unavailable,
     ];
 
@@ -43,8 +45,56 @@ impl WebhookOutcome {
             WebhookOutcome::BadRequest => "bad_request",
             WebhookOutcome::Unauthorized => "unauthorized",
             WebhookOutcome::TooLarge => "too_large",
+            WebhookOutcome::BodyTimeout => "body_timeout",
             WebhookOutcome::Unavailable => "unavailable",
         }
+    }
+}
+
+/// Why the server closed a connection; the `reason` label of
+/// `mutebridge_http_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The request head did not arrive within `http.header_timeout_seconds`.
+    HeaderTimeout,
+    /// The body did not arrive within `http.body_timeout_seconds`.
+    BodyTimeout,
+    /// No new request within `http.idle_timeout_seconds` of the last reply.
+    Idle,
+    /// Closed to make room at `http.max_connections` (or the fd limit).
+    Limit,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::HeaderTimeout,
+        CloseReason::BodyTimeout,
+        CloseReason::Idle,
+        CloseReason::Limit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::BodyTimeout => "body_timeout",
+            CloseReason::Idle => "idle",
+            CloseReason::Limit => "limit",
+        }
+    }
+}
+
+/// The HTTP server's connection metrics (either role).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub open: IntGauge,
+    pub accept_errors: IntCounter,
+    closed_by: Arc<[IntCounter; 4]>,
+}
+
+impl HttpMetrics {
+    /// Counts a connection the server closed.
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed_by[reason as usize].inc();
     }
 }
 
@@ -58,8 +108,9 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     pub dedup_entries: IntGauge,
     pub kafka_ready: IntGauge,
+    pub http: HttpMetrics,
     pub worker: WorkerMetrics,
-    by_outcome: Arc<[IntCounter; 6]>,
+    by_outcome: Arc<[IntCounter; 7]>,
     by_kind: Arc<Vec<IntCounter>>,
 }
 
@@ -244,6 +295,38 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let connections_open = IntGauge::new(
+            "mutebridge_http_connections_open",
+            "HTTP connections open right now.",
+        )
+        .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "mutebridge_http_connections_closed_total",
+                "HTTP connections the server closed, by reason (header_timeout, body_timeout, idle, limit).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let accept_errors = IntCounter::new(
+            "mutebridge_http_accept_errors_total",
+            "Failed accept() calls (e.g. out of file descriptors).",
+        )
+        .expect("valid metric");
+        let http = HttpMetrics {
+            open: connections_open.clone(),
+            accept_errors: accept_errors.clone(),
+            closed_by: Arc::new(
+                CloseReason::ALL.map(|r| connections_closed.with_label_values(&[r.as_str()])),
+            ),
+        };
+        // process_open_fds, process_max_fds, RSS, CPU: what the fd alert reads.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
+
         let worker = WorkerMetrics::new();
         for c in worker.collectors() {
             registry.register(c).expect("metric names are unique");
@@ -264,6 +347,9 @@ impl Metrics {
             Box::new(dedup_entries.clone()),
             Box::new(kafka_ready.clone()),
             Box::new(build_info),
+            Box::new(connections_open),
+            Box::new(connections_closed),
+            Box::new(accept_errors),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -277,6 +363,7 @@ impl Metrics {
             produce_errors,
             dedup_entries,
             kafka_ready,
+            http,
             worker,
         }
     }

@@ -2,6 +2,7 @@
 //! arguments and dispatches here.
 
 pub mod bench;
+pub mod dlq;
 pub mod explain;
 pub mod health;
 pub mod run;
@@ -30,12 +31,18 @@ pub fn check_config(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mutebridge dev-kafka`: the embedded cluster alone, until Ctrl-C.
-pub async fn dev_kafka(topic: &str, partitions: i32) -> anyhow::Result<()> {
+/// `mutebridge dev-kafka`: the embedded cluster alone, with `topics`
+/// created (it cannot create topics for its clients), until Ctrl-C.
+pub async fn dev_kafka(topics: &[&str], partitions: i32) -> anyhow::Result<()> {
     let cluster = EmbeddedKafka::start(1)?;
-    cluster.create_topic(topic, partitions)?;
+    for topic in topics {
+        cluster.create_topic(topic, partitions)?;
+    }
     println!("bootstrap.servers={}", cluster.bootstrap_servers());
-    println!("topic {topic} ({partitions} partitions); in memory, gone on exit. Ctrl-C to stop.");
+    println!(
+        "topics {} ({partitions} partitions each); in memory, gone on exit. Ctrl-C to stop.",
+        topics.join(", ")
+    );
     crate::ops::shutdown_signal().await;
     Ok(())
 }

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use axum::http::StatusCode;
 
 use crate::config::{Config, Origin, DEMO_APPKEY, DEMO_SECRET};
@@ -37,6 +36,9 @@ fn init_logging() {
 pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<ExitCode> {
     init_logging();
     let (config, origin) = Config::load(config_path)?;
+    // Each HTTP connection and Kafka socket is a file descriptor; the
+    // connection cap is derived from what is available.
+    let fd_limit = crate::server::raise_fd_limit();
     if roles != Roles::Worker {
         config.require_ingest()?;
     }
@@ -112,16 +114,17 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
         if roles == Roles::Worker {
             let listen = config.http.listen;
             let listener = crate::ops::bind(listen).await?;
-            println!("  worker: http://{listen}  (GET /metrics /healthz /readyz)");
+            let bound = listener.local_addr().unwrap_or(listen);
+            println!("  worker: http://{bound}  (GET /metrics /healthz /readyz)");
             let router = crate::ops::router(metrics.clone(), worker.ready_flag(), || {}).fallback(
                 || async { crate::ops::error(StatusCode::NOT_FOUND, "no such endpoint") },
             );
             let stop = stopped(stop_rx.clone());
+            let limits = crate::server::Limits::new(&config.http, fd_limit);
+            let http = metrics.http.clone();
             tasks.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                    .context("the metrics server failed")
+                crate::server::serve(listener, router, limits, http, stop).await;
+                Ok(())
             });
         }
         tasks.spawn(worker.run(stopped(stop_rx.clone())));

@@ -10,7 +10,8 @@
 //! | 200 | the event is in Kafka (acked), or was already, or is a duplicate of one that is |
 //! | 400 | the body is not a callback; the reply says which field |
 //! | 401 | unknown appkey, wrong signature, or outside the replay window |
-//! | 413 | the body is over `http.max_body_bytes` |
+//! | 408 | the body did not arrive within `http.body_timeout_seconds`; the connection is closed |
+//! | 413 | the body is over `http.max_body_bytes` (the connection is closed), or its event would be over Kafka's `message.max.bytes` |
 //! | 503 | Kafka did not acknowledge in time or the queue is full; retry later |
 //!
 //! Reply bodies are short JSON, always under 1000 bytes (Easemob bans a rule
@@ -29,6 +30,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use super::{accept, Answer, Ingestor};
+use crate::metrics::CloseReason;
 use crate::ops::{error, reply};
 
 /// The router for every endpoint of the ingest role.
@@ -90,10 +92,15 @@ async fn read_body(ingestor: &Ingestor, headers: &HeaderMap, body: Body) -> Resu
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Answer::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(Answer::TooLarge(limit)),
-        Err(e) => Err(Answer::BadRequest(format!("could not read the body: {e}"))),
+    let read = tokio::time::timeout(ingestor.body_timeout, Limited::new(body, limit).collect());
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Answer::TooLarge(limit)),
+        Ok(Err(e)) => Err(Answer::BadRequest(format!("could not read the body: {e}"))),
+        Err(_) => {
+            ingestor.metrics.http.closed(CloseReason::BodyTimeout);
+            Err(Answer::BodyTimeout(ingestor.body_timeout))
+        }
     }
 }
 
@@ -106,10 +113,15 @@ fn respond(ingestor: &Ingestor, answer: Answer) -> Response {
         Answer::Duplicate => reply(StatusCode::OK, json!({"status": "duplicate"})),
         Answer::BadRequest(message) => error(StatusCode::BAD_REQUEST, &message),
         Answer::Unauthorized(message) => error(StatusCode::UNAUTHORIZED, &message),
-        Answer::TooLarge(limit) => error(
+        Answer::TooLarge(limit) => closing(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("body is larger than {limit} bytes"),
-        ),
+        )),
+        Answer::EventTooLarge(message) => error(StatusCode::PAYLOAD_TOO_LARGE, &message),
+        Answer::BodyTimeout(after) => closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {} s", after.as_secs()),
+        )),
         Answer::Unavailable(message) => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &message);
             response.headers_mut().insert(
@@ -119,4 +131,13 @@ fn respond(ingestor: &Ingestor, answer: Answer) -> Response {
             response
         }
     }
+}
+
+/// The body was not read to its end, so the connection cannot carry
+/// another request: say so, and hyper closes it after this reply.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

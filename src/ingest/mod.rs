@@ -22,15 +22,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::event::EventKind;
 use crate::metrics::{Metrics, WebhookOutcome};
 use dedup::{Claim, Dedup};
-use normalize::normalize;
-use publish::{Delivered, Publisher};
+use normalize::{normalize, VerifiedEvent};
+use publish::{Delivered, PublishError, Publisher};
 use verify::{Unverified, Verifier};
 
 /// Everything a callback needs, shared by all requests.
@@ -44,6 +43,8 @@ pub struct Ingestor {
     /// How long a callback waits for Kafka's acknowledgement.
     pub ack_timeout: Duration,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
     /// Seconds, for `Retry-After` on [`Answer::Unavailable`].
     pub retry_after_seconds: u64,
 }
@@ -62,6 +63,10 @@ pub enum Answer {
     Unauthorized(String),
     /// The body is over `http.max_body_bytes`.
     TooLarge(usize),
+    /// The event would be larger than Kafka takes; retrying cannot help.
+    EventTooLarge(String),
+    /// The body did not arrive within `http.body_timeout_seconds`.
+    BodyTimeout(Duration),
     /// Not acknowledged in time, or the queue is full: retry later.
     Unavailable(String),
 }
@@ -74,7 +79,8 @@ impl Answer {
             Answer::Duplicate => WebhookOutcome::Duplicate,
             Answer::BadRequest(_) => WebhookOutcome::BadRequest,
             Answer::Unauthorized(_) => WebhookOutcome::Unauthorized,
-            Answer::TooLarge(_) => WebhookOutcome::TooLarge,
+            Answer::TooLarge(_) | Answer::EventTooLarge(_) => WebhookOutcome::TooLarge,
+            Answer::BodyTimeout(_) => WebhookOutcome::BodyTimeout,
             Answer::Unavailable(_) => WebhookOutcome::Unavailable,
         }
     }
@@ -103,7 +109,18 @@ pub async fn accept(ingestor: &Ingestor, body: &[u8]) -> Answer {
             "unknown operation; publishing it as kind `unknown`"
         );
     }
+    let answer = publish(ingestor, &event).await;
+    // The sender's mistakes are answered, not logged; ours are logged once,
+    // with the callId, so an operator can follow a callback Easemob reports.
+    if let Answer::Unavailable(why) | Answer::EventTooLarge(why) = &answer {
+        let e = event.event();
+        tracing::warn!(call_id = %e.id, appkey = %e.appkey, group = %e.group_id, %why, "callback not accepted");
+    }
+    answer
+}
 
+/// Deduplicates and publishes a verified event, and waits for the ack.
+async fn publish(ingestor: &Ingestor, event: &VerifiedEvent) -> Answer {
     let ticket = match ingestor.dedup.claim(event.event()) {
         Claim::Published => return Answer::Duplicate,
         Claim::InFlight(pending) => {
@@ -118,8 +135,12 @@ pub async fn accept(ingestor: &Ingestor, body: &[u8]) -> Answer {
         Claim::New(ticket) => ticket,
     };
 
-    let pending = match ingestor.publisher.enqueue(&event) {
+    let pending = match ingestor.publisher.enqueue(event) {
         Ok(p) => p,
+        Err(e @ PublishError::TooLarge { .. }) => {
+            ticket.resolve(false);
+            return Answer::EventTooLarge(e.to_string());
+        }
         Err(e) => {
             ingestor.metrics.produce_errors.inc();
             ticket.resolve(false);
@@ -162,6 +183,7 @@ pub async fn accept(ingestor: &Ingestor, body: &[u8]) -> Answer {
 pub struct Ingest {
     ingestor: Arc<Ingestor>,
     listener: TcpListener,
+    limits: crate::server::Limits,
     grace: Duration,
 }
 
@@ -187,11 +209,13 @@ impl Ingest {
             kafka_ready: Default::default(),
             ack_timeout: Duration::from_millis(config.http.ack_timeout_ms),
             max_body_bytes: config.http.max_body_bytes,
+            body_timeout: Duration::from_secs(config.http.body_timeout_seconds),
             retry_after_seconds: config.http.retry_after_seconds,
         });
         Ok(Ingest {
             ingestor,
             listener,
+            limits: crate::server::Limits::new(&config.http, crate::server::fd_limit()),
             grace: Duration::from_secs(config.http.shutdown_grace_seconds),
         })
     }
@@ -211,6 +235,7 @@ impl Ingest {
         let Ingest {
             ingestor,
             listener,
+            limits,
             grace,
         } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -229,9 +254,15 @@ impl Ingest {
             tracing::info!("shutting down: no new connections; finishing in-flight requests");
             let _ = stop_tx.send(true);
         };
-        let server = axum::serve(listener, app).with_graceful_shutdown(signalled);
+        let server = crate::server::serve(
+            listener,
+            app,
+            limits,
+            ingestor.metrics.http.clone(),
+            signalled,
+        );
         tokio::select! {
-            result = server => result.context("the HTTP server failed")?,
+            () = server => {}
             _ = async { let _ = stop_rx.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
             }

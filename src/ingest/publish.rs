@@ -19,7 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::config::KafkaConfig;
-use crate::event::SCHEMA_V1;
+use crate::event::{Event, SCHEMA_V1};
 use crate::ingest::normalize::VerifiedEvent;
 use crate::kafka;
 
@@ -28,6 +28,9 @@ use crate::kafka;
 pub enum PublishError {
     #[error("the producer queue is full")]
     QueueFull,
+    /// Permanent: the same event will never fit.
+    #[error("the event is {size} bytes as a Kafka record, more than the producer's message.max.bytes ({max})")]
+    TooLarge { size: usize, max: usize },
     #[error("Kafka did not acknowledge the record: {0}")]
     Kafka(#[from] KafkaError),
     #[error("the producer shut down before the record was acknowledged")]
@@ -64,6 +67,8 @@ impl Pending {
 pub struct Publisher {
     producer: FutureProducer,
     topic: Arc<str>,
+    /// librdkafka's `message.max.bytes` for this producer.
+    max_message_bytes: usize,
 }
 
 impl Publisher {
@@ -76,6 +81,7 @@ impl Publisher {
         Ok(Publisher {
             producer,
             topic: cfg.topic.as_str().into(),
+            max_message_bytes: kafka::client::max_message_bytes(cfg),
         })
     }
 
@@ -84,23 +90,16 @@ impl Publisher {
     pub fn enqueue(&self, event: &VerifiedEvent) -> Result<Pending, PublishError> {
         let e = event.event();
         let payload = serde_json::to_vec(e).expect("events always serialize");
-        let headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header {
-                key: "event-kind",
-                value: Some(e.kind.as_str()),
-            })
-            .insert(Header {
-                key: "appkey",
-                value: Some(e.appkey.as_str()),
-            })
-            .insert(Header {
-                key: "call-id",
-                value: Some(e.id.as_str()),
-            })
-            .insert(Header {
-                key: "schema",
-                value: Some(SCHEMA_V1),
+        let headers = event_headers(e);
+        // What librdkafka counts against message.max.bytes: value, key and
+        // headers. Checked here so the answer says why, not "retry later".
+        let size = payload.len() + e.group_id.len() + headers_len(&headers);
+        if size > self.max_message_bytes {
+            return Err(PublishError::TooLarge {
+                size,
+                max: self.max_message_bytes,
             });
+        }
         let record = FutureRecord::to(&self.topic)
             .key(e.group_id.as_str())
             .payload(&payload)
@@ -109,6 +108,12 @@ impl Publisher {
             Ok(future) => Ok(Pending(future)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(PublishError::QueueFull)
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Err(PublishError::TooLarge {
+                    size,
+                    max: self.max_message_bytes,
+                })
             }
             Err((e, _)) => Err(PublishError::Kafka(e)),
         }
@@ -129,4 +134,35 @@ impl Publisher {
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }
+}
+
+/// The headers every event record carries (see the README's topic
+/// contract): consumers can route on them without parsing the value.
+pub fn event_headers(e: &Event) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: "event-kind",
+            value: Some(e.kind.as_str()),
+        })
+        .insert(Header {
+            key: "appkey",
+            value: Some(e.appkey.as_str()),
+        })
+        .insert(Header {
+            key: "call-id",
+            value: Some(e.id.as_str()),
+        })
+        .insert(Header {
+            key: "schema",
+            value: Some(SCHEMA_V1),
+        })
+}
+
+/// Bytes of header keys and values, as librdkafka counts them.
+pub fn headers_len(headers: &OwnedHeaders) -> usize {
+    use rdkafka::message::Headers;
+    headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+        .sum()
 }

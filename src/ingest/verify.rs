@@ -74,6 +74,48 @@ fn digest(call_id: &str, secret: &str, timestamp_digits: &str) -> [u8; 16] {
     md5.finalize().into()
 }
 
+/// Longest `callId` and group or chatroom ID accepted, in bytes. Easemob's
+/// are far shorter (`{appkey}_{uuid}`, numeric IDs); the cap keeps record
+/// keys and dedup entries small whatever a client sends.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Checks an identifier the rest of the pipeline keys on: not blank, at
+/// most [`MAX_ID_BYTES`], no control characters.
+pub fn check_id(key: &str, what: &str, id: &str) -> Result<(), BadRequest> {
+    if id.trim().is_empty() {
+        return Err(BadRequest(format!(
+            "field `{key}` ({what}) is empty or blank"
+        )));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(BadRequest(format!(
+            "field `{key}` ({what}) is {} bytes long; at most {MAX_ID_BYTES} are accepted",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(BadRequest(format!(
+            "field `{key}` ({what}) contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+/// A time in milliseconds since the epoch as Easemob writes them: a JSON
+/// integer or a string of digits. Returns the value and its digits as sent
+/// (never a float round-trip, which would change large values and break
+/// signatures); `None` for anything else (floats, signs in strings,
+/// values beyond i64).
+pub fn millis(value: &Value) -> Option<(i64, String)> {
+    match value {
+        Value::Number(n) => n.as_i64().map(|ms| (ms, ms.to_string())),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<i64>().ok().map(|ms| (ms, s.clone()))
+        }
+        _ => None,
+    }
+}
+
 fn required_str<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, BadRequest> {
     match body.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
@@ -83,21 +125,19 @@ fn required_str<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, 
     }
 }
 
-/// The timestamp as the sender rendered it: the integer's own digits, never
-/// a float round-trip (which would change large values and break signatures).
+/// The timestamp as the sender rendered it (see [`millis`]); positive.
 fn timestamp_of(body: &Map<String, Value>) -> Result<(i64, String), BadRequest> {
-    let bad = || BadRequest::new("field `timestamp` must be an integer number of milliseconds");
-    match body.get("timestamp") {
-        None => Err(BadRequest::new("field `timestamp` is missing")),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(ts) => Ok((ts, ts.to_string())),
-            None => Err(bad()),
-        },
-        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            let ts = s.parse::<i64>().map_err(|_| bad())?;
-            Ok((ts, s.clone()))
-        }
-        Some(_) => Err(bad()),
+    let value = body
+        .get("timestamp")
+        .ok_or_else(|| BadRequest::new("field `timestamp` is missing"))?;
+    match millis(value) {
+        Some((ts, digits)) if ts > 0 => Ok((ts, digits)),
+        Some(_) => Err(BadRequest::new(
+            "field `timestamp` must be a positive number of milliseconds since the epoch",
+        )),
+        None => Err(BadRequest::new(
+            "field `timestamp` must be an integer number of milliseconds (a JSON integer or a string of digits)",
+        )),
     }
 }
 
@@ -110,6 +150,7 @@ impl Unverified {
             return Err(BadRequest::new("body must be a JSON object"));
         };
         let call_id = required_str(&body, "callId")?.to_owned();
+        check_id("callId", "the callback's ID", &call_id)?;
         let mut security = [0u8; 16];
         let security = hex::decode_to_slice(required_str(&body, "security")?, &mut security)
             .ok()

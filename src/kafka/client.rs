@@ -95,3 +95,16 @@ fn with_defaults(defaults: &[(&str, &str)], cfg: &KafkaConfig, bootstrap: &str) 
     }
     config
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The producers' `message.max.bytes`: `[kafka.client]`'s, or librdkafka's
+/// default. The config check refuses a value that is not a number.
+pub fn max_message_bytes(cfg: &KafkaConfig) -> usize {
+    cfg.client_properties()
+        .into_iter()
+        .find(|(k, _)| k == "message.max.bytes")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}

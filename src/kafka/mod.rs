@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod embedded;
+pub mod scan;
 
 use std::time::Duration;
 
@@ -69,53 +70,84 @@ impl Cluster {
         self.embedded.as_ref()
     }
 
+    /// Makes sure `topic` exists: metadata first, so an existing topic
+    /// needs no CreateTopics (which some clusters do not serve: librdkafka's
+    /// mock cluster behind `mutebridge dev-kafka`, or one whose ACLs forbid
+    /// it), then CreateTopics for a missing one.
     async fn create_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = client_config(cfg, &self.bootstrap)
             .create()
             .context("cannot create a Kafka admin client (check [kafka.client] properties)")?;
-        let replication = TopicReplication::Fixed(cfg.replication_factor.unwrap_or(-1));
-        let new_topic = NewTopic::new(topic, cfg.partitions, replication);
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new_topic], &opts))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "Kafka at {} did not answer within 15 s; check kafka.brokers and that the brokers are up",
+        let admin = std::sync::Arc::new(admin);
+        let found = {
+            let (admin, name) = (admin.clone(), topic.to_owned());
+            tokio::task::spawn_blocking(move || {
+                existing_partitions(admin.inner(), &name, Duration::from_secs(15))
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot reach Kafka at {} (metadata for {topic}); check kafka.brokers and that the brokers are up",
                     self.bootstrap
                 )
             })?
-            .with_context(|| format!("cannot reach Kafka at {} to create topic {topic}", self.bootstrap))?;
-        let mut existed = false;
-        for result in results {
-            match result {
-                Ok(_) => tracing::info!(topic, partitions = cfg.partitions, "created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => existed = true,
-                Err((_, code)) => bail!(
-                    "cannot create topic {topic} on {}: {code}; create it yourself and set kafka.create_topics = false",
-                    self.bootstrap
-                ),
-            }
-        }
-        if existed {
+        };
+        if let Some(n) = found {
             // Kept as it is: repartitioning would move groups between
             // partitions and break their order. Say so if it differs.
-            let name = topic.to_owned();
-            let found = tokio::task::spawn_blocking(move || {
-                partition_count(admin.inner(), &name, Duration::from_secs(10))
-            })
-            .await?;
-            match found {
-                Ok(n) if n as i32 != cfg.partitions => tracing::warn!(
+            if n as i32 != cfg.partitions {
+                tracing::warn!(
                     topic,
                     existing = n,
                     configured = cfg.partitions,
                     "topic exists with a different partition count; using it as it is"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(topic, error = %e, "cannot read the topic's metadata"),
+                );
+            }
+            return Ok(());
+        }
+        let replication = TopicReplication::Fixed(cfg.replication_factor.unwrap_or(-1));
+        let new_topic = NewTopic::new(topic, cfg.partitions, replication);
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let cannot = |why: String| {
+            anyhow!(
+                "cannot create topic {topic} on {}: {why}; create it yourself and set kafka.create_topics = false",
+                self.bootstrap
+            )
+        };
+        let results = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new_topic], &opts))
+            .await
+            .map_err(|_| cannot("the cluster answers metadata requests but did not answer CreateTopics within 15 s, so it cannot create topics (librdkafka's mock cluster behind `mutebridge dev-kafka` cannot)".into()))?
+            .map_err(|e| cannot(e.to_string()))?;
+        for result in results {
+            match result {
+                Ok(_) => tracing::info!(topic, partitions = cfg.partitions, "created topic"),
+                // Created by another replica since the metadata said no.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(cannot(code.to_string())),
             }
         }
         Ok(())
+    }
+}
+
+/// `Some(partitions)` when `topic` exists, `None` when the cluster says it
+/// does not; an error when the cluster cannot be asked.
+fn existing_partitions<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<usize>> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error() {
+        None if !t.partitions().is_empty() => Ok(Some(t.partitions().len())),
+        None => Ok(None),
+        Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {
+            Ok(None)
+        }
+        Some(e) => bail!("topic {topic}: {:?}", RDKafkaErrorCode::from(e)),
     }
 }
 

@@ -151,6 +151,18 @@ pub enum Planned {
     },
 }
 
+impl Planned {
+    /// The rule and the target this verdict is for.
+    pub fn rule_and_target(&self) -> (&str, &str) {
+        match self {
+            Planned::Act(a) => (&a.rule, &a.target),
+            Planned::Skip { rule, target, .. } | Planned::Unmapped { rule, target, .. } => {
+                (rule, target)
+            }
+        }
+    }
+}
+
 /// Why a rule did or did not match, for `policy explain`.
 #[derive(Debug, Clone)]
 pub struct Explanation {

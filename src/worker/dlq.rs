@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
 use crate::event::Event;
@@ -23,7 +23,7 @@ use super::outcome::{ActionId, Failure};
 pub const DEAD_LETTER_SCHEMA: &str = "mutebridge.dead_letter/v1";
 
 /// Why an action was dead-lettered; the `reason` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The target refused the call in a way retrying cannot fix (bad
@@ -56,7 +56,7 @@ impl Reason {
 }
 
 /// Where the failed event was read from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceRecord {
     pub topic: String,
     pub partition: i32,
@@ -85,6 +85,53 @@ pub struct DeadLetter {
     pub event: Option<Event>,
     /// The raw record value, when it could not.
     pub payload: Option<String>,
+}
+
+/// A dead letter as read back from the topic (`dlq list`, `dlq replay`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredDeadLetter {
+    pub reason: Reason,
+    pub error: String,
+    pub target: Option<String>,
+    pub rule: Option<String>,
+    pub action: Option<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    pub source: SourceRecord,
+    pub failed_at_ms: i64,
+    pub event: Option<Event>,
+    pub payload: Option<String>,
+}
+
+/// Value of the `schema` field (and header) of a replay marker.
+pub const REPLAY_SCHEMA: &str = "mutebridge.dead_letter_replay/v1";
+
+/// Written to the dead-letter topic by `dlq replay` for each dead letter it
+/// sent again, so the next replay knows (and `dlq list` shows) it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayMarker {
+    pub schema: String,
+    /// The dead letter replayed: its partition and offset in this topic.
+    pub dead_letter: Position,
+    /// Where the event was published again.
+    pub replayed_to: Position,
+    pub replayed_at_ms: i64,
+}
+
+/// A record's place in a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Reason {
+    /// The reason whose label is `label`.
+    pub fn parse(label: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == label)
+    }
 }
 
 impl DeadLetter {

@@ -41,7 +41,15 @@ impl Engine {
                 return self.finish(EventOutcome::DeadLettered);
             }
         };
-        let planned = self.policy.decide(&event);
+        let mut planned = self.policy.decide(&event);
+        if let Some(scope) = &job.replay {
+            // A replayed dead letter re-drives its own action only.
+            planned.retain(|p| {
+                let (rule, target) = p.rule_and_target();
+                scope.target.as_deref().is_none_or(|t| t == target)
+                    && scope.rule.as_deref().is_none_or(|r| r == rule)
+            });
+        }
         if planned.is_empty() {
             return self.finish(EventOutcome::NoMatch);
         }

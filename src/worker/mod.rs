@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -36,7 +36,7 @@ use deliver::Deliverer;
 use dlq::DeadLetters;
 use engine::Engine;
 use offsets::{Tracker, WorkerContext};
-use scheduler::{Flow, GroupKey, Job, Scheduler};
+use scheduler::{Flow, GroupKey, Job, ReplayScope, Scheduler};
 
 /// A group task's report that its event is finished.
 struct Finished {
@@ -252,6 +252,7 @@ impl Run<'_> {
             generation,
             key: msg.key().unwrap_or_default().to_vec(),
             payload: msg.payload().map(<[u8]>::to_vec),
+            replay: replay_scope(msg),
         });
     }
 
@@ -316,4 +317,23 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// The scope of a record `dlq replay` published; `None` for any other.
+fn replay_scope(msg: &BorrowedMessage<'_>) -> Option<ReplayScope> {
+    use crate::event::{HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
+    let headers = msg.headers()?;
+    let mut scope: Option<ReplayScope> = None;
+    for h in headers.iter() {
+        let value = || h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+        match h.key {
+            HEADER_REPLAY_OF => {
+                scope.get_or_insert_with(Default::default);
+            }
+            HEADER_REPLAY_TARGET => scope.get_or_insert_with(Default::default).target = value(),
+            HEADER_REPLAY_RULE => scope.get_or_insert_with(Default::default).rule = value(),
+            _ => {}
+        }
+    }
+    scope
 }

@@ -21,6 +21,16 @@ pub struct Job {
     pub generation: u64,
     pub key: Vec<u8>,
     pub payload: Option<Vec<u8>>,
+    /// Set on a record `dlq replay` published: apply only this.
+    pub replay: Option<ReplayScope>,
+}
+
+/// The action a replayed record is for (its `replay-target` and
+/// `replay-rule` headers); `None` parts match anything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplayScope {
+    pub target: Option<String>,
+    pub rule: Option<String>,
 }
 
 /// A group: the partition and the record key (the group ID).
@@ -213,6 +223,7 @@ mod tests {
             generation,
             key: key.as_bytes().to_vec(),
             payload: None,
+            replay: None,
         }
     }
 

@@ -334,3 +334,151 @@ fn read_all(bootstrap: &str, topic: &str, n: usize) -> Vec<serde_json::Value> {
     }
     out
 }
+
+/// Kills the child when dropped, so a failing test leaves no process.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET: the status and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn wait_for_200(addr: std::net::SocketAddr, path: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http_get(addr, path).is_some_and(|(status, _)| status == 200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn ingest_and_worker_run_against_dev_kafka_with_default_topic_settings() {
+    let mut kafka = Command::new(BIN)
+        .arg("dev-kafka")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = kafka.stdout.take().unwrap();
+    let kafka = Killed(kafka);
+    let mut bootstrap = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(b) = line.strip_prefix("bootstrap.servers=") {
+            bootstrap = b.to_owned();
+            break;
+        }
+    }
+    assert!(!bootstrap.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    // Only the brokers and an app (and each process's own port): no
+    // kafka.create_topics = false.
+    // Port 0: each process binds a free port and prints it (no race with
+    // other tests for a port picked in advance).
+    let start = |role: &str| {
+        let path = dir.path().join(format!("{role}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{bootstrap}\"\n[[easemob.apps]]\nappkey = \"org#app\"\nsecrets = [\"s3cret\"]\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("{role}.log"))).unwrap();
+        let mut child = Command::new(BIN)
+            .args([role, "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let prefix = format!("  {role}: http://");
+        let addr: std::net::SocketAddr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix(&prefix)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(|a| a.parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{role} printed no address"));
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (Killed(child), addr)
+    };
+    let (_ingest, ingest_addr) = start("ingest");
+    let (_worker, worker_addr) = start("worker");
+    let logs = || {
+        ["ingest", "worker"]
+            .map(|r| {
+                std::fs::read_to_string(dir.path().join(format!("{r}.log"))).unwrap_or_default()
+            })
+            .join("\n")
+    };
+    assert!(
+        wait_for_200(ingest_addr, "/readyz", Duration::from_secs(20)),
+        "ingest is not ready: {}",
+        logs()
+    );
+    assert!(
+        wait_for_200(worker_addr, "/readyz", Duration::from_secs(20)),
+        "worker is not ready: {}",
+        logs()
+    );
+    let out = Command::new(BIN)
+        .args([
+            "send",
+            "--url",
+            &format!("http://{ingest_addr}/webhooks/easemob"),
+        ])
+        .args([
+            "--appkey",
+            "org#app",
+            "--secret",
+            "s3cret",
+            "--example",
+            "mute-all",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_get(worker_addr, "/metrics").unwrap();
+        if metrics.contains("mutebridge_worker_events_total{outcome=\"no_match\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never consumed the event:\n{metrics}\nlogs:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(kafka);
+}

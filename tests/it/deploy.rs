@@ -386,8 +386,12 @@ async fn prometheus_scrapes_mutebridge_and_every_alert_and_panel_uses_real_metri
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
-    let exported =
-        |name: &str| (name.starts_with("mutebridge_") && scraped.contains(name)) || name == "up";
+    // Ours, and the standard process collector's (the fd alert reads them).
+    let exported = |name: &str| {
+        ((name.starts_with("mutebridge_") || name.starts_with("process_"))
+            && scraped.contains(name))
+            || name == "up"
+    };
 
     // Every rule in alerts.yml loaded and evaluated without error.
     let alert_count = read("prometheus/alerts.yml")

@@ -7,6 +7,7 @@
 
 mod cli;
 mod deploy;
+mod hardening;
 mod ingest;
 mod providers;
 mod seeds;

@@ -693,3 +693,173 @@ async fn consumer_lag_is_exported_per_partition() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digit_string_expiry_keeps_its_time_limit_end_to_end() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 20.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let (h, mut w) = start_with_policy(&text).await;
+    let until = now_ms() + 600_000;
+    post_ok(
+        &h,
+        &op_event(
+            "g-digits",
+            "MUTE",
+            json!({"type": "ADD", "member": ["dave"], "expire_timestamp": until.to_string()}),
+        ),
+    )
+    .await;
+    assert!(wait_until(WAIT, || !zego.calls().is_empty()).await);
+    let call = &zego.calls()[0];
+    assert_eq!(call.users, ["dave"]);
+    let seconds = call.duration.expect("a timed mute has a Duration");
+    assert!(
+        (590..=600).contains(&seconds),
+        "Duration {seconds}: the mute must end when Easemob's does, not be permanent (-1)"
+    );
+    w.stop().await;
+}
+
+/// A mutebridge config file naming the harness's cluster, for the CLI.
+fn cli_config(h: &Harness, extra: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    use std::io::Write;
+    write!(
+        file,
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\npartitions = {}\n[worker]\ndlq_topic = \"{}\"\n{extra}",
+        h.cluster.bootstrap_servers(),
+        h.config.kafka.topic,
+        h.config.kafka.partitions,
+        h.config.worker.dlq_topic
+    )
+    .unwrap();
+    file
+}
+
+fn mutebridge(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mutebridge"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_once_after_the_fix() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 100.0).await;
+    let other = FakeZego::start(ZEGO_APP + 1, "other-secret", 100.0).await;
+    // The ZEGO target has a wrong secret: every call is refused (100000005)
+    // and dead-lettered. A second target works, so a replay must re-drive
+    // only the failed target's action.
+    let other_target = format!(
+        "[targets.audit]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {}\nserver_secret = \"other-secret\"\nfrom_user_id = \"moderation-bot\"\n",
+        other.base_url(),
+        ZEGO_APP + 1
+    );
+    let rules = r#"
+[[policy.rules]]
+name = "mirror group mutes to ZEGO"
+when = { scope = "group", kinds = ["mute_all", "unmute_all"] }
+then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "{group_id}" }]
+"#;
+    let broken = format!("{}{other_target}{rules}", zego_target(&zego, "zego"))
+        .replace(ZEGO_SECRET, "wrong-secret");
+    let h = Harness::start_with(|c| {
+        policy(c, &broken);
+        // The mock cluster's coordinator holds a join for the rebalance
+        // timeout (max.poll.interval.ms) after a member leaves.
+        for (key, value) in [
+            ("max.poll.interval.ms", "7000"),
+            ("session.timeout.ms", "6000"),
+        ] {
+            c.kafka
+                .client
+                .insert(key.into(), toml::Value::String(value.into()));
+        }
+    })
+    .await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("g-dlq")).await;
+    post_ok(&h, &unmute_all("g-dlq")).await;
+    post_ok(&h, &mute_all("g-dlq")).await;
+    w.wait_for_events("dead_lettered", 3.0).await;
+    w.stop().await;
+    assert!(zego.calls().is_empty());
+    assert_eq!(other.calls().len(), 3);
+
+    let config = cli_config(&h, "");
+    let path = config.path().to_str().unwrap();
+    let out = mutebridge(&["dlq", "list", "--config", path, "--target", "zego"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 dead letter(s)"), "{text}");
+    assert!(
+        text.contains("zego") && text.contains("permanent_error"),
+        "{text}"
+    );
+    assert!(text.contains("100000005"), "the error is shown: {text}");
+    let out = mutebridge(&[
+        "dlq", "list", "--config", path, "--json", "--reason", "unmapped",
+    ]);
+    assert!(out.stdout.is_empty(), "no unmapped dead letters");
+    let out = mutebridge(&["dlq", "list", "--config", path, "--reason", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permanent_error"));
+
+    // The credential is fixed: a worker with the right secret runs again.
+    let fixed = format!("{}{other_target}{rules}", zego_target(&zego, "zego"));
+    let mut config_fixed = test_config();
+    policy(&mut config_fixed, &fixed);
+    config_fixed.kafka = h.config.kafka.clone();
+    let mut w = h.start_worker_with(&config_fixed).await;
+
+    let dry = mutebridge(&["dlq", "replay", "--config", path, "--dry-run"]);
+    assert!(dry.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout)
+            .matches("would replay")
+            .count(),
+        3
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(zego.calls().is_empty(), "a dry run sends nothing");
+
+    let out = mutebridge(&["dlq", "replay", "--config", path, "--target", "zego"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("replayed 3 dead letter(s)"), "{err}");
+    assert!(
+        wait_until(WAIT, || zego.calls().len() == 3).await,
+        "{:?}",
+        zego.calls()
+    );
+    // Mute (Duration -1 = until lifted), unmute (Duration 0), mute.
+    let order: Vec<Option<i64>> = zego.calls().iter().map(|c| c.duration).collect();
+    assert_eq!(
+        order,
+        [Some(-1), Some(0), Some(-1)],
+        "the group's order is kept"
+    );
+    w.wait_for_events("applied", 3.0).await;
+    assert_eq!(
+        other.calls().len(),
+        3,
+        "the target that worked is not called again"
+    );
+
+    let again = mutebridge(&["dlq", "replay", "--config", path]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(
+        err.contains("0 dead letter(s) to replay; 3 replayed before"),
+        "{err}"
+    );
+    let listed = mutebridge(&["dlq", "list", "--config", path]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("(replayed 1x)"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(zego.calls().len(), 3, "replaying again sends nothing");
+    w.stop().await;
+}

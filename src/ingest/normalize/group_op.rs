@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{base, group_id, str_field, user_list};
 use crate::event::{Event, EventKind, Format, Mute, Scope};
-use crate::ingest::verify::{BadRequest, Verified};
+use crate::ingest::verify::{millis, BadRequest, Verified};
 
 /// `(operation, payload.type)` of a `group_op_event` to its kind; `None`
 /// when it depends on a payload field or is unknown.
@@ -119,10 +119,19 @@ pub(super) fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event,
             e.members = user_list(payload, &["member", "members"]);
             // A non-positive expiry is a permanent mute (-1 means "forever" in
             // Easemob's REST API); what the callback sends for it is unconfirmed.
-            let until = payload
-                .get("expire_timestamp")
-                .and_then(Value::as_i64)
-                .filter(|t| *t > 0);
+            // Anything unreadable is refused: guessing "permanent" would turn
+            // a timed mute into a permanent one downstream.
+            let until = match payload.get("expire_timestamp") {
+                None | Some(Value::Null) => None,
+                Some(v) => match millis(v) {
+                    Some((ms, _)) => (ms > 0).then_some(ms),
+                    None => {
+                        return Err(BadRequest::new(
+                            "field `payload.expire_timestamp` must be an integer number of milliseconds (a JSON integer or a string of digits), like `timestamp`",
+                        ))
+                    }
+                },
+            };
             e.mute = Some(Mute::Until { until_ms: until });
             copy(attrs, payload, &["expire_timestamp"]);
         }

@@ -21,7 +21,7 @@ mod muc;
 use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Format, Scope, Source, SCHEMA_V1};
-use crate::ingest::verify::{BadRequest, Verified};
+use crate::ingest::verify::{check_id, BadRequest, Verified};
 
 /// An event built from a verified callback: the only thing the publisher
 /// accepts. It cannot be constructed outside this module.
@@ -76,10 +76,10 @@ pub(super) fn base(v: &Verified, format: Format, received_at_ms: i64) -> Event {
 
 pub(super) fn group_id(body: &Map<String, Value>, key: &str) -> Result<String, BadRequest> {
     match body.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => Err(BadRequest(format!(
-            "field `{key}` (the group or chatroom ID) is empty"
-        ))),
+        Some(Value::String(s)) => {
+            check_id(key, "the group or chatroom ID", s)?;
+            Ok(s.clone())
+        }
         // Some senders write numeric IDs as numbers; the digits are the ID.
         Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
         Some(_) => Err(BadRequest(format!(

@@ -1,0 +1,439 @@
+//! The HTTP/1.1 server under both roles' endpoints, with connection
+//! hygiene: every connection is either serving a request or on a clock.
+//!
+//! `axum::serve` gives hyper no timer, so a client that connects and sends
+//! half a header (or nothing) keeps its connection, and its file
+//! descriptor, forever; enough of them and accept fails for everyone. Here
+//! each connection runs under a watchdog that knows its phase:
+//!
+//! | phase | clock | closed as |
+//! |---|---|---|
+//! | accepted, nothing read yet | `http.header_timeout_seconds` | `header_timeout` |
+//! | request head partly read | `http.header_timeout_seconds` from its first byte | `header_timeout` |
+//! | request being served | none here; the body read has `http.body_timeout_seconds` (see `ingest::http`) | `body_timeout` |
+//! | keep-alive, between requests | `http.idle_timeout_seconds` | `idle` |
+//!
+//! (hyper's own `header_read_timeout` also runs while a keep-alive
+//! connection waits for its next request, so it cannot tell a slow header
+//! from an idle connection; the watchdog can. hyper-util's connection
+//! builder, tower-http's timeouts and axum's `serve` were considered:
+//! none tells these phases apart or caps connections.)
+//!
+//! Open connections are capped below the process's file-descriptor limit,
+//! with room left for Kafka sockets. At the cap, the oldest connection that
+//! is not serving a request is closed (`limit`) to make room, so a flood of
+//! stalled connections cannot keep real callbacks and `/healthz` out.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tower_service::Service;
+
+use crate::config::HttpConfig;
+use crate::metrics::{CloseReason, HttpMetrics};
+
+/// File descriptors kept free for everything but HTTP connections: Kafka
+/// sockets (one per broker per client), the listener, logs, `/proc` reads.
+pub const RESERVED_FDS: u64 = 128;
+
+/// How often a failing `accept` or a full server is logged, at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The clocks and the cap, from `[http]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// `[http]`'s settings, with the cap lowered to fit `fd_limit` (the
+    /// soft RLIMIT_NOFILE) less [`RESERVED_FDS`].
+    pub fn new(http: &HttpConfig, fd_limit: Option<u64>) -> Limits {
+        let fit = fd_limit.map_or(usize::MAX, |n| {
+            n.saturating_sub(RESERVED_FDS).max(1) as usize
+        });
+        Limits {
+            header_timeout: Duration::from_secs(http.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(http.idle_timeout_seconds),
+            max_connections: http.max_connections.min(fit),
+        }
+    }
+}
+
+fn nofile() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+}
+
+/// The soft open-files limit in force (`None` where it cannot be read).
+pub fn fd_limit() -> Option<u64> {
+    nofile().map(|l| l.rlim_cur)
+}
+
+/// Raises the soft open-files limit to the hard one, logs both, and
+/// returns the soft limit in force afterwards.
+pub fn raise_fd_limit() -> Option<u64> {
+    let limit = nofile()?;
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    if soft < hard {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct passed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                soft_was = soft,
+                now = hard,
+                hard,
+                "raised the open-files limit"
+            );
+            return Some(hard);
+        }
+    }
+    tracing::info!(soft, hard, "open-files limit");
+    Some(soft)
+}
+
+/// A connection's phase (see the module table).
+const WAITING: u8 = 0;
+const READING_HEAD: u8 = 1;
+const SERVING: u8 = 2;
+
+/// What the watchdog, the socket and the service share about one connection.
+struct Shared {
+    phase: AtomicU8,
+    /// When the phase began, in ms since the server started.
+    since_ms: AtomicU64,
+    /// Requests answered so far: 0 means the header clock, not the idle
+    /// one, runs while waiting.
+    served: AtomicU64,
+    evict: AtomicBool,
+    wake: Notify,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn enter(&self, phase: u8) {
+        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// When the current phase runs out, and what that is called.
+    fn deadline(&self, limits: &Limits) -> Option<(tokio::time::Instant, CloseReason)> {
+        let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+        let (length, reason) = match self.phase.load(Ordering::Acquire) {
+            WAITING if self.served.load(Ordering::Relaxed) > 0 => {
+                (limits.idle_timeout, CloseReason::Idle)
+            }
+            WAITING | READING_HEAD => (limits.header_timeout, CloseReason::HeaderTimeout),
+            _ => return None,
+        };
+        Some((
+            tokio::time::Instant::from_std(self.epoch + since + length),
+            reason,
+        ))
+    }
+}
+
+/// The socket, noting the first byte of each request head.
+struct Watched {
+    io: TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && self.shared.phase.load(Ordering::Acquire) == WAITING {
+            self.shared.enter(READING_HEAD);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Open connections, oldest first.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<BTreeMap<u64, Arc<Shared>>>,
+    /// Signalled when the last connection closes.
+    empty: Notify,
+}
+
+impl Registry {
+    /// Asks the oldest connection that is not serving a request to close;
+    /// false when every one is serving.
+    fn evict_one(&self) -> bool {
+        let open = self.open.lock().expect("connection registry lock");
+        let victim = open.values().find(|c| {
+            c.phase.load(Ordering::Acquire) != SERVING && !c.evict.load(Ordering::Relaxed)
+        });
+        match victim {
+            Some(c) => {
+                c.evict.store(true, Ordering::Relaxed);
+                c.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.open.lock().expect("connection registry lock").len()
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; then stops
+/// accepting, lets open requests finish and returns once every connection
+/// has closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    metrics: HttpMetrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    let registry = Arc::new(Registry::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let epoch = Instant::now();
+    let mut next_id = 0u64;
+    let mut last_log: Option<Instant> = None;
+    let mut unlogged = 0u64;
+    let mut log_limited = |message: &str, error: Option<&std::io::Error>| {
+        unlogged += 1;
+        if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::warn!(
+                error = error.map(tracing::field::display),
+                times = unlogged,
+                limit = limits.max_connections,
+                "{message}"
+            );
+            last_log = Some(Instant::now());
+            unlogged = 0;
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let io = match accepted {
+            Ok((io, _)) => io,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS...: the socket stays in the backlog;
+                // back off instead of spinning on the same error.
+                metrics.accept_errors.inc();
+                log_limited("accept failed", Some(&e));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if registry.len() >= limits.max_connections {
+            metrics.closed(CloseReason::Limit);
+            log_limited(
+                "open connections at http.max_connections (or the fd limit): closing the oldest one not serving a request",
+                None,
+            );
+            if !registry.evict_one() {
+                // Every connection is mid-request: refuse this one instead.
+                drop(io);
+                continue;
+            }
+        }
+        next_id += 1;
+        let shared = Arc::new(Shared {
+            phase: AtomicU8::new(WAITING),
+            since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+            served: AtomicU64::new(0),
+            evict: AtomicBool::new(false),
+            wake: Notify::new(),
+            epoch,
+        });
+        registry
+            .open
+            .lock()
+            .expect("connection registry lock")
+            .insert(next_id, shared.clone());
+        metrics.open.inc();
+        tokio::spawn(connection(
+            next_id,
+            io,
+            shared,
+            router.clone(),
+            limits,
+            metrics.clone(),
+            registry.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let _ = stop_tx.send(true);
+    loop {
+        let empty = registry.empty.notified();
+        if registry.len() == 0 {
+            break;
+        }
+        empty.await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    id: u64,
+    io: TcpStream,
+    shared: Arc<Shared>,
+    router: Router,
+    limits: Limits,
+    metrics: HttpMetrics,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = Phased {
+        inner: router,
+        shared: shared.clone(),
+    };
+    let io = TokioIo::new(Watched {
+        io,
+        shared: shared.clone(),
+    });
+    // No hyper timer: hyper's header timeout would also run between
+    // keep-alive requests; the watchdog keeps the clocks instead.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let mut stopping = false;
+    let closed = loop {
+        tokio::select! {
+            _ = conn.as_mut() => break None,
+            reason = watchdog(&shared, &limits) => break Some(reason),
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                // Finish the request in progress (if any), then close.
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Some(reason) = closed {
+        // Limit closes are counted when the cap is hit.
+        if reason != CloseReason::Limit {
+            metrics.closed(reason);
+        }
+    }
+    metrics.open.dec();
+    let mut open = registry.open.lock().expect("connection registry lock");
+    open.remove(&id);
+    if open.is_empty() {
+        registry.empty.notify_waiters();
+    }
+}
+
+/// Completes when the connection has to be closed, with the reason.
+async fn watchdog(shared: &Shared, limits: &Limits) -> CloseReason {
+    loop {
+        if shared.evict.load(Ordering::Relaxed) {
+            return CloseReason::Limit;
+        }
+        let woken = shared.wake.notified();
+        match shared.deadline(limits) {
+            Some((deadline, reason)) => {
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        // The phase may have moved on just now; look again.
+                        if shared.deadline(limits).is_some_and(|(d, _)| d <= tokio::time::Instant::now()) {
+                            return reason;
+                        }
+                    }
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+/// The router, telling the watchdog when a request is being served.
+#[derive(Clone)]
+struct Phased {
+    inner: Router,
+    shared: Arc<Shared>,
+}
+
+impl Service<hyper::Request<Incoming>> for Phased {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        <Router as Service<hyper::Request<Incoming>>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.shared.enter(SERVING);
+        let shared = self.shared.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            shared.served.fetch_add(1, Ordering::Relaxed);
+            shared.enter(WAITING);
+            response
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! The ingest under clients that misbehave, over raw sockets: stalled and
+//! idle connections are reclaimed on their clock, the connection cap keeps
+//! the server answering when file descriptors run short, and inputs that
+//! cannot be published correctly are refused with the field named.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+/// Connects and sends `bytes` (possibly nothing).
+fn open(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+    s
+}
+
+/// Reads until the server closes; when that was and what it sent.
+fn until_closed(mut s: TcpStream, limit: Duration) -> (Instant, String) {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
+    }
+    (Instant::now(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_idle_connections_are_closed_on_their_clock() {
+    let h = Harness::start_with(|c| {
+        c.http.header_timeout_seconds = 1;
+        c.http.body_timeout_seconds = 1;
+        c.http.idle_timeout_seconds = 2;
+    })
+    .await;
+    let addr = h.addr;
+    let head = "POST /webhooks/easemob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    let opened = Instant::now();
+    let (silent, half_head, half_body, idle) = tokio::task::spawn_blocking(move || {
+        let silent = open(addr, b"");
+        let half_head = open(addr, head.as_bytes());
+        let half_body = open(
+            addr,
+            format!("{head}content-length: 100\r\n\r\n{{\"callId\":").as_bytes(),
+        );
+        let mut idle = open(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut first = [0u8; 12];
+        idle.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        (silent, half_head, half_body, idle)
+    })
+    .await
+    .unwrap();
+    let limit = Duration::from_secs(5);
+    let checks = tokio::task::spawn_blocking(move || {
+        [
+            until_closed(silent, limit),
+            until_closed(half_head, limit),
+            until_closed(half_body, limit),
+            until_closed(idle, limit),
+        ]
+    })
+    .await
+    .unwrap();
+    let [silent, half_head, half_body, idle] = checks.map(|(at, text)| (at - opened, text));
+    // Each within its timeout + 1 s of when it opened (or went idle).
+    for (name, (after, _)) in [
+        ("silent", &silent),
+        ("half head", &half_head),
+        ("half body", &half_body),
+    ] {
+        assert!(
+            *after >= Duration::from_millis(900) && *after < Duration::from_secs(2),
+            "{name}: closed after {after:?}"
+        );
+    }
+    assert!(
+        half_body.1.starts_with("HTTP/1.1 408") && half_body.1.contains("connection: close"),
+        "a body timeout is answered 408 and says it closes: {}",
+        half_body.1
+    );
+    assert!(
+        idle.0 >= Duration::from_millis(1500) && idle.0 < Duration::from_secs(3),
+        "idle: {:?}",
+        idle.0
+    );
+    let closed =
+        |reason: &str| format!("mutebridge_http_connections_closed_total{{reason=\"{reason}\"}}");
+    assert_eq!(h.metric(&closed("header_timeout")).await, 2.0);
+    assert_eq!(h.metric(&closed("body_timeout")).await, 1.0);
+    // (the harness's own pooled connections go idle too)
+    assert!(h.metric(&closed("idle")).await >= 1.0);
+    assert_eq!(
+        h.metric("mutebridge_webhooks_total{outcome=\"body_timeout\"}")
+            .await,
+        1.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_answered_while_hundreds_of_connections_stall() {
+    let h = Harness::start().await;
+    let addr = h.addr;
+    let stalled = tokio::task::spawn_blocking(move || {
+        (0..300)
+            .map(|_| open(addr, b"POST /webhooks/easemob HTTP/1.1\r\nhost:"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for i in 0..20 {
+        let r = h.post(&mute_all(&format!("g-busy-{i}"))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert!(h.metric("mutebridge_http_connections_open").await >= 300.0);
+    drop(stalled);
+    h.stop().await;
+}
+
+/// Runs `mutebridge run` with RLIMIT_NOFILE set to `nofile` (soft and
+/// hard, so it cannot raise it), on a free port.
+fn run_with_fd_limit(nofile: u64, config: &str) -> (std::process::Child, SocketAddr) {
+    use std::os::unix::process::CommandExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("mutebridge.toml");
+    std::fs::write(&path, format!("[http]\nlisten = \"{addr}\"\n{config}")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mutebridge"));
+    command
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (command.spawn().unwrap(), addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_fd_limit_the_oldest_stalled_connections_make_room() {
+    let config = format!(
+        "[[easemob.apps]]\nappkey = \"{APPKEY}\"\nsecrets = [\"{}\"]\n",
+        SECRETS[0]
+    );
+    let (child, addr) = run_with_fd_limit(256, &config);
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{addr}{p}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(url("/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 256 fds less 128 kept back: at most 128 connections. Open more than
+    // the process could hold at all.
+    let stalled = tokio::task::spawn_blocking(move || {
+        (0..300)
+            .map(|_| open(addr, b"POST /webhooks/easemob HTTP/1.1\r\nhost:"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        let r = http.get(url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = Value::Object(mute_all(&format!("g-fd-{i}"))).to_string();
+        let r = http
+            .post(url("/webhooks/easemob"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "callbacks are still answered at the cap");
+    }
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+    };
+    assert!(value("mutebridge_http_connections_closed_total{reason=\"limit\"}") >= 150.0);
+    assert!(value("mutebridge_http_connections_open") <= 128.0);
+    assert_eq!(value("process_max_fds"), 256.0);
+    assert!(value("process_open_fds") < 256.0);
+    drop(stalled);
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("open connections at http.max_connections"),
+        "{log}"
+    );
+    assert!(
+        log.contains("open-files limit"),
+        "the limits are logged at start: {log}"
+    );
+}
+
+/// POSTs `body` and returns status and error text.
+async fn refused(h: &Harness, body: Value) -> (u16, String) {
+    let r = h.post_raw(body.to_string()).await;
+    (
+        r.status,
+        r.body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn signed(mut body: serde_json::Map<String, Value>) -> Value {
+    resign(&mut body, SECRETS[0]);
+    Value::Object(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_that_cannot_be_published_faithfully_are_refused_by_name() {
+    let h = Harness::start().await;
+    // Timestamps must be positive.
+    for ts in [json!(0), json!(-5), json!("0")] {
+        let mut b = mute_all("g");
+        b.insert("timestamp".into(), ts.clone());
+        let (status, error) = refused(&h, signed(b)).await;
+        assert_eq!(status, 400, "{ts}");
+        assert!(error.contains("`timestamp`"), "{error}");
+    }
+    // An expiry is read exactly like `timestamp`, or refused: never guessed
+    // into "permanent".
+    for bad in [
+        json!(1.7e12),
+        json!("soon"),
+        json!("99999999999999999999"),
+        json!(true),
+    ] {
+        let b = op_event(
+            "g",
+            "MUTE",
+            json!({"type": "ADD", "member": ["u1"], "expire_timestamp": bad}),
+        );
+        let (status, error) = refused(&h, Value::Object(b)).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(error.contains("expire_timestamp"), "{error}");
+    }
+    // Group IDs and callIds: not blank, no control characters, bounded.
+    let long = "9".repeat(300);
+    for id in ["   ", "g\u{0}x", "g\nx", long.as_str()] {
+        let (status, error) = refused(&h, Value::Object(mute_all(id))).await;
+        assert_eq!(status, 400, "{id:?}");
+        assert!(error.contains("`id`"), "{error}");
+    }
+    for call_id in [
+        format!("{APPKEY}_{}", "x".repeat(300)),
+        "a\u{7}b".into(),
+        " ".into(),
+    ] {
+        let mut b = mute_all("g");
+        b.insert("callId".into(), call_id.clone().into());
+        let (status, error) = refused(&h, signed(b)).await;
+        assert_eq!(status, 400, "{call_id:?}");
+        assert!(error.contains("`callId`"), "{error}");
+    }
+    // A valid digit-string expiry keeps its time.
+    let until = now_ms() + 60_000;
+    let b = op_event(
+        "g-until",
+        "MUTE",
+        json!({"type": "ADD", "member": ["u1"], "expire_timestamp": until.to_string()}),
+    );
+    assert_eq!(h.post(&b).await.status, 200);
+    let events = h.consume(1, Duration::from_secs(10)).await;
+    assert_eq!(events[0].value["mute"], json!({"until_ms": until}));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_answers_are_final_and_close_the_connection() {
+    // A producer that takes at most 1600 bytes; bodies up to 1088 pass the
+    // config check (1088 + the 512-byte envelope allowance <= 1600).
+    let h = Harness::start_with(|c| {
+        c.http.max_body_bytes = 1088;
+        c.kafka
+            .client
+            .insert("message.max.bytes".into(), toml::Value::Integer(1600));
+    })
+    .await;
+    // Long IDs travel twice more (key, header) beside the event's own
+    // fields, so this body's record is over 1600 bytes although the body
+    // is under 1088.
+    let group = "7".repeat(256);
+    let members: Vec<String> = (0..30).map(|i| format!("user-{i:02}")).collect();
+    let mut b = op_event(&group, "MUTE", json!({"type": "ADD", "member": members}));
+    b.insert(
+        "callId".into(),
+        format!("{APPKEY}_{}", "c".repeat(247)).into(),
+    );
+    let body = signed(b).to_string();
+    assert!(body.len() < 1088, "{}", body.len());
+    let r = h.post_raw(body).await;
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("message.max.bytes"));
+    assert!(
+        r.headers.get("retry-after").is_none(),
+        "final, not 'retry later'"
+    );
+    assert!(
+        h.consume(1, Duration::from_secs(2)).await.is_empty(),
+        "nothing published"
+    );
+
+    // Over the body limit: 413, and the reply says the connection closes,
+    // so a keep-alive client does not write its next request into a
+    // closed socket.
+    let addr = h.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        let s = open(
+            addr,
+            b"POST /webhooks/easemob HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n{",
+        );
+        until_closed(s, Duration::from_secs(5)).1
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    h.stop().await;
+}
