@@ -790,6 +790,7 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
     let path = config.path().to_str().unwrap();
     let out = mutebridge(&["dlq", "list", "--config", path, "--target", "zego"]);
     let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("dlq list output:\n{text}");
     assert!(
         out.status.success(),
         "{text}{}",
@@ -829,6 +830,7 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
 
     let out = mutebridge(&["dlq", "replay", "--config", path, "--target", "zego"]);
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("dlq replay output:\n{err}");
     assert!(out.status.success(), "{err}");
     assert!(err.contains("replayed 3 dead letter(s)"), "{err}");
     assert!(
