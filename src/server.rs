@@ -4,7 +4,9 @@
 //! `axum::serve` gives hyper no timer, so a client that connects and sends
 //! half a header (or nothing) keeps its connection, and its file
 //! descriptor, forever; enough of them and accept fails for everyone. Here
-//! each connection runs under a watchdog that knows its phase:
+//! each connection records its phase (two atomic stores per transition, no
+//! timer on the request path) and one sweeper task closes those whose
+//! phase ran out, within 250 ms of the due time:
 //!
 //! | phase | clock | closed as |
 //! |---|---|---|
@@ -15,7 +17,7 @@
 //!
 //! (hyper's own `header_read_timeout` also runs while a keep-alive
 //! connection waits for its next request, so it cannot tell a slow header
-//! from an idle connection; the watchdog can. hyper-util's connection
+//! from an idle connection; the sweeper can. hyper-util's connection
 //! builder, tower-http's timeouts and axum's `serve` were considered:
 //! none tells these phases apart or caps connections.)
 //!
@@ -27,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -118,7 +120,7 @@ const WAITING: u8 = 0;
 const READING_HEAD: u8 = 1;
 const SERVING: u8 = 2;
 
-/// What the watchdog, the socket and the service share about one connection.
+/// What the sweeper, the socket and the service share about one connection.
 struct Shared {
     phase: AtomicU8,
     /// When the phase began, in ms since the server started.
@@ -126,8 +128,9 @@ struct Shared {
     /// Requests answered so far: 0 means the header clock, not the idle
     /// one, runs while waiting.
     served: AtomicU64,
-    evict: AtomicBool,
-    wake: Notify,
+    /// Why the connection must close (a [`CloseReason`] + 1; 0 = open).
+    close: AtomicU8,
+    closing: Notify,
     epoch: Instant,
 }
 
@@ -136,15 +139,15 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Two relaxed stores per transition: the hot path wakes nothing.
     fn enter(&self, phase: u8) {
         self.since_ms.store(self.now_ms(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Release);
-        self.wake.notify_one();
     }
 
-    /// When the current phase runs out, and what that is called.
-    fn deadline(&self, limits: &Limits) -> Option<(tokio::time::Instant, CloseReason)> {
-        let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+    /// The reason to close now, if the current phase ran out by `now_ms`.
+    fn expired(&self, limits: &Limits, now_ms: u64) -> Option<CloseReason> {
+        let since = self.since_ms.load(Ordering::Relaxed);
         let (length, reason) = match self.phase.load(Ordering::Acquire) {
             WAITING if self.served.load(Ordering::Relaxed) > 0 => {
                 (limits.idle_timeout, CloseReason::Idle)
@@ -152,10 +155,26 @@ impl Shared {
             WAITING | READING_HEAD => (limits.header_timeout, CloseReason::HeaderTimeout),
             _ => return None,
         };
-        Some((
-            tokio::time::Instant::from_std(self.epoch + since + length),
-            reason,
-        ))
+        (now_ms >= since + length.as_millis() as u64).then_some(reason)
+    }
+
+    /// Asks the connection's task to close it; false if already asked.
+    fn close(&self, reason: CloseReason) -> bool {
+        let asked = self
+            .close
+            .compare_exchange(0, reason as u8 + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if asked {
+            self.closing.notify_one();
+        }
+        asked
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        match self.close.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(CloseReason::ALL[n as usize - 1]),
+        }
     }
 }
 
@@ -223,17 +242,9 @@ impl Registry {
     /// false when every one is serving.
     fn evict_one(&self) -> bool {
         let open = self.open.lock().expect("connection registry lock");
-        let victim = open.values().find(|c| {
-            c.phase.load(Ordering::Acquire) != SERVING && !c.evict.load(Ordering::Relaxed)
-        });
-        match victim {
-            Some(c) => {
-                c.evict.store(true, Ordering::Relaxed);
-                c.wake.notify_one();
-                true
-            }
-            None => false,
-        }
+        open.values()
+            .filter(|c| c.phase.load(Ordering::Acquire) != SERVING)
+            .any(|c| c.close(CloseReason::Limit))
     }
 
     fn len(&self) -> usize {
@@ -254,6 +265,7 @@ pub async fn serve(
     let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let epoch = Instant::now();
+    let sweeper = tokio::spawn(sweep(registry.clone(), limits, epoch));
     let mut next_id = 0u64;
     let mut last_log: Option<Instant> = None;
     let mut unlogged = 0u64;
@@ -304,8 +316,8 @@ pub async fn serve(
             phase: AtomicU8::new(WAITING),
             since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
             served: AtomicU64::new(0),
-            evict: AtomicBool::new(false),
-            wake: Notify::new(),
+            close: AtomicU8::new(0),
+            closing: Notify::new(),
             epoch,
         });
         registry
@@ -319,7 +331,6 @@ pub async fn serve(
             io,
             shared,
             router.clone(),
-            limits,
             metrics.clone(),
             registry.clone(),
             stop_rx.clone(),
@@ -333,15 +344,35 @@ pub async fn serve(
         }
         empty.await;
     }
+    sweeper.abort();
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How often the sweeper looks at every connection's clock: timeouts fire
+/// within this much of their due time.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// One task for all connections' clocks, so serving a request touches two
+/// atomics and no timer.
+async fn sweep(registry: Arc<Registry>, limits: Limits, epoch: Instant) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = epoch.elapsed().as_millis() as u64;
+        let open = registry.open.lock().expect("connection registry lock");
+        for c in open.values() {
+            if let Some(reason) = c.expired(&limits, now) {
+                c.close(reason);
+            }
+        }
+    }
+}
+
 async fn connection(
     id: u64,
     io: TcpStream,
     shared: Arc<Shared>,
     router: Router,
-    limits: Limits,
     metrics: HttpMetrics,
     registry: Arc<Registry>,
     mut stop: watch::Receiver<bool>,
@@ -355,7 +386,7 @@ async fn connection(
         shared: shared.clone(),
     });
     // No hyper timer: hyper's header timeout would also run between
-    // keep-alive requests; the watchdog keeps the clocks instead.
+    // keep-alive requests; the sweeper keeps the clocks instead.
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
@@ -363,7 +394,7 @@ async fn connection(
     let closed = loop {
         tokio::select! {
             _ = conn.as_mut() => break None,
-            reason = watchdog(&shared, &limits) => break Some(reason),
+            () = closed(&shared) => break shared.close_reason(),
             _ = stop.wait_for(|s| *s), if !stopping => {
                 // Finish the request in progress (if any), then close.
                 stopping = true;
@@ -385,31 +416,18 @@ async fn connection(
     }
 }
 
-/// Completes when the connection has to be closed, with the reason.
-async fn watchdog(shared: &Shared, limits: &Limits) -> CloseReason {
+/// Completes once the connection has been asked to close.
+async fn closed(shared: &Shared) {
     loop {
-        if shared.evict.load(Ordering::Relaxed) {
-            return CloseReason::Limit;
+        let asked = shared.closing.notified();
+        if shared.close_reason().is_some() {
+            return;
         }
-        let woken = shared.wake.notified();
-        match shared.deadline(limits) {
-            Some((deadline, reason)) => {
-                tokio::select! {
-                    _ = woken => {}
-                    _ = tokio::time::sleep_until(deadline) => {
-                        // The phase may have moved on just now; look again.
-                        if shared.deadline(limits).is_some_and(|(d, _)| d <= tokio::time::Instant::now()) {
-                            return reason;
-                        }
-                    }
-                }
-            }
-            None => woken.await,
-        }
+        asked.await;
     }
 }
 
-/// The router, telling the watchdog when a request is being served.
+/// The router, telling the sweeper when a request is being served.
 #[derive(Clone)]
 struct Phased {
     inner: Router,

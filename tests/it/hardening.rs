@@ -18,6 +18,17 @@ fn open(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// Opens `n` connections that each send half a request head and stop.
+async fn stall(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|_| open(addr, b"POST /webhooks/easemob HTTP/1.1\r\nhost:"))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 /// Reads until the server closes; when that was and what it sent.
 fn until_closed(mut s: TcpStream, limit: Duration) -> (Instant, String) {
     s.set_read_timeout(Some(limit)).unwrap();
@@ -111,13 +122,7 @@ async fn stalled_and_idle_connections_are_closed_on_their_clock() {
 async fn callbacks_are_answered_while_hundreds_of_connections_stall() {
     let h = Harness::start().await;
     let addr = h.addr;
-    let stalled = tokio::task::spawn_blocking(move || {
-        (0..300)
-            .map(|_| open(addr, b"POST /webhooks/easemob HTTP/1.1\r\nhost:"))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let stalled = stall(addr, 300).await;
     for i in 0..20 {
         let r = h.post(&mute_all(&format!("g-busy-{i}"))).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
@@ -184,13 +189,7 @@ async fn at_the_fd_limit_the_oldest_stalled_connections_make_room() {
     }
     // 256 fds less 128 kept back: at most 128 connections. Open more than
     // the process could hold at all.
-    let stalled = tokio::task::spawn_blocking(move || {
-        (0..300)
-            .map(|_| open(addr, b"POST /webhooks/easemob HTTP/1.1\r\nhost:"))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let stalled = stall(addr, 300).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..10 {
         let r = http.get(url("/healthz")).send().await.unwrap();
