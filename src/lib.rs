@@ -13,9 +13,10 @@
 //!   fails for good -> commit.
 //!
 //! Around them: [`config`] (one TOML file, checked at load), [`kafka`] (the
-//! cluster, embedded or external, and every client's settings), `ops`
-//! (`/metrics`, `/healthz`, `/readyz`), [`metrics`], and [`cli`], the
-//! commands that run and drive it all.
+//! cluster, embedded or external, and every client's settings), `server`
+//! (the HTTP/1.1 server under both roles, with connection timeouts and a
+//! cap), `ops` (`/metrics`, `/healthz`, `/readyz`), [`metrics`], and
+//! [`cli`], the commands that run and drive it all.
 //!
 //! The items re-exported at the top are what the binary, the integration
 //! tests and the benchmarks build on.

@@ -38,11 +38,17 @@ pub async fn dev_kafka(topics: &[&str], partitions: i32) -> anyhow::Result<()> {
     for topic in topics {
         cluster.create_topic(topic, partitions)?;
     }
-    println!("bootstrap.servers={}", cluster.bootstrap_servers());
-    println!(
+    // Written, not println!: a reader that goes away after the address
+    // (a script, a test) must not take the cluster down with a panic.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "bootstrap.servers={}", cluster.bootstrap_servers());
+    let _ = writeln!(
+        out,
         "topics {} ({partitions} partitions each); in memory, gone on exit. Ctrl-C to stop.",
         topics.join(", ")
     );
+    let _ = out.flush();
     crate::ops::shutdown_signal().await;
     Ok(())
 }

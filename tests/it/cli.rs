@@ -382,15 +382,14 @@ fn ingest_and_worker_run_against_dev_kafka_with_default_topic_settings() {
         .unwrap();
     let stdout = kafka.stdout.take().unwrap();
     let kafka = Killed(kafka);
-    let mut bootstrap = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(b) = line.strip_prefix("bootstrap.servers=") {
-            bootstrap = b.to_owned();
-            break;
-        }
-    }
-    assert!(!bootstrap.is_empty());
+    let mut lines = BufReader::new(stdout).lines();
+    let bootstrap = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("bootstrap.servers=").map(str::to_owned))
+        .expect("dev-kafka printed its address");
+    // Keep reading what it prints after the address.
+    std::thread::spawn(move || lines.for_each(drop));
     let dir = tempfile::tempdir().unwrap();
     // Only the brokers and an app (and each process's own port): no
     // kafka.create_topics = false.
