@@ -36,9 +36,10 @@ pub struct Config {
     /// The file this came from (for error messages); `None` for the demo.
     #[serde(skip)]
     pub file: Option<PathBuf>,
-    /// The policy compiled when the file was loaded (maps read once).
+    /// The policy compiled when the file was loaded (map files read once),
+    /// with a fingerprint of the sections it was compiled from.
     #[serde(skip)]
-    compiled: Option<Arc<Policy>>,
+    compiled: Option<(u64, Arc<Policy>)>,
 }
 
 /// `[worker]`: the consumer group that applies the policy.
@@ -355,12 +356,24 @@ impl Config {
     }
 
     /// The compiled policy: the one compiled when the file was loaded, or,
-    /// for a config built in code, compiled now.
+    /// for a config built or changed in code since, compiled now.
     pub fn policy(&self) -> Result<Arc<Policy>, ConfigError> {
         match &self.compiled {
-            Some(policy) => Ok(policy.clone()),
-            None => self.compile_policy().map(Arc::new),
+            Some((fingerprint, policy)) if *fingerprint == self.policy_fingerprint() => {
+                Ok(policy.clone())
+            }
+            _ => self.compile_policy().map(Arc::new),
         }
+    }
+
+    /// Identifies the sections the policy is compiled from (`targets`,
+    /// `policy`, `maps`), so a cached policy is never used for fields that
+    /// were changed after loading. Called once per role start, not per event.
+    fn policy_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{:?}{:?}{:?}", self.targets, self.policy, self.maps).hash(&mut h);
+        h.finish()
     }
 
     fn compile_policy(&self) -> Result<Policy, ConfigError> {
@@ -430,7 +443,10 @@ impl Config {
             .resolve_secrets(env)
             .and_then(|()| config.validate())
             .map_err(|e| e.in_file(file))?;
-        config.compiled = Some(Arc::new(config.compile_policy()?));
+        config.compiled = Some((
+            config.policy_fingerprint(),
+            Arc::new(config.compile_policy()?),
+        ));
         Ok(config)
     }
 
@@ -737,6 +753,14 @@ mod tests {
         c.require_ingest().unwrap();
         assert!(c.policy().is_ok());
         assert!(c.compiled.is_some(), "compiled once, at load");
+        let cached = c.policy().unwrap();
+        assert!(Arc::ptr_eq(&cached, &c.policy().unwrap()), "reused");
+        let mut changed = c.clone();
+        changed.policy.rules.clear();
+        assert!(
+            changed.policy().unwrap().is_empty(),
+            "a change in code is compiled"
+        );
         assert!(c.targets.values().all(|t| t.kind() == "log"));
     }
 

@@ -101,7 +101,7 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
         return Ok(ms);
     }
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number.parse().map_err(|_| bad())?;
+    let n: i64 = number.parse().ok().filter(|n| *n >= 0).ok_or_else(bad)?;
     let seconds = match unit {
         "s" => n,
         "m" => n * 60,
@@ -117,32 +117,34 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
 async fn read(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<Entry>> {
     let (kafka, topic) = (config.kafka.clone(), config.worker.dlq_topic.clone());
     let bootstrap = bootstrap.to_owned();
-    let records = tokio::task::spawn_blocking(move || {
-        let mut records: Vec<ScannedRecord> = Vec::new();
-        kafka::scan::scan(&kafka, &bootstrap, &topic, |r| records.push(r)).map(|()| records)
+    // Parsed as they arrive, so only the dead letters are held, not the raw
+    // records; replay markers can come after their dead letter (another
+    // partition), so the counts are joined at the end.
+    let (letters, replays, foreign) = tokio::task::spawn_blocking(move || {
+        let mut letters: Vec<(Position, StoredDeadLetter)> = Vec::new();
+        let mut replays: HashMap<Position, usize> = HashMap::new();
+        let mut foreign = 0usize;
+        kafka::scan::scan(&kafka, &bootstrap, &topic, |r: ScannedRecord| {
+            let at = Position {
+                partition: r.partition,
+                offset: r.offset,
+            };
+            let payload = r.payload.unwrap_or_default();
+            match r.headers.get("schema").map(String::as_str) {
+                Some(REPLAY_SCHEMA) => match serde_json::from_slice::<ReplayMarker>(&payload) {
+                    Ok(m) => *replays.entry(m.dead_letter).or_default() += 1,
+                    Err(_) => foreign += 1,
+                },
+                Some(DEAD_LETTER_SCHEMA) => match serde_json::from_slice(&payload) {
+                    Ok(letter) => letters.push((at, letter)),
+                    Err(_) => foreign += 1,
+                },
+                _ => foreign += 1,
+            }
+        })
+        .map(|()| (letters, replays, foreign))
     })
     .await??;
-    let mut letters = Vec::new();
-    let mut replays: HashMap<Position, usize> = HashMap::new();
-    let mut foreign = 0usize;
-    for r in records {
-        let at = Position {
-            partition: r.partition,
-            offset: r.offset,
-        };
-        let payload = r.payload.unwrap_or_default();
-        match r.headers.get("schema").map(String::as_str) {
-            Some(REPLAY_SCHEMA) => match serde_json::from_slice::<ReplayMarker>(&payload) {
-                Ok(m) => *replays.entry(m.dead_letter).or_default() += 1,
-                Err(_) => foreign += 1,
-            },
-            Some(DEAD_LETTER_SCHEMA) => match serde_json::from_slice(&payload) {
-                Ok(letter) => letters.push((at, letter)),
-                Err(_) => foreign += 1,
-            },
-            _ => foreign += 1,
-        }
-    }
     if foreign > 0 {
         eprintln!(
             "note: {foreign} record(s) in the topic are not mutebridge dead letters; skipped"

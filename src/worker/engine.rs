@@ -49,6 +49,16 @@ impl Engine {
                 scope.target.as_deref().is_none_or(|t| t == target)
                     && scope.rule.as_deref().is_none_or(|r| r == rule)
             });
+            if planned.is_empty() {
+                // Renamed or removed since the dead letter was written: say
+                // so, or the replay would vanish without a trace.
+                tracing::warn!(
+                    event = %event.id,
+                    target = scope.target.as_deref().unwrap_or("-"),
+                    rule = scope.rule.as_deref().unwrap_or("-"),
+                    "replayed event matches no configured rule and target; nothing applied"
+                );
+            }
         }
         if planned.is_empty() {
             return self.finish(EventOutcome::NoMatch);
