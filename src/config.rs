@@ -55,6 +55,16 @@ pub struct WorkerConfig {
     pub max_buffered_events: usize,
     /// Where actions that failed for good go, with the reason.
     pub dlq_topic: String,
+    /// Keep each group's mute state and refuse events older than it (the
+    /// stale-event guard). Off: every event is applied in partition order.
+    pub track_state: bool,
+    /// The compacted topic holding one mute state per group; same
+    /// partition count as `kafka.topic`.
+    pub state_topic: String,
+    /// How long an unmuted member (or a timed mute past its end) is
+    /// remembered, to refuse a late mute of it. Longer than Easemob's
+    /// 3-day re-send window.
+    pub state_horizon_days: u32,
     /// How often finished offsets are committed (also on rebalance and exit).
     pub commit_interval_ms: u64,
     /// On SIGTERM, how long in-flight actions may take before they are
@@ -72,6 +82,9 @@ impl Default for WorkerConfig {
             max_in_flight_groups: 256,
             max_buffered_events: 10_000,
             dlq_topic: "im.group-events.dlq".into(),
+            track_state: true,
+            state_topic: "im.group-events.state".into(),
+            state_horizon_days: 7,
             commit_interval_ms: 1000,
             shutdown_grace_seconds: 10,
             request_timeout_ms: 10_000,
@@ -621,6 +634,21 @@ impl WorkerConfig {
         }
         if self.dlq_topic.trim().is_empty() || self.dlq_topic == kafka.topic {
             return invalid("dlq_topic", "must be set and differ from kafka.topic");
+        }
+        if self.state_topic.trim().is_empty()
+            || self.state_topic == kafka.topic
+            || self.state_topic == self.dlq_topic
+        {
+            return invalid(
+                "state_topic",
+                "must be set and differ from kafka.topic and worker.dlq_topic",
+            );
+        }
+        if self.state_horizon_days < 4 {
+            return invalid(
+                "state_horizon_days",
+                "must be at least 4: Easemob re-sends stored callbacks up to 3 days late, and a guard forgotten sooner lets such a callback undo a newer change",
+            );
         }
         if self.commit_interval_ms == 0 {
             return invalid("commit_interval_ms", "must be greater than 0");

@@ -21,6 +21,10 @@ pub const HEADER_REPLAY_OF: &str = "replay-of";
 pub const HEADER_REPLAY_TARGET: &str = "replay-target";
 /// On a replayed record: the only rule the worker applies it with.
 pub const HEADER_REPLAY_RULE: &str = "replay-rule";
+/// On a `resync` marker (`mutebridge resync`): the `[targets.NAME]` to
+/// bring in line with the group's mute state. Consumers that only want
+/// callbacks skip records that carry it (or whose `kind` is `resync`).
+pub const HEADER_RESYNC_TARGET: &str = "resync-target";
 
 /// One group or chatroom change, normalized from either callback format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -71,6 +75,8 @@ pub struct Event {
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Easemob,
+    /// Written by mutebridge itself (a `resync` marker), not a callback.
+    Mutebridge,
 }
 
 /// The callback format an event arrived in.
@@ -81,6 +87,9 @@ pub enum Format {
     Muc,
     /// `event: "group_op_event"` callbacks.
     GroupOpEvent,
+    /// Not a callback: a marker `mutebridge resync` published, or a mute
+    /// state the worker re-applies for it.
+    Resync,
 }
 
 /// Whether the event concerns a group or a chatroom.
@@ -97,6 +106,31 @@ impl Scope {
             Scope::Group => "group",
             Scope::Chatroom => "chatroom",
         }
+    }
+
+    /// Parses `group` or `chatroom`.
+    pub fn from_name(name: &str) -> Option<Scope> {
+        match name {
+            "group" => Some(Scope::Group),
+            "chatroom" => Some(Scope::Chatroom),
+            _ => None,
+        }
+    }
+}
+
+impl EventKind {
+    /// The kinds that change a mute state, guarded against late delivery
+    /// (see [`crate::state`]).
+    pub const MUTE: [EventKind; 4] = [
+        EventKind::MuteAll,
+        EventKind::UnmuteAll,
+        EventKind::MemberMuted,
+        EventKind::MemberUnmuted,
+    ];
+
+    /// True for the four kinds in [`EventKind::MUTE`].
+    pub fn is_mute(self) -> bool {
+        EventKind::MUTE.contains(&self)
     }
 }
 
@@ -182,6 +216,10 @@ event_kinds! {
     MemberMetadataUpdated => "member_metadata_updated",
     /// An operation mutebridge does not know yet; the raw fields are in `attributes`.
     Unknown => "unknown",
+    /// Not a change: a marker from `mutebridge resync` asking the worker
+    /// that owns the group to re-apply its mute state to the target named
+    /// in `attributes.target` (and the `resync-target` header).
+    Resync => "resync",
 }
 
 impl std::fmt::Display for EventKind {
@@ -209,7 +247,8 @@ pub fn json_schema() -> String {
     text
 }
 
-fn require(schema: &mut Value, fields: &[&str]) {
+/// Marks `fields` required in the object schema `schema`.
+pub(crate) fn require(schema: &mut Value, fields: &[&str]) {
     let Some(object) = schema.as_object_mut() else {
         return;
     };
@@ -238,7 +277,7 @@ mod tests {
             let back: EventKind = serde_json::from_str(&json).unwrap();
             assert_eq!(back, *kind);
         }
-        assert_eq!(EventKind::ALL.len(), 36);
+        assert_eq!(EventKind::ALL.len(), 37);
     }
 
     #[test]

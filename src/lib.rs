@@ -8,7 +8,9 @@
 //!   callback at a time, answered 200 only once Kafka has acknowledged it;
 //! - [`event`]: the versioned contract on the topic, between the two roles
 //!   and towards anyone else who reads it;
-//! - [`worker`]: consume -> schedule per group -> [`policy`] decides ->
+//! - [`state`]: the second contract, each group's mute state, and the guard
+//!   that keeps a late callback from undoing a newer change;
+//! - [`worker`]: consume -> schedule per group -> guard -> [`policy`] decides ->
 //!   deliver to a [`target`] (ZEGO, RongCloud, webhook) -> dead-letter what
 //!   fails for good -> commit.
 //!
@@ -30,6 +32,7 @@ mod metrics;
 mod ops;
 mod policy;
 mod server;
+pub mod state;
 mod target;
 mod time;
 mod worker;
@@ -38,7 +41,7 @@ pub use config::Config;
 pub use ingest::publish::Publisher;
 pub use ingest::verify::sign;
 pub use ingest::Ingest;
-pub use kafka::{producer_config, Cluster, EmbeddedKafka};
+pub use kafka::{key_partition, producer_config, Cluster, EmbeddedKafka};
 pub use metrics::Metrics;
 pub use target::zego::signature as zego_signature;
 pub use worker::Worker;

@@ -81,6 +81,9 @@ enum Command {
         /// The dead-letter topic to create (`worker.dlq_topic`).
         #[arg(long, default_value = "im.group-events.dlq")]
         dlq_topic: String,
+        /// The mute-state topic to create (`worker.state_topic`).
+        #[arg(long, default_value = "im.group-events.state")]
+        state_topic: String,
         #[arg(long, default_value_t = 12)]
         partitions: i32,
     },
@@ -90,8 +93,32 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Print the JSON Schema of the normalized event.
-    Schema,
+    /// Read the groups' mute states from the state topic.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Make a target match the groups' current mute state: publishes a
+    /// `resync` marker per group; the worker owning the group applies its
+    /// state then, in the group's order and under the target's rate limit.
+    Resync {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The `[targets.NAME]` to bring in line.
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        selection: cli::state::Selection,
+        /// Print the groups that would be resynced; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the JSON Schema of a contract: the normalized event (default)
+    /// or the group mute state.
+    Schema {
+        #[arg(value_enum, default_value_t = Contract::Event)]
+        contract: Contract,
+    },
     /// Validate a config file; exits non-zero with the key at fault.
     CheckConfig { file: PathBuf },
     /// Exit 0 if URL answers 200 within the timeout, 1 otherwise: the
@@ -107,6 +134,35 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Contract {
+    /// `mutebridge.event/v1`, the records of the event topic.
+    Event,
+    /// `mutebridge.state/v1`, the records of the state topic.
+    State,
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print one group's mute state (JSON), reading only its partition.
+    Get {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// `org#app`.
+        appkey: String,
+        /// `group` or `chatroom`.
+        scope: String,
+        group_id: String,
+    },
+    /// Print every group's newest mute state, one JSON line each.
+    Dump {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        selection: cli::state::Selection,
     },
 }
 
@@ -147,6 +203,10 @@ enum PolicyCommand {
         config: Option<PathBuf>,
         /// A `mutebridge.event/v1` JSON file.
         event: PathBuf,
+        /// A group state (`mutebridge state get` output): also show what
+        /// the stale-event guard would let through against it.
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
 }
 
@@ -176,8 +236,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ingest { config } => cli::run::serve(config.as_deref(), Roles::Ingest).await,
         Command::Worker { config } => cli::run::serve(config.as_deref(), Roles::Worker).await,
         Command::Policy {
-            command: PolicyCommand::Explain { config, event },
-        } => cli::explain::run(config.as_deref(), &event).map(ok),
+            command:
+                PolicyCommand::Explain {
+                    config,
+                    event,
+                    state,
+                },
+        } => cli::explain::run(config.as_deref(), &event, state.as_deref()).map(ok),
         Command::Send {
             url,
             appkey,
@@ -202,8 +267,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::DevKafka {
             topic,
             dlq_topic,
+            state_topic,
             partitions,
-        } => cli::dev_kafka(&[&topic, &dlq_topic], partitions)
+        } => cli::dev_kafka(&[&topic, &dlq_topic, &state_topic], partitions)
             .await
             .map(ok),
         Command::Dlq { command } => match command {
@@ -223,8 +289,37 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map(|_| ExitCode::SUCCESS),
         },
-        Command::Schema => {
-            print!("{}", mutebridge::event::json_schema());
+        Command::State { command } => match command {
+            StateCommand::Get {
+                config,
+                appkey,
+                scope,
+                group_id,
+            } => cli::state::get(config.as_deref(), &appkey, &scope, &group_id)
+                .await
+                .map(exit),
+            StateCommand::Dump { config, selection } => {
+                cli::state::dump(config.as_deref(), &selection)
+                    .await
+                    .map(ok)
+            }
+        },
+        Command::Resync {
+            config,
+            target,
+            selection,
+            dry_run,
+        } => cli::resync::run(config.as_deref(), &target, &selection, dry_run)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Schema { contract } => {
+            print!(
+                "{}",
+                match contract {
+                    Contract::Event => mutebridge::event::json_schema(),
+                    Contract::State => mutebridge::state::json_schema(),
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => cli::check_config(&file).map(ok),

@@ -119,9 +119,9 @@ pub struct Metrics {
 /// by the topic.
 #[derive(Clone)]
 pub struct WorkerMetrics {
-    /// `outcome`: applied, skipped, no_match, dead_lettered.
+    /// `outcome`: see [`EventOutcome`].
     pub events: IntCounterVec,
-    /// `outcome`: ok, skipped, dead_lettered.
+    /// `outcome`: see [`ActionOutcome`].
     pub actions: IntCounterVec,
     pub action_duration: HistogramVec,
     pub action_retries: IntCounterVec,
@@ -131,6 +131,14 @@ pub struct WorkerMetrics {
     pub rate_limit_wait: CounterVec,
     pub groups_in_flight: IntGauge,
     pub buffered_events: IntGauge,
+    /// Mute states held for the assigned partitions.
+    pub state_groups: IntGauge,
+    /// Time to read an assignment's states from the state topic.
+    pub state_rebuild: prometheus::Histogram,
+    /// State records acknowledged by Kafka.
+    pub state_writes: IntCounter,
+    /// Attempts to write a state record that failed (each is retried).
+    pub state_write_errors: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -141,12 +149,12 @@ impl WorkerMetrics {
         WorkerMetrics {
             events: counter(
                 "mutebridge_worker_events_total",
-                "Events consumed and finished, by outcome (applied, skipped, no_match, dead_lettered).",
+                "Events consumed and finished, by outcome (applied, skipped, no_match, dead_lettered, stale, duplicate).",
                 &["outcome"],
             ),
             actions: counter(
                 "mutebridge_actions_total",
-                "Actions finished, by target, action and outcome (ok, skipped, dead_lettered).",
+                "Actions finished, by target, action and outcome (ok, skipped, dead_lettered, stale, duplicate).",
                 &["target", "action", "outcome"],
             ),
             action_duration: HistogramVec::new(
@@ -196,6 +204,29 @@ impl WorkerMetrics {
                 "Events consumed and not yet finished (running or queued behind their group).",
             )
             .expect("valid metric"),
+            state_groups: IntGauge::new(
+                "mutebridge_worker_state_groups",
+                "Group mute states held for the assigned partitions.",
+            )
+            .expect("valid metric"),
+            state_rebuild: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "mutebridge_worker_state_rebuild_seconds",
+                    "Time to read the mute states of newly assigned partitions from the state topic.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )
+            .expect("valid metric"),
+            state_writes: IntCounter::new(
+                "mutebridge_worker_state_writes_total",
+                "Group mute states written to the state topic and acknowledged.",
+            )
+            .expect("valid metric"),
+            state_write_errors: IntCounter::new(
+                "mutebridge_worker_state_write_errors_total",
+                "Failed attempts to write a mute state (retried; the group waits).",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -210,6 +241,10 @@ impl WorkerMetrics {
             Box::new(self.rate_limit_wait.clone()),
             Box::new(self.groups_in_flight.clone()),
             Box::new(self.buffered_events.clone()),
+            Box::new(self.state_groups.clone()),
+            Box::new(self.state_rebuild.clone()),
+            Box::new(self.state_writes.clone()),
+            Box::new(self.state_write_errors.clone()),
         ]
     }
 

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -160,20 +160,9 @@ async fn read(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<Entry>> {
         .collect())
 }
 
-async fn connect(config_file: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    let (config, _) = Config::load(config_file)?;
-    if config.kafka.is_embedded() {
-        bail!(
-            "kafka.brokers is \"embedded\": the embedded cluster lives inside a running mutebridge and is gone when it exits; point --config at the cluster the worker uses"
-        );
-    }
-    let bootstrap = config.kafka.brokers.trim().to_owned();
-    Ok((config, bootstrap))
-}
-
 /// `mutebridge dlq list`: a summary by target and reason, then the records.
 pub async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> anyhow::Result<()> {
-    let (config, bootstrap) = connect(config_file).await?;
+    let (config, bootstrap) = super::connect(config_file)?;
     let selection = filters.compile()?;
     let entries: Vec<Entry> = read(&config, &bootstrap)
         .await?
@@ -263,7 +252,7 @@ pub async fn replay(
     dry_run: bool,
     again: bool,
 ) -> anyhow::Result<usize> {
-    let (config, bootstrap) = connect(config_file).await?;
+    let (config, bootstrap) = super::connect(config_file)?;
     let selection = filters.compile()?;
     let entries = read(&config, &bootstrap).await?;
     let (mut chosen, mut done_before, mut unreplayable) = (Vec::new(), 0usize, 0usize);

@@ -1,18 +1,27 @@
 //! `mutebridge policy explain`: which rules match a normalized event, and
-//! the exact requests their actions would send. Calls nothing.
+//! the exact requests their actions would send; with `--state`, first
+//! what the stale-event guard lets through against a group's state.
+//! Calls nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::config::Config;
-use crate::event::{self, Event};
+use crate::event::{self, Event, EventKind};
 use crate::policy::{Planned, Policy};
+use crate::state::guard::{self, Hold};
+use crate::state::{self, GroupState};
 use crate::target::{Target, TargetConfig, Unsendable};
 
-/// Prints the explanation of the event in `event_file` under `config`.
-pub fn run(config: Option<&Path>, event_file: &Path) -> anyhow::Result<()> {
+/// Prints the explanation of the event in `event_file` under `config`,
+/// judged first against the group state in `state_file` when given.
+pub fn run(
+    config: Option<&Path>,
+    event_file: &Path,
+    state_file: Option<&Path>,
+) -> anyhow::Result<()> {
     let (config, _) = Config::load(config)?;
     let policy = config.policy()?;
     let text = std::fs::read_to_string(event_file)
@@ -24,8 +33,95 @@ pub fn run(config: Option<&Path>, event_file: &Path) -> anyhow::Result<()> {
             event::SCHEMA_V1
         )
     })?;
-    print!("{}", explain_text(&policy, &config.targets, &event));
+    let Some(state_file) = state_file else {
+        print!("{}", explain_text(&policy, &config.targets, &event));
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(state_file)
+        .with_context(|| format!("cannot read {}", state_file.display()))?;
+    let state: GroupState = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a group state ({}); save one with `mutebridge state get`",
+            state_file.display(),
+            state::STATE_SCHEMA_V1
+        )
+    })?;
+    let event_key = state::key(&event.appkey, event.scope, &event.group_id);
+    if state.key() != event_key {
+        bail!(
+            "{} is the state of {}, and the event is about {event_key}",
+            state_file.display(),
+            state.key()
+        );
+    }
+    print!("{}", guard_text(&state, &event));
+    let verdict = guard::judge(Some(&state), &event, false);
+    match (&verdict.fresh, event.kind.is_mute()) {
+        (Some(fresh), true) if !verdict.held.is_empty() => {
+            println!("what the rules do with the fresh part (members: {}):\n", fresh.members.join(", "));
+            print!("{}", explain_text(&policy, &config.targets, fresh));
+        }
+        (Some(_), _) => print!("{}", explain_text(&policy, &config.targets, &event)),
+        (None, _) => println!(
+            "nothing of it is sent to mute targets; targets that forward whole events (webhook, log) still get it"
+        ),
+    }
     Ok(())
+}
+
+/// The guard's verdict on `event` against `state`, one line per dimension.
+fn guard_text(state: &GroupState, event: &Event) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if !event.kind.is_mute() {
+        let _ = writeln!(
+            out,
+            "guard: {} is not a mute kind; it is not judged against the state\n",
+            event.kind
+        );
+        return out;
+    }
+    let verdict = guard::judge(Some(state), event, false);
+    let _ = writeln!(
+        out,
+        "guard: event {} at {} ms against the state of {}",
+        event.id,
+        event.occurred_at_ms,
+        state.key()
+    );
+    let fresh = verdict.fresh.as_ref();
+    if event.kind == EventKind::MuteAll || event.kind == EventKind::UnmuteAll {
+        if fresh.is_some() {
+            let _ = writeln!(out, "  mute_all: fresh (sent, then recorded)");
+        }
+    } else if let Some(f) = fresh {
+        for m in &f.members {
+            let _ = writeln!(out, "  member:{m}: fresh (sent, then recorded)");
+        }
+    }
+    for h in &verdict.held {
+        match &h.hold {
+            Hold::Stale {
+                newer_at_ms,
+                newer_event,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "  {}: stale (event {newer_event} at {newer_at_ms} ms set it later; not sent)",
+                    h.dimension
+                );
+            }
+            Hold::Duplicate => {
+                let _ = writeln!(
+                    out,
+                    "  {}: duplicate (this event set it already; not sent again)",
+                    h.dimension
+                );
+            }
+        }
+    }
+    out.push('\n');
+    out
 }
 
 /// The text `mutebridge policy explain` prints: each rule, whether it

@@ -5,13 +5,28 @@ pub mod bench;
 pub mod dlq;
 pub mod explain;
 pub mod health;
+pub mod resync;
 pub mod run;
 pub mod send;
+pub mod state;
 
 use std::path::Path;
 
 use crate::config::Config;
 use crate::kafka::EmbeddedKafka;
+
+/// Loads the config of a command that reads the cluster the services use
+/// (`dlq`, `state`, `resync`); returns it with the bootstrap list.
+fn connect(config_file: Option<&Path>) -> anyhow::Result<(Config, String)> {
+    let (config, _) = Config::load(config_file)?;
+    if config.kafka.is_embedded() {
+        anyhow::bail!(
+            "kafka.brokers is \"embedded\": the embedded cluster lives inside a running mutebridge and is gone when it exits; point --config at the cluster the worker uses"
+        );
+    }
+    let bootstrap = config.kafka.brokers.trim().to_owned();
+    Ok((config, bootstrap))
+}
 
 /// `mutebridge check-config FILE`: loads it as the services would.
 pub fn check_config(file: &Path) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod embedded;
+pub mod partition;
 pub mod scan;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 pub use client::{client_config, consumer_config, producer_config};
 pub use embedded::EmbeddedKafka;
+pub use partition::key_partition;
 
 /// A reachable cluster with the event topic in place.
 pub struct Cluster {
@@ -46,16 +48,37 @@ impl Cluster {
             embedded: None,
         };
         if cfg.create_topics {
-            cluster.create_topic(cfg, &cfg.topic).await?;
+            cluster.create_topic(cfg, &cfg.topic, &[]).await?;
         }
         Ok(cluster)
     }
 
     /// Creates another topic (the dead-letter topic) like the event topic.
     pub async fn create_extra_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
+        self.create_topic_with(cfg, topic, &[]).await
+    }
+
+    /// Creates a compacted topic (the state topic) like the event topic:
+    /// only each key's newest record has to be kept.
+    pub async fn create_compacted_topic(
+        &self,
+        cfg: &KafkaConfig,
+        topic: &str,
+    ) -> anyhow::Result<()> {
+        self.create_topic_with(cfg, topic, &[("cleanup.policy", "compact")])
+            .await
+    }
+
+    async fn create_topic_with(
+        &self,
+        cfg: &KafkaConfig,
+        topic: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         match &self.embedded {
+            // The mock cluster keeps every record; compaction is moot there.
             Some(embedded) => embedded.create_topic(topic, cfg.partitions),
-            None if cfg.create_topics => self.create_topic(cfg, topic).await,
+            None if cfg.create_topics => self.create_topic(cfg, topic, settings).await,
             None => Ok(()),
         }
     }
@@ -74,7 +97,12 @@ impl Cluster {
     /// needs no CreateTopics (which some clusters do not serve: librdkafka's
     /// mock cluster behind `mutebridge dev-kafka`, or one whose ACLs forbid
     /// it), then CreateTopics for a missing one.
-    async fn create_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
+    async fn create_topic(
+        &self,
+        cfg: &KafkaConfig,
+        topic: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = client_config(cfg, &self.bootstrap)
             .create()
             .context("cannot create a Kafka admin client (check [kafka.client] properties)")?;
@@ -106,7 +134,10 @@ impl Cluster {
             return Ok(());
         }
         let replication = TopicReplication::Fixed(cfg.replication_factor.unwrap_or(-1));
-        let new_topic = NewTopic::new(topic, cfg.partitions, replication);
+        let mut new_topic = NewTopic::new(topic, cfg.partitions, replication);
+        for (key, value) in settings {
+            new_topic = new_topic.set(key, value);
+        }
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let cannot = |why: String| {
             anyhow!(

@@ -1,7 +1,8 @@
 //! Reading a whole topic once, from the oldest record to the end as it was
 //! when the scan started (records produced meanwhile are not waited for).
 //! No consumer group: nothing is committed, nobody else is disturbed. The
-//! command-line tools use it to look into the dead-letter topic.
+//! command-line tools use it to look into the dead-letter and state topics,
+//! and the worker to rebuild the mute state of partitions it is assigned.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::config::KafkaConfig;
 pub struct ScannedRecord {
     pub partition: i32,
     pub offset: i64,
+    pub key: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
     pub payload: Option<Vec<u8>>,
 }
@@ -31,36 +33,92 @@ pub fn scan(
     topic: &str,
     mut each: impl FnMut(ScannedRecord),
 ) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs(15);
-    let consumer: BaseConsumer = client_config(cfg, bootstrap)
-        // librdkafka wants a group id even for manual assignment; it is
-        // never joined and nothing is committed.
-        .set("group.id", "mutebridge-scan")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .context("cannot create a Kafka consumer (check the [kafka.client] properties)")?;
-    let partitions = super::partition_count(consumer.client(), topic, timeout)
-        .with_context(|| format!("cannot read topic {topic} at {bootstrap}"))?;
+    let reader = Reader::new(cfg, bootstrap)?;
+    let partitions = reader.partition_count(topic)?;
     for p in 0..partitions as i32 {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .with_context(|| format!("cannot read the offsets of {topic}/{p}"))?;
-        if high <= low {
-            continue;
-        }
+        reader.read(topic, &[p], &mut each, |_| {})?;
+    }
+    Ok(())
+}
+
+/// A consumer outside any group, for reading partitions to their end.
+pub struct Reader {
+    consumer: BaseConsumer,
+    bootstrap: String,
+    timeout: Duration,
+}
+
+impl Reader {
+    pub fn new(cfg: &KafkaConfig, bootstrap: &str) -> anyhow::Result<Reader> {
+        let consumer: BaseConsumer = client_config(cfg, bootstrap)
+            // librdkafka wants a group id even for manual assignment; it is
+            // never joined and nothing is committed.
+            .set("group.id", "mutebridge-scan")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()
+            .context("cannot create a Kafka consumer (check the [kafka.client] properties)")?;
+        Ok(Reader {
+            consumer,
+            bootstrap: bootstrap.to_owned(),
+            timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// How many partitions `topic` has.
+    pub fn partition_count(&self, topic: &str) -> anyhow::Result<usize> {
+        super::partition_count(self.consumer.client(), topic, self.timeout)
+            .with_context(|| format!("cannot read topic {topic} at {}", self.bootstrap))
+    }
+
+    /// Reads `partitions` of `topic` from the oldest record to the end as
+    /// it is now, together: `each` gets every record (in offset order
+    /// within a partition), `done` each partition once its end is reached.
+    /// Blocks: call it from a blocking thread.
+    pub fn read(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        mut each: impl FnMut(ScannedRecord),
+        mut done: impl FnMut(i32),
+    ) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
-        consumer.assign(&tpl)?;
-        let mut next = low;
-        while next < high {
-            let message = consumer
-                .poll(timeout)
+        // Per partition: the next offset to read and the end to reach.
+        let mut open: HashMap<i32, (i64, i64)> = HashMap::new();
+        for &p in partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, p, self.timeout)
+                .with_context(|| format!("cannot read the offsets of {topic}/{p}"))?;
+            if high <= low {
+                done(p);
+                continue;
+            }
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+            open.insert(p, (low, high));
+        }
+        if open.is_empty() {
+            return Ok(());
+        }
+        self.consumer.assign(&tpl)?;
+        while !open.is_empty() {
+            let message = self
+                .consumer
+                .poll(self.timeout)
                 .ok_or_else(|| {
-                    anyhow!("{topic}/{p}: no record within {timeout:?} at offset {next}")
+                    let at: Vec<String> = open
+                        .iter()
+                        .map(|(p, (next, high))| format!("{topic}/{p} at {next} of {high}"))
+                        .collect();
+                    anyhow!("no record within {:?}: {}", self.timeout, at.join(", "))
                 })?
-                .with_context(|| format!("cannot read {topic}/{p}"))?;
-            next = message.offset() + 1;
+                .with_context(|| format!("cannot read {topic}"))?;
+            let p = message.partition();
+            let Some((next, high)) = open.get_mut(&p) else {
+                continue;
+            };
+            *next = message.offset() + 1;
+            let finished = *next >= *high;
             let headers = message
                 .headers()
                 .map(|h| {
@@ -75,10 +133,16 @@ pub fn scan(
             each(ScannedRecord {
                 partition: p,
                 offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
                 headers,
                 payload: message.payload().map(<[u8]>::to_vec),
             });
+            if finished {
+                open.remove(&p);
+                done(p);
+            }
         }
+        self.consumer.unassign()?;
+        Ok(())
     }
-    Ok(())
 }

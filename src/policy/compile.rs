@@ -61,6 +61,12 @@ fn compile_rule<'a>(
     if let Some(j) = r.when.groups.iter().position(String::is_empty) {
         return Err(fail(format!("when.groups[{j}]"), "empty pattern".into()));
     }
+    if let Some(j) = r.when.kinds.iter().position(|k| *k == EventKind::Resync) {
+        return Err(fail(
+            format!("when.kinds[{j}]"),
+            "`resync` markers never reach the rules: the worker re-applies the group's mute state through the rules that match mute kinds".into(),
+        ));
+    }
     let mut then = Vec::new();
     for (j, t) in r.then.iter().enumerate() {
         let compiled = compile_then(r, t, targets, maps).map_err(|e| {

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use crate::event::{Event, EventKind, Mute, Scope};
 pub use config::{MapConfig, OnUnmapped, PolicyConfig};
-use template::{glob, Template};
+pub use template::glob;
+use template::Template;
 
 /// What the policy must know of a target to check rules against it. Each
 /// target kind states its own (`TargetConfig::capabilities`), so provider
@@ -54,12 +55,7 @@ pub enum Addressing {
 }
 
 /// The kinds a mute target can act on.
-const MUTE_KINDS: [EventKind; 4] = [
-    EventKind::MuteAll,
-    EventKind::UnmuteAll,
-    EventKind::MemberMuted,
-    EventKind::MemberUnmuted,
-];
+const MUTE_KINDS: [EventKind; 4] = EventKind::MUTE;
 
 /// What an action does downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]

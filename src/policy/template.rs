@@ -69,7 +69,7 @@ impl Template {
 }
 
 /// `*` matches any run of characters; everything else is literal.
-pub(super) fn glob(pattern: &str, text: &str) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;

@@ -1,17 +1,22 @@
-//! What happens to one consumed record: decode it, let the policy decide,
-//! deliver each action, dead-letter what fails for good, and count it all.
-//! When [`Engine::process`] returns, the record is finished and its offset
-//! may be committed.
+//! What happens to one consumed record: decode it, judge it against the
+//! group's mute state (the stale-event guard), let the policy decide,
+//! deliver each action, dead-letter what fails for good, record the new
+//! state, and count it all. When [`Engine::process`] returns, the record
+//! is finished and its offset may be committed.
 
 use std::sync::Arc;
 
 use super::deliver::Deliverer;
 use super::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord};
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
-use super::scheduler::Job;
-use crate::event::{Event, SCHEMA_V1};
+use super::scheduler::{Job, ReplayScope};
+use super::store::{Partition, Store};
+use crate::event::{Event, EventKind, SCHEMA_V1};
 use crate::metrics::WorkerMetrics;
-use crate::policy::{Planned, Policy};
+use crate::policy::{Op, Planned, Policy};
+use crate::state::guard::{self, Hold, Verdict};
+use crate::state::{self, GroupState};
+use crate::time::now_ms;
 
 /// Everything that handles one event, shared by the group tasks.
 pub struct Engine {
@@ -21,11 +26,29 @@ pub struct Engine {
     pub metrics: WorkerMetrics,
     /// The event topic (for the dead letters' source).
     pub topic: String,
+    /// The mute states, when `worker.track_state` is on.
+    pub state: Option<Store>,
+}
+
+/// One thing to do for an event: a policy verdict to carry out on an
+/// event (the guarded one for mute actions), or an outcome already known.
+enum Step<'e> {
+    Carry(Planned, &'e Event),
+    Known(ActionId, ActionOutcome),
+}
+
+/// What the steps of one event came to.
+#[derive(Default)]
+struct Tally {
+    ok: bool,
+    dead: bool,
+    steps: usize,
 }
 
 impl Engine {
     /// Applies one event's actions; returns once each is done, skipped, or
-    /// written to the dead-letter topic.
+    /// written to the dead-letter topic, and the group's new mute state is
+    /// acknowledged.
     pub async fn process(&self, job: &Job) -> EventOutcome {
         let source = SourceRecord {
             topic: self.topic.clone(),
@@ -41,15 +64,100 @@ impl Engine {
                 return self.finish(EventOutcome::DeadLettered);
             }
         };
-        let mut planned = self.policy.decide(&event);
-        if let Some(scope) = &job.replay {
-            // A replayed dead letter re-drives its own action only.
-            planned.retain(|p| {
-                let (rule, target) = p.rule_and_target();
-                scope.target.as_deref().is_none_or(|t| t == target)
-                    && scope.rule.as_deref().is_none_or(|r| r == rule)
+        let part = match &self.state {
+            None => None,
+            // Waits until the partition's states are rebuilt. `None`: it
+            // was revoked meanwhile and its new owner applies the event.
+            Some(store) => match store.partition(job.partition).await {
+                Some(part) => Some(part),
+                None => return EventOutcome::NoMatch,
+            },
+        };
+        if event.kind == EventKind::Resync {
+            return self.resync(job, source, &event, part.as_deref()).await;
+        }
+        let key = state::key(&event.appkey, event.scope, &event.group_id);
+        let current = part.as_ref().and_then(|p| p.get(&key));
+        let verdict = (part.is_some() && event.kind.is_mute())
+            .then(|| guard::judge(current.as_ref(), &event, job.replay.is_some()));
+        if let Some(v) = &verdict {
+            log_held(&event, v);
+        }
+        let steps = self.plan(&event, verdict.as_ref(), job.replay.as_ref());
+        let tally = self.carry_out(job, &source, steps).await;
+        // The state follows the actions it vouches for: a crash before
+        // this line re-applies the event, never loses it.
+        if let (Some(part), Some(store), Some(fresh)) = (
+            &part,
+            &self.state,
+            verdict.as_ref().and_then(|v| v.fresh.as_ref()),
+        ) {
+            if let Some(next) = guard::record(current.as_ref(), fresh, now_ms(), store.horizon_ms())
+            {
+                if store.write(part, next).await.is_err() {
+                    return EventOutcome::NoMatch;
+                }
+            }
+        }
+        let held = verdict.as_ref().and_then(Verdict::all_held);
+        self.finish(if tally.dead {
+            EventOutcome::DeadLettered
+        } else if tally.ok {
+            EventOutcome::Applied
+        } else if let Some(hold) = held {
+            match hold {
+                Hold::Stale { .. } => EventOutcome::Stale,
+                Hold::Duplicate => EventOutcome::Duplicate,
+            }
+        } else if tally.steps == 0 {
+            EventOutcome::NoMatch
+        } else {
+            EventOutcome::Skipped
+        })
+    }
+
+    /// The policy's verdicts for `event`, each on the event it is carried
+    /// out with: mute actions on what the guard let through (or held, when
+    /// nothing was), forwarding targets on the whole event.
+    fn plan<'e>(
+        &self,
+        event: &'e Event,
+        verdict: Option<&'e Verdict>,
+        replay: Option<&ReplayScope>,
+    ) -> Vec<Step<'e>> {
+        let fresh = verdict.and_then(|v| v.fresh.as_ref());
+        // Same rules, same kind and group: one verdict per `then` entry in
+        // both lists, in the same order.
+        let mut guarded = fresh.map(|e| self.policy.decide(e).into_iter());
+        let mut steps = Vec::new();
+        for plan in self.policy.decide(event) {
+            let guarded_plan = guarded.as_mut().and_then(Iterator::next);
+            if let Some(scope) = replay {
+                // A replayed dead letter re-drives its own action only.
+                let (rule, target) = plan.rule_and_target();
+                let wanted = scope.target.as_deref().is_none_or(|t| t == target)
+                    && scope.rule.as_deref().is_none_or(|r| r == rule);
+                if !wanted {
+                    continue;
+                }
+            }
+            let forwards = matches!(&plan, Planned::Act(a) if a.op == Op::Forward);
+            steps.push(match (verdict, forwards) {
+                (None, _) | (_, true) => Step::Carry(plan, event),
+                (Some(v), false) => match (guarded_plan, fresh) {
+                    (Some(g), Some(fresh)) => Step::Carry(g, fresh),
+                    _ => Step::Known(
+                        action_id(&plan),
+                        match v.all_held() {
+                            Some(Hold::Duplicate) => ActionOutcome::Duplicate,
+                            _ => ActionOutcome::Stale,
+                        },
+                    ),
+                },
             });
-            if planned.is_empty() {
+        }
+        if steps.is_empty() {
+            if let Some(scope) = replay {
                 // Renamed or removed since the dead letter was written: say
                 // so, or the replay would vanish without a trace.
                 tracing::warn!(
@@ -60,31 +168,86 @@ impl Engine {
                 );
             }
         }
-        if planned.is_empty() {
-            return self.finish(EventOutcome::NoMatch);
-        }
-        let (mut ok, mut dead) = (false, false);
-        for plan in planned {
-            for (id, outcome) in self.settle(plan, &event).await {
+        steps
+    }
+
+    /// Runs the steps one after another; dead-letters what fails.
+    async fn carry_out(&self, job: &Job, source: &SourceRecord, steps: Vec<Step<'_>>) -> Tally {
+        let mut tally = Tally {
+            steps: steps.len(),
+            ..Tally::default()
+        };
+        for step in steps {
+            let (outcomes, event) = match step {
+                Step::Carry(plan, event) => (self.settle(plan, event).await, event),
+                Step::Known(id, outcome) => {
+                    self.count(&id, &outcome);
+                    continue;
+                }
+            };
+            for (id, outcome) in outcomes {
                 self.count(&id, &outcome);
                 match outcome {
-                    ActionOutcome::Ok => ok = true,
+                    ActionOutcome::Ok => tally.ok = true,
                     ActionOutcome::Skipped(why) => {
                         tracing::debug!(rule = %id.rule, target = %id.target, %why, event = %event.id, "skipped");
                     }
                     ActionOutcome::DeadLettered(failure) => {
-                        dead = true;
+                        tally.dead = true;
                         tracing::warn!(rule = %id.rule, target = %id.target, reason = failure.reason.as_str(), error = %failure.error, event = %event.id, "action failed; dead-lettered");
-                        let letter = DeadLetter::action(source.clone(), &event, &id, failure);
+                        let letter = DeadLetter::action(source.clone(), event, &id, failure);
                         self.dead_letter(&job.key, letter).await;
                     }
+                    ActionOutcome::Stale | ActionOutcome::Duplicate => {}
                 }
             }
         }
-        self.finish(if dead {
+        tally
+    }
+
+    /// A `resync` marker: applies the group's current mute state to the
+    /// marker's target, through the rules that send mute kinds there.
+    async fn resync(
+        &self,
+        job: &Job,
+        source: SourceRecord,
+        marker: &Event,
+        part: Option<&Partition>,
+    ) -> EventOutcome {
+        let target = marker
+            .attributes
+            .get("target")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let Some(part) = part else {
+            tracing::warn!(group = %marker.group_id, target, "resync marker, but worker.track_state is off: no state to apply");
+            return self.finish(EventOutcome::NoMatch);
+        };
+        let key = state::key(&marker.appkey, marker.scope, &marker.group_id);
+        let state: Option<GroupState> = part.get(&key);
+        let Some(state) = state else {
+            tracing::info!(group = %marker.group_id, target, "resync: no mute state for the group; nothing to apply");
+            return self.finish(EventOutcome::NoMatch);
+        };
+        let events = guard::snapshot(&state, now_ms());
+        let mut steps = Vec::new();
+        for e in &events {
+            for plan in self.policy.decide(e) {
+                if plan.rule_and_target().1 == target {
+                    steps.push(Step::Carry(plan, e));
+                }
+            }
+        }
+        if steps.is_empty() {
+            tracing::info!(group = %marker.group_id, target, "resync: no rule sends this group's mute state to the target");
+        }
+        let tally = self.carry_out(job, &source, steps).await;
+        self.finish(if tally.dead {
             EventOutcome::DeadLettered
-        } else if ok {
+        } else if tally.ok {
             EventOutcome::Applied
+        } else if tally.steps == 0 {
+            EventOutcome::NoMatch
         } else {
             EventOutcome::Skipped
         })
@@ -93,28 +256,11 @@ impl Engine {
     /// Carries out one verdict of the policy: the outcome of each call it
     /// took (a member list over the provider's limit is several calls).
     async fn settle(&self, plan: Planned, event: &Event) -> Vec<(ActionId, ActionOutcome)> {
+        let id = action_id(&plan);
         match plan {
-            Planned::Skip {
-                rule,
-                target,
-                action,
-                why,
-            } => vec![(
-                ActionId::new(rule, target, action),
-                ActionOutcome::Skipped(why.into()),
-            )],
-            Planned::Unmapped {
-                rule,
-                target,
-                action,
-                why,
-            } => vec![(
-                ActionId::new(rule, target, action),
-                Failure::whole(Reason::Unmapped, why, 0),
-            )],
+            Planned::Skip { why, .. } => vec![(id, ActionOutcome::Skipped(why.into()))],
+            Planned::Unmapped { why, .. } => vec![(id, Failure::whole(Reason::Unmapped, why, 0))],
             Planned::Act(action) => {
-                let id =
-                    ActionId::new(action.rule.clone(), action.target.clone(), action.op.name());
                 let outcomes = self.deliverer.apply(action, event).await;
                 outcomes.into_iter().map(|o| (id.clone(), o)).collect()
             }
@@ -145,6 +291,67 @@ impl Engine {
             ])
             .inc();
         self.dlq.write(key, &letter).await;
+    }
+}
+
+/// Says, in one line per reason, which parts of `event` the guard held.
+fn log_held(event: &Event, verdict: &Verdict) {
+    let mut stale: Vec<&str> = Vec::new();
+    let mut newest = (i64::MIN, "");
+    let mut duplicate: Vec<&str> = Vec::new();
+    for h in &verdict.held {
+        match &h.hold {
+            Hold::Stale {
+                newer_at_ms,
+                newer_event,
+            } => {
+                stale.push(&h.dimension);
+                if *newer_at_ms > newest.0 {
+                    newest = (*newer_at_ms, newer_event);
+                }
+            }
+            Hold::Duplicate => duplicate.push(&h.dimension),
+        }
+    }
+    if !stale.is_empty() {
+        tracing::info!(
+            event = %event.id,
+            kind = event.kind.as_str(),
+            group = %event.group_id,
+            at_ms = event.occurred_at_ms,
+            newer_at_ms = newest.0,
+            newer_event = newest.1,
+            dimensions = %stale.join(","),
+            "stale: a newer event already set this; not sent"
+        );
+    }
+    if !duplicate.is_empty() {
+        tracing::info!(
+            event = %event.id,
+            kind = event.kind.as_str(),
+            group = %event.group_id,
+            dimensions = %duplicate.join(","),
+            "duplicate: this event already set this (a redelivery); not sent again"
+        );
+    }
+}
+
+/// The metric identity of a policy verdict.
+fn action_id(plan: &Planned) -> ActionId {
+    match plan {
+        Planned::Act(a) => ActionId::new(a.rule.clone(), a.target.clone(), a.op.name()),
+        Planned::Skip {
+            rule,
+            target,
+            action,
+            ..
+        }
+        | Planned::Unmapped {
+            rule,
+            target,
+            action,
+            ..
+        } => ActionId::new(rule.clone(), target.clone(), action),
     }
 }
 

@@ -5,8 +5,10 @@
 //! Read it in the order a record travels: [`offsets`] (the consumer group
 //! and the commit position, which never passes an unfinished event) ->
 //! [`scheduler`] (per-group queues: one event per group at a time) ->
-//! [`engine`] (decode -> decide -> deliver -> dead-letter) -> [`deliver`]
-//! (rate limit, send, retry) -> [`dlq`]. [`outcome`] names the results.
+//! [`engine`] (decode -> guard -> decide -> deliver -> dead-letter ->
+//! record the state) -> [`deliver`] (rate limit, send, retry) -> [`dlq`];
+//! [`store`] keeps the groups' mute states in the state topic. [`outcome`]
+//! names the results.
 //!
 //! [`Worker::run`] is one coordinator task that owns all scheduling state,
 //! in two phases: consuming until shutdown, then draining what runs.
@@ -17,6 +19,7 @@ pub mod engine;
 pub mod offsets;
 pub mod outcome;
 pub mod scheduler;
+pub mod store;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -30,13 +33,14 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, WorkerConfig};
-use crate::kafka::{self, Cluster};
+use crate::kafka::{self, scan::Reader, Cluster};
 use crate::metrics::{Metrics, WorkerMetrics};
 use deliver::Deliverer;
 use dlq::DeadLetters;
 use engine::Engine;
 use offsets::{Tracker, WorkerContext};
 use scheduler::{Flow, GroupKey, Job, ReplayScope, Scheduler};
+use store::Store;
 
 /// A group task's report that its event is finished.
 struct Finished {
@@ -55,8 +59,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Checks the policy, creates the dead-letter topic, and joins the
-    /// consumer group.
+    /// Checks the policy, creates the dead-letter and state topics, and
+    /// joins the consumer group.
     pub async fn start(
         config: &Config,
         cluster: &Cluster,
@@ -79,12 +83,18 @@ impl Worker {
             .worker
             .init_labels(config.targets.keys().map(String::as_str));
         let dlq = DeadLetters::new(&config.kafka, bootstrap, &w.dlq_topic)?;
+        let state = if w.track_state {
+            Some(open_state(config, cluster, metrics).await?)
+        } else {
+            None
+        };
 
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let context = WorkerContext {
             tracker: tracker.clone(),
             topic: config.kafka.topic.clone(),
             lag: metrics.worker.consumer_lag.clone(),
+            state: state.clone(),
         };
         let consumer: StreamConsumer<WorkerContext> =
             kafka::consumer_config(&config.kafka, bootstrap, &w.group_id)
@@ -104,6 +114,7 @@ impl Worker {
                 dlq,
                 metrics: metrics.worker.clone(),
                 topic: config.kafka.topic.clone(),
+                state,
             }),
             config: w.clone(),
             ready: Arc::new(AtomicBool::new(false)),
@@ -171,6 +182,47 @@ impl Worker {
             }
         }
     }
+}
+
+/// Creates the state topic and checks that it is partitioned like the
+/// event topic (a group's state lives in its events' partition number).
+async fn open_state(
+    config: &Config,
+    cluster: &Cluster,
+    metrics: &Metrics,
+) -> anyhow::Result<Store> {
+    let (kafka, w) = (&config.kafka, &config.worker);
+    cluster
+        .create_compacted_topic(kafka, &w.state_topic)
+        .await
+        .with_context(|| format!("cannot create the state topic {}", w.state_topic))?;
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let (kafka_cfg, topic, state_topic) =
+        (kafka.clone(), kafka.topic.clone(), w.state_topic.clone());
+    let (events, states) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
+            let reader = Reader::new(&kafka_cfg, &bootstrap)?;
+            Ok((
+                reader.partition_count(&topic)?,
+                reader.partition_count(&state_topic)?,
+            ))
+        })
+        .await??;
+    if events != states {
+        anyhow::bail!(
+            "the state topic {} has {states} partitions and the event topic {} has {events}: they must match, because a group's state is kept in its events' partition number. Recreate {} with {events} partitions (its contents are rebuilt from new events), or set worker.state_topic to a new topic",
+            w.state_topic,
+            kafka.topic,
+            w.state_topic
+        );
+    }
+    Store::new(
+        kafka,
+        cluster.bootstrap_servers(),
+        &w.state_topic,
+        w.state_horizon_days,
+        &metrics.worker,
+    )
 }
 
 /// The coordinator's state while it runs.

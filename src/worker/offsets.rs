@@ -15,6 +15,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
+use super::store::Store;
+
 /// Per-partition progress.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -102,11 +104,24 @@ impl Tracker {
 }
 
 /// The consumer's context: commits finished work of partitions being taken
-/// away, and turns librdkafka statistics into the lag gauge.
+/// away, rebuilds and drops their mute states, and turns librdkafka
+/// statistics into the lag gauge.
 pub struct WorkerContext {
     pub tracker: Arc<Mutex<Tracker>>,
     pub topic: String,
     pub lag: IntGaugeVec,
+    /// The mute states, when `worker.track_state` is on.
+    pub state: Option<Store>,
+}
+
+impl WorkerContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
 }
 
 impl ClientContext for WorkerContext {
@@ -126,10 +141,19 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(assigned), Some(state)) = (rebalance, &self.state) {
+            state.assign(&self.partitions(assigned));
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
+        if let Some(state) = &self.state {
+            state.revoke(&self.partitions(revoked));
+        }
         let mut tpl = TopicPartitionList::new();
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");

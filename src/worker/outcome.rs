@@ -36,17 +36,23 @@ pub enum ActionOutcome {
     Skipped(Cow<'static, str>),
     /// Failed for good; it goes to the dead-letter topic.
     DeadLettered(Failure),
+    /// Not sent: a newer event already set what it would change.
+    Stale,
+    /// Not sent: this event already set what it would change (a redelivery).
+    Duplicate,
 }
 
 impl ActionOutcome {
     /// Every label, for creating the series at zero.
-    pub const ALL: [&'static str; 3] = ["ok", "skipped", "dead_lettered"];
+    pub const ALL: [&'static str; 5] = ["ok", "skipped", "dead_lettered", "stale", "duplicate"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             ActionOutcome::Ok => "ok",
             ActionOutcome::Skipped(_) => "skipped",
             ActionOutcome::DeadLettered(_) => "dead_lettered",
+            ActionOutcome::Stale => "stale",
+            ActionOutcome::Duplicate => "duplicate",
         }
     }
 }
@@ -86,14 +92,22 @@ pub enum EventOutcome {
     NoMatch,
     /// At least one action (or the record itself) was dead-lettered.
     DeadLettered,
+    /// A mute event older than the group's state for everything it would
+    /// change: nothing of it was sent.
+    Stale,
+    /// A mute event that had already set everything it would change (a
+    /// redelivery): nothing of it was sent again.
+    Duplicate,
 }
 
 impl EventOutcome {
-    pub const ALL: [EventOutcome; 4] = [
+    pub const ALL: [EventOutcome; 6] = [
         EventOutcome::Applied,
         EventOutcome::Skipped,
         EventOutcome::NoMatch,
         EventOutcome::DeadLettered,
+        EventOutcome::Stale,
+        EventOutcome::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +116,8 @@ impl EventOutcome {
             EventOutcome::Skipped => "skipped",
             EventOutcome::NoMatch => "no_match",
             EventOutcome::DeadLettered => "dead_lettered",
+            EventOutcome::Stale => "stale",
+            EventOutcome::Duplicate => "duplicate",
         }
     }
 }

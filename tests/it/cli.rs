@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{http_get, spawn_role, wait_for_200, Killed};
+
 const BIN: &str = env!("CARGO_BIN_EXE_mutebridge");
 
 #[test]
@@ -336,43 +338,6 @@ fn read_all(bootstrap: &str, topic: &str, n: usize) -> Vec<serde_json::Value> {
 }
 
 /// Kills the child when dropped, so a failing test leaves no process.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A plain HTTP/1.1 GET: the status and the body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-fn wait_for_200(addr: std::net::SocketAddr, path: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if http_get(addr, path).is_some_and(|(status, _)| status == 200) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[test]
 fn ingest_and_worker_run_against_dev_kafka_with_default_topic_settings() {
     let mut kafka = Command::new(BIN)
@@ -404,27 +369,7 @@ fn ingest_and_worker_run_against_dev_kafka_with_default_topic_settings() {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join(format!("{role}.log"))).unwrap();
-        let mut child = Command::new(BIN)
-            .args([role, "--config", path.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let prefix = format!("  {role}: http://");
-        let addr: std::net::SocketAddr = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix(&prefix)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(|a| a.parse().unwrap())
-            })
-            .unwrap_or_else(|| panic!("{role} printed no address"));
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        (Killed(child), addr)
+        spawn_role(role, &path, &dir.path().join(format!("{role}.log")))
     };
     let (_ingest, ingest_addr) = start("ingest");
     let (_worker, worker_addr) = start("worker");

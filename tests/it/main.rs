@@ -2,8 +2,9 @@
 //! once, and the shared harness and provider stand-ins compile once.
 //!
 //! Each module is one area, in the order an event travels: the seeds and the
-//! ingest endpoint, the worker against the provider stand-ins, the command
-//! line, and the deployment bundle checked with the real tools.
+//! ingest endpoint, the worker against the provider stand-ins, the mute
+//! state and its guard, the command line, and the deployment bundle
+//! checked with the real tools.
 
 mod cli;
 mod deploy;
@@ -11,5 +12,6 @@ mod hardening;
 mod ingest;
 mod providers;
 mod seeds;
+mod state;
 mod support;
 mod worker;

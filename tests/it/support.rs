@@ -275,58 +275,9 @@ pub fn mute_all(group: &str) -> Map<String, Value> {
     )
 }
 
-/// Kafka's Java client murmur2 (`Utils.murmur2`), to check placement
-/// independently of librdkafka.
-pub fn java_murmur2(data: &[u8]) -> i32 {
-    let seed: u32 = 0x9747b28c;
-    let m: u32 = 0x5bd1e995;
-    let r = 24;
-    let len = data.len();
-    let mut h: u32 = seed ^ (len as u32);
-    let chunks = len / 4;
-    for i in 0..chunks {
-        let b = &data[i * 4..i * 4 + 4];
-        let mut k = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        k = k.wrapping_mul(m);
-        k ^= k >> r;
-        k = k.wrapping_mul(m);
-        h = h.wrapping_mul(m);
-        h ^= k;
-    }
-    let tail = &data[chunks * 4..];
-    if tail.len() >= 3 {
-        h ^= (tail[2] as u32) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= (tail[1] as u32) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= tail[0] as u32;
-        h = h.wrapping_mul(m);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(m);
-    h ^= h >> 15;
-    h as i32
-}
-
 /// The partition Kafka's Java `DefaultPartitioner` picks for a key.
 pub fn java_partition(key: &str, partitions: i32) -> i32 {
-    (java_murmur2(key.as_bytes()) & 0x7fffffff) % partitions
-}
-
-#[test]
-fn murmur2_matches_kafka_test_vectors() {
-    // From Kafka's UtilsTest.testMurmur2.
-    assert_eq!(java_murmur2(b"21"), -973932308);
-    assert_eq!(java_murmur2(b"foobar"), -790332482);
-    assert_eq!(java_murmur2(b"a-little-bit-long-string"), -985981536);
-    assert_eq!(java_murmur2(b"a-little-bit-longer-string"), -1486304829);
-    assert_eq!(
-        java_murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-        -58897971
-    );
-    assert_eq!(java_murmur2(b"abc"), 479470107);
+    mutebridge::key_partition(key.as_bytes(), partitions)
 }
 
 /// A worker running against the harness's cluster.
@@ -424,4 +375,74 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET: the status and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+pub fn wait_for_200(addr: std::net::SocketAddr, path: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http_get(addr, path).is_some_and(|(status, _)| status == 200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Starts `mutebridge ROLE --config CONFIG` with stderr to `log`; returns
+/// it with the address its banner printed (`  ROLE: http://ADDR`).
+pub fn spawn_role(
+    role: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> (Killed, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let log = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mutebridge"))
+        .args([role, "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prefix = format!("  {role}: http://");
+    let addr: SocketAddr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix(&prefix)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|a| a.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{role} printed no address"));
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (Killed(child), addr)
 }

@@ -1,0 +1,172 @@
+//! `mutebridge state get` and `mutebridge state dump`: read the groups'
+//! mute states from the state topic, the way the worker keeps them. No
+//! consumer group: nothing is committed, the workers are not disturbed.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::Config;
+use crate::event::Scope;
+use crate::kafka::{key_partition, scan::Reader};
+use crate::policy::glob;
+use crate::state::{self, GroupState};
+
+/// Which groups a command is about.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Selection {
+    /// Only groups whose ID matches this pattern (`*` matches any run of
+    /// characters).
+    #[arg(long = "groups")]
+    pub groups: Option<String>,
+    /// Only groups of this appkey (`org#app`).
+    #[arg(long)]
+    pub appkey: Option<String>,
+}
+
+impl Selection {
+    fn matches(&self, s: &GroupState) -> bool {
+        self.appkey.as_deref().is_none_or(|a| a == s.appkey)
+            && self.groups.as_deref().is_none_or(|p| glob(p, &s.group_id))
+    }
+}
+
+/// `mutebridge state get`: prints one group's state as JSON, reading only
+/// the partition it lives in. Returns false when there is none.
+pub async fn get(
+    config_file: Option<&Path>,
+    appkey: &str,
+    scope: &str,
+    group_id: &str,
+) -> anyhow::Result<bool> {
+    let (config, bootstrap) = super::connect(config_file)?;
+    let scope = Scope::from_name(scope)
+        .with_context(|| format!("scope {scope:?}: use `group` or `chatroom`"))?;
+    let key = state::key(appkey, scope, group_id);
+    let (kafka, topic, event_topic) = (
+        config.kafka.clone(),
+        config.worker.state_topic.clone(),
+        config.kafka.topic.clone(),
+    );
+    let (group, wanted) = (group_id.to_owned(), key.clone());
+    let (partition, found) = tokio::task::spawn_blocking(move || {
+        let reader = Reader::new(&kafka, &bootstrap)?;
+        // Placed like the group's events: the event topic's partitioner.
+        let partitions = reader.partition_count(&event_topic)?;
+        let partition = key_partition(group.as_bytes(), partitions as i32);
+        let mut found: Option<Vec<u8>> = None;
+        reader.read(
+            &topic,
+            &[partition],
+            |r| {
+                if r.key.as_deref() == Some(wanted.as_bytes()) {
+                    found = r.payload;
+                }
+            },
+            |_| {},
+        )?;
+        anyhow::Ok((partition, found))
+    })
+    .await??;
+    let topic = &config.worker.state_topic;
+    let Some(payload) = found else {
+        eprintln!("no mute state for {key} in {topic} (partition {partition}): no mute event of this group was processed, or its members' guards were pruned");
+        return Ok(false);
+    };
+    let state: GroupState = serde_json::from_slice(&payload).with_context(|| {
+        format!(
+            "the record of {key} in {topic}/{partition} is not a {}",
+            state::STATE_SCHEMA_V1
+        )
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&state).expect("states serialize")
+    );
+    Ok(true)
+}
+
+/// `mutebridge state dump`: every selected group's newest state, one JSON
+/// line each, a partition at a time (only one partition's states are held).
+pub async fn dump(config_file: Option<&Path>, selection: &Selection) -> anyhow::Result<()> {
+    let (config, bootstrap) = super::connect(config_file)?;
+    let mut out = std::io::stdout().lock();
+    let total = for_each_state(&config, &bootstrap, selection, |s| {
+        use std::io::Write;
+        let line = serde_json::to_string(&s).expect("states serialize");
+        // A reader that went away (`| head`) ends the dump quietly.
+        writeln!(out, "{line}").is_ok()
+    })
+    .await?;
+    eprintln!("{total} state(s) in {}", config.worker.state_topic);
+    Ok(())
+}
+
+/// Calls `each` with the newest state of every selected group, partition
+/// by partition; stops early when `each` returns false. Returns how many
+/// were handed out.
+pub(crate) async fn for_each_state(
+    config: &Config,
+    bootstrap: &str,
+    selection: &Selection,
+    mut each: impl FnMut(GroupState) -> bool,
+) -> anyhow::Result<usize> {
+    let (kafka, topic) = (config.kafka.clone(), config.worker.state_topic.clone());
+    let bootstrap = bootstrap.to_owned();
+    let selection = selection.clone();
+    let (count, unreadable) = tokio::task::block_in_place(move || {
+        let reader = Reader::new(&kafka, &bootstrap)?;
+        let partitions: Vec<i32> = (0..reader.partition_count(&topic)? as i32).collect();
+        let mut count = 0usize;
+        let mut unreadable = 0usize;
+        let mut open = true;
+        for p in partitions {
+            if !open {
+                break;
+            }
+            // Newest record per key; compaction keeps only that one, but
+            // the head of the log is not compacted yet.
+            let mut newest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            reader.read(
+                &topic,
+                &[p],
+                |r| {
+                    if let (Some(k), Some(v)) = (r.key, r.payload) {
+                        newest.insert(k, v);
+                    }
+                },
+                |_| {},
+            )?;
+            let mut states: Vec<GroupState> = newest
+                .into_values()
+                .filter_map(|v| match serde_json::from_slice::<GroupState>(&v) {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        unreadable += 1;
+                        None
+                    }
+                })
+                .filter(|s| selection.matches(s))
+                .collect();
+            states.sort_by_cached_key(GroupState::key);
+            for s in states {
+                if !open {
+                    break;
+                }
+                open = each(s);
+                count += usize::from(open);
+            }
+        }
+        anyhow::Ok((count, unreadable))
+    })?;
+    if unreadable > 0 {
+        eprintln!(
+            "note: {unreadable} record(s) in {} are not {} states; skipped",
+            config.worker.state_topic,
+            state::STATE_SCHEMA_V1
+        );
+    }
+    Ok(count)
+}

@@ -1,0 +1,459 @@
+//! The mute state end to end: late callbacks (Easemob re-sends stored ones
+//! up to 3 days late) never undo a newer change, the guard survives a
+//! killed worker process and a rebalance, and `state get|dump` and
+//! `resync` work against a running worker group.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
+use crate::support::*;
+use crate::worker::{
+    cli_config, member_mute, mutebridge, policy, post_ok, rc_target, start_with_policy, unmute_all,
+    zego_target, WAIT, ZEGO_APP, ZEGO_RULE, ZEGO_SECRET,
+};
+use mutebridge::Config;
+use serde_json::{json, Map, Value};
+
+/// `body` with its callback `timestamp` set to `ts`, signed again.
+fn at(mut body: Map<String, Value>, ts: i64) -> Map<String, Value> {
+    body.insert("timestamp".into(), json!(ts));
+    resign(&mut body, SECRETS[0]);
+    body
+}
+
+/// `body` about a chatroom instead of a group, signed again.
+fn chatroom(mut body: Map<String, Value>) -> Map<String, Value> {
+    body.insert("type".into(), json!("CHATROOM"));
+    resign(&mut body, SECRETS[0]);
+    body
+}
+
+fn member_unmute(group: &str, members: &[&str]) -> Map<String, Value> {
+    op_event(group, "MUTE", json!({"type": "REMOVE", "member": members}))
+}
+
+fn users(members: &[&str]) -> Vec<String> {
+    members.iter().map(|m| m.to_string()).collect()
+}
+
+/// Settings for tests that start and stop workers in one group: the mock
+/// cluster's coordinator holds a join for the rebalance timeout
+/// (max.poll.interval.ms) after a member leaves.
+fn quick_rebalance(c: &mut Config) {
+    for (key, value) in [
+        ("max.poll.interval.ms", "7000"),
+        ("session.timeout.ms", "6000"),
+    ] {
+        c.kafka
+            .client
+            .insert(key.into(), toml::Value::String(value.into()));
+    }
+}
+
+/// Each group's group-wide ZEGO `Duration`s (-1 mute, 0 unmute) in call
+/// order.
+fn sequences(zego: &FakeZego) -> HashMap<String, Vec<i64>> {
+    let mut per_group: HashMap<String, Vec<i64>> = HashMap::new();
+    for c in zego.calls().into_iter().filter(|c| c.action == "MuteGroup") {
+        per_group.entry(c.id).or_default().push(c.duration.unwrap());
+    }
+    per_group
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_mute_all_after_a_newer_unmute_all_is_never_applied_last() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 100.0).await;
+    let rc = FakeRongCloud::start(crate::worker::RC_KEY, crate::worker::RC_SECRET, 100.0).await;
+    let text = format!(
+        "{}{}{ZEGO_RULE}
+[[policy.rules]]
+name = \"mirror chatroom mutes to RongCloud\"
+when = {{ scope = \"chatroom\", kinds = [\"mute_all\", \"unmute_all\"] }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
+",
+        zego_target(&zego, "zego"),
+        rc_target(&[&rc], "rc")
+    );
+    let (h, mut w) = start_with_policy(&text).await;
+    let t = now_ms() - 60_000;
+    // The unmute (T+1s) reaches us first, the older mute (T) later.
+    post_ok(&h, &at(unmute_all("late-g"), t + 1000)).await;
+    post_ok(&h, &at(mute_all("late-g"), t)).await;
+    post_ok(&h, &chatroom(at(unmute_all("late-c"), t + 1000))).await;
+    post_ok(&h, &chatroom(at(mute_all("late-c"), t))).await;
+    w.wait_for_events("applied", 2.0).await;
+    w.wait_for_events("stale", 2.0).await;
+    let durations: Vec<Option<i64>> = zego.calls().iter().map(|c| c.duration).collect();
+    assert_eq!(durations, [Some(0)], "ZEGO got only the unmute");
+    let paths: Vec<String> = rc.calls().into_iter().map(|c| c.action).collect();
+    assert_eq!(
+        paths,
+        ["/chatroom/ban/rollback.json"],
+        "RongCloud got only the unmute"
+    );
+    assert_eq!(
+        w.metric("mutebridge_actions_total{action=\"mute_all\",outcome=\"stale\",target=\"zego\"}"),
+        1.0
+    );
+    assert_eq!(
+        w.metric("mutebridge_actions_total{action=\"mute_all\",outcome=\"stale\",target=\"rc\"}"),
+        1.0
+    );
+    // A newer mute still goes through.
+    post_ok(&h, &at(mute_all("late-g"), t + 2000)).await;
+    assert!(wait_until(WAIT, || zego.calls().len() == 2).await);
+    assert_eq!(zego.calls()[1].duration, Some(-1));
+    assert!(zego.rejected().is_empty() && rc.rejected().is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_member_mutes_are_split_and_dimensions_stay_independent() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 100.0).await;
+    let (h, mut w) = start_with_policy(&format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"))).await;
+    let t = now_ms() - 60_000;
+    post_ok(&h, &at(member_unmute("m-g", &["u1"]), t + 1000)).await;
+    // Older than u1's unmute; u2 and u3 have no state yet.
+    post_ok(
+        &h,
+        &at(member_mute("m-g", &users(&["u1", "u2", "u3"]), None), t),
+    )
+    .await;
+    // Older than every member event, but the group-wide mute is its own
+    // dimension.
+    post_ok(&h, &at(mute_all("m-g"), t - 5000)).await;
+    // Older than u2's mute: stale.
+    post_ok(&h, &at(member_unmute("m-g", &["u2"]), t - 1)).await;
+    w.wait_for_events("applied", 3.0).await;
+    w.wait_for_events("stale", 1.0).await;
+    let calls = zego.calls();
+    let shape: Vec<(&str, Vec<&str>, Option<i64>)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.action.as_str(),
+                c.users.iter().map(String::as_str).collect(),
+                c.duration,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("MuteGroupMembers", vec!["u1"], Some(0)),
+            ("MuteGroupMembers", vec!["u2", "u3"], Some(-1)),
+            ("MuteGroup", vec![], Some(-1)),
+        ]
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_process_rebuilds_the_guard_and_loses_nothing() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    // The worker process talks to this test's embedded cluster, which it
+    // cannot create topics on.
+    let embedded = h.cluster.embedded().unwrap();
+    let partitions = h.config.kafka.partitions;
+    embedded
+        .create_topic(&h.config.worker.state_topic, partitions)
+        .unwrap();
+    embedded
+        .create_topic(&h.config.worker.dlq_topic, partitions)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\npartitions = {partitions}\ncreate_topics = false\n[kafka.client]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n[worker]\ndlq_topic = \"{}\"\nstate_topic = \"{}\"\ncommit_interval_ms = 100\nrequest_timeout_ms = 5000\n{text}",
+            h.cluster.bootstrap_servers(),
+            h.config.kafka.topic,
+            h.config.worker.dlq_topic,
+            h.config.worker.state_topic,
+        ),
+    )
+    .unwrap();
+    // Every call takes 150 ms, so the kill lands mid-stream.
+    for _ in 0..400 {
+        zego.fault(Fault::Delay(Duration::from_millis(150)));
+    }
+    let groups: Vec<String> = (0..8).map(|g| format!("kill-{g}")).collect();
+    let t = now_ms() - 600_000;
+    for round in 0..5 {
+        for g in &groups {
+            let body = if round % 2 == 0 {
+                mute_all(g)
+            } else {
+                unmute_all(g)
+            };
+            post_ok(&h, &at(body, t + round * 1000)).await;
+        }
+    }
+    let (first, _) = spawn_role("worker", &config, &dir.path().join("first.log"));
+    assert!(
+        wait_until(Duration::from_secs(40), || zego.calls().len() >= 12).await,
+        "{:?}",
+        std::fs::read_to_string(dir.path().join("first.log"))
+    );
+    drop(first); // SIGKILL: no commit, no flush, no goodbye
+    let killed_at = zego.calls().len();
+    assert!(killed_at < 40, "killed mid-stream ({killed_at} of 40)");
+    let (_second, addr) = spawn_role("worker", &config, &dir.path().join("second.log"));
+    let complete = |seqs: &HashMap<String, Vec<i64>>| {
+        groups.iter().all(|g| {
+            let mut s = seqs.get(g).cloned().unwrap_or_default();
+            s.dedup();
+            s == [-1, 0, -1, 0, -1]
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || complete(&sequences(&zego))).await,
+        "{:?}\n{}",
+        sequences(&zego),
+        std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default()
+    );
+    // Late copies of the oldest unmute, after the restart: the rebuilt
+    // guard refuses them.
+    for g in &groups {
+        post_ok(&h, &at(unmute_all(g), t - 1000)).await;
+    }
+    let metric = |line: &str| {
+        http_get(addr, "/metrics")
+            .and_then(|(_, body)| {
+                body.lines().find_map(|l| {
+                    l.strip_prefix(line)
+                        .map(|v| v.trim().parse::<f64>().unwrap())
+                })
+            })
+            .unwrap_or(0.0)
+    };
+    let stale = "mutebridge_worker_events_total{outcome=\"stale\"}";
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(stale) >= 8.0).await,
+        "stale: {}",
+        metric(stale)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs = sequences(&zego);
+    let mut repeats = 0;
+    for g in &groups {
+        let s = &seqs[g];
+        assert_eq!(
+            s.last(),
+            Some(&-1),
+            "{g} ends muted, its newest state: {s:?}"
+        );
+        let mut d = s.clone();
+        d.dedup();
+        assert_eq!(d, [-1, 0, -1, 0, -1], "{g}: nothing lost or reordered");
+        repeats += s.len() - 5;
+    }
+    // At-least-once: only what ran at the kill, without a state record
+    // yet, may be sent twice.
+    assert!(repeats <= groups.len(), "{repeats} repeated calls");
+    assert!(zego.rejected().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rebalance_the_new_owner_has_the_state_before_it_applies() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        quick_rebalance(c);
+    })
+    .await;
+    let groups: Vec<String> = (0..40).map(|g| format!("rb-{g}")).collect();
+    let t = now_ms() - 600_000;
+    let mut a = h.start_worker().await;
+    for g in &groups {
+        post_ok(&h, &at(unmute_all(g), t + 1000)).await;
+    }
+    a.wait_for_events("applied", 40.0).await;
+
+    // B joins: the partitions are split, each side reads their states.
+    let mut b = h.start_worker().await;
+    let held = |w: &WorkerHandle| w.metric("mutebridge_worker_state_groups");
+    assert!(
+        wait_until(Duration::from_secs(30), || held(&b) > 0.0
+            && held(&a) + held(&b) == 40.0)
+        .await,
+        "a holds {}, b holds {}",
+        held(&a),
+        held(&b)
+    );
+    let stale = |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"stale\"}");
+    for g in &groups {
+        post_ok(&h, &at(mute_all(g), t)).await;
+    }
+    assert!(
+        wait_until(WAIT, || stale(&a) + stale(&b) == 40.0).await,
+        "stale: a {} b {}",
+        stale(&a),
+        stale(&b)
+    );
+    assert!(stale(&b) > 0.0, "B judged its share with A's state");
+
+    // Newer mutes: each side applies and records its share; then B leaves
+    // and A must judge B's groups by what B recorded.
+    for g in &groups {
+        post_ok(&h, &at(mute_all(g), t + 2000)).await;
+    }
+    let applied =
+        |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"applied\"}");
+    assert!(wait_until(WAIT, || applied(&a) + applied(&b) >= 80.0).await);
+    b.stop().await;
+    assert!(
+        wait_until(Duration::from_secs(30), || held(&a) == 40.0).await,
+        "a holds {}",
+        held(&a)
+    );
+    let before = stale(&a);
+    for g in &groups {
+        post_ok(&h, &at(unmute_all(g), t + 1500)).await;
+    }
+    assert!(
+        wait_until(WAIT, || stale(&a) == before + 40.0).await,
+        "stale at a: {} (before {before})",
+        stale(&a)
+    );
+    let seqs = sequences(&zego);
+    for g in &groups {
+        let mut s = seqs[g].clone();
+        s.dedup();
+        assert_eq!(s, [0, -1], "{g}: {:?}", seqs[g]);
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_get_dump_and_resync_under_a_20_per_second_limit_with_workers_running() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    // The provider added later: strict 20 requests/s, its real error code.
+    let fresh = FakeZego::start(ZEGO_APP + 1, "fresh-secret", 20.0).await;
+    let fresh_target = format!(
+        "[targets.fresh]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {}\nserver_secret = \"fresh-secret\"\nfrom_user_id = \"moderation-bot\"\nrate_per_second = 20\n",
+        fresh.base_url(),
+        ZEGO_APP + 1
+    );
+    let both_rule = r#"
+[[policy.rules]]
+name = "mirror group mutes"
+when = { scope = "group", kinds = ["mute_all", "unmute_all", "member_muted", "member_unmuted"] }
+then = [{ target = "zego", group = "{group_id}" }, { target = "fresh", group = "{group_id}" }]
+"#;
+    let before = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let after = format!("{}{fresh_target}{both_rule}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &before);
+        quick_rebalance(c);
+    })
+    .await;
+    let groups: Vec<String> = (0..60).map(|g| format!("rs-{g}")).collect();
+    let t = now_ms() - 600_000;
+    let mut w = h.start_worker().await;
+    for g in &groups {
+        post_ok(&h, &at(mute_all(g), t)).await;
+    }
+    post_ok(
+        &h,
+        &at(member_mute("rs-0", &users(&["u1", "u2"]), None), t + 10),
+    )
+    .await;
+    for g in &groups[..10] {
+        post_ok(&h, &at(unmute_all(g), t + 1000)).await;
+    }
+    w.wait_for_events("applied", 71.0).await;
+
+    let file = cli_config(&h, &after);
+    let path = file.path().to_str().unwrap();
+    let out = mutebridge(&["state", "get", "--config", path, APPKEY, "group", "rs-0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "state get output:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(state["schema"], "mutebridge.state/v1");
+    assert_eq!(state["mute_all"]["muted"], false);
+    assert_eq!(state["mute_all"]["at_ms"], t + 1000);
+    assert_eq!(state["members"]["u1"]["muted"], true);
+    assert_eq!(state["members"]["u2"]["at_ms"], t + 10);
+    let out = mutebridge(&["state", "get", "--config", path, APPKEY, "group", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mute state"));
+    let out = mutebridge(&["state", "get", "--config", path, APPKEY, "team", "rs-0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`group` or `chatroom`"));
+
+    let out = mutebridge(&["state", "dump", "--config", path]);
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 60);
+    let out = mutebridge(&["state", "dump", "--config", path, "--groups", "rs-1*"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
+
+    // The new provider joins: the worker gets both targets, and resync
+    // brings it in line while new events keep flowing. (One replica: a
+    // limit shared by several is the deliverer's job, not resync's.)
+    w.stop().await;
+    let mut config = test_config();
+    policy(&mut config, &after);
+    quick_rebalance(&mut config);
+    config.kafka = h.config.kafka.clone();
+    let mut w = h.start_worker_with(&config).await;
+    let out = mutebridge(&["resync", "--config", path, "--target", "fresh"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("resync output:\n{err}");
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("published 60 resync marker(s)"), "{err}");
+    // Newer unmutes right behind the markers, for groups 20..30.
+    for g in &groups[20..30] {
+        post_ok(&h, &at(unmute_all(g), t + 2000)).await;
+    }
+    let done = || {
+        let seqs = sequences(&fresh);
+        groups.iter().enumerate().all(|(i, g)| {
+            let want: &[i64] = match i {
+                0..10 => &[0],
+                20..30 => &[-1, 0],
+                _ => &[-1],
+            };
+            let mut s: Vec<i64> = seqs.get(g).cloned().unwrap_or_default();
+            s.dedup();
+            s == want
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), done).await,
+        "{:?}",
+        sequences(&fresh)
+    );
+    let member_calls: Vec<_> = fresh
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "MuteGroupMembers")
+        .collect();
+    assert_eq!(member_calls.len(), 1, "{member_calls:?}");
+    assert_eq!(member_calls[0].users, ["u1", "u2"]);
+    assert!(
+        fresh.rejected().is_empty(),
+        "rate-limit rejections: {:?}",
+        fresh.rejected()
+    );
+    // The original target is not resynced: after the first 71 calls it
+    // only gets the new unmutes.
+    let later: Vec<Option<i64>> = zego.calls()[71..].iter().map(|c| c.duration).collect();
+    assert_eq!(later, [Some(0); 10]);
+    w.stop().await;
+}
