@@ -1,15 +1,18 @@
 //! `cargo bench --bench worker`: how fast the worker turns events into
 //! finished, committed work, measured on the embedded Kafka cluster.
 //!
-//! Two measurements, each repeated `--runs` times on a fresh cluster:
+//! Three measurements, each repeated `--runs` times on a fresh cluster:
 //!
 //! 1. **Throughput to a no-op target.** `--events` normalized events (spread
 //!    over `--groups` group IDs, keyed like ingest keys them) are preloaded
 //!    into the topic. Then, in the same run, a *baseline* — a bare rdkafka
 //!    consumer in its own group that only receives and commits — reads them,
 //!    and the worker (policy: every event to a `discard` target) processes
-//!    them. Reported: events/s from the first event finished to the last,
-//!    and the time until the group's committed offsets reach the end.
+//!    them twice, in groups of their own: with the mute state off and on
+//!    (the stale-event guard judges every event, and each one writes its
+//!    group's state record and waits for the ack). The two alternate which
+//!    goes first. Reported: events/s from the first event finished to the
+//!    last, and the time until the group's committed offsets reach the end.
 //! 2. **Achieved rate against a limited provider.** A local ZEGO server
 //!    (tests/providers, the same one the tests use) enforces 20 requests/s
 //!    with its real rate-limit code; the worker's ZEGO target is set to
@@ -22,6 +25,7 @@
 #[path = "../tests/it/providers.rs"]
 mod providers;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::Parser;
 use mutebridge::event::{Event, EventKind, Format, Mute, Scope, Source, SCHEMA_V1};
+use mutebridge::key_partition;
+use mutebridge::state::{GroupState, MemberState, MuteAllState};
 use mutebridge::Config;
 use mutebridge::Metrics;
 use mutebridge::Worker;
@@ -41,9 +47,31 @@ use tokio::sync::oneshot;
 
 use providers::{FakeZego, Provider};
 
-// The allocator the binary runs with.
+// The allocator the binary runs with, counting live bytes.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting;
+
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+struct Counting;
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new as i64 - layout.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "Worker benchmark (see the module comment)")]
@@ -70,6 +98,12 @@ struct Args {
     /// Skip the rate measurement.
     #[arg(long)]
     no_rate: bool,
+    /// Group states preloaded for the rebuild measurement.
+    #[arg(long, default_value_t = 100_000)]
+    state_groups: usize,
+    /// Skip the state rebuild and memory measurement.
+    #[arg(long)]
+    no_state: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -91,6 +125,9 @@ fn main() -> anyhow::Result<()> {
         if !args.no_rate {
             rate(&args).await?;
         }
+        if !args.no_state {
+            rebuild(&args).await?;
+        }
         Ok(())
     })
 }
@@ -99,10 +136,15 @@ fn main() -> anyhow::Result<()> {
 
 struct ThroughputRun {
     baseline_per_s: f64,
-    worker_per_s: f64,
+    /// Without and with the mute state.
+    worker: [WorkerPass; 2],
+}
+
+struct WorkerPass {
+    per_s: f64,
     /// From the worker's first finished event until its committed offsets
     /// cover every event.
-    worker_committed_s: f64,
+    committed_s: f64,
 }
 
 async fn throughput(args: &Args) -> anyhow::Result<()> {
@@ -111,31 +153,37 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
         args.events, args.groups
     );
     println!(
-        "run | baseline consumer ev/s | worker ev/s | worker/baseline | worker all committed after"
+        "run | baseline consumer ev/s | worker, state off ev/s | worker, state on ev/s | on/off | all committed after (off / on)"
     );
     let mut runs = Vec::new();
     for i in 1..=args.runs {
-        let r = throughput_run(args).await?;
+        let r = throughput_run(args, i % 2 == 0).await?;
+        let [off, on] = &r.worker;
         println!(
-            "{i} | {:.0} | {:.0} | {:.2} | {:.2} s",
+            "{i} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
             r.baseline_per_s,
-            r.worker_per_s,
-            r.worker_per_s / r.baseline_per_s,
-            r.worker_committed_s
+            off.per_s,
+            on.per_s,
+            on.per_s / off.per_s,
+            off.committed_s,
+            on.committed_s
         );
         runs.push(r);
     }
     println!(
-        "median | {:.0} | {:.0} | {:.2} | {:.2} s",
+        "median | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
         median(runs.iter().map(|r| r.baseline_per_s)),
-        median(runs.iter().map(|r| r.worker_per_s)),
-        median(runs.iter().map(|r| r.worker_per_s / r.baseline_per_s)),
-        median(runs.iter().map(|r| r.worker_committed_s)),
+        median(runs.iter().map(|r| r.worker[0].per_s)),
+        median(runs.iter().map(|r| r.worker[1].per_s)),
+        median(runs.iter().map(|r| r.worker[1].per_s / r.worker[0].per_s)),
+        median(runs.iter().map(|r| r.worker[0].committed_s)),
+        median(runs.iter().map(|r| r.worker[1].committed_s)),
     );
     Ok(())
 }
 
-fn discard_config() -> anyhow::Result<Config> {
+fn discard_config(track_state: bool) -> anyhow::Result<Config> {
+    let group = worker_group(track_state);
     let text = format!(
         r#"
 [kafka]
@@ -143,8 +191,9 @@ topic = "{TOPIC}"
 partitions = {PARTITIONS}
 
 [worker]
-group_id = "bench-worker"
+group_id = "{group}"
 commit_interval_ms = 100
+track_state = {track_state}
 
 [targets.sink]
 kind = "discard"
@@ -157,8 +206,16 @@ then = [{{ target = "sink" }}]
     Ok(Config::parse(&text, Path::new("bench-worker.toml"))?)
 }
 
-async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
-    let config = discard_config()?;
+fn worker_group(track_state: bool) -> &'static str {
+    if track_state {
+        "bench-worker-state"
+    } else {
+        "bench-worker"
+    }
+}
+
+async fn throughput_run(args: &Args, state_first: bool) -> anyhow::Result<ThroughputRun> {
+    let config = discard_config(false)?;
     let cluster = Cluster::connect(&config.kafka).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     preload(&config, &bootstrap, args.events, args.groups)?;
@@ -168,8 +225,29 @@ async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
         let n = args.events;
         tokio::task::spawn_blocking(move || baseline_consume(&bootstrap, n)).await??
     };
+    let (first, second) = if state_first {
+        let on = worker_pass(args, &cluster, true).await?;
+        (worker_pass(args, &cluster, false).await?, on)
+    } else {
+        let off = worker_pass(args, &cluster, false).await?;
+        (off, worker_pass(args, &cluster, true).await?)
+    };
+    Ok(ThroughputRun {
+        baseline_per_s,
+        worker: [first, second],
+    })
+}
 
-    let worker = RunningWorker::start(&config, &cluster).await?;
+/// One worker, in a consumer group of its own, through every preloaded
+/// event.
+async fn worker_pass(
+    args: &Args,
+    cluster: &Cluster,
+    track_state: bool,
+) -> anyhow::Result<WorkerPass> {
+    let config = discard_config(track_state)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let worker = RunningWorker::start(&config, cluster).await?;
     let metrics = worker.metrics.clone();
     let applied = metrics.worker.events.with_label_values(&["applied"]);
     let total = args.events as u64;
@@ -183,8 +261,8 @@ async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
         ensure_before(deadline, "the worker did not finish every event")?;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let worker_per_s = (total - first_count) as f64 / first.elapsed().as_secs_f64();
-    let committer = committed_reader(&bootstrap, "bench-worker")?;
+    let per_s = (total - first_count) as f64 / first.elapsed().as_secs_f64();
+    let committer = committed_reader(bootstrap, worker_group(track_state))?;
     loop {
         let committed = committed_total(&committer)?;
         if committed >= total as i64 {
@@ -193,22 +271,22 @@ async fn throughput_run(args: &Args) -> anyhow::Result<ThroughputRun> {
         ensure_before(deadline, "the worker never committed every event")?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let worker_committed_s = first.elapsed().as_secs_f64();
+    let committed_s = first.elapsed().as_secs_f64();
     worker.stop().await?;
-    let other = metrics
-        .worker
-        .events
-        .with_label_values(&["dead_lettered"])
-        .get()
-        + metrics.worker.events.with_label_values(&["no_match"]).get();
+    let other: u64 = ["dead_lettered", "no_match", "stale", "duplicate"]
+        .iter()
+        .map(|o| metrics.worker.events.with_label_values(&[o]).get())
+        .sum();
     if other != 0 {
         bail!("{other} events were not applied");
     }
-    Ok(ThroughputRun {
-        baseline_per_s,
-        worker_per_s,
-        worker_committed_s,
-    })
+    if track_state && metrics.worker.state_writes.get() != total {
+        bail!(
+            "{} state records written for {total} events",
+            metrics.worker.state_writes.get()
+        );
+    }
+    Ok(WorkerPass { per_s, committed_s })
 }
 
 /// A normalized mute-all event as ingest would publish it.
@@ -444,6 +522,151 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         calls: calls.len(),
         per_s: (calls.len() - 1) as f64 / span,
         rejected_for_rate: zego.rate_limited(),
+    })
+}
+
+// ------------------------------------------------------------ state rebuild
+
+struct RebuildRun {
+    rebuild_s: f64,
+    bytes_per_group: f64,
+}
+
+async fn rebuild(args: &Args) -> anyhow::Result<()> {
+    let n = args.state_groups;
+    println!(
+        "\n## state rebuild: {n} group states (mute-all + 2 members each) in the state topic, {PARTITIONS} partitions"
+    );
+    println!("run | rebuild s | groups/s | heap bytes per group | heap for 1 M groups");
+    let mut runs = Vec::new();
+    for i in 1..=args.runs {
+        let r = rebuild_run(n).await?;
+        println!(
+            "{i} | {:.2} | {:.0} | {:.0} | {:.0} MiB",
+            r.rebuild_s,
+            n as f64 / r.rebuild_s,
+            r.bytes_per_group,
+            r.bytes_per_group * 1e6 / 1048576.0
+        );
+        runs.push(r);
+    }
+    let rebuild_s = median(runs.iter().map(|r| r.rebuild_s));
+    let per_group = median(runs.iter().map(|r| r.bytes_per_group));
+    println!(
+        "median | {rebuild_s:.2} | {:.0} | {per_group:.0} | {:.0} MiB",
+        n as f64 / rebuild_s,
+        per_group * 1e6 / 1048576.0
+    );
+    Ok(())
+}
+
+/// A group's state as the worker writes it after a mute-all and a member
+/// mute of two members.
+fn group_state(i: usize) -> GroupState {
+    let now = now_ms();
+    let group = format!("{}", 262_000_000_000_000u64 + i as u64);
+    let mut state = GroupState::new("bench#app", Scope::Group, &group);
+    state.mute_all = Some(MuteAllState {
+        muted: true,
+        at_ms: now,
+        event_id: format!("bench#app_{}", uuid_like(i, 0)),
+    });
+    for m in 0..2 {
+        state.members.insert(
+            format!("user-{i}-{m}"),
+            MemberState {
+                muted: true,
+                until_ms: Some(now + 3_600_000),
+                at_ms: now,
+                event_id: format!("bench#app_{}", uuid_like(i, 1)),
+            },
+        );
+    }
+    state.updated_at_ms = now;
+    state
+}
+
+/// A callId-sized unique string (Easemob's are `{appkey}_{uuid}`).
+fn uuid_like(i: usize, salt: u64) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", i, salt)
+}
+
+async fn rebuild_run(n: usize) -> anyhow::Result<RebuildRun> {
+    let config = discard_config(true)?;
+    let cluster = Cluster::connect(&config.kafka).await?;
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let state_topic = config.worker.state_topic.clone();
+    cluster
+        .embedded()
+        .expect("embedded")
+        .create_topic(&state_topic, PARTITIONS)?;
+    let records: Vec<(i32, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let s = group_state(i);
+            let p = key_partition(s.group_id.as_bytes(), PARTITIONS);
+            (p, s.key(), serde_json::to_vec(&s).expect("state"))
+        })
+        .collect();
+    {
+        let producer: BaseProducer = producer_config(&config.kafka, &bootstrap)
+            .create()
+            .context("bench producer")?;
+        for (p, key, payload) in &records {
+            let mut record = BaseRecord::to(&state_topic)
+                .partition(*p)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(e).context("bench producer"),
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60))?;
+        for p in 0..PARTITIONS {
+            let (low, _) =
+                producer
+                    .client()
+                    .fetch_watermarks(&state_topic, p, Duration::from_secs(5))?;
+            if low != 0 {
+                bail!("the embedded cluster dropped states of partition {p}: use fewer --state-groups");
+            }
+        }
+    }
+
+    // The heap the states take, held the way the worker holds them: one
+    // map per partition from record key to parsed state.
+    let before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tables: HashMap<i32, HashMap<String, GroupState>> = HashMap::new();
+    for (p, key, payload) in &records {
+        let state: GroupState = serde_json::from_slice(payload)?;
+        tables.entry(*p).or_default().insert(key.clone(), state);
+    }
+    let bytes_per_group =
+        (LIVE.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / n as f64;
+    drop(tables);
+    drop(records);
+
+    let worker = RunningWorker::start(&config, &cluster).await?;
+    let metrics = worker.metrics.clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while metrics.worker.state_groups.get() < n as i64
+        || metrics.worker.state_rebuild.get_sample_count() == 0
+    {
+        ensure_before(deadline, "the worker did not rebuild every state")?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rebuild_s = metrics.worker.state_rebuild.get_sample_sum();
+    worker.stop().await?;
+    Ok(RebuildRun {
+        rebuild_s,
+        bytes_per_group,
     })
 }
 

@@ -10,7 +10,7 @@ use super::deliver::Deliverer;
 use super::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord};
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
 use super::scheduler::{Job, ReplayScope};
-use super::store::{Partition, Store};
+use super::store::{Partition, Revoked, Staged, Store};
 use crate::event::{Event, EventKind, SCHEMA_V1};
 use crate::metrics::WorkerMetrics;
 use crate::policy::{Op, Planned, Policy};
@@ -47,9 +47,16 @@ struct Tally {
 
 impl Engine {
     /// Applies one event's actions; returns once each is done, skipped, or
-    /// written to the dead-letter topic, and the group's new mute state is
-    /// acknowledged.
-    pub async fn process(&self, job: &Job) -> EventOutcome {
+    /// written to the dead-letter topic, with the group's new mute state
+    /// when there is one: its offset may be committed once
+    /// [`Store::confirm`] says the state is in Kafka.
+    pub async fn process(&self, job: &Job) -> Option<Staged> {
+        let mut staged = None;
+        self.process_into(job, &mut staged).await;
+        staged
+    }
+
+    async fn process_into(&self, job: &Job, staged: &mut Option<Staged>) -> EventOutcome {
         let source = SourceRecord {
             topic: self.topic.clone(),
             partition: job.partition,
@@ -94,8 +101,9 @@ impl Engine {
         ) {
             if let Some(next) = guard::record(current.as_ref(), fresh, now_ms(), store.horizon_ms())
             {
-                if store.write(part, next).await.is_err() {
-                    return EventOutcome::NoMatch;
+                match store.stage(part, next) {
+                    Ok(s) => *staged = Some(s),
+                    Err(Revoked) => return EventOutcome::NoMatch,
                 }
             }
         }
@@ -125,6 +133,8 @@ impl Engine {
         verdict: Option<&'e Verdict>,
         replay: Option<&ReplayScope>,
     ) -> Vec<Step<'e>> {
+        // Nothing held: the event is judged fresh as it is.
+        let verdict = verdict.filter(|v| !v.held.is_empty());
         let fresh = verdict.and_then(|v| v.fresh.as_ref());
         // Same rules, same kind and group: one verdict per `then` entry in
         // both lists, in the same order.

@@ -42,11 +42,25 @@ use offsets::{Tracker, WorkerContext};
 use scheduler::{Flow, GroupKey, Job, ReplayScope, Scheduler};
 use store::Store;
 
-/// A group task's report that its event is finished.
+/// A group task's report on its event.
 struct Finished {
     group: GroupKey,
     offset: i64,
     generation: u64,
+    stage: Stage,
+}
+
+/// How far a group task got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Finished, and committable.
+    Done,
+    /// Finished: the group's next event may start. Its mute state is still
+    /// on its way to Kafka, so its offset waits for [`Stage::Durable`].
+    Released,
+    /// The state record of a released event is acknowledged (`true`), or
+    /// abandoned because the partition was revoked (`false`).
+    Durable(bool),
 }
 
 /// A subscribed, not yet running worker.
@@ -153,6 +167,7 @@ impl Worker {
             done_tx,
             done_rx,
             metrics: self.engine.metrics.clone(),
+            unconfirmed: 0,
         };
         run.consume(shutdown).await;
         run.drain().await;
@@ -232,6 +247,8 @@ struct Run<'w> {
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
     metrics: WorkerMetrics,
+    /// Released events whose state record is not acknowledged yet.
+    unconfirmed: usize,
 }
 
 impl Run<'_> {
@@ -278,7 +295,7 @@ impl Run<'_> {
             "worker stopping: finishing running events"
         );
         let deadline = tokio::time::Instant::now() + grace;
-        while self.scheduler.running() > 0 {
+        while self.scheduler.running() > 0 || self.unconfirmed > 0 {
             tokio::select! {
                 Some(done) = self.done_rx.recv() => self.finished(done),
                 _ = tokio::time::sleep_until(deadline) => {
@@ -309,7 +326,20 @@ impl Run<'_> {
     }
 
     fn finished(&mut self, done: Finished) {
-        if self.scheduler.finished(&done.group, done.generation) {
+        let committable = match done.stage {
+            Stage::Done => self.scheduler.finished(&done.group, done.generation),
+            Stage::Released => {
+                self.unconfirmed += 1;
+                self.scheduler.finished(&done.group, done.generation);
+                false
+            }
+            Stage::Durable(written) => {
+                self.unconfirmed -= 1;
+                // The tracker ignores an offset of an older assignment.
+                written
+            }
+        };
+        if committable {
             self.worker.tracker.lock().expect("tracker lock").finished(
                 done.group.0,
                 done.offset,
@@ -326,12 +356,23 @@ impl Run<'_> {
             let engine = engine.clone();
             let tx = done_tx.clone();
             tokio::spawn(async move {
-                engine.process(&job).await;
-                let _ = tx.send(Finished {
-                    group: (job.partition, job.key),
+                let staged = engine.process(&job).await;
+                let report = |stage| Finished {
+                    group: (job.partition, job.key.clone()),
                     offset: job.offset,
                     generation: job.generation,
-                });
+                    stage,
+                };
+                let Some(staged) = staged else {
+                    let _ = tx.send(report(Stage::Done));
+                    return;
+                };
+                let _ = tx.send(report(Stage::Released));
+                let written = match &engine.state {
+                    Some(store) => store.confirm(staged).await.is_ok(),
+                    None => false,
+                };
+                let _ = tx.send(report(Stage::Durable(written)));
             })
             .abort_handle()
         });

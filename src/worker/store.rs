@@ -12,7 +12,9 @@
 //!
 //! A state is written after the actions it vouches for have finished, and
 //! acknowledged before the event's offset may be committed: a crash in
-//! between re-applies the event (at-least-once), never skips it.
+//! between re-applies the event (at-least-once), never skips it. The
+//! group's next event does not wait for that acknowledgement (it is judged
+//! against the state held here), only the commit does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
@@ -76,6 +78,9 @@ impl Store {
         metrics: &WorkerMetrics,
     ) -> anyhow::Result<Store> {
         let producer: FutureProducer = kafka::producer_config(kafka, bootstrap)
+            // Nobody waits on a state record but the offset commit, so
+            // records are batched: far fewer requests for broker and client.
+            .set("linger.ms", "5")
             .create()
             .context("cannot create the state producer (check the [kafka.client] properties)")?;
         Ok(Store {
@@ -164,52 +169,88 @@ impl Store {
         (!revoked).then_some(part)
     }
 
-    /// Writes `state` to its partition's record and, once Kafka has
-    /// acknowledged it, makes it the group's state here. Retried until it
-    /// is acknowledged or the partition is revoked.
-    pub async fn write(&self, part: &Partition, state: GroupState) -> Result<(), Revoked> {
+    /// Makes `state` its group's state here and hands its record to
+    /// Kafka; [`Store::confirm`] then waits for the acknowledgement. The
+    /// group's next event can be judged at once: only the commit of this
+    /// event's offset waits for the record.
+    pub fn stage(&self, part: &Arc<Partition>, state: GroupState) -> Result<Staged, Revoked> {
         let key = state.key();
         let payload = serde_json::to_vec(&state).expect("states always serialize");
+        // Checked and handed over under the lock the revoke takes: after a
+        // revoke nothing more is written for the partition.
+        let mut inner = part.inner.lock().expect("state lock");
+        if inner.revoked {
+            return Err(Revoked);
+        }
+        let delivery = self.send(part.id, &key, &payload);
+        if inner.groups.insert(key.clone(), state).is_none() {
+            self.shared.metrics.state_groups.inc();
+        }
+        Ok(Staged {
+            part: part.clone(),
+            key,
+            delivery,
+        })
+    }
+
+    /// Waits until the staged record is acknowledged, writing the group's
+    /// newest state again after a failure (never an older one: the newest
+    /// is what must be in the topic last). `Err` once the partition is
+    /// revoked.
+    pub async fn confirm(&self, staged: Staged) -> Result<(), Revoked> {
+        let Staged {
+            part,
+            key,
+            mut delivery,
+        } = staged;
         let mut wait = Duration::from_millis(100);
         loop {
-            let delivery = {
-                // Checked and handed over under the lock the revoke takes:
-                // after a revoke nothing more is written for the partition.
-                let inner = part.inner.lock().expect("state lock");
-                if inner.revoked {
-                    return Err(Revoked);
-                }
-                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                    key: "schema",
-                    value: Some(STATE_SCHEMA_V1),
-                });
-                let record = FutureRecord::to(&self.shared.topic)
-                    .partition(part.id)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers);
-                self.shared.producer.send_result(record).map_err(|(e, _)| e)
-            };
-            let error = match delivery {
-                Ok(future) => match future.await {
-                    Ok(Ok(_)) => break,
+            let error = match delivery.take() {
+                None => "the producer queue is full".to_owned(),
+                Some(future) => match future.await {
+                    Ok(Ok(_)) => {
+                        self.shared.metrics.state_writes.inc();
+                        return Ok(());
+                    }
                     Ok(Err((e, _))) => e.to_string(),
                     Err(_) => "the producer shut down".to_owned(),
                 },
-                Err(e) => e.to_string(),
             };
             self.shared.metrics.state_write_errors.inc();
-            tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's mute state; retrying (the group waits)");
+            tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's mute state; retrying (its offset is not committed meanwhile)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
+            let inner = part.inner.lock().expect("state lock");
+            if inner.revoked {
+                return Err(Revoked);
+            }
+            if let Some(newest) = inner.groups.get(&key) {
+                let payload = serde_json::to_vec(newest).expect("states always serialize");
+                delivery = self.send(part.id, &key, &payload);
+            }
         }
-        self.shared.metrics.state_writes.inc();
-        let mut inner = part.inner.lock().expect("state lock");
-        if !inner.revoked && inner.groups.insert(key, state).is_none() {
-            self.shared.metrics.state_groups.inc();
-        }
-        Ok(())
     }
+
+    /// Hands one state record to librdkafka (`None`: its queue is full).
+    fn send(&self, partition: i32, key: &str, payload: &[u8]) -> Option<DeliveryFuture> {
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: "schema",
+            value: Some(STATE_SCHEMA_V1),
+        });
+        let record = FutureRecord::to(&self.shared.topic)
+            .partition(partition)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.shared.producer.send_result(record).ok()
+    }
+}
+
+/// A state record handed to Kafka and not yet acknowledged.
+pub struct Staged {
+    part: Arc<Partition>,
+    key: String,
+    delivery: Option<DeliveryFuture>,
 }
 
 impl Partition {

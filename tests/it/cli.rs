@@ -22,6 +22,40 @@ fn schema_command_matches_the_checked_in_copy() {
     assert_eq!(printed, mutebridge::event::json_schema());
 }
 
+#[test]
+fn state_schema_command_matches_the_checked_in_copy() {
+    let out = Command::new(BIN)
+        .args(["schema", "state"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let checked_in = include_str!("../../deploy/schema/state.v1.json");
+    assert_eq!(
+        printed, checked_in,
+        "the state schema changed: run `mutebridge schema state > deploy/schema/state.v1.json` and bump the schema version if it is not backward compatible"
+    );
+    // A state as the worker writes it validates against it.
+    let schema: serde_json::Value = serde_json::from_str(checked_in).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let state = serde_json::json!({
+        "schema": "mutebridge.state/v1",
+        "appkey": "org#app",
+        "scope": "group",
+        "group_id": "g1",
+        "mute_all": {"muted": false, "at_ms": 2, "event_id": "e2"},
+        "members": {"u1": {"muted": true, "until_ms": null, "at_ms": 1, "event_id": "e1"}},
+        "updated_at_ms": 3,
+    });
+    assert!(validator.is_valid(&state));
+    let mut missing = state.clone();
+    missing["members"]["u1"]
+        .as_object_mut()
+        .unwrap()
+        .remove("until_ms");
+    assert!(!validator.is_valid(&missing), "until_ms is always written");
+}
+
 fn check_config(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mutebridge.toml");
@@ -114,15 +148,24 @@ fn event_json(scope: &str, group: &str, kind: &str) -> String {
 /// `policy explain` on the documented example: which rules match, why the
 /// others do not, and the signed request, without the secret in it.
 fn explain(event: &str) -> (bool, String, String) {
+    explain_with_state(event, None)
+}
+
+fn explain_with_state(event: &str, state: Option<&str>) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("event.json");
     std::fs::write(&path, event).unwrap();
-    let out = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["policy", "explain", "--config", EXAMPLE_CONFIG])
         .arg(&path)
-        .envs(example_secrets())
-        .output()
-        .unwrap();
+        .envs(example_secrets());
+    if let Some(state) = state {
+        let state_path = dir.path().join("state.json");
+        std::fs::write(&state_path, state).unwrap();
+        command.arg("--state").arg(&state_path);
+    }
+    let out = command.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -200,6 +243,56 @@ fn policy_explain_prints_matching_rules_and_signed_requests() {
     assert!(!ok);
     assert!(
         err.contains("event.json") && err.contains("is not a normalized event"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_explain_with_a_state_shows_what_the_guard_holds() {
+    let group = "262246968131585";
+    let newer = 1_795_000_000_000i64 + 1000;
+    let state = serde_json::json!({
+        "schema": "mutebridge.state/v1",
+        "appkey": "1100000000000000#moderation",
+        "scope": "group",
+        "group_id": group,
+        "mute_all": {"muted": false, "at_ms": newer, "event_id": "the-unmute"},
+        "members": {"u1": {"muted": false, "until_ms": null, "at_ms": newer, "event_id": "the-unmute-of-u1"}},
+        "updated_at_ms": newer,
+    })
+    .to_string();
+    // A mute-all older than the state's unmute: held.
+    let (ok, out, err) = explain_with_state(&event_json("group", group, "mute_all"), Some(&state));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "mute_all: stale (event the-unmute at {newer} ms set it later; not sent)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("nothing of it is sent to mute targets"),
+        "{out}"
+    );
+    assert!(!out.contains("would send"), "{out}");
+
+    // A member mute of u1 (stale) and u2 (fresh): only u2 is sent.
+    let mut member: serde_json::Value =
+        serde_json::from_str(&event_json("group", group, "member_muted")).unwrap();
+    member["members"] = serde_json::json!(["u1", "u2"]);
+    member["mute"] = serde_json::json!({"until_ms": null});
+    let (ok, out, err) = explain_with_state(&member.to_string(), Some(&state));
+    assert!(ok, "{err}");
+    assert!(out.contains("member:u2: fresh"), "{out}");
+    assert!(out.contains("member:u1: stale"), "{out}");
+    assert!(out.contains("UserIds%5B%5D=u2"), "{out}");
+    assert!(!out.contains("UserIds%5B%5D=u1"), "{out}");
+
+    // A state of another group is refused, naming both.
+    let (ok, _, err) = explain_with_state(&event_json("group", "other", "mute_all"), Some(&state));
+    assert!(!ok);
+    assert!(
+        err.contains("is the state of") && err.contains("other"),
         "{err}"
     );
 }
