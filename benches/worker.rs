@@ -321,20 +321,10 @@ fn preload(config: &Config, bootstrap: &str, n: usize, groups: usize) -> anyhow:
     for i in 0..n {
         let group = format!("{}", 262_000_000_000_000u64 + (i % groups) as u64);
         let payload = serde_json::to_vec(&mute_all(i, &group))?;
-        let mut record = BaseRecord::to(&config.kafka.topic)
+        let record = BaseRecord::to(&config.kafka.topic)
             .key(group.as_str())
             .payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e).context("bench producer"),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send(&producer, record)?;
     }
     producer
         .flush(Duration::from_secs(60))
@@ -355,6 +345,22 @@ fn preload(config: &Config, bootstrap: &str, n: usize, groups: usize) -> anyhow:
     if kept != n as i64 {
         bail!("{kept} of {n} preloaded events are in the topic");
     }
+    Ok(())
+}
+
+/// Hands `record` to the producer, waiting while its queue is full.
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e).context("bench producer"),
+        }
+    }
+    producer.poll(Duration::ZERO);
     Ok(())
 }
 
@@ -612,21 +618,11 @@ async fn rebuild_run(n: usize) -> anyhow::Result<RebuildRun> {
             .create()
             .context("bench producer")?;
         for (p, key, payload) in &records {
-            let mut record = BaseRecord::to(&state_topic)
+            let record = BaseRecord::to(&state_topic)
                 .partition(*p)
                 .key(key.as_str())
                 .payload(payload.as_slice());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(e).context("bench producer"),
-                }
-            }
-            producer.poll(Duration::ZERO);
+            send(&producer, record)?;
         }
         producer.flush(Duration::from_secs(60))?;
         for p in 0..PARTITIONS {

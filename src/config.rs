@@ -762,6 +762,14 @@ mod tests {
         assert!(e.key.contains("acks"), "{e}");
         let e = parse(&format!("{APP}[kafka]\npartitions = 0\n")).unwrap_err();
         assert_eq!(e.key, "kafka.partitions");
+        let e = parse(&format!("{APP}[worker]\nstate_horizon_days = 3\n")).unwrap_err();
+        assert_eq!(e.key, "worker.state_horizon_days");
+        assert!(e.message.contains("3 days"), "{e}");
+        let e = parse(&format!(
+            "{APP}[worker]\nstate_topic = \"im.group-events.dlq\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "worker.state_topic");
     }
 
     #[test]

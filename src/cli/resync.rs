@@ -17,10 +17,10 @@ use rdkafka::message::Header;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::state::{for_each_state, Selection};
-use crate::event::{Event, EventKind, Format, Source, HEADER_RESYNC_TARGET, SCHEMA_V1};
+use crate::event::{Event, EventKind, HEADER_RESYNC_TARGET};
 use crate::ingest::publish::event_headers;
 use crate::kafka;
-use crate::state::GroupState;
+use crate::state::{guard, GroupState};
 use crate::time::now_ms;
 
 /// Markers handed to Kafka and not yet acknowledged, at most.
@@ -152,24 +152,7 @@ async fn acknowledge(
 /// The marker for one group: kind `resync`, the target in `attributes`.
 fn marker(state: &GroupState, target: &str, id: &str) -> Event {
     let now = now_ms();
-    let mut attributes = serde_json::Map::new();
-    attributes.insert("target".into(), target.into());
-    Event {
-        schema: SCHEMA_V1.into(),
-        id: id.to_owned(),
-        source: Source::Mutebridge,
-        format: Format::Resync,
-        appkey: state.appkey.clone(),
-        scope: state.scope,
-        group_id: state.group_id.clone(),
-        kind: EventKind::Resync,
-        operation: "resync".into(),
-        subtype: None,
-        operator: None,
-        members: Vec::new(),
-        mute: None,
-        occurred_at_ms: now,
-        received_at_ms: now,
-        attributes,
-    }
+    let mut e = guard::not_a_callback(state, EventKind::Resync, id, now, now);
+    e.attributes.insert("target".into(), target.into());
+    e
 }

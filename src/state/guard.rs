@@ -190,16 +190,21 @@ pub fn prune(state: &mut GroupState, now_ms: i64, horizon_ms: i64) -> usize {
         let ended = if m.muted { m.until_ms } else { Some(m.at_ms) };
         ended.is_none_or(|t| t >= cutoff)
     });
+    state.members.shrink_to_fit();
     before - state.members.len()
 }
 
-/// The events that bring a target in line with `state` at `now_ms`: the
-/// group-wide mute or unmute, and the member mutes and unmutes, one event
-/// per original event that set them (same id and time, so a dead letter of
-/// one replays under the guard like the original). Timed mutes that have
-/// ended are left out: the provider was given the end too.
-pub fn snapshot(state: &GroupState, now_ms: i64) -> Vec<Event> {
-    let base = |kind: EventKind, id: &str, at_ms: i64| Event {
+/// An event about `state`'s group that mutebridge made itself (a resync
+/// marker, or a state re-applied for one): source `mutebridge`, format
+/// and operation `resync`.
+pub fn not_a_callback(
+    state: &GroupState,
+    kind: EventKind,
+    id: &str,
+    at_ms: i64,
+    now_ms: i64,
+) -> Event {
+    Event {
         schema: crate::event::SCHEMA_V1.into(),
         id: id.to_owned(),
         source: Source::Mutebridge,
@@ -216,7 +221,16 @@ pub fn snapshot(state: &GroupState, now_ms: i64) -> Vec<Event> {
         occurred_at_ms: at_ms,
         received_at_ms: now_ms,
         attributes: Default::default(),
-    };
+    }
+}
+
+/// The events that bring a target in line with `state` at `now_ms`: the
+/// group-wide mute or unmute, and the member mutes and unmutes, one event
+/// per original event that set them (same id and time, so a dead letter of
+/// one replays under the guard like the original). Timed mutes that have
+/// ended are left out: the provider was given the end too.
+pub fn snapshot(state: &GroupState, now_ms: i64) -> Vec<Event> {
+    let base = |kind, id: &str, at_ms| not_a_callback(state, kind, id, at_ms, now_ms);
     let mut out = Vec::new();
     if let Some(d) = &state.mute_all {
         let kind = if d.muted {
@@ -230,14 +244,14 @@ pub fn snapshot(state: &GroupState, now_ms: i64) -> Vec<Event> {
     }
     // Members set by one event share its id, time and end: one event each.
     let mut by_event: BTreeMap<(i64, &str, bool, Option<i64>), Vec<String>> = BTreeMap::new();
-    for (member, m) in &state.members {
+    for (member, m) in state.members.iter() {
         if m.muted && m.until_ms.is_some_and(|u| u <= now_ms) {
             continue;
         }
         by_event
             .entry((m.at_ms, &m.event_id, m.muted, m.until_ms))
             .or_default()
-            .push(member.clone());
+            .push(member.to_owned());
     }
     for ((at_ms, id, muted, until_ms), members) in by_event {
         let kind = if muted {
@@ -393,7 +407,7 @@ mod tests {
             .insert("ended-lately".into(), m(true, Some(now - DAY), 0));
         s.members.insert("permanent".into(), m(true, None, 0));
         assert_eq!(prune(&mut s, now, 7 * DAY), 2);
-        let left: Vec<&str> = s.members.keys().map(String::as_str).collect();
+        let left: Vec<&str> = s.members.iter().map(|(m, _)| m).collect();
         assert_eq!(left, ["ended-lately", "new-unmute", "permanent"]);
     }
 

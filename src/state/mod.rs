@@ -45,7 +45,8 @@ pub struct GroupState {
     /// Unmuted members stay (they refuse a late mute) until
     /// `worker.state_horizon_days` after the unmute; so do mutes past
     /// their end.
-    pub members: BTreeMap<String, MemberState>,
+    #[schemars(with = "BTreeMap<String, MemberState>")]
+    pub members: Members,
     /// When the worker wrote this record (milliseconds since the epoch).
     pub updated_at_ms: i64,
 }
@@ -75,6 +76,78 @@ pub struct MemberState {
     pub event_id: String,
 }
 
+/// The member dimensions of a group, by member ID: a JSON object on the
+/// wire, a sorted vector in memory. (A `BTreeMap` allocates a node for 11
+/// entries, about 900 bytes, even for the one or two members a group
+/// usually has; the worker holds a state per group.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members(Vec<(String, MemberState)>);
+
+impl Members {
+    /// The member's dimension.
+    pub fn get(&self, member: &str) -> Option<&MemberState> {
+        self.find(member).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Sets the member's dimension.
+    pub fn insert(&mut self, member: String, state: MemberState) {
+        match self.find(&member) {
+            Ok(i) => self.0[i].1 = state,
+            Err(i) => self.0.insert(i, (member, state)),
+        }
+    }
+
+    /// Keeps the members `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &MemberState) -> bool) {
+        self.0.retain(|(m, s)| keep(m, s));
+    }
+
+    /// Gives back spare capacity (states are held for long).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The members in ID order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &MemberState)> {
+        self.0.iter().map(|(m, s)| (m.as_str(), s))
+    }
+
+    fn find(&self, member: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(m, _)| m.as_str().cmp(member))
+    }
+}
+
+impl Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(m, s)| (m, s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, MemberState>::deserialize(deserializer)?;
+        let mut members: Vec<(String, MemberState)> = map.into_iter().collect();
+        members.shrink_to_fit();
+        Ok(Members(members))
+    }
+}
+
+impl std::ops::Index<&str> for Members {
+    type Output = MemberState;
+
+    fn index(&self, member: &str) -> &MemberState {
+        self.get(member).expect("no such member")
+    }
+}
+
 /// The record key of a group's state: `{appkey}|{scope}|{group_id}`.
 pub fn key(appkey: &str, scope: Scope, group_id: &str) -> String {
     format!("{appkey}|{}|{group_id}", scope.as_str())
@@ -89,7 +162,7 @@ impl GroupState {
             scope,
             group_id: group_id.into(),
             mute_all: None,
-            members: BTreeMap::new(),
+            members: Members::default(),
             updated_at_ms: 0,
         }
     }

@@ -217,10 +217,13 @@ async fn open_state(
     let (events, states) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
             let reader = Reader::new(&kafka_cfg, &bootstrap)?;
-            Ok((
-                reader.partition_count(&topic)?,
-                reader.partition_count(&state_topic)?,
-            ))
+            let events = reader.partition_count(&topic)?;
+            let states = reader.partition_count(&state_topic).with_context(|| {
+                format!(
+                    "the state topic {state_topic} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false"
+                )
+            })?;
+            Ok((events, states))
         })
         .await??;
     if events != states {

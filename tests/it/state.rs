@@ -10,7 +10,7 @@ use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
 use crate::support::*;
 use crate::worker::{
     cli_config, member_mute, mutebridge, policy, post_ok, rc_target, start_with_policy, unmute_all,
-    zego_target, WAIT, ZEGO_APP, ZEGO_RULE, ZEGO_SECRET,
+    zego_target, zego_target_as, WAIT, ZEGO_APP, ZEGO_RULE, ZEGO_SECRET,
 };
 use mutebridge::Config;
 use serde_json::{json, Map, Value};
@@ -336,9 +336,8 @@ async fn state_get_dump_and_resync_under_a_20_per_second_limit_with_workers_runn
     // The provider added later: strict 20 requests/s, its real error code.
     let fresh = FakeZego::start(ZEGO_APP + 1, "fresh-secret", 20.0).await;
     let fresh_target = format!(
-        "[targets.fresh]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {}\nserver_secret = \"fresh-secret\"\nfrom_user_id = \"moderation-bot\"\nrate_per_second = 20\n",
-        fresh.base_url(),
-        ZEGO_APP + 1
+        "{}rate_per_second = 20\n",
+        zego_target_as(&fresh, "fresh", ZEGO_APP + 1, "fresh-secret")
     );
     let both_rule = r#"
 [[policy.rules]]

@@ -29,8 +29,13 @@ pub(crate) fn policy(config: &mut Config, text: &str) {
 }
 
 pub(crate) fn zego_target(z: &FakeZego, name: &str) -> String {
+    zego_target_as(z, name, ZEGO_APP, ZEGO_SECRET)
+}
+
+/// A `[targets.NAME]` of kind zego for the fake `z`, with its app and secret.
+pub(crate) fn zego_target_as(z: &FakeZego, name: &str, app_id: u32, secret: &str) -> String {
     format!(
-        "[targets.{name}]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {ZEGO_APP}\nserver_secret = \"{ZEGO_SECRET}\"\nfrom_user_id = \"moderation-bot\"\n",
+        "[targets.{name}]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {app_id}\nserver_secret = \"{secret}\"\nfrom_user_id = \"moderation-bot\"\n",
         z.base_url()
     )
 }
@@ -754,11 +759,7 @@ async fn dead_letters_are_listed_and_replayed_once_after_the_fix() {
     // The ZEGO target has a wrong secret: every call is refused (100000005)
     // and dead-lettered. A second target works, so a replay must re-drive
     // only the failed target's action.
-    let other_target = format!(
-        "[targets.audit]\nkind = \"zego\"\nbase_url = \"{}\"\napp_id = {}\nserver_secret = \"other-secret\"\nfrom_user_id = \"moderation-bot\"\n",
-        other.base_url(),
-        ZEGO_APP + 1
-    );
+    let other_target = zego_target_as(&other, "audit", ZEGO_APP + 1, "other-secret");
     let rules = r#"
 [[policy.rules]]
 name = "mirror group mutes to ZEGO"
