@@ -70,6 +70,10 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     // published before the first worker started are applied too.
     ("auto.offset.reset", "earliest"),
     ("statistics.interval.ms", "5000"),
+    // Incremental rebalancing: a replica keeps the partitions it is not
+    // asked to give up (their in-flight work and their mute states), instead
+    // of revoking everything on every join or leave.
+    ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
 /// Settings of the worker's consumer: a member of `group_id` whose offsets

@@ -286,6 +286,10 @@ async fn after_a_rebalance_the_new_owner_has_the_state_before_it_applies() {
         held(&a),
         held(&b)
     );
+    // Incremental (cooperative-sticky) rebalancing: A gave partitions up
+    // and never read its kept ones again.
+    let rebuilds = |w: &WorkerHandle| w.metric("mutebridge_worker_state_rebuild_seconds_count");
+    assert_eq!(rebuilds(&a), 1.0, "A rebuilt its states again on B's join");
     let stale = |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"stale\"}");
     for g in &groups {
         post_ok(&h, &at(mute_all(g), t)).await;
@@ -312,6 +316,7 @@ async fn after_a_rebalance_the_new_owner_has_the_state_before_it_applies() {
         "a holds {}",
         held(&a)
     );
+    assert_eq!(rebuilds(&a), 2.0, "A read B's partitions only, once");
     let before = stale(&a);
     for g in &groups {
         post_ok(&h, &at(unmute_all(g), t + 1500)).await;
