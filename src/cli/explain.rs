@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use crate::config::Config;
 use crate::event::{self, Event, EventKind};
 use crate::policy::{Planned, Policy};
-use crate::state::guard::{self, Hold};
+use crate::state::guard::{self, Hold, Verdict};
 use crate::state::{self, GroupState};
 use crate::target::{Target, TargetConfig, Unsendable};
 
@@ -33,6 +33,17 @@ pub fn run(
             event::SCHEMA_V1
         )
     })?;
+    if event.kind == EventKind::Resync {
+        let target = event.attributes.get("target").and_then(|t| t.as_str());
+        println!(
+            "event {}: a resync marker for {} {}: the worker that owns the group applies its current mute state to target {} (see `mutebridge state get`); no rule sees the marker itself",
+            event.id,
+            event.scope.as_str(),
+            event.group_id,
+            target.unwrap_or("(none named)")
+        );
+        return Ok(());
+    }
     let Some(state_file) = state_file else {
         print!("{}", explain_text(&policy, &config.targets, &event));
         return Ok(());
@@ -54,34 +65,34 @@ pub fn run(
             state.key()
         );
     }
-    print!("{}", guard_text(&state, &event));
+    if !event.kind.is_mute() {
+        println!(
+            "guard: {} is not a mute kind; it is not judged against the state\n",
+            event.kind
+        );
+        print!("{}", explain_text(&policy, &config.targets, &event));
+        return Ok(());
+    }
     let verdict = guard::judge(Some(&state), &event, false);
-    match (&verdict.fresh, event.kind.is_mute()) {
-        (Some(fresh), true) if !verdict.held.is_empty() => {
+    print!("{}", guard_text(&state, &event, &verdict));
+    match &verdict.fresh {
+        Some(fresh) if !verdict.held.is_empty() => {
             println!("what the rules do with the fresh part (members: {}):\n", fresh.members.join(", "));
             print!("{}", explain_text(&policy, &config.targets, fresh));
         }
-        (Some(_), _) => print!("{}", explain_text(&policy, &config.targets, &event)),
-        (None, _) => println!(
+        Some(_) => print!("{}", explain_text(&policy, &config.targets, &event)),
+        None => println!(
             "nothing of it is sent to mute targets; targets that forward whole events (webhook, log) still get it"
         ),
     }
     Ok(())
 }
 
-/// The guard's verdict on `event` against `state`, one line per dimension.
-fn guard_text(state: &GroupState, event: &Event) -> String {
+/// The guard's verdict on a mute `event` against `state`, one line per
+/// dimension.
+fn guard_text(state: &GroupState, event: &Event, verdict: &Verdict<'_>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    if !event.kind.is_mute() {
-        let _ = writeln!(
-            out,
-            "guard: {} is not a mute kind; it is not judged against the state\n",
-            event.kind
-        );
-        return out;
-    }
-    let verdict = guard::judge(Some(state), event, false);
     let _ = writeln!(
         out,
         "guard: event {} at {} ms against the state of {}",

@@ -48,9 +48,11 @@ pub async fn run(
     if !config.worker.track_state {
         bail!("worker.track_state is off in the config: the workers keep no mute state to resync from");
     }
+    // Only which groups: the worker reads each state itself when it
+    // reaches the marker.
     let mut states: Vec<GroupState> = Vec::new();
     for_each_state(&config, &bootstrap, selection, |s| {
-        states.push(s);
+        states.push(GroupState::new(&s.appkey, s.scope, &s.group_id));
         true
     })
     .await?;

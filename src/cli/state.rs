@@ -132,10 +132,15 @@ pub(crate) async fn for_each_state(
             reader.read(
                 &topic,
                 &[p],
-                |r| {
-                    if let (Some(k), Some(v)) = (r.key, r.payload) {
+                |r| match (r.key, r.payload) {
+                    (Some(k), Some(v)) => {
                         newest.insert(k, v);
                     }
+                    // A tombstone: the group's state was deleted.
+                    (Some(k), None) => {
+                        newest.remove(&k);
+                    }
+                    (None, _) => {}
                 },
                 |_| {},
             )?;

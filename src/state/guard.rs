@@ -17,6 +17,7 @@
 //! is fresh (it is replayed because the provider never got it) and a tie
 //! is stale (its first pass lost the tie already).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::{GroupState, MemberState, MuteAllState};
@@ -44,15 +45,16 @@ pub struct Held {
 
 /// The guard's decision on one event.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
+pub struct Verdict<'e> {
     /// The event restricted to its fresh dimensions (a member list keeps
-    /// only fresh members); `None` when nothing of it is fresh.
-    pub fresh: Option<Event>,
+    /// only fresh members; borrowed when all of it is fresh, the common
+    /// case); `None` when nothing of it is fresh.
+    pub fresh: Option<Cow<'e, Event>>,
     /// The dimensions it does not change, and why.
     pub held: Vec<Held>,
 }
 
-impl Verdict {
+impl Verdict<'_> {
     /// When nothing is fresh: `Stale` if any dimension is stale, else
     /// `Duplicate`. `None` when something is fresh.
     pub fn all_held(&self) -> Option<&Hold> {
@@ -70,7 +72,7 @@ impl Verdict {
 /// Judges `event` against `state`; `replay` is true for a record that
 /// `mutebridge dlq replay` published. Events of other than the four mute
 /// kinds are fresh as they are.
-pub fn judge(state: Option<&GroupState>, event: &Event, replay: bool) -> Verdict {
+pub fn judge<'e>(state: Option<&GroupState>, event: &'e Event, replay: bool) -> Verdict<'e> {
     let check = |at_ms: i64, event_id: &str| -> Option<Hold> {
         if event_id == event.id {
             return (!replay).then_some(Hold::Duplicate);
@@ -95,7 +97,7 @@ pub fn judge(state: Option<&GroupState>, event: &Event, replay: bool) -> Verdict
                     }],
                 },
                 None => Verdict {
-                    fresh: Some(event.clone()),
+                    fresh: Some(Cow::Borrowed(event)),
                     held: Vec::new(),
                 },
             }
@@ -115,41 +117,50 @@ pub fn judge(state: Option<&GroupState>, event: &Event, replay: bool) -> Verdict
                     None => fresh.push(m.clone()),
                 }
             }
-            if fresh.is_empty() && !held.is_empty() {
+            if held.is_empty() {
+                return Verdict {
+                    fresh: Some(Cow::Borrowed(event)),
+                    held,
+                };
+            }
+            if fresh.is_empty() {
                 return Verdict { fresh: None, held };
             }
             let mut e = event.clone();
             e.members = fresh;
             Verdict {
-                fresh: Some(e),
+                fresh: Some(Cow::Owned(e)),
                 held,
             }
         }
         _ => Verdict {
-            fresh: Some(event.clone()),
+            fresh: Some(Cow::Borrowed(event)),
             held: Vec::new(),
         },
     }
 }
 
-/// The state after `fresh` (what [`judge`] let through) is applied, pruned
-/// at `now_ms`; `None` when nothing changed (nothing to write).
+/// The state after `fresh` (what [`judge`] let through) is applied to
+/// `state`, pruned at `now_ms`; `None` when nothing changed (nothing to
+/// write).
 pub fn record(
-    state: Option<&GroupState>,
+    state: Option<GroupState>,
     fresh: &Event,
     now_ms: i64,
     horizon_ms: i64,
 ) -> Option<GroupState> {
-    let mut next = state
-        .cloned()
-        .unwrap_or_else(|| GroupState::new(&fresh.appkey, fresh.scope, &fresh.group_id));
+    let mut next =
+        state.unwrap_or_else(|| GroupState::new(&fresh.appkey, fresh.scope, &fresh.group_id));
+    let mut changed = false;
     match fresh.kind {
         EventKind::MuteAll | EventKind::UnmuteAll => {
-            next.mute_all = Some(MuteAllState {
+            let dim = MuteAllState {
                 muted: fresh.kind == EventKind::MuteAll,
                 at_ms: fresh.occurred_at_ms,
                 event_id: fresh.id.clone(),
-            });
+            };
+            changed |= next.mute_all.as_ref() != Some(&dim);
+            next.mute_all = Some(dim);
         }
         EventKind::MemberMuted | EventKind::MemberUnmuted => {
             let muted = fresh.kind == EventKind::MemberMuted;
@@ -158,22 +169,20 @@ pub fn record(
                 _ => None,
             };
             for m in &fresh.members {
-                next.members.insert(
-                    m.clone(),
-                    MemberState {
-                        muted,
-                        until_ms,
-                        at_ms: fresh.occurred_at_ms,
-                        event_id: fresh.id.clone(),
-                    },
-                );
+                let dim = MemberState {
+                    muted,
+                    until_ms,
+                    at_ms: fresh.occurred_at_ms,
+                    event_id: fresh.id.clone(),
+                };
+                changed |= next.members.get(m) != Some(&dim);
+                next.members.insert(m.clone(), dim);
             }
         }
         _ => return None,
     }
-    prune(&mut next, now_ms, horizon_ms);
-    let unchanged = state.is_some_and(|s| s.mute_all == next.mute_all && s.members == next.members);
-    if unchanged {
+    changed |= prune(&mut next, now_ms, horizon_ms) > 0;
+    if !changed {
         return None;
     }
     next.updated_at_ms = now_ms;
@@ -304,17 +313,20 @@ mod tests {
 
     /// Runs events through judge + record in order; returns the state and
     /// what each event let through.
-    fn run(events: &[Event]) -> (Option<GroupState>, Vec<Verdict>) {
+    fn run(events: &[Event]) -> (Option<GroupState>, Vec<Verdict<'static>>) {
         let mut state: Option<GroupState> = None;
         let mut verdicts = Vec::new();
         for e in events {
             let v = judge(state.as_ref(), e, false);
             if let Some(fresh) = &v.fresh {
-                if let Some(next) = record(state.as_ref(), fresh, 5000, 7 * DAY) {
+                if let Some(next) = record(state.clone(), fresh, 5000, 7 * DAY) {
                     state = Some(next);
                 }
             }
-            verdicts.push(v);
+            verdicts.push(Verdict {
+                fresh: v.fresh.map(|f| Cow::Owned(f.into_owned())),
+                held: v.held,
+            });
         }
         (state, verdicts)
     }
@@ -375,7 +387,7 @@ mod tests {
             Some(Hold::Stale { .. })
         ));
         // A redelivery changes nothing, so nothing is written.
-        assert_eq!(record(s, &tie, 10 * DAY, 7 * DAY), None);
+        assert_eq!(record(s.cloned(), &tie, 10 * DAY, 7 * DAY), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::deliver::Deliverer;
 use super::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord};
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
 use super::scheduler::{Job, ReplayScope};
-use super::store::{Partition, Revoked, Staged, Store};
+use super::store::{Partition, Staged, Store};
 use crate::event::{Event, EventKind, SCHEMA_V1};
 use crate::metrics::WorkerMetrics;
 use crate::policy::{Op, Planned, Policy};
@@ -51,12 +51,6 @@ impl Engine {
     /// when there is one: its offset may be committed once
     /// [`Store::confirm`] says the state is in Kafka.
     pub async fn process(&self, job: &Job) -> Option<Staged> {
-        let mut staged = None;
-        self.process_into(job, &mut staged).await;
-        staged
-    }
-
-    async fn process_into(&self, job: &Job, staged: &mut Option<Staged>) -> EventOutcome {
         let source = SourceRecord {
             topic: self.topic.clone(),
             partition: job.partition,
@@ -68,25 +62,25 @@ impl Engine {
                 tracing::error!(partition = job.partition, offset = job.offset, %why, "undecodable record; dead-lettered");
                 let letter = DeadLetter::undecodable(source, job.payload.as_deref(), why);
                 self.dead_letter(&job.key, letter).await;
-                return self.finish(EventOutcome::DeadLettered);
+                self.finish(EventOutcome::DeadLettered);
+                return None;
             }
         };
         let part = match &self.state {
             None => None,
             // Waits until the partition's states are rebuilt. `None`: it
             // was revoked meanwhile and its new owner applies the event.
-            Some(store) => match store.partition(job.partition).await {
-                Some(part) => Some(part),
-                None => return EventOutcome::NoMatch,
-            },
+            Some(store) => Some(store.partition(job.partition).await?),
         };
         if event.kind == EventKind::Resync {
-            return self.resync(job, source, &event, part.as_deref()).await;
+            self.resync(job, source, &event, part.as_deref()).await;
+            return None;
         }
-        let key = state::key(&event.appkey, event.scope, &event.group_id);
-        let current = part.as_ref().and_then(|p| p.get(&key));
-        let verdict = (part.is_some() && event.kind.is_mute())
-            .then(|| guard::judge(current.as_ref(), &event, job.replay.is_some()));
+        // Only mute kinds are judged; other kinds never touch the state.
+        let guarded = part.as_ref().filter(|_| event.kind.is_mute());
+        let current =
+            guarded.and_then(|p| p.get(&state::key(&event.appkey, event.scope, &event.group_id)));
+        let verdict = guarded.map(|_| guard::judge(current.as_ref(), &event, job.replay.is_some()));
         if let Some(v) = &verdict {
             log_held(&event, v);
         }
@@ -94,17 +88,15 @@ impl Engine {
         let tally = self.carry_out(job, &source, steps).await;
         // The state follows the actions it vouches for: a crash before
         // this line re-applies the event, never loses it.
+        let mut staged = None;
         if let (Some(part), Some(store), Some(fresh)) = (
-            &part,
+            guarded,
             &self.state,
-            verdict.as_ref().and_then(|v| v.fresh.as_ref()),
+            verdict.as_ref().and_then(|v| v.fresh.as_deref()),
         ) {
-            if let Some(next) = guard::record(current.as_ref(), fresh, now_ms(), store.horizon_ms())
-            {
-                match store.stage(part, next) {
-                    Ok(s) => *staged = Some(s),
-                    Err(Revoked) => return EventOutcome::NoMatch,
-                }
+            if let Some(next) = guard::record(current, fresh, now_ms(), store.horizon_ms()) {
+                // Revoked: the new owner applies the event again.
+                staged = Some(store.stage(part, next).ok()?);
             }
         }
         let held = verdict.as_ref().and_then(Verdict::all_held);
@@ -121,7 +113,8 @@ impl Engine {
             EventOutcome::NoMatch
         } else {
             EventOutcome::Skipped
-        })
+        });
+        staged
     }
 
     /// The policy's verdicts for `event`, each on the event it is carried
@@ -130,12 +123,12 @@ impl Engine {
     fn plan<'e>(
         &self,
         event: &'e Event,
-        verdict: Option<&'e Verdict>,
+        verdict: Option<&'e Verdict<'e>>,
         replay: Option<&ReplayScope>,
     ) -> Vec<Step<'e>> {
         // Nothing held: the event is judged fresh as it is.
         let verdict = verdict.filter(|v| !v.held.is_empty());
-        let fresh = verdict.and_then(|v| v.fresh.as_ref());
+        let fresh = verdict.and_then(|v| v.fresh.as_deref());
         // Same rules, same kind and group: one verdict per `then` entry in
         // both lists, in the same order.
         let mut guarded = fresh.map(|e| self.policy.decide(e).into_iter());
@@ -223,7 +216,7 @@ impl Engine {
         source: SourceRecord,
         marker: &Event,
         part: Option<&Partition>,
-    ) -> EventOutcome {
+    ) {
         let target = marker
             .attributes
             .get("target")
@@ -231,13 +224,15 @@ impl Engine {
             .unwrap_or_default();
         let Some(part) = part else {
             tracing::warn!(group = %marker.group_id, target, "resync marker, but worker.track_state is off: no state to apply");
-            return self.finish(EventOutcome::NoMatch);
+            self.finish(EventOutcome::NoMatch);
+            return;
         };
         let key = state::key(&marker.appkey, marker.scope, &marker.group_id);
         let state: Option<GroupState> = part.get(&key);
         let Some(state) = state else {
             tracing::info!(group = %marker.group_id, target, "resync: no mute state for the group; nothing to apply");
-            return self.finish(EventOutcome::NoMatch);
+            self.finish(EventOutcome::NoMatch);
+            return;
         };
         let events = guard::snapshot(&state, now_ms());
         let mut steps = Vec::new();
@@ -260,7 +255,7 @@ impl Engine {
             EventOutcome::NoMatch
         } else {
             EventOutcome::Skipped
-        })
+        });
     }
 
     /// Carries out one verdict of the policy: the outcome of each call it

@@ -292,16 +292,19 @@ fn load(shared: &Shared, parts: Vec<Arc<Partition>>) {
                 &shared.topic,
                 &ids,
                 |record| {
+                    let table = tables.entry(record.partition).or_default();
                     let Some(payload) = record.payload else {
+                        // A tombstone (someone deleted the group's state):
+                        // the key has no state from here on.
+                        if let Some(key) = record.key {
+                            table.remove(String::from_utf8_lossy(&key).as_ref());
+                        }
                         return;
                     };
                     match serde_json::from_slice::<GroupState>(&payload) {
                         Ok(mut state) => {
                             guard::prune(&mut state, now, shared.horizon_ms);
-                            tables
-                                .entry(record.partition)
-                                .or_default()
-                                .insert(state.key(), state);
+                            table.insert(state.key(), state);
                         }
                         Err(_) => unreadable += 1,
                     }

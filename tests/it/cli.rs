@@ -288,6 +288,19 @@ fn policy_explain_with_a_state_shows_what_the_guard_holds() {
     assert!(out.contains("UserIds%5B%5D=u2"), "{out}");
     assert!(!out.contains("UserIds%5B%5D=u1"), "{out}");
 
+    // A resync marker is not run through the rules (no webhook "forwards" it).
+    let mut marker: serde_json::Value =
+        serde_json::from_str(&event_json("group", group, "resync")).unwrap();
+    marker["attributes"] = serde_json::json!({"target": "zego"});
+    marker["mute"] = serde_json::Value::Null;
+    let (ok, out, err) = explain(&marker.to_string());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("a resync marker") && out.contains("target zego"),
+        "{out}"
+    );
+    assert!(!out.contains("would send"), "{out}");
+
     // A state of another group is refused, naming both.
     let (ok, _, err) = explain_with_state(&event_json("group", "other", "mute_all"), Some(&state));
     assert!(!ok);

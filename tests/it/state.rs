@@ -460,4 +460,26 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "fresh", group = "
     let later: Vec<Option<i64>> = zego.calls()[71..].iter().map(|c| c.duration).collect();
     assert_eq!(later, [Some(0); 10]);
     w.stop().await;
+
+    // A tombstone (a group's state deleted by hand, as compaction allows)
+    // removes the group from what the commands read.
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        mutebridge::producer_config(&h.config.kafka, h.cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+    let partition = mutebridge::key_partition(b"rs-59", h.config.kafka.partitions);
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&h.config.worker.state_topic)
+                .partition(partition)
+                .key(&format!("{APPKEY}|group|rs-59")),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let out = mutebridge(&["state", "get", "--config", path, APPKEY, "group", "rs-59"]);
+    assert!(!out.status.success(), "a deleted state is gone");
+    let out = mutebridge(&["state", "dump", "--config", path]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 59);
 }
