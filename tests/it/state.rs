@@ -483,3 +483,24 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "fresh", group = "
     let out = mutebridge(&["state", "dump", "--config", path]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 59);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_topic_partitioned_unlike_the_event_topic_is_refused_at_start() {
+    let h = Harness::start().await;
+    let mut config = h.config.clone();
+    config.worker.state_topic = "im.group-events.state-3".into();
+    h.cluster
+        .embedded()
+        .unwrap()
+        .create_topic(&config.worker.state_topic, 3)
+        .unwrap();
+    let e = match mutebridge::Worker::start(&config, &h.cluster, &mutebridge::Metrics::new()).await
+    {
+        Ok(_) => panic!("a worker started with a mispartitioned state topic"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("has 3 partitions") && e.contains("has 12") && e.contains("worker.state_topic"),
+        "{e}"
+    );
+}
