@@ -105,6 +105,11 @@ pub struct RetryConfig {
     /// jitter (a uniformly random wait between 0 and the ceiling).
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// How long one call may keep drawing the provider's rate-limit answer
+    /// before it is dead-lettered (reason `rate_limited`). Rate-limit
+    /// answers are temporary by definition: they count against this, not
+    /// against `max_attempts` or `max_elapsed_seconds`.
+    pub rate_limited_horizon_seconds: u64,
 }
 
 impl Default for RetryConfig {
@@ -114,6 +119,7 @@ impl Default for RetryConfig {
             max_elapsed_seconds: 300,
             initial_backoff_ms: 200,
             max_backoff_ms: 30_000,
+            rate_limited_horizon_seconds: 6 * 3600,
         }
     }
 }
@@ -669,6 +675,12 @@ impl RetryConfig {
             return invalid(
                 "max_backoff_ms",
                 "needs 0 < initial_backoff_ms <= max_backoff_ms",
+            );
+        }
+        if self.rate_limited_horizon_seconds == 0 {
+            return invalid(
+                "rate_limited_horizon_seconds",
+                "must be greater than 0 (hours are typical: a rate-limit answer is temporary)",
             );
         }
         Ok(())

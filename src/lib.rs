@@ -28,6 +28,7 @@ pub mod config;
 pub mod event;
 mod ingest;
 mod kafka;
+pub mod limit;
 mod metrics;
 mod ops;
 mod policy;

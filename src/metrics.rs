@@ -5,8 +5,8 @@
 //! bounded whatever traffic arrives.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::sync::Arc;
@@ -129,6 +129,13 @@ pub struct WorkerMetrics {
     pub dead_letters: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub rate_limit_wait: CounterVec,
+    /// This replica's part of each target's limit.
+    pub rate_limit_share: GaugeVec,
+    /// 1 while a redis-mode target's exact limit is in force.
+    pub rate_limit_exact: IntGaugeVec,
+    pub rate_limit_fallbacks: IntCounterVec,
+    /// The provider's rate-limit answers.
+    pub target_rate_limited: IntCounterVec,
     pub groups_in_flight: IntGauge,
     pub buffered_events: IntGauge,
     /// Mute states held for the assigned partitions.
@@ -194,6 +201,32 @@ impl WorkerMetrics {
                 &["target"],
             )
             .expect("valid metric"),
+            rate_limit_share: GaugeVec::new(
+                Opts::new(
+                    "mutebridge_rate_limit_share_per_second",
+                    "Calls per second this replica may make to a target while on its partition share: the target's limit x headroom x assigned / all partitions.",
+                ),
+                &["target"],
+            )
+            .expect("valid metric"),
+            rate_limit_exact: IntGaugeVec::new(
+                Opts::new(
+                    "mutebridge_rate_limit_exact",
+                    "1 while a target's rate limit is kept in Redis (mode = redis and Redis answers); 0 on the partition share.",
+                ),
+                &["target"],
+            )
+            .expect("valid metric"),
+            rate_limit_fallbacks: counter(
+                "mutebridge_rate_limit_fallbacks_total",
+                "Times Redis stopped answering and a target's limit fell back to the partition share.",
+                &["target"],
+            ),
+            target_rate_limited: counter(
+                "mutebridge_target_rate_limited_total",
+                "Provider answers saying a target's rate limit was exceeded (each pauses every call of the target).",
+                &["target"],
+            ),
             groups_in_flight: IntGauge::new(
                 "mutebridge_worker_groups_in_flight",
                 "Groups with an event being applied right now.",
@@ -239,6 +272,10 @@ impl WorkerMetrics {
             Box::new(self.dead_letters.clone()),
             Box::new(self.consumer_lag.clone()),
             Box::new(self.rate_limit_wait.clone()),
+            Box::new(self.rate_limit_share.clone()),
+            Box::new(self.rate_limit_exact.clone()),
+            Box::new(self.rate_limit_fallbacks.clone()),
+            Box::new(self.target_rate_limited.clone()),
             Box::new(self.groups_in_flight.clone()),
             Box::new(self.buffered_events.clone()),
             Box::new(self.state_groups.clone()),
@@ -265,11 +302,25 @@ impl WorkerMetrics {
             self.action_duration.with_label_values(&[t]);
             self.action_retries.with_label_values(&[t]);
             self.rate_limit_wait.with_label_values(&[t]);
+            self.target_rate_limited.with_label_values(&[t]);
             for reason in Reason::ALL {
                 if reason != Reason::Undecodable {
                     self.dead_letters.with_label_values(&[t, reason.as_str()]);
                 }
             }
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// The handles of `target`'s rate limiter (creates its series).
+    pub fn limit_metrics(&self, target: &str) -> crate::limit::LimitMetrics {
+        crate::limit::LimitMetrics {
+            share: self.rate_limit_share.with_label_values(&[target]),
+            exact: self.rate_limit_exact.with_label_values(&[target]),
+            fallbacks: self.rate_limit_fallbacks.with_label_values(&[target]),
+            rate_limited: self.target_rate_limited.with_label_values(&[target]),
+            waited: self.rate_limit_wait.with_label_values(&[target]),
         }
     }
 }

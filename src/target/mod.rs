@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::config::{Invalid, Secret};
 use crate::event::Event;
+use crate::limit::Spec;
 use crate::policy::{Action, Addressing, Capabilities, Dest, MuteLength, Op};
 use crate::time::unix_ms;
 pub use log::{DiscardConfig, LogConfig};
@@ -66,9 +67,21 @@ impl TargetConfig {
     /// Every secret in this target, with its key relative to the target.
     pub fn secrets_mut(&mut self) -> Vec<(String, &mut Secret)> {
         match self {
-            TargetConfig::Zego(c) => vec![("server_secret".into(), &mut c.server_secret)],
-            TargetConfig::Rongcloud(c) => vec![("app_secret".into(), &mut c.app_secret)],
-            TargetConfig::Webhook(c) => vec![("secret".into(), &mut c.secret)],
+            TargetConfig::Zego(c) => {
+                let mut s = vec![("server_secret".into(), &mut c.server_secret)];
+                s.extend(c.rate_limit.secrets_mut());
+                s
+            }
+            TargetConfig::Rongcloud(c) => {
+                let mut s = vec![("app_secret".into(), &mut c.app_secret)];
+                s.extend(c.rate_limit.secrets_mut());
+                s
+            }
+            TargetConfig::Webhook(c) => {
+                let mut s = vec![("secret".into(), &mut c.secret)];
+                s.extend(c.rate_limit.secrets_mut());
+                s
+            }
             TargetConfig::Log(LogConfig {
                 render_as: Some(inner),
             }) => inner
@@ -78,6 +91,27 @@ impl TargetConfig {
                 .collect(),
             TargetConfig::Log(_) | TargetConfig::Discard(_) => Vec::new(),
         }
+    }
+
+    /// What the rate limiter of this target is built from; `None` for
+    /// targets that send nothing (`log`, `discard`).
+    pub fn limit_spec<'a>(&'a self, name: &'a str) -> Option<Spec<'a>> {
+        let (app, rate_per_second, config) = match self {
+            TargetConfig::Zego(c) => (c.app_id.to_string(), Some(c.rate_per_second), &c.rate_limit),
+            TargetConfig::Rongcloud(c) => {
+                (c.app_key.clone(), Some(c.rate_per_second), &c.rate_limit)
+            }
+            // A webhook's "app" is its URL: callers of one URL share it.
+            TargetConfig::Webhook(c) => (c.url.clone(), c.rate_per_second, &c.rate_limit),
+            TargetConfig::Log(_) | TargetConfig::Discard(_) => return None,
+        };
+        Some(Spec {
+            name,
+            kind: self.kind(),
+            app,
+            rate_per_second,
+            config,
+        })
     }
 
     /// What this target can do, for checking the policy against it.
@@ -238,16 +272,6 @@ impl Target {
                 Target::Log(c.render_as.as_ref().map(|t| Box::new(Target::new(t))))
             }
             TargetConfig::Discard(_) => Target::Discard,
-        }
-    }
-
-    /// Requests per second this target allows itself; `None` = unlimited.
-    pub fn rate_per_second(&self) -> Option<f64> {
-        match self {
-            Target::Zego(z) => Some(z.config.rate_per_second),
-            Target::RongCloud(r) => Some(r.config.rate_per_second),
-            Target::Webhook(w) => w.config.rate_per_second,
-            Target::Log(_) | Target::Discard => None,
         }
     }
 

@@ -13,6 +13,7 @@ use sha1::{Digest, Sha1};
 
 use super::{remaining_seconds, Method, Outcome, Reply, Request, Unsendable};
 use crate::config::{Invalid, Secret};
+use crate::limit::RateLimitConfig;
 use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
 use crate::time::unix_ms;
 
@@ -33,9 +34,13 @@ pub struct RongCloudConfig {
     /// official Go, Java and Ruby SDKs send seconds, so that is the default.
     #[serde(default)]
     pub timestamp_unit: TimestampUnit,
-    /// RongCloud allows 100 calls per second for each of these APIs.
+    /// RongCloud allows 100 calls per second per app key, for everything
+    /// that calls it: this is that limit for the whole consumer group.
     #[serde(default = "default_rate")]
     pub rate_per_second: f64,
+    /// How the worker replicas share `rate_per_second`.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 /// Unit of RongCloud's `Timestamp` header.
@@ -61,6 +66,9 @@ impl RongCloudConfig {
     /// Keys relative to the target.
     pub fn validate(&self) -> Result<(), Invalid> {
         super::check_rate(Some(self.rate_per_second))?;
+        self.rate_limit
+            .validate()
+            .map_err(|e| e.under("rate_limit"))?;
         if self.base_urls.is_empty() {
             return Err(Invalid::new("base_urls", "needs at least one host"));
         }
@@ -362,6 +370,7 @@ mod tests {
             app_secret: Secret::new("Y1W2MeFwwwRxa0"),
             timestamp_unit: TimestampUnit::Milliseconds,
             rate_per_second: 100.0,
+            rate_limit: Default::default(),
         })
     }
 

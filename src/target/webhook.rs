@@ -14,6 +14,7 @@ use sha2::Sha256;
 use super::{Method, Outcome, Reply, Request, Unsendable};
 use crate::config::{Invalid, Secret};
 use crate::event::Event;
+use crate::limit::RateLimitConfig;
 use crate::policy::Action;
 use crate::time::unix_ms;
 
@@ -24,15 +25,21 @@ pub struct WebhookConfig {
     pub url: String,
     /// HMAC key; `env:NAME` reads it from the environment.
     pub secret: Secret,
-    /// Unlimited when unset.
+    /// Unlimited when unset; for the whole consumer group when set.
     #[serde(default)]
     pub rate_per_second: Option<f64>,
+    /// How the worker replicas share `rate_per_second`.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 impl WebhookConfig {
     /// Keys relative to the target.
     pub fn validate(&self) -> Result<(), Invalid> {
         super::check_rate(self.rate_per_second)?;
+        self.rate_limit
+            .validate()
+            .map_err(|e| e.under("rate_limit"))?;
         super::check_url("url", &self.url)
     }
 }

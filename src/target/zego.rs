@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{remaining_seconds, Outcome, Reply, Request, Unsendable};
 use crate::config::{Invalid, Secret};
+use crate::limit::RateLimitConfig;
 use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
 use crate::time::unix_ms;
 
@@ -30,9 +31,13 @@ pub struct ZegoConfig {
     pub server_secret: Secret,
     /// The user mutes are made as: must be the group's owner or an admin.
     pub from_user_id: String,
-    /// ZEGO allows 20 calls per second for each of these APIs.
+    /// ZEGO allows 20 calls per second per AppID, for everything that
+    /// calls it: this is that limit for the whole consumer group.
     #[serde(default = "default_rate")]
     pub rate_per_second: f64,
+    /// How the worker replicas share `rate_per_second`.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 /// What a ZEGO target can do: mute a group or its members, for up to 30 days.
@@ -48,6 +53,9 @@ impl ZegoConfig {
     /// Keys relative to the target.
     pub fn validate(&self) -> Result<(), Invalid> {
         super::check_rate(Some(self.rate_per_second))?;
+        self.rate_limit
+            .validate()
+            .map_err(|e| e.under("rate_limit"))?;
         super::check_url("base_url", &self.base_url)?;
         if self.from_user_id.trim().is_empty() {
             return Err(Invalid::new(
@@ -384,6 +392,7 @@ mod tests {
             server_secret: Secret::new("9193cc662a4c0ec135ec71fb57194b38"),
             from_user_id: "bot".into(),
             rate_per_second: 20.0,
+            rate_limit: Default::default(),
         })
     }
 

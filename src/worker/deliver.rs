@@ -5,22 +5,27 @@
 //! Backoff is exponential with full jitter (a uniformly random wait up to
 //! the ceiling, so retries of many groups do not synchronise), never shorter
 //! than the provider's `Retry-After`. The budget is `[worker.retry]`: a
-//! number of attempts and a total time, whichever runs out first.
+//! number of attempts and a total time, whichever runs out first; time
+//! spent waiting for our own limiter does not count against it.
+//!
+//! A rate-limit answer is not a failure of the call: the whole target
+//! pauses ([`crate::limit`]), the call is tried again, and only
+//! `rate_limited_horizon_seconds` of such answers dead-letter it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use prometheus::{Counter, Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter};
+use tokio::time::Instant;
 
 use super::dlq::Reason;
 use super::outcome::{ActionOutcome, Failure};
 use crate::config::{RetryConfig, WorkerConfig};
 use crate::event::Event;
+use crate::limit::Limiter;
 use crate::metrics::WorkerMetrics;
 use crate::policy::Action;
 use crate::target::{
@@ -31,11 +36,12 @@ use crate::target::{
 pub struct TargetRuntime {
     pub name: Arc<str>,
     pub target: Target,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Every target that sends has one (a webhook without
+    /// `rate_per_second` only for the back-off).
+    limiter: Option<Arc<Limiter>>,
     host: AtomicUsize,
     duration: Histogram,
     retries: IntCounter,
-    waited: Counter,
 }
 
 /// Applies calls to the configured targets.
@@ -59,38 +65,42 @@ impl Deliverer {
             .user_agent(concat!("mutebridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
-        let targets = targets
-            .iter()
-            .map(|(name, cfg)| {
-                let target = Target::new(cfg);
-                let limiter = target.rate_per_second().map(|rate| {
-                    // Evenly spaced, no burst: a provider's "N per second"
-                    // is never exceeded in any window, even after idling.
-                    let period = Duration::from_secs_f64(1.0 / rate);
-                    RateLimiter::direct(
-                        Quota::with_period(period)
-                            .expect("rate is validated to be positive")
-                            .allow_burst(NonZeroU32::MIN),
-                    )
-                });
-                let name: Arc<str> = Arc::from(name.as_str());
-                let runtime = TargetRuntime {
-                    name: name.clone(),
-                    target,
-                    limiter,
-                    host: AtomicUsize::new(0),
-                    duration: metrics.action_duration.with_label_values(&[name.as_ref()]),
-                    retries: metrics.action_retries.with_label_values(&[name.as_ref()]),
-                    waited: metrics.rate_limit_wait.with_label_values(&[name.as_ref()]),
-                };
-                (name, Arc::new(runtime))
-            })
-            .collect();
+        let mut runtimes = HashMap::new();
+        for (name, cfg) in targets {
+            let limiter = match cfg.limit_spec(name) {
+                Some(spec) => Some(Arc::new(Limiter::new(
+                    spec,
+                    Duration::from_millis(config.retry.max_backoff_ms),
+                    metrics.limit_metrics(name),
+                )?)),
+                None => None,
+            };
+            let name: Arc<str> = Arc::from(name.as_str());
+            let runtime = TargetRuntime {
+                name: name.clone(),
+                target: Target::new(cfg),
+                limiter,
+                host: AtomicUsize::new(0),
+                duration: metrics.action_duration.with_label_values(&[name.as_ref()]),
+                retries: metrics.action_retries.with_label_values(&[name.as_ref()]),
+            };
+            runtimes.insert(name, Arc::new(runtime));
+        }
+        let targets = runtimes;
         Ok(Deliverer {
             client,
             retry: config.retry.clone(),
             targets,
         })
+    }
+
+    /// The targets' rate limiters, for the rebalance callback to set
+    /// their shares.
+    pub fn limiters(&self) -> Vec<Arc<Limiter>> {
+        self.targets
+            .values()
+            .filter_map(|rt| rt.limiter.clone())
+            .collect()
     }
 
     /// Applies `action` (split into calls of at most 20 users), one call
@@ -116,8 +126,14 @@ impl Deliverer {
     ) -> Vec<ActionOutcome> {
         let started = Instant::now();
         let budget = Duration::from_secs(self.retry.max_elapsed_seconds);
+        let horizon = Duration::from_secs(self.retry.rate_limited_horizon_seconds);
         let mut failed_users: Vec<(String, String)> = Vec::new();
+        // Attempts that failed other than by a rate-limit answer.
         let mut attempts = 0u32;
+        // Time spent waiting for our own limiter (and the target's pauses):
+        // not the provider's failure, so not part of the retry budget.
+        let mut waited = Duration::ZERO;
+        let mut limited_since: Option<Instant> = None;
         let finish = |failed_users: Vec<(String, String)>, attempts: u32, last: ActionOutcome| {
             let mut out = Vec::new();
             if !failed_users.is_empty() {
@@ -138,10 +154,9 @@ impl Deliverer {
         loop {
             attempts += 1;
             if let Some(limiter) = &rt.limiter {
-                let waiting = Instant::now();
-                limiter.until_ready().await;
-                rt.waited.inc_by(waiting.elapsed().as_secs_f64());
+                waited += limiter.acquire().await;
             }
+            let sent = Instant::now();
             let host = rt.host.load(Ordering::Relaxed);
             let request = match rt.target.render(&call, event, host, SystemTime::now()) {
                 Ok(r) => r,
@@ -170,6 +185,11 @@ impl Deliverer {
                     outcome
                 }
             };
+            if let (Some(limiter), Outcome::Done | Outcome::Partial { .. }) =
+                (&rt.limiter, &outcome)
+            {
+                limiter.admitted();
+            }
             let (error, after, switch_host, rate_limited) = match outcome {
                 Outcome::Done => return finish(failed_users, attempts, ActionOutcome::Ok),
                 Outcome::Permanent { error } => {
@@ -192,6 +212,31 @@ impl Deliverer {
                     after,
                 } => (error, after, switch_host, rate_limited),
             };
+            if rate_limited {
+                // Not this call's failure: the whole target pauses, and the
+                // call goes again once the limiter lets it.
+                attempts -= 1;
+                let since = *limited_since.get_or_insert(sent);
+                if since.elapsed() > horizon {
+                    let error = format!(
+                        "{error} (still rate limited after {}s, worker.retry.rate_limited_horizon_seconds)",
+                        since.elapsed().as_secs()
+                    );
+                    let f = Failure::whole(Reason::RateLimited, error, attempts);
+                    return finish(failed_users, attempts, f);
+                }
+                rt.retries.inc();
+                match &rt.limiter {
+                    Some(limiter) => {
+                        limiter.rate_limited(sent, after).await;
+                    }
+                    // Only `log`/`discard` have none, and they never get here.
+                    None => tokio::time::sleep(after.unwrap_or(crate::limit::FIRST_PAUSE)).await,
+                }
+                tracing::debug!(target = %rt.name, rule = %call.rule, %error, "rate limited; retrying after the target's pause");
+                continue;
+            }
+            limited_since = None;
             let hosts = rt.target.hosts();
             let switched = switch_host && hosts > 1;
             if switched {
@@ -208,7 +253,8 @@ impl Deliverer {
             } else {
                 backoff(&self.retry, attempts).max(after.unwrap_or_default())
             };
-            if attempts >= self.retry.max_attempts || started.elapsed() + wait > budget {
+            let spent = started.elapsed().saturating_sub(waited);
+            if attempts >= self.retry.max_attempts || spent + wait > budget {
                 let error = format!("{error} (gave up after {attempts} attempts)");
                 let f = Failure::whole(Reason::RetriesExhausted, error, attempts);
                 return finish(failed_users, attempts, f);
@@ -305,6 +351,7 @@ mod tests {
             max_elapsed_seconds: 60,
             initial_backoff_ms: 100,
             max_backoff_ms: 1000,
+            ..Default::default()
         };
         for attempt in 1..12 {
             let ceiling = (100u64 << (attempt - 1).min(30)).min(1000);

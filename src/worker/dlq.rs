@@ -31,6 +31,9 @@ pub enum Reason {
     PermanentError,
     /// Retryable failures outlasted `[worker.retry]`'s budget.
     RetriesExhausted,
+    /// The provider kept answering "rate limited" for longer than
+    /// `worker.retry.rate_limited_horizon_seconds`.
+    RateLimited,
     /// An ID had no mapping and the rule says `on_unmapped = "dead_letter"`.
     Unmapped,
     /// The record is not a `mutebridge.event/v1` event.
@@ -38,9 +41,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::PermanentError,
         Reason::RetriesExhausted,
+        Reason::RateLimited,
         Reason::Unmapped,
         Reason::Undecodable,
     ];
@@ -49,6 +53,7 @@ impl Reason {
         match self {
             Reason::PermanentError => "permanent_error",
             Reason::RetriesExhausted => "retries_exhausted",
+            Reason::RateLimited => "rate_limited",
             Reason::Unmapped => "unmapped",
             Reason::Undecodable => "undecodable",
         }

@@ -34,6 +34,7 @@ use tokio::task::AbortHandle;
 
 use crate::config::{Config, WorkerConfig};
 use crate::kafka::{self, scan::Reader, Cluster};
+use crate::limit::Shares;
 use crate::metrics::{Metrics, WorkerMetrics};
 use deliver::Deliverer;
 use dlq::DeadLetters;
@@ -92,13 +93,16 @@ impl Worker {
             .await
             .with_context(|| format!("cannot create the dead-letter topic {}", w.dlq_topic))?;
         let bootstrap = cluster.bootstrap_servers();
+        let partitions = event_partitions(config, cluster).await?;
         let deliverer = Deliverer::new(w, &config.targets, &metrics.worker)?;
+        // Every limiter starts at a zero share: nothing is assigned yet.
+        let shares = Arc::new(Shares::new(deliverer.limiters(), partitions));
         metrics
             .worker
             .init_labels(config.targets.keys().map(String::as_str));
         let dlq = DeadLetters::new(&config.kafka, bootstrap, &w.dlq_topic)?;
         let state = if w.track_state {
-            Some(open_state(config, cluster, metrics).await?)
+            Some(open_state(config, cluster, metrics, partitions).await?)
         } else {
             None
         };
@@ -109,6 +113,7 @@ impl Worker {
             topic: config.kafka.topic.clone(),
             lag: metrics.worker.consumer_lag.clone(),
             state: state.clone(),
+            shares,
         };
         let consumer: StreamConsumer<WorkerContext> =
             kafka::consumer_config(&config.kafka, bootstrap, &w.group_id)
@@ -199,12 +204,24 @@ impl Worker {
     }
 }
 
+/// The event topic's partition count (the whole that rate-limit shares
+/// are parts of).
+async fn event_partitions(config: &Config, cluster: &Cluster) -> anyhow::Result<usize> {
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let (kafka_cfg, topic) = (config.kafka.clone(), config.kafka.topic.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        Reader::new(&kafka_cfg, &bootstrap)?.partition_count(&topic)
+    })
+    .await?
+}
+
 /// Creates the state topic and checks that it is partitioned like the
 /// event topic (a group's state lives in its events' partition number).
 async fn open_state(
     config: &Config,
     cluster: &Cluster,
     metrics: &Metrics,
+    events: usize,
 ) -> anyhow::Result<Store> {
     let (kafka, w) = (&config.kafka, &config.worker);
     cluster
@@ -212,20 +229,16 @@ async fn open_state(
         .await
         .with_context(|| format!("cannot create the state topic {}", w.state_topic))?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
-    let (kafka_cfg, topic, state_topic) =
-        (kafka.clone(), kafka.topic.clone(), w.state_topic.clone());
-    let (events, states) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
-            let reader = Reader::new(&kafka_cfg, &bootstrap)?;
-            let events = reader.partition_count(&topic)?;
-            let states = reader.partition_count(&state_topic).with_context(|| {
-                format!(
-                    "the state topic {state_topic} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false"
-                )
-            })?;
-            Ok((events, states))
+    let (kafka_cfg, state_topic) = (kafka.clone(), w.state_topic.clone());
+    let states = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let reader = Reader::new(&kafka_cfg, &bootstrap)?;
+        reader.partition_count(&state_topic).with_context(|| {
+            format!(
+                "the state topic {state_topic} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false"
+            )
         })
-        .await??;
+    })
+    .await??;
     if events != states {
         anyhow::bail!(
             "the state topic {} has {states} partitions and the event topic {} has {events}: they must match, because a group's state is kept in its events' partition number. Recreate {} with {events} partitions (its contents are rebuilt from new events), or set worker.state_topic to a new topic",

@@ -16,6 +16,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use super::store::Store;
+use crate::limit::Shares;
 
 /// Per-partition progress.
 #[derive(Debug, Default)]
@@ -112,6 +113,8 @@ pub struct WorkerContext {
     pub lag: IntGaugeVec,
     /// The mute states, when `worker.track_state` is on.
     pub state: Option<Store>,
+    /// The targets' rate-limit shares, which follow the assignment.
+    pub shares: Arc<Shares>,
 }
 
 impl WorkerContext {
@@ -142,8 +145,13 @@ impl ClientContext for WorkerContext {
 
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(assigned), Some(state)) = (rebalance, &self.state) {
-            state.assign(&self.partitions(assigned));
+        if let Rebalance::Assign(assigned) = rebalance {
+            let partitions = self.partitions(assigned);
+            // Only once the partitions are ours does the share grow.
+            self.shares.assign(&partitions);
+            if let Some(state) = &self.state {
+                state.assign(&partitions);
+            }
         }
     }
 
@@ -151,6 +159,9 @@ impl ConsumerContext for WorkerContext {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
+        // Before the partitions go: the next owner's share grows only after
+        // this one's shrank, so the shares never add up to more than the limit.
+        self.shares.revoke(&self.partitions(revoked));
         if let Some(state) = &self.state {
             state.revoke(&self.partitions(revoked));
         }

@@ -11,6 +11,7 @@ mod deploy;
 mod hardening;
 mod ingest;
 mod providers;
+mod ratelimit;
 mod seeds;
 mod state;
 mod support;

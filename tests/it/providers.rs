@@ -28,35 +28,67 @@ pub enum Fault {
     Code(i64),
     /// Wait this long before handling the request (client timeouts).
     Delay(Duration),
+    /// Refuse for rate with a `Retry-After` of this many seconds
+    /// (RongCloud: HTTP 429, code 1008; whether it sends the header is
+    /// unconfirmed, so both are tested).
+    RetryAfter(u64),
 }
 
-/// A token bucket like the providers' per-second limits: `rate` tokens per
-/// second, at most `rate` stored.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
+/// A provider's per-second limit.
+enum Bucket {
+    /// A token bucket: `rate` tokens per second, at most `rate` stored.
+    Tokens { rate: f64, tokens: f64, at: Instant },
+    /// The strictest reading of "N per second": a sliding window, refusing
+    /// a request when N were admitted in the second before it.
+    Window {
+        limit: usize,
+        admitted: VecDeque<Instant>,
+    },
 }
 
 impl Bucket {
     fn new(rate: f64) -> Bucket {
-        Bucket {
+        Bucket::Tokens {
             rate,
             tokens: rate,
             at: Instant::now(),
         }
     }
 
+    fn sliding(limit: usize) -> Bucket {
+        Bucket::Window {
+            limit,
+            admitted: VecDeque::new(),
+        }
+    }
+
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        match self {
+            Bucket::Tokens { rate, tokens, at } => {
+                *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * *rate).min(*rate);
+                *at = now;
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    true
+                } else {
+                    false
+                }
+            }
+            Bucket::Window { limit, admitted } => {
+                while admitted
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    admitted.pop_front();
+                }
+                if admitted.len() >= *limit {
+                    false
+                } else {
+                    admitted.push_back(now);
+                    true
+                }
+            }
         }
     }
 }
@@ -83,8 +115,26 @@ pub struct Common {
     faults: Mutex<VecDeque<Fault>>,
     down: AtomicBool,
     requests: AtomicU64,
+    /// When each request arrived.
+    arrivals: Mutex<Vec<Instant>>,
+    /// When each request refused for rate arrived.
+    refusals: Mutex<Vec<Instant>>,
     rate_limited: AtomicU64,
     rejected: Mutex<Vec<String>>,
+}
+
+impl Common {
+    fn arrived(&self) -> Instant {
+        let now = Instant::now();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.arrivals.lock().unwrap().push(now);
+        now
+    }
+
+    fn refused_for_rate(&self, arrived: Instant) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.refusals.lock().unwrap().push(arrived);
+    }
 }
 
 /// The accessors tests use on either fake.
@@ -110,6 +160,14 @@ pub trait Provider {
     /// Every request that reached the server.
     fn requests(&self) -> u64 {
         self.common().requests.load(Ordering::Relaxed)
+    }
+    /// When every request arrived, in order.
+    fn arrivals(&self) -> Vec<Instant> {
+        self.common().arrivals.lock().unwrap().clone()
+    }
+    /// When the requests refused for rate arrived.
+    fn refusals(&self) -> Vec<Instant> {
+        self.common().refusals.lock().unwrap().clone()
     }
     /// Requests refused by the rate limit.
     fn rate_limited(&self) -> u64 {
@@ -186,12 +244,23 @@ pub struct FakeZego {
 }
 
 impl FakeZego {
+    /// A ZEGO whose AppID limit is a token bucket of `rate_per_second`.
     pub async fn start(app_id: u32, secret: &str, rate_per_second: f64) -> FakeZego {
+        FakeZego::start_limited(app_id, secret, Bucket::new(rate_per_second)).await
+    }
+
+    /// A ZEGO whose AppID limit is a sliding window: no more than
+    /// `per_second` requests admitted in any second.
+    pub async fn start_sliding(app_id: u32, secret: &str, per_second: usize) -> FakeZego {
+        FakeZego::start_limited(app_id, secret, Bucket::sliding(per_second)).await
+    }
+
+    async fn start_limited(app_id: u32, secret: &str, bucket: Bucket) -> FakeZego {
         let state = Arc::new(ZegoState {
             app_id,
             secret: secret.into(),
             common: Common::default(),
-            bucket: Mutex::new(Bucket::new(rate_per_second)),
+            bucket: Mutex::new(bucket),
             groups: Mutex::new(None),
             failing_users: Mutex::new(HashMap::new()),
         });
@@ -230,7 +299,7 @@ fn zego_reply(code: i64, message: &str) -> Response {
 }
 
 async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
-    s.common.requests.fetch_add(1, Ordering::Relaxed);
+    let arrived = s.common.arrived();
     if s.common.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
     }
@@ -238,7 +307,12 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
         Some(Fault::Status(st)) => {
             return (StatusCode::from_u16(st).unwrap(), "injected").into_response()
         }
-        Some(Fault::Code(c)) => return zego_reply(c, "injected"),
+        Some(Fault::Code(c)) => {
+            if matches!(c, 7 | 660300005..=660300007) {
+                s.common.refused_for_rate(arrived);
+            }
+            return zego_reply(c, "injected");
+        }
         _ => {}
     }
     let q = pairs(uri.query().unwrap_or(""));
@@ -276,7 +350,7 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
         return reject(100000005, "signature wrong".into());
     }
     if !s.bucket.lock().unwrap().take() {
-        s.common.rate_limited.fetch_add(1, Ordering::Relaxed);
+        s.common.refused_for_rate(arrived);
         return zego_reply(660300005, "AppID rate limit");
     }
     let (Some(from), Some(group)) = (one(&q, "FromUserId"), one(&q, "GroupId")) else {
@@ -414,7 +488,7 @@ async fn rong_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.common.requests.fetch_add(1, Ordering::Relaxed);
+    let arrived = s.common.arrived();
     if s.common.down.load(Ordering::SeqCst) {
         return (StatusCode::BAD_GATEWAY, "host down").into_response();
     }
@@ -422,7 +496,18 @@ async fn rong_handler(
         Some(Fault::Status(st)) => {
             return (StatusCode::from_u16(st).unwrap(), "injected").into_response()
         }
+        Some(Fault::RetryAfter(secs)) => {
+            s.common.refused_for_rate(arrived);
+            let mut reply = rong_reply(429, 1008, "injected");
+            reply
+                .headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+            return reply;
+        }
         Some(Fault::Code(c)) => {
+            if c == 1008 {
+                s.common.refused_for_rate(arrived);
+            }
             let status = match c {
                 1000 => 500,
                 1008 => 429,
@@ -475,7 +560,7 @@ async fn rong_handler(
         return reject(400, 1002, "body must be a form".into());
     }
     if !s.bucket.lock().unwrap().take() {
-        s.common.rate_limited.fetch_add(1, Ordering::Relaxed);
+        s.common.refused_for_rate(arrived);
         return rong_reply(429, 1008, "Too Many Requests");
     }
     let path = uri.path();

@@ -1,0 +1,475 @@
+//! One provider rate limit across worker replicas: worker *processes* in
+//! one consumer group against a ZEGO stand-in that enforces 20/s with a
+//! sliding window, in both modes (partition share, and the exact GCRA in a
+//! real `redis-server`), through a replica's death and a Redis outage; the
+//! GCRA script itself against Redis; and the target-wide pause a provider's
+//! rate-limit answer causes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
+use crate::support::*;
+use crate::worker::{
+    policy, post_ok, rc_target, zego_target, RC_KEY, RC_SECRET, ZEGO_APP, ZEGO_RULE, ZEGO_SECRET,
+};
+use mutebridge::limit::redis::Gcra;
+
+/// ZEGO's documented limit, which the stand-in enforces.
+const LIMIT: usize = 20;
+
+/// `n` group IDs spread evenly over the partitions (as the benchmark's
+/// "evenly spread groups"): the partition share is exact only then.
+fn spread_groups(prefix: &str, n: usize, partitions: i32) -> Vec<String> {
+    let per = n / partitions as usize;
+    let mut count = vec![0usize; partitions as usize];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < n {
+        let g = format!("{prefix}-{i}");
+        i += 1;
+        let p = java_partition(&g, partitions) as usize;
+        if count[p] < per {
+            count[p] += 1;
+            out.push(g);
+        }
+    }
+    out
+}
+
+/// Calls per second between the first and the last accepted `MuteGroup`
+/// of `groups`.
+fn achieved_rate(zego: &FakeZego, groups: &HashSet<String>) -> f64 {
+    let calls: Vec<_> = zego
+        .calls()
+        .into_iter()
+        .filter(|c| groups.contains(&c.id))
+        .collect();
+    let span = calls
+        .last()
+        .unwrap()
+        .at
+        .duration_since(calls[0].at)
+        .as_secs_f64();
+    (calls.len() - 1) as f64 / span
+}
+
+fn called(zego: &FakeZego, groups: &HashSet<String>) -> usize {
+    zego.calls()
+        .iter()
+        .filter(|c| groups.contains(&c.id))
+        .map(|c| c.id.clone())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// A worker process's metric (0 when absent or unreachable).
+fn metric(addr: SocketAddr, line: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .and_then(|(_, body)| {
+            body.lines().find_map(|l| {
+                l.strip_prefix(line)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+        })
+        .unwrap_or(0.0)
+}
+
+const SHARE: &str = "mutebridge_rate_limit_share_per_second{target=\"zego\"}";
+const EXACT: &str = "mutebridge_rate_limit_exact{target=\"zego\"}";
+const FALLBACKS: &str = "mutebridge_rate_limit_fallbacks_total{target=\"zego\"}";
+
+/// A harness for worker processes: the topics they cannot create on the
+/// embedded cluster exist, and `worker.toml` points them at it.
+struct Processes {
+    h: Harness,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Processes {
+    async fn start(targets: &str) -> Processes {
+        let h = Harness::start_with(|c| policy(c, targets)).await;
+        let embedded = h.cluster.embedded().unwrap();
+        let partitions = h.config.kafka.partitions;
+        for topic in [&h.config.worker.state_topic, &h.config.worker.dlq_topic] {
+            embedded.create_topic(topic, partitions).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("worker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\npartitions = {partitions}\ncreate_topics = false\n[kafka.client]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n[worker]\ndlq_topic = \"{}\"\nstate_topic = \"{}\"\ncommit_interval_ms = 100\nrequest_timeout_ms = 5000\n{targets}",
+                h.cluster.bootstrap_servers(),
+                h.config.kafka.topic,
+                h.config.worker.dlq_topic,
+                h.config.worker.state_topic,
+            ),
+        )
+        .unwrap();
+        Processes { h, dir, config }
+    }
+
+    fn worker(&self, name: &str) -> (Killed, SocketAddr) {
+        spawn_role("worker", &self.config, &self.log(name))
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    fn logs(&self, names: &[&str]) -> String {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}",
+                    std::fs::read_to_string(self.log(n)).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    async fn post_mute_alls(&self, groups: &[String]) {
+        for g in groups {
+            post_ok(&self.h, &mute_all(g)).await;
+        }
+    }
+
+    async fn no_dead_letters(&self) {
+        let letters = self.h.dead_letters(1, Duration::from_secs(2)).await;
+        assert!(letters.is_empty(), "dead-lettered: {:?}", letters[0].value);
+    }
+}
+
+/// Waits until both workers hold half of the partitions each.
+async fn wait_for_even_split(a: SocketAddr, b: SocketAddr, half: f64, p: &Processes) {
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            (metric(a, SHARE) - half).abs() < 0.01 && (metric(b, SHARE) - half).abs() < 0.01
+        })
+        .await,
+        "shares: a {} b {}\n{}",
+        metric(a, SHARE),
+        metric(b, SHARE),
+        p.logs(&["a", "b"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_the_limit_by_partition_and_a_survivor_takes_it_all() {
+    let zego = FakeZego::start_sliding(ZEGO_APP, ZEGO_SECRET, LIMIT).await;
+    let targets = format!(
+        "{}rate_per_second = {LIMIT}\n{ZEGO_RULE}",
+        zego_target(&zego, "zego")
+    );
+    let p = Processes::start(&targets).await;
+    let partitions = p.h.config.kafka.partitions;
+    let (a, a_addr) = p.worker("a");
+    let (b, b_addr) = p.worker("b");
+    // 20/s × headroom 0.95, half of the partitions each.
+    wait_for_even_split(a_addr, b_addr, 9.5, &p).await;
+
+    let first = spread_groups("share", 300, partitions);
+    p.post_mute_alls(&first).await;
+    let first: HashSet<String> = first.into_iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || called(&zego, &first) == 300).await,
+        "{} of 300 groups reached ZEGO\n{}",
+        called(&zego, &first),
+        p.logs(&["a", "b"])
+    );
+    let rate = achieved_rate(&zego, &first);
+    println!("partition share, 2 processes: {rate:.2} calls/s of {LIMIT}/s");
+    assert_eq!(zego.rate_limited(), 0, "rate-limit answers: {rate:.2}/s");
+    assert!(
+        rate >= 0.85 * LIMIT as f64,
+        "aggregate {rate:.2}/s is under 85 % of {LIMIT}/s"
+    );
+
+    // B dies mid-run: its partitions come to A after the session timeout,
+    // and with them B's share.
+    let second = spread_groups("survivor", 300, partitions);
+    p.post_mute_alls(&second).await;
+    let second: HashSet<String> = second.into_iter().collect();
+    assert!(wait_until(Duration::from_secs(30), || called(&zego, &second) >= 60).await);
+    drop(b); // SIGKILL
+    assert!(
+        wait_until(Duration::from_secs(40), || (metric(a_addr, SHARE) - 19.0)
+            .abs()
+            < 0.01)
+        .await,
+        "the survivor's share is {}\n{}",
+        metric(a_addr, SHARE),
+        p.logs(&["a"])
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || called(&zego, &second) == 300).await,
+        "{} of 300 groups reached ZEGO after the kill\n{}",
+        called(&zego, &second),
+        p.logs(&["a", "b"])
+    );
+    assert_eq!(
+        zego.rate_limited(),
+        0,
+        "no rate-limit answer after the kill"
+    );
+    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
+    p.no_dead_letters().await;
+    let log = std::fs::read_to_string(p.log("a")).unwrap();
+    assert!(
+        log.contains("rate-limit share set") && log.contains("\"19.00\""),
+        "the new share is logged at info:\n{log}"
+    );
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_limit_is_exact_across_processes_and_survives_a_redis_outage() {
+    let mut redis = RedisServer::start();
+    let zego = FakeZego::start_sliding(ZEGO_APP, ZEGO_SECRET, LIMIT).await;
+    let targets = format!(
+        "{}rate_per_second = {LIMIT}\n[targets.zego.rate_limit]\nmode = \"redis\"\nurl = \"{}\"\n{ZEGO_RULE}",
+        zego_target(&zego, "zego"),
+        redis.url()
+    );
+    let p = Processes::start(&targets).await;
+    let partitions = p.h.config.kafka.partitions;
+    let (a, a_addr) = p.worker("a");
+    let (b, b_addr) = p.worker("b");
+    wait_for_even_split(a_addr, b_addr, 9.5, &p).await;
+    assert_eq!(metric(a_addr, EXACT) + metric(b_addr, EXACT), 2.0);
+
+    // Uneven on purpose: in exact mode a replica with more work uses the
+    // limit the other leaves idle.
+    let groups: Vec<String> = (0..300).map(|i| format!("exact-{i}")).collect();
+    p.post_mute_alls(&groups).await;
+    let first: HashSet<String> = groups.into_iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || called(&zego, &first) == 300).await,
+        "{} of 300\n{}",
+        called(&zego, &first),
+        p.logs(&["a", "b"])
+    );
+    let rate = achieved_rate(&zego, &first);
+    println!("redis, 2 processes: {rate:.2} calls/s of {LIMIT}/s");
+    assert_eq!(zego.rate_limited(), 0);
+    assert!(
+        rate >= 0.90 * LIMIT as f64,
+        "aggregate {rate:.2}/s is under 90 % of {LIMIT}/s"
+    );
+
+    // Redis goes away mid-run: both fall back to their shares.
+    let second = spread_groups("outage", 300, partitions);
+    p.post_mute_alls(&second).await;
+    let second: HashSet<String> = second.into_iter().collect();
+    assert!(wait_until(Duration::from_secs(30), || called(&zego, &second) >= 60).await);
+    redis.stop();
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(a_addr, FALLBACKS) >= 1.0
+            && metric(b_addr, FALLBACKS) >= 1.0
+            && metric(a_addr, EXACT) + metric(b_addr, EXACT) == 0.0)
+        .await,
+        "fallbacks: a {} b {}\n{}",
+        metric(a_addr, FALLBACKS),
+        metric(b_addr, FALLBACKS),
+        p.logs(&["a", "b"])
+    );
+    // /readyz stays 200: the worker still applies events.
+    assert_eq!(http_get(a_addr, "/readyz").map(|r| r.0), Some(200));
+    assert!(wait_until(Duration::from_secs(30), || called(&zego, &second) >= 200).await);
+    // Redis is back: exact mode again, and the rest goes through it.
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(a_addr, EXACT)
+            + metric(b_addr, EXACT)
+            == 2.0)
+        .await,
+        "exact: a {} b {}",
+        metric(a_addr, EXACT),
+        metric(b_addr, EXACT)
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || called(&zego, &second) == 300).await,
+        "{} of 300\n{}",
+        called(&zego, &second),
+        p.logs(&["a", "b"])
+    );
+    assert_eq!(
+        zego.rate_limited(),
+        0,
+        "no rate-limit answer through the outage"
+    );
+    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
+    p.no_dead_letters().await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gcra_script_bursts_spaces_and_says_how_long_to_wait() {
+    let mut redis = RedisServer::start();
+    let gcra = Gcra::new(
+        &redis.url(),
+        mutebridge::limit::redis::key("zego", "gcra-test"),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let t = Duration::from_millis(100);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // Burst 3: three calls at once, then one per interval, each told its
+    // place in the schedule.
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        waits.push(ms(gcra.reserve(t, 3).await.unwrap()));
+    }
+    for (i, w) in waits.iter().enumerate().take(3) {
+        assert!(*w < 5.0, "call {i} of the burst waits {w} ms");
+    }
+    for (i, w) in waits.iter().enumerate().skip(3) {
+        let expected = (i as f64 - 2.0) * 100.0;
+        assert!(
+            (w - expected).abs() < 10.0,
+            "call {i}: {w} ms, expected {expected}"
+        );
+    }
+    // Spacing, burst 1 (another app's key): sleeping the returned waits
+    // spaces the calls one interval apart, never closer.
+    let spaced = Gcra::new(
+        &redis.url(),
+        mutebridge::limit::redis::key("zego", "gcra-spacing"),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut at = Vec::new();
+    for _ in 0..10 {
+        let w = spaced.reserve(Duration::from_millis(50), 1).await.unwrap();
+        tokio::time::sleep(w).await;
+        at.push(start.elapsed());
+    }
+    for pair in at.windows(2) {
+        let gap = ms(pair[1] - pair[0]);
+        assert!(gap >= 48.0, "calls {gap} ms apart");
+    }
+    assert!(ms(at[9]) < 9.0 * 50.0 + 60.0, "10 calls took {:?}", at[9]);
+    // A pause holds everybody's next slot back.
+    let held = spaced.pause(Duration::from_millis(400)).await.unwrap();
+    assert!((ms(held) - 400.0).abs() < 60.0, "held {held:?}");
+    let next = ms(spaced.reserve(Duration::from_millis(50), 1).await.unwrap());
+    assert!(next > 330.0, "the next slot is after the pause: {next} ms");
+    // The schedule is one key per provider app, with an expiry.
+    let key = mutebridge::limit::redis::key("zego", "gcra-spacing");
+    assert_eq!(key, "mutebridge:rl:zego:gcra-spacing");
+    // Redis gone: an error, quickly (the caller falls back).
+    redis.stop();
+    let started = Instant::now();
+    assert!(spaced.reserve(t, 1).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Back: it reconnects by itself.
+    redis.restart();
+    assert!(spaced.reserve(t, 1).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_rate_limit_answer_pauses_the_whole_target() {
+    // RongCloud answers 429 / 1008 with Retry-After: 2 once; the other
+    // calls of the target wait it out too, not only the refused one.
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 1000.0).await;
+    // Spaced ~105 ms apart, so no call is in flight when the 429 arrives.
+    let text = format!(
+        "{}rate_per_second = 10\n[[policy.rules]]\nname = \"rc\"\nwhen = {{ scope = \"chatroom\", kinds = [\"mute_all\"] }}\nthen = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]\n",
+        rc_target(&[&rc], "rc")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    rc.fault(Fault::RetryAfter(2));
+    for g in 0..20 {
+        let mut body = mute_all(&format!("pause-{g}"));
+        body.insert("type".into(), serde_json::json!("CHATROOM"));
+        resign(&mut body, SECRETS[0]);
+        post_ok(&h, &body).await;
+    }
+    let mut w = h.start_worker().await;
+    assert!(wait_until(Duration::from_secs(30), || rc.calls().len() == 20).await);
+    let refused = rc.refusals();
+    assert_eq!(refused.len(), 1);
+    let after: Vec<Instant> = rc
+        .arrivals()
+        .into_iter()
+        .filter(|t| *t > refused[0])
+        .collect();
+    assert!(!after.is_empty());
+    let gap = after[0].duration_since(refused[0]);
+    assert!(
+        gap >= Duration::from_millis(1950),
+        "the next call of the target came {gap:?} after the 429 with Retry-After: 2"
+    );
+    assert_eq!(
+        w.metric("mutebridge_target_rate_limited_total{target=\"rc\"}"),
+        1.0
+    );
+    w.wait_for_events("applied", 20.0).await;
+    w.stop().await;
+
+    // ZEGO's code 660300005 (no Retry-After: HTTP 200 with a code) ten
+    // times in a row, more than max_attempts: still applied, never
+    // dead-lettered, and each pause at least the first one long.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    assert!(h.config.worker.retry.max_attempts < 10);
+    for _ in 0..10 {
+        zego.fault(Fault::Code(660300005));
+    }
+    post_ok(&h, &mute_all("patient")).await;
+    let mut w = h.start_worker().await;
+    // Pauses of 1 s (they double up to max_backoff_ms, which the fast
+    // test settings keep under the first pause).
+    assert!(
+        wait_until(Duration::from_secs(40), || zego.calls().len() == 1).await,
+        "refused {} times",
+        zego.rate_limited()
+    );
+    let refused = zego.refusals();
+    assert_eq!(refused.len(), 10);
+    for pair in refused.windows(2) {
+        assert!(pair[1].duration_since(pair[0]) >= Duration::from_millis(950));
+    }
+    w.wait_for_events("applied", 1.0).await;
+    assert!(h.dead_letters(1, Duration::from_secs(1)).await.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_rate_limit_horizon_dead_letters_a_rate_limited_call() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        c.worker.retry.rate_limited_horizon_seconds = 2;
+    })
+    .await;
+    for _ in 0..50 {
+        zego.fault(Fault::Code(660300005));
+    }
+    post_ok(&h, &mute_all("hopeless")).await;
+    let mut w = h.start_worker().await;
+    let letters = h.dead_letters(1, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 1);
+    let v = &letters[0].value;
+    assert_eq!(v["reason"], "rate_limited", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("rate_limited_horizon_seconds"),
+        "{v}"
+    );
+    assert_eq!(
+        w.metric("mutebridge_dead_letters_total{reason=\"rate_limited\",target=\"zego\"}"),
+        1.0
+    );
+    w.stop().await;
+}
