@@ -14,11 +14,16 @@
 //!    goes first. Reported: events/s from the first event finished to the
 //!    last, and the time until the group's committed offsets reach the end.
 //! 2. **Achieved rate against a limited provider.** A local ZEGO server
-//!    (tests/providers, the same one the tests use) enforces 20 requests/s
-//!    with its real rate-limit code; the worker's ZEGO target is set to
-//!    `rate_per_second = 20` and gets `--rate-events` mute-all events on
-//!    distinct groups. Reported: calls/s between the first and the last call
-//!    the provider accepted, and how many calls it rejected for rate.
+//!    (tests/providers, the same one the tests use) admits at most 20
+//!    requests in any sliding second and refuses the rest with its real
+//!    rate-limit code; the worker's ZEGO target is set to
+//!    `rate_per_second = 20` (the limit for the whole group) and gets
+//!    `--rate-events` mute-all events on distinct groups, evenly spread over
+//!    the partitions. Measured for 1 and 2 worker replicas in one consumer
+//!    group, in `partition_share` mode and in `redis` mode (against a
+//!    `redis-server` the benchmark starts; skipped when there is none).
+//!    Reported: calls/s between the first and the last call the provider
+//!    accepted, and how many calls it rejected for rate.
 //!
 //! Summaries are medians over the runs.
 
@@ -83,8 +88,8 @@ struct Args {
     /// Distinct group IDs they are spread over.
     #[arg(long, default_value_t = 1000)]
     groups: usize,
-    /// Mute-all events sent through the 20 req/s target.
-    #[arg(long, default_value_t = 200)]
+    /// Mute-all events sent through the 20 req/s target (20 per partition).
+    #[arg(long, default_value_t = 240)]
     rate_events: usize,
     /// The provider's limit and the target's `rate_per_second`.
     #[arg(long, default_value_t = 20)]
@@ -315,11 +320,24 @@ fn mute_all(i: usize, group: &str) -> Event {
 /// Produces `n` mute-all events keyed by group, round-robin over `groups`
 /// groups, and waits until Kafka has acknowledged all of them.
 fn preload(config: &Config, bootstrap: &str, n: usize, groups: usize) -> anyhow::Result<()> {
+    preload_with(config, bootstrap, n, |i| {
+        format!("{}", 262_000_000_000_000u64 + (i % groups) as u64)
+    })
+}
+
+/// Produces `n` mute-all events, the `i`th for group `group(i)`, and waits
+/// until Kafka has acknowledged all of them.
+fn preload_with(
+    config: &Config,
+    bootstrap: &str,
+    n: usize,
+    group: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
     let producer: BaseProducer = producer_config(&config.kafka, bootstrap)
         .create()
         .context("bench producer")?;
     for i in 0..n {
-        let group = format!("{}", 262_000_000_000_000u64 + (i % groups) as u64);
+        let group = group(i);
         let payload = serde_json::to_vec(&mute_all(i, &group))?;
         let record = BaseRecord::to(&config.kafka.topic)
             .key(group.as_str())
@@ -430,6 +448,22 @@ fn committed_total(reader: &StreamConsumer) -> anyhow::Result<i64> {
 
 // ------------------------------------------------------------ rate
 
+/// How the replicas keep to the limit, as `rate_limit.mode` names it.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    PartitionShare,
+    Redis,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::PartitionShare => "partition_share",
+            Mode::Redis => "redis",
+        }
+    }
+}
+
 struct RateRun {
     calls: usize,
     per_s: f64,
@@ -438,35 +472,65 @@ struct RateRun {
 
 async fn rate(args: &Args) -> anyhow::Result<()> {
     println!(
-        "\n## achieved rate: {} mute-alls (distinct groups) to a ZEGO server limited to {}/s, target rate_per_second = {}",
+        "\n## achieved rate: {} mute-alls (distinct groups, evenly spread over {PARTITIONS} partitions) to a ZEGO server allowing {}/s in any sliding second; target rate_per_second = {}, headroom 0.95",
         args.rate_events, args.rate, args.rate
     );
-    println!("run | calls accepted | calls/s | of the limit | rejected for rate (660300005)");
-    let mut runs = Vec::new();
-    for i in 1..=args.runs {
-        let r = rate_run(args).await?;
-        println!(
-            "{i} | {} | {:.2} | {:.1} % | {}",
-            r.calls,
-            r.per_s,
-            100.0 * r.per_s / f64::from(args.rate),
-            r.rejected_for_rate
-        );
-        runs.push(r);
+    let redis = match Redis::start() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            println!("(redis mode skipped: {e})");
+            None
+        }
+    };
+    println!("mode | replicas | run | calls accepted | calls/s | of the limit | rejected for rate (660300005)");
+    let mut summary = Vec::new();
+    for mode in [Mode::PartitionShare, Mode::Redis] {
+        let url = match (mode, &redis) {
+            (Mode::PartitionShare, _) => None,
+            (Mode::Redis, Some(r)) => Some(r.url()),
+            (Mode::Redis, None) => continue,
+        };
+        for replicas in [1, 2] {
+            let mut runs = Vec::new();
+            for i in 1..=args.runs {
+                let r = rate_run(args, mode, url.as_deref(), replicas).await?;
+                println!(
+                    "{} | {replicas} | {i} | {} | {:.2} | {:.1} % | {}",
+                    mode.name(),
+                    r.calls,
+                    r.per_s,
+                    100.0 * r.per_s / f64::from(args.rate),
+                    r.rejected_for_rate
+                );
+                runs.push(r);
+            }
+            summary.push((mode, replicas, runs));
+        }
     }
-    let per_s = median(runs.iter().map(|r| r.per_s));
-    println!(
-        "median | {} | {:.2} | {:.1} % | {}",
-        args.rate_events,
-        per_s,
-        100.0 * per_s / f64::from(args.rate),
-        median(runs.iter().map(|r| r.rejected_for_rate as f64))
-    );
+    println!("\nmode | replicas | median calls/s | of the limit | rejected for rate (all runs)");
+    for (mode, replicas, runs) in &summary {
+        let per_s = median(runs.iter().map(|r| r.per_s));
+        println!(
+            "{} | {replicas} | {per_s:.2} | {:.1} % | {}",
+            mode.name(),
+            100.0 * per_s / f64::from(args.rate),
+            runs.iter().map(|r| r.rejected_for_rate).sum::<u64>()
+        );
+    }
     Ok(())
 }
 
-async fn rate_run(args: &Args) -> anyhow::Result<RateRun> {
-    let zego = Arc::new(FakeZego::start(ZEGO_APP, ZEGO_SECRET, f64::from(args.rate)).await);
+async fn rate_run(
+    args: &Args,
+    mode: Mode,
+    redis_url: Option<&str>,
+    replicas: usize,
+) -> anyhow::Result<RateRun> {
+    let limit = usize::try_from(args.rate)?;
+    let zego = Arc::new(FakeZego::start_sliding(ZEGO_APP, ZEGO_SECRET, limit).await);
+    let redis = redis_url
+        .map(|u| format!("url = \"{u}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         r#"
 [kafka]
@@ -484,32 +548,62 @@ app_id = {ZEGO_APP}
 server_secret = "{ZEGO_SECRET}"
 from_user_id = "moderation-bot"
 rate_per_second = {}
-
+[targets.zego.rate_limit]
+mode = "{}"
+{redis}
 [[policy.rules]]
 name = "mirror group mutes to ZEGO"
 when = {{ scope = "group", kinds = ["mute_all"] }}
 then = [{{ target = "zego", group = "{{group_id}}" }}]
 "#,
         zego.base_url(),
-        args.rate
+        args.rate,
+        mode.name(),
     );
     let config = Config::parse(&text, Path::new("bench-rate.toml"))?;
     let cluster = Cluster::connect(&config.kafka).await?;
-    preload(
-        &config,
-        cluster.bootstrap_servers(),
-        args.rate_events,
-        args.rate_events,
-    )?;
-    let worker = RunningWorker::start(&config, &cluster).await?;
-    let metrics = worker.metrics.clone();
-    let deadline = Instant::now() + Duration::from_secs(60 + 2 * args.rate_events as u64);
-    let applied = metrics.worker.events.with_label_values(&["applied"]);
-    while applied.get() < args.rate_events as u64 {
-        ensure_before(deadline, "the worker did not apply every event")?;
+    let mut workers = Vec::new();
+    for _ in 0..replicas {
+        workers.push(RunningWorker::start(&config, &cluster).await?);
+    }
+    // The events go in once the group has settled, so every replica works
+    // from the first call on.
+    let share = f64::from(args.rate) * 0.95 / replicas as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !workers.iter().all(|w| {
+        let s = w
+            .metrics
+            .worker
+            .rate_limit_share
+            .with_label_values(&["zego"])
+            .get();
+        (s - share).abs() < 1e-6
+    }) {
+        ensure_before(
+            deadline,
+            "the consumer group did not split the partitions evenly",
+        )?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    worker.stop().await?;
+    let groups = spread_groups(args.rate_events);
+    preload_with(&config, cluster.bootstrap_servers(), groups.len(), |i| {
+        groups[i].clone()
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * args.rate_events as u64);
+    let applied = |w: &RunningWorker| {
+        w.metrics
+            .worker
+            .events
+            .with_label_values(&["applied"])
+            .get()
+    };
+    while workers.iter().map(applied).sum::<u64>() < args.rate_events as u64 {
+        ensure_before(deadline, "the workers did not apply every event")?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in workers {
+        w.stop().await?;
+    }
     let calls = zego.calls();
     if calls.len() != args.rate_events {
         bail!(
@@ -529,6 +623,63 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         per_s: (calls.len() - 1) as f64 / span,
         rejected_for_rate: zego.rate_limited(),
     })
+}
+
+/// `n` group IDs, the same number in every partition (as far as `n`
+/// divides): the partition share can only be reached when work is spread.
+fn spread_groups(n: usize) -> Vec<String> {
+    let per = n.div_ceil(PARTITIONS as usize);
+    let mut count = [0usize; PARTITIONS as usize];
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0u64;
+    while out.len() < n {
+        let g = format!("{}", 263_000_000_000_000u64 + i);
+        i += 1;
+        let p = key_partition(g.as_bytes(), PARTITIONS) as usize;
+        if count[p] < per {
+            count[p] += 1;
+            out.push(g);
+        }
+    }
+    out
+}
+
+/// A `redis-server` (Debian's package) on a free loopback port, without
+/// persistence, for the exact mode; killed when dropped.
+struct Redis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Redis {
+    fn start() -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server not found (apt-get install redis-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure_before(deadline, "redis-server did not listen")?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Redis { port, child })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ------------------------------------------------------------ state rebuild

@@ -45,4 +45,5 @@ pub use ingest::Ingest;
 pub use kafka::{key_partition, producer_config, Cluster, EmbeddedKafka};
 pub use metrics::Metrics;
 pub use target::zego::signature as zego_signature;
+pub use target::TargetConfig;
 pub use worker::Worker;

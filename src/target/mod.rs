@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::config::{Invalid, Secret};
 use crate::event::Event;
-use crate::limit::Spec;
+use crate::limit::{RateLimitConfig, Spec};
 use crate::policy::{Action, Addressing, Capabilities, Dest, MuteLength, Op};
 use crate::time::unix_ms;
 pub use log::{DiscardConfig, LogConfig};
@@ -91,6 +91,11 @@ impl TargetConfig {
                 .collect(),
             TargetConfig::Log(_) | TargetConfig::Discard(_) => Vec::new(),
         }
+    }
+
+    /// `[targets.NAME.rate_limit]`; `None` for targets that send nothing.
+    pub fn rate_limit(&self) -> Option<&RateLimitConfig> {
+        self.limit_spec("").map(|s| s.config)
     }
 
     /// What the rate limiter of this target is built from; `None` for

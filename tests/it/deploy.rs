@@ -555,6 +555,18 @@ fn kubernetes_settings_agree_with_the_config() {
     // Workers beyond the partition count would sit idle.
     let replicas = worker["spec"]["replicas"].as_i64().unwrap();
     assert!(replicas <= i64::from(config.kafka.partitions));
+    // Limits are the providers' own, for the whole group: nothing is
+    // divided by the replica count by hand (the shares follow the
+    // assignment).
+    for (name, documented) in [
+        ("zego", "rate_per_second = 20"),
+        ("rc", "rate_per_second = 100"),
+    ] {
+        assert!(config.targets[name].rate_limit().is_some(), "{name}");
+        let table = toml.split(&format!("[targets.{name}]")).nth(1).unwrap();
+        let table = table.split("\n\n").next().unwrap();
+        assert!(table.contains(documented), "{name}: {table}");
+    }
 
     // Termination grace longer than the drain.
     let ingest_pod = &ingest["spec"]["template"]["spec"];
@@ -676,6 +688,54 @@ fn compose_file_parses_and_agrees_with_its_config() {
     let init = services["kafka-init"]["command"][0].as_str().unwrap();
     assert!(init.contains(&format!("--partitions {}", config.kafka.partitions)));
     assert!(init.contains(&config.worker.dlq_topic) && init.contains(&config.kafka.topic));
+
+    // The example block for real providers, uncommented, is valid and
+    // keeps its limits in the stack's Redis, which both workers reach.
+    let text = read("compose/mutebridge.toml");
+    let example = text
+        .split_once("# An example policy for real providers.")
+        .unwrap()
+        .1;
+    let setting =
+        |l: &str| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '));
+    let uncommented: String = example
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").filter(|l| setting(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let redis_url = services["worker-1"]["environment"]["REDIS_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut with_redis = env.clone();
+    with_redis.insert("REDIS_URL".into(), redis_url.clone());
+    let real = Config::parse_with_env(
+        &format!("{text}\n{uncommented}"),
+        Path::new("deploy/compose/mutebridge.toml (example uncommented)"),
+        &|name| with_redis.get(name).cloned(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in ["zego", "rc"] {
+        let limit = real.targets[name].rate_limit().unwrap();
+        assert_eq!(limit.mode, mutebridge::limit::Mode::Redis, "{name}");
+        assert_eq!(limit.url.as_ref().unwrap().expose(), redis_url);
+    }
+    assert!(redis_url.starts_with("redis://redis:"));
+    assert!(services.contains_key("redis"));
+    for worker in ["worker-1", "worker-2"] {
+        assert_eq!(
+            services[worker]["environment"]["REDIS_URL"],
+            redis_url.as_str()
+        );
+        assert_eq!(
+            services[worker]["depends_on"]["redis"]["condition"], "service_healthy",
+            "{worker}"
+        );
+        assert!(services[worker]["depends_on"]
+            .as_mapping()
+            .unwrap()
+            .contains_key("kafka-init"));
+    }
 
     let Some(compose_tool) = tool("docker-compose", "apt-get install docker-compose") else {
         return;

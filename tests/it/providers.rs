@@ -131,8 +131,14 @@ impl Common {
         now
     }
 
+    /// Refused by the stand-in's own limit.
     fn refused_for_rate(&self, arrived: Instant) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.refusal_at(arrived);
+    }
+
+    /// Answered with a rate-limit code (the limit's, or an injected one).
+    fn refusal_at(&self, arrived: Instant) {
         self.refusals.lock().unwrap().push(arrived);
     }
 }
@@ -165,7 +171,8 @@ pub trait Provider {
     fn arrivals(&self) -> Vec<Instant> {
         self.common().arrivals.lock().unwrap().clone()
     }
-    /// When the requests refused for rate arrived.
+    /// When the requests answered with a rate-limit code (by the limit or
+    /// by an injected fault) arrived.
     fn refusals(&self) -> Vec<Instant> {
         self.common().refusals.lock().unwrap().clone()
     }
@@ -309,7 +316,7 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
         }
         Some(Fault::Code(c)) => {
             if matches!(c, 7 | 660300005..=660300007) {
-                s.common.refused_for_rate(arrived);
+                s.common.refusal_at(arrived);
             }
             return zego_reply(c, "injected");
         }
@@ -497,7 +504,7 @@ async fn rong_handler(
             return (StatusCode::from_u16(st).unwrap(), "injected").into_response()
         }
         Some(Fault::RetryAfter(secs)) => {
-            s.common.refused_for_rate(arrived);
+            s.common.refusal_at(arrived);
             let mut reply = rong_reply(429, 1008, "injected");
             reply
                 .headers_mut()
@@ -506,7 +513,7 @@ async fn rong_handler(
         }
         Some(Fault::Code(c)) => {
             if c == 1008 {
-                s.common.refused_for_rate(arrived);
+                s.common.refusal_at(arrived);
             }
             let status = match c {
                 1000 => 500,

@@ -430,7 +430,7 @@ async fn a_provider_rate_limit_answer_pauses_the_whole_target() {
     assert!(
         wait_until(Duration::from_secs(40), || zego.calls().len() == 1).await,
         "refused {} times",
-        zego.rate_limited()
+        zego.refusals().len()
     );
     let refused = zego.refusals();
     assert_eq!(refused.len(), 10);
