@@ -198,6 +198,14 @@ secrets = ["deploy-test-secret"]
 [targets.preview]
 kind = "log"
 
+# Never called (no rule sends to it); it gives the rate-limit series.
+[targets.zego]
+kind = "zego"
+base_url = "http://127.0.0.1:9"
+app_id = 1
+server_secret = "deploy-test"
+from_user_id = "bot"
+
 [[policy.rules]]
 name = "everything to the log"
 then = [{{ target = "preview" }}]
