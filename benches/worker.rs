@@ -475,6 +475,12 @@ async fn rate(args: &Args) -> anyhow::Result<()> {
         "\n## achieved rate: {} mute-alls (distinct groups, evenly spread over {PARTITIONS} partitions) to a ZEGO server allowing {}/s in any sliding second; target rate_per_second = {}, headroom 0.95",
         args.rate_events, args.rate, args.rate
     );
+    // The record size the sizing in the README multiplies out.
+    let sample = serde_json::to_vec(&mute_all(0, "262246968131585"))?;
+    println!(
+        "(one normalized mute-all event: {} bytes of JSON value, a 15-byte key)",
+        sample.len()
+    );
     let redis = match Redis::start() {
         Ok(r) => Some(r),
         Err(e) => {

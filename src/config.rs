@@ -844,6 +844,52 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_mistakes_name_the_key() {
+        let zego = format!(
+            "{APP}[targets.zego]\nkind = \"zego\"\napp_id = 1\nserver_secret = \"s\"\nfrom_user_id = \"b\"\n[targets.zego.rate_limit]\n"
+        );
+        let key = |extra: &str| parse(&format!("{zego}{extra}")).unwrap_err().key;
+        assert_eq!(key("mode = \"redis\"\n"), "targets.zego.rate_limit.url");
+        assert_eq!(key("headroom = 1.5\n"), "targets.zego.rate_limit.headroom");
+        assert_eq!(key("burst = 0\n"), "targets.zego.rate_limit.burst");
+        assert_eq!(
+            key("url = \"redis://r:6379\"\n"),
+            "targets.zego.rate_limit.url",
+            "a URL without mode = redis is a mistake, not ignored"
+        );
+        let e = parse(&format!(
+            "{zego}mode = \"redis\"\nurl = \"http://r:6379\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "targets.zego.rate_limit.url");
+        assert!(e.message.contains("redis://"), "{e}");
+        let e = parse(&format!(
+            "{zego}mode = \"redis\"\nurl = \"env:UNSET_REDIS\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "targets.zego.rate_limit.url");
+        let e = parse(&format!("{zego}mode = \"exact\"\n")).unwrap_err();
+        // Inside a target (an internally tagged table) serde names the
+        // target, and the message names the choices.
+        assert!(
+            e.key == "targets.zego" && e.message.contains("expected `partition_share` or `redis`"),
+            "{e}"
+        );
+        let ok = parse(&format!(
+            "{zego}mode = \"redis\"\nurl = \"redis://:pw@r:6379/2\"\nheadroom = 0.9\n"
+        ))
+        .unwrap();
+        let limit = ok.targets["zego"].rate_limit().unwrap();
+        assert_eq!(limit.mode, crate::limit::Mode::Redis);
+        assert!(!format!("{ok:?}").contains(":pw@"), "the URL is a secret");
+        let e = parse(&format!(
+            "{APP}[worker.retry]\nrate_limited_horizon_seconds = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "worker.retry.rate_limited_horizon_seconds");
+    }
+
+    #[test]
     fn secrets_are_not_printed() {
         let c = parse(APP).unwrap();
         assert!(!format!("{c:?}").contains("\"s\""));

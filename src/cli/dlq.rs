@@ -36,7 +36,7 @@ pub struct Filters {
     /// Only dead letters of this `[targets.NAME]`.
     #[arg(long)]
     pub target: Option<String>,
-    /// Only this reason: permanent_error, retries_exhausted, unmapped, undecodable.
+    /// Only this reason: permanent_error, retries_exhausted, rate_limited, unmapped, undecodable.
     #[arg(long)]
     pub reason: Option<String>,
     /// Only dead letters written since then: a duration ago (`90s`, `30m`,
