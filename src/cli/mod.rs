@@ -43,6 +43,29 @@ pub fn check_config(file: &Path) -> anyhow::Result<()> {
     if config.easemob.apps.is_empty() {
         println!("  no [[easemob.apps]]: usable for `mutebridge worker` only");
     }
+    // What each limit means, since it is the whole group's, not a pod's.
+    for (name, target) in &config.targets {
+        let Some(spec) = target.limit_spec(name) else {
+            continue;
+        };
+        let Some(rate) = spec.rate_per_second else {
+            continue;
+        };
+        let how = match spec.config.mode {
+            crate::limit::Mode::PartitionShare => {
+                "each worker replica takes its partition share".to_owned()
+            }
+            crate::limit::Mode::Redis => format!(
+                "kept exactly in Redis under {}",
+                crate::limit::redis::key(spec.kind, &spec.app)
+            ),
+        };
+        println!(
+            "  {name}: {rate}/s for the whole worker group, {:.2}/s used (headroom {}); {how}",
+            rate * spec.config.headroom,
+            spec.config.headroom
+        );
+    }
     Ok(())
 }
 

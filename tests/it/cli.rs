@@ -115,6 +115,10 @@ fn check_config_accepts_the_documented_example() {
         stdout.contains("OK") && stdout.contains("3 target(s), 4 rule(s)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("zego: 20/s for the whole worker group, 19.00/s used (headroom 0.95); each worker replica takes its partition share"),
+        "{stdout}"
+    );
 
     // Without the environment the same file is refused, naming the key.
     let (ok, _, stderr) = check_config(&example);

@@ -92,24 +92,8 @@ struct Processes {
 impl Processes {
     async fn start(targets: &str) -> Processes {
         let h = Harness::start_with(|c| policy(c, targets)).await;
-        let embedded = h.cluster.embedded().unwrap();
-        let partitions = h.config.kafka.partitions;
-        for topic in [&h.config.worker.state_topic, &h.config.worker.dlq_topic] {
-            embedded.create_topic(topic, partitions).unwrap();
-        }
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("worker.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\npartitions = {partitions}\ncreate_topics = false\n[kafka.client]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n[worker]\ndlq_topic = \"{}\"\nstate_topic = \"{}\"\ncommit_interval_ms = 100\nrequest_timeout_ms = 5000\n{targets}",
-                h.cluster.bootstrap_servers(),
-                h.config.kafka.topic,
-                h.config.worker.dlq_topic,
-                h.config.worker.state_topic,
-            ),
-        )
-        .unwrap();
+        let config = h.worker_process_config(targets, dir.path());
         Processes { h, dir, config }
     }
 

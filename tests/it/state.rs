@@ -154,29 +154,8 @@ async fn a_killed_worker_process_rebuilds_the_guard_and_loses_nothing() {
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
     let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
     let h = Harness::start_with(|c| policy(c, &text)).await;
-    // The worker process talks to this test's embedded cluster, which it
-    // cannot create topics on.
-    let embedded = h.cluster.embedded().unwrap();
-    let partitions = h.config.kafka.partitions;
-    embedded
-        .create_topic(&h.config.worker.state_topic, partitions)
-        .unwrap();
-    embedded
-        .create_topic(&h.config.worker.dlq_topic, partitions)
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("worker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\npartitions = {partitions}\ncreate_topics = false\n[kafka.client]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n[worker]\ndlq_topic = \"{}\"\nstate_topic = \"{}\"\ncommit_interval_ms = 100\nrequest_timeout_ms = 5000\n{text}",
-            h.cluster.bootstrap_servers(),
-            h.config.kafka.topic,
-            h.config.worker.dlq_topic,
-            h.config.worker.state_topic,
-        ),
-    )
-    .unwrap();
+    let config = h.worker_process_config(&text, dir.path());
     // Every call takes 150 ms, so the kill lands mid-stream.
     for _ in 0..400 {
         zego.fault(Fault::Delay(Duration::from_millis(150)));

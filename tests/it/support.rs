@@ -352,6 +352,39 @@ impl Harness {
         }
     }
 
+    /// A config file in `dir` for `mutebridge worker` *processes* against
+    /// this harness's embedded cluster, with the `targets` fragment (targets
+    /// and rules). The cluster cannot create topics for other processes, so
+    /// the state and dead-letter topics are created here; rebalances are
+    /// quick (the mock coordinator holds a join for max.poll.interval.ms).
+    pub fn worker_process_config(
+        &self,
+        targets: &str,
+        dir: &std::path::Path,
+    ) -> std::path::PathBuf {
+        let embedded = self.cluster.embedded().unwrap();
+        let partitions = self.config.kafka.partitions;
+        for topic in [
+            &self.config.worker.state_topic,
+            &self.config.worker.dlq_topic,
+        ] {
+            embedded.create_topic(topic, partitions).unwrap();
+        }
+        let config = dir.join("worker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\npartitions = {partitions}\ncreate_topics = false\n[kafka.client]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n[worker]\ndlq_topic = \"{}\"\nstate_topic = \"{}\"\ncommit_interval_ms = 100\nrequest_timeout_ms = 5000\n{targets}",
+                self.cluster.bootstrap_servers(),
+                self.config.kafka.topic,
+                self.config.worker.dlq_topic,
+                self.config.worker.state_topic,
+            ),
+        )
+        .unwrap();
+        config
+    }
+
     /// Reads the dead-letter topic from the start.
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<Record> {
         let bootstrap = self.cluster.bootstrap_servers().to_owned();
