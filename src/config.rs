@@ -882,6 +882,18 @@ mod tests {
         let limit = ok.targets["zego"].rate_limit().unwrap();
         assert_eq!(limit.mode, crate::limit::Mode::Redis);
         assert!(!format!("{ok:?}").contains(":pw@"), "the URL is a secret");
+        // A webhook's limit is keyed by its receiver, never by a URL that
+        // may carry a token.
+        let hook = parse(&format!(
+            "{APP}[targets.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example/in?token=t0p\"\nsecret = \"s\"\nrate_per_second = 5\n"
+        ))
+        .unwrap();
+        let spec = hook.targets["hook"].limit_spec("hook").unwrap();
+        assert_eq!(spec.app, "hooks.example:443");
+        assert_eq!(
+            crate::limit::redis::key(spec.kind, &spec.app),
+            "mutebridge:rl:webhook:hooks.example:443"
+        );
         let e = parse(&format!(
             "{APP}[worker.retry]\nrate_limited_horizon_seconds = 0\n"
         ))

@@ -106,8 +106,16 @@ impl TargetConfig {
             TargetConfig::Rongcloud(c) => {
                 (c.app_key.clone(), Some(c.rate_per_second), &c.rate_limit)
             }
-            // A webhook's "app" is its URL: callers of one URL share it.
-            TargetConfig::Webhook(c) => (c.url.clone(), c.rate_per_second, &c.rate_limit),
+            // A webhook's "app" is its host and port: callers of one
+            // receiver share it, and no path or query (which may carry a
+            // token) ends up in a Redis key or a log line.
+            TargetConfig::Webhook(c) => {
+                let app = reqwest::Url::parse(&c.url)
+                    .ok()
+                    .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+                    .unwrap_or_default();
+                (app, c.rate_per_second, &c.rate_limit)
+            }
             TargetConfig::Log(_) | TargetConfig::Discard(_) => return None,
         };
         Some(Spec {
