@@ -65,18 +65,6 @@ fn called(zego: &FakeZego, groups: &HashSet<String>) -> usize {
         .len()
 }
 
-/// A worker process's metric (0 when absent or unreachable).
-fn metric(addr: SocketAddr, line: &str) -> f64 {
-    http_get(addr, "/metrics")
-        .and_then(|(_, body)| {
-            body.lines().find_map(|l| {
-                l.strip_prefix(line)
-                    .map(|v| v.trim().parse::<f64>().unwrap())
-            })
-        })
-        .unwrap_or(0.0)
-}
-
 const SHARE: &str = "mutebridge_rate_limit_share_per_second{target=\"zego\"}";
 const EXACT: &str = "mutebridge_rate_limit_exact{target=\"zego\"}";
 const FALLBACKS: &str = "mutebridge_rate_limit_fallbacks_total{target=\"zego\"}";
@@ -123,6 +111,16 @@ impl Processes {
         }
     }
 
+    /// Posts 300 more mute-alls (evenly spread) and returns once 60 of
+    /// them reached ZEGO: the moment to break something mid-run.
+    async fn mid_run(&self, zego: &FakeZego, prefix: &str) -> HashSet<String> {
+        let groups = spread_groups(prefix, 300, self.h.config.kafka.partitions);
+        self.post_mute_alls(&groups).await;
+        let groups: HashSet<String> = groups.into_iter().collect();
+        assert!(wait_until(Duration::from_secs(30), || called(zego, &groups) >= 60).await);
+        groups
+    }
+
     async fn no_dead_letters(&self) {
         let letters = self.h.dead_letters(1, Duration::from_secs(2)).await;
         assert!(letters.is_empty(), "dead-lettered: {:?}", letters[0].value);
@@ -133,12 +131,13 @@ impl Processes {
 async fn wait_for_even_split(a: SocketAddr, b: SocketAddr, half: f64, p: &Processes) {
     assert!(
         wait_until(Duration::from_secs(40), || {
-            (metric(a, SHARE) - half).abs() < 0.01 && (metric(b, SHARE) - half).abs() < 0.01
+            (process_metric(a, SHARE) - half).abs() < 0.01
+                && (process_metric(b, SHARE) - half).abs() < 0.01
         })
         .await,
         "shares: a {} b {}\n{}",
-        metric(a, SHARE),
-        metric(b, SHARE),
+        process_metric(a, SHARE),
+        process_metric(b, SHARE),
         p.logs(&["a", "b"])
     );
 }
@@ -176,18 +175,16 @@ async fn two_worker_processes_share_the_limit_by_partition_and_a_survivor_takes_
 
     // B dies mid-run: its partitions come to A after the session timeout,
     // and with them B's share.
-    let second = spread_groups("survivor", 300, partitions);
-    p.post_mute_alls(&second).await;
-    let second: HashSet<String> = second.into_iter().collect();
-    assert!(wait_until(Duration::from_secs(30), || called(&zego, &second) >= 60).await);
+    let second = p.mid_run(&zego, "survivor").await;
     drop(b); // SIGKILL
     assert!(
-        wait_until(Duration::from_secs(40), || (metric(a_addr, SHARE) - 19.0)
+        wait_until(Duration::from_secs(40), || (process_metric(a_addr, SHARE)
+            - 19.0)
             .abs()
             < 0.01)
         .await,
         "the survivor's share is {}\n{}",
-        metric(a_addr, SHARE),
+        process_metric(a_addr, SHARE),
         p.logs(&["a"])
     );
     assert!(
@@ -221,11 +218,13 @@ async fn the_redis_limit_is_exact_across_processes_and_survives_a_redis_outage()
         redis.url()
     );
     let p = Processes::start(&targets).await;
-    let partitions = p.h.config.kafka.partitions;
     let (a, a_addr) = p.worker("a");
     let (b, b_addr) = p.worker("b");
     wait_for_even_split(a_addr, b_addr, 9.5, &p).await;
-    assert_eq!(metric(a_addr, EXACT) + metric(b_addr, EXACT), 2.0);
+    assert_eq!(
+        process_metric(a_addr, EXACT) + process_metric(b_addr, EXACT),
+        2.0
+    );
 
     // Uneven on purpose: in exact mode a replica with more work uses the
     // limit the other leaves idle.
@@ -247,19 +246,19 @@ async fn the_redis_limit_is_exact_across_processes_and_survives_a_redis_outage()
     );
 
     // Redis goes away mid-run: both fall back to their shares.
-    let second = spread_groups("outage", 300, partitions);
-    p.post_mute_alls(&second).await;
-    let second: HashSet<String> = second.into_iter().collect();
-    assert!(wait_until(Duration::from_secs(30), || called(&zego, &second) >= 60).await);
+    let second = p.mid_run(&zego, "outage").await;
     redis.stop();
     assert!(
-        wait_until(Duration::from_secs(20), || metric(a_addr, FALLBACKS) >= 1.0
-            && metric(b_addr, FALLBACKS) >= 1.0
-            && metric(a_addr, EXACT) + metric(b_addr, EXACT) == 0.0)
+        wait_until(Duration::from_secs(20), || process_metric(
+            a_addr, FALLBACKS
+        ) >= 1.0
+            && process_metric(b_addr, FALLBACKS) >= 1.0
+            && process_metric(a_addr, EXACT) + process_metric(b_addr, EXACT)
+                == 0.0)
         .await,
         "fallbacks: a {} b {}\n{}",
-        metric(a_addr, FALLBACKS),
-        metric(b_addr, FALLBACKS),
+        process_metric(a_addr, FALLBACKS),
+        process_metric(b_addr, FALLBACKS),
         p.logs(&["a", "b"])
     );
     // /readyz stays 200: the worker still applies events.
@@ -268,13 +267,13 @@ async fn the_redis_limit_is_exact_across_processes_and_survives_a_redis_outage()
     // Redis is back: exact mode again, and the rest goes through it.
     redis.restart();
     assert!(
-        wait_until(Duration::from_secs(20), || metric(a_addr, EXACT)
-            + metric(b_addr, EXACT)
+        wait_until(Duration::from_secs(20), || process_metric(a_addr, EXACT)
+            + process_metric(b_addr, EXACT)
             == 2.0)
         .await,
         "exact: a {} b {}",
-        metric(a_addr, EXACT),
-        metric(b_addr, EXACT)
+        process_metric(a_addr, EXACT),
+        process_metric(b_addr, EXACT)
     );
     assert!(
         wait_until(Duration::from_secs(60), || called(&zego, &second) == 300).await,

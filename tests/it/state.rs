@@ -200,16 +200,7 @@ async fn a_killed_worker_process_rebuilds_the_guard_and_loses_nothing() {
     for g in &groups {
         post_ok(&h, &at(unmute_all(g), t - 1000)).await;
     }
-    let metric = |line: &str| {
-        http_get(addr, "/metrics")
-            .and_then(|(_, body)| {
-                body.lines().find_map(|l| {
-                    l.strip_prefix(line)
-                        .map(|v| v.trim().parse::<f64>().unwrap())
-                })
-            })
-            .unwrap_or(0.0)
-    };
+    let metric = |line: &str| process_metric(addr, line);
     let stale = "mutebridge_worker_events_total{outcome=\"stale\"}";
     assert!(
         wait_until(Duration::from_secs(30), || metric(stale) >= 8.0).await,

@@ -437,6 +437,19 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)>
     Some((status, body))
 }
 
+/// A metric of a mutebridge process serving `/metrics` at `addr` (the
+/// value of the line starting with `line`; 0 when absent or unreachable).
+pub fn process_metric(addr: std::net::SocketAddr, line: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .and_then(|(_, body)| {
+            body.lines().find_map(|l| {
+                l.strip_prefix(line)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+        })
+        .unwrap_or(0.0)
+}
+
 pub fn wait_for_200(addr: std::net::SocketAddr, path: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
