@@ -313,11 +313,12 @@ impl WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// The handles of `target`'s rate limiter (creates its series).
-    pub fn limit_metrics(&self, target: &str) -> crate::limit::LimitMetrics {
+    /// The handles of `target`'s rate limiter (creates its series); the
+    /// share and exact gauges only when it is `spaced` (has a rate).
+    pub fn limit_metrics(&self, target: &str, spaced: bool) -> crate::limit::LimitMetrics {
         crate::limit::LimitMetrics {
-            share: self.rate_limit_share.with_label_values(&[target]),
-            exact: self.rate_limit_exact.with_label_values(&[target]),
+            share: spaced.then(|| self.rate_limit_share.with_label_values(&[target])),
+            exact: spaced.then(|| self.rate_limit_exact.with_label_values(&[target])),
             fallbacks: self.rate_limit_fallbacks.with_label_values(&[target]),
             rate_limited: self.target_rate_limited.with_label_values(&[target]),
             waited: self.rate_limit_wait.with_label_values(&[target]),

@@ -64,11 +64,13 @@ pub struct Spec<'a> {
     pub config: &'a RateLimitConfig,
 }
 
-/// The metric handles of one target's limiter.
+/// The metric handles of one target's limiter. `share` and `exact` exist
+/// only for targets with a `rate_per_second` (a gauge stuck at 0 would read
+/// as "may not call at all").
 #[derive(Clone)]
 pub struct LimitMetrics {
-    pub share: Gauge,
-    pub exact: IntGauge,
+    pub share: Option<Gauge>,
+    pub exact: Option<IntGauge>,
     pub fallbacks: IntCounter,
     pub rate_limited: IntCounter,
     pub waited: Counter,
@@ -157,8 +159,12 @@ impl Limiter {
             }
             _ => None,
         };
-        metrics.exact.set(i64::from(exact.is_some()));
-        metrics.share.set(0.0);
+        if let Some(g) = &metrics.exact {
+            g.set(i64::from(exact.is_some()));
+        }
+        if let Some(g) = &metrics.share {
+            g.set(0.0);
+        }
         Ok(Limiter {
             name,
             limit,
@@ -176,15 +182,6 @@ impl Limiter {
             max_pause: max_pause.max(FIRST_PAUSE),
             metrics,
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Calls per second for the whole group (`rate_per_second × headroom`).
-    pub fn limit(&self) -> Option<f64> {
-        self.limit
     }
 
     /// This replica's share, in calls per second.
@@ -218,7 +215,9 @@ impl Limiter {
             ))
         });
         self.share.send_replace(Share { rate, limiter });
-        self.metrics.share.set(rate);
+        if let Some(g) = &self.metrics.share {
+            g.set(rate);
+        }
         tracing::info!(
             target = %self.name,
             share_per_second = format!("{rate:.2}"),
@@ -354,23 +353,30 @@ impl Exact {
     fn fall_back(self: &Arc<Self>, error: &::redis::RedisError) {
         if self.up.swap(false, Ordering::Relaxed) {
             self.metrics.fallbacks.inc();
-            self.metrics.exact.set(0);
+            if let Some(g) = &self.metrics.exact {
+                g.set(0);
+            }
             tracing::warn!(target = %self.name, key = self.gcra.key(), error = %error, "Redis does not answer; the rate limit falls back to this replica's partition share until it does");
         }
         if !self.probing.swap(true, Ordering::Relaxed) {
-            let exact = self.clone();
-            tokio::spawn(async move { exact.probe().await });
+            // Weak: a worker that stops while Redis is down ends its probe.
+            tokio::spawn(Exact::probe(Arc::downgrade(self)));
         }
     }
 
-    async fn probe(self: Arc<Self>) {
+    async fn probe(exact: std::sync::Weak<Exact>) {
         loop {
             tokio::time::sleep(PROBE_INTERVAL).await;
-            if self.gcra.ping().await.is_ok() {
-                self.up.store(true, Ordering::Relaxed);
-                self.probing.store(false, Ordering::Relaxed);
-                self.metrics.exact.set(1);
-                tracing::info!(target = %self.name, key = self.gcra.key(), "Redis answers again; the exact rate limit is back in force");
+            let Some(this) = exact.upgrade() else {
+                return;
+            };
+            if this.gcra.ping().await.is_ok() {
+                this.up.store(true, Ordering::Relaxed);
+                this.probing.store(false, Ordering::Relaxed);
+                if let Some(g) = &this.metrics.exact {
+                    g.set(1);
+                }
+                tracing::info!(target = %this.name, key = this.gcra.key(), "Redis answers again; the exact rate limit is back in force");
                 return;
             }
         }
@@ -424,8 +430,8 @@ mod tests {
 
     fn metrics() -> LimitMetrics {
         LimitMetrics {
-            share: Gauge::new("s", "s").unwrap(),
-            exact: IntGauge::new("e", "e").unwrap(),
+            share: Some(Gauge::new("s", "s").unwrap()),
+            exact: Some(IntGauge::new("e", "e").unwrap()),
             fallbacks: IntCounter::new("f", "f").unwrap(),
             rate_limited: IntCounter::new("r", "r").unwrap(),
             waited: Counter::new("w", "w").unwrap(),

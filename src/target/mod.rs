@@ -95,7 +95,12 @@ impl TargetConfig {
 
     /// `[targets.NAME.rate_limit]`; `None` for targets that send nothing.
     pub fn rate_limit(&self) -> Option<&RateLimitConfig> {
-        self.limit_spec("").map(|s| s.config)
+        match self {
+            TargetConfig::Zego(c) => Some(&c.rate_limit),
+            TargetConfig::Rongcloud(c) => Some(&c.rate_limit),
+            TargetConfig::Webhook(c) => Some(&c.rate_limit),
+            TargetConfig::Log(_) | TargetConfig::Discard(_) => None,
+        }
     }
 
     /// What the rate limiter of this target is built from; `None` for

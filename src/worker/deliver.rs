@@ -68,11 +68,11 @@ impl Deliverer {
         let mut runtimes = HashMap::new();
         for (name, cfg) in targets {
             let limiter = match cfg.limit_spec(name) {
-                Some(spec) => Some(Arc::new(Limiter::new(
-                    spec,
-                    Duration::from_millis(config.retry.max_backoff_ms),
-                    metrics.limit_metrics(name),
-                )?)),
+                Some(spec) => {
+                    let handles = metrics.limit_metrics(name, spec.rate_per_second.is_some());
+                    let max_pause = Duration::from_millis(config.retry.max_backoff_ms);
+                    Some(Arc::new(Limiter::new(spec, max_pause, handles)?))
+                }
                 None => None,
             };
             let name: Arc<str> = Arc::from(name.as_str());

@@ -209,10 +209,22 @@ impl Worker {
 async fn event_partitions(config: &Config, cluster: &Cluster) -> anyhow::Result<usize> {
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let (kafka_cfg, topic) = (config.kafka.clone(), config.kafka.topic.clone());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+    let count = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         Reader::new(&kafka_cfg, &bootstrap)?.partition_count(&topic)
     })
-    .await?
+    .await?;
+    let hint = "create it, or let mutebridge create it (kafka.create_topics = true)";
+    match count {
+        Ok(0) => anyhow::bail!(
+            "the event topic {} (kafka.topic) has no partitions yet: {hint}",
+            config.kafka.topic
+        ),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.context(format!(
+            "the event topic {} (kafka.topic) cannot be read, so the workers' rate-limit shares cannot be set: {hint}",
+            config.kafka.topic
+        ))),
+    }
 }
 
 /// Creates the state topic and checks that it is partitioned like the
