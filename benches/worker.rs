@@ -27,6 +27,8 @@
 //!
 //! Summaries are medians over the runs.
 
+#[path = "../tests/it/fixtures.rs"]
+mod fixtures;
 #[path = "../tests/it/providers.rs"]
 mod providers;
 
@@ -481,12 +483,11 @@ async fn rate(args: &Args) -> anyhow::Result<()> {
         "(one normalized mute-all event: {} bytes of JSON value, a 15-byte key)",
         sample.len()
     );
-    let redis = match Redis::start() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            println!("(redis mode skipped: {e})");
-            None
-        }
+    let redis = if fixtures::redis_installed() {
+        Some(fixtures::RedisServer::start())
+    } else {
+        println!("(redis mode skipped: no redis-server; apt-get install redis-server)");
+        None
     };
     println!("mode | replicas | run | calls accepted | calls/s | of the limit | rejected for rate (660300005)");
     let mut summary = Vec::new();
@@ -591,7 +592,9 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         )?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let groups = spread_groups(args.rate_events);
+    let groups = fixtures::spread_groups(args.rate_events, PARTITIONS, |i| {
+        format!("{}", 263_000_000_000_000u64 + i)
+    });
     preload_with(&config, cluster.bootstrap_servers(), groups.len(), |i| {
         groups[i].clone()
     })?;
@@ -629,63 +632,6 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         per_s: (calls.len() - 1) as f64 / span,
         rejected_for_rate: zego.rate_limited(),
     })
-}
-
-/// `n` group IDs, the same number in every partition (as far as `n`
-/// divides): the partition share can only be reached when work is spread.
-fn spread_groups(n: usize) -> Vec<String> {
-    let per = n.div_ceil(PARTITIONS as usize);
-    let mut count = [0usize; PARTITIONS as usize];
-    let mut out = Vec::with_capacity(n);
-    let mut i = 0u64;
-    while out.len() < n {
-        let g = format!("{}", 263_000_000_000_000u64 + i);
-        i += 1;
-        let p = key_partition(g.as_bytes(), PARTITIONS) as usize;
-        if count[p] < per {
-            count[p] += 1;
-            out.push(g);
-        }
-    }
-    out
-}
-
-/// A `redis-server` (Debian's package) on a free loopback port, without
-/// persistence, for the exact mode; killed when dropped.
-struct Redis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Redis {
-    fn start() -> anyhow::Result<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("redis-server not found (apt-get install redis-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure_before(deadline, "redis-server did not listen")?;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Redis { port, child })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ------------------------------------------------------------ state rebuild

@@ -848,7 +848,8 @@ mod tests {
         let zego = format!(
             "{APP}[targets.zego]\nkind = \"zego\"\napp_id = 1\nserver_secret = \"s\"\nfrom_user_id = \"b\"\n[targets.zego.rate_limit]\n"
         );
-        let key = |extra: &str| parse(&format!("{zego}{extra}")).unwrap_err().key;
+        let err = |extra: &str| parse(&format!("{zego}{extra}")).unwrap_err();
+        let key = |extra: &str| err(extra).key;
         assert_eq!(key("mode = \"redis\"\n"), "targets.zego.rate_limit.url");
         assert_eq!(key("headroom = 1.5\n"), "targets.zego.rate_limit.headroom");
         assert_eq!(key("burst = 0\n"), "targets.zego.rate_limit.burst");
@@ -857,18 +858,14 @@ mod tests {
             "targets.zego.rate_limit.url",
             "a URL without mode = redis is a mistake, not ignored"
         );
-        let e = parse(&format!(
-            "{zego}mode = \"redis\"\nurl = \"http://r:6379\"\n"
-        ))
-        .unwrap_err();
+        let e = err("mode = \"redis\"\nurl = \"http://r:6379\"\n");
         assert_eq!(e.key, "targets.zego.rate_limit.url");
         assert!(e.message.contains("redis://"), "{e}");
-        let e = parse(&format!(
-            "{zego}mode = \"redis\"\nurl = \"env:UNSET_REDIS\"\n"
-        ))
-        .unwrap_err();
-        assert_eq!(e.key, "targets.zego.rate_limit.url");
-        let e = parse(&format!("{zego}mode = \"exact\"\n")).unwrap_err();
+        assert_eq!(
+            key("mode = \"redis\"\nurl = \"env:UNSET_REDIS\"\n"),
+            "targets.zego.rate_limit.url"
+        );
+        let e = err("mode = \"exact\"\n");
         // Inside a target (an internally tagged table) serde names the
         // target, and the message names the choices.
         assert!(

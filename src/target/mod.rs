@@ -66,31 +66,24 @@ impl TargetConfig {
 
     /// Every secret in this target, with its key relative to the target.
     pub fn secrets_mut(&mut self) -> Vec<(String, &mut Secret)> {
-        match self {
-            TargetConfig::Zego(c) => {
-                let mut s = vec![("server_secret".into(), &mut c.server_secret)];
-                s.extend(c.rate_limit.secrets_mut());
-                s
-            }
-            TargetConfig::Rongcloud(c) => {
-                let mut s = vec![("app_secret".into(), &mut c.app_secret)];
-                s.extend(c.rate_limit.secrets_mut());
-                s
-            }
-            TargetConfig::Webhook(c) => {
-                let mut s = vec![("secret".into(), &mut c.secret)];
-                s.extend(c.rate_limit.secrets_mut());
-                s
-            }
+        let (key, own, rate_limit) = match self {
+            TargetConfig::Zego(c) => ("server_secret", &mut c.server_secret, &mut c.rate_limit),
+            TargetConfig::Rongcloud(c) => ("app_secret", &mut c.app_secret, &mut c.rate_limit),
+            TargetConfig::Webhook(c) => ("secret", &mut c.secret, &mut c.rate_limit),
             TargetConfig::Log(LogConfig {
                 render_as: Some(inner),
-            }) => inner
-                .secrets_mut()
-                .into_iter()
-                .map(|(k, s)| (format!("as.{k}"), s))
-                .collect(),
-            TargetConfig::Log(_) | TargetConfig::Discard(_) => Vec::new(),
-        }
+            }) => {
+                return inner
+                    .secrets_mut()
+                    .into_iter()
+                    .map(|(k, s)| (format!("as.{k}"), s))
+                    .collect()
+            }
+            TargetConfig::Log(_) | TargetConfig::Discard(_) => return Vec::new(),
+        };
+        let mut secrets = vec![(key.to_owned(), own)];
+        secrets.extend(rate_limit.secrets_mut());
+        secrets
     }
 
     /// `[targets.NAME.rate_limit]`; `None` for targets that send nothing.

@@ -65,7 +65,7 @@ impl Deliverer {
             .user_agent(concat!("mutebridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
-        let mut runtimes = HashMap::new();
+        let mut runtimes: HashMap<Arc<str>, Arc<TargetRuntime>> = HashMap::new();
         for (name, cfg) in targets {
             let limiter = match cfg.limit_spec(name) {
                 Some(spec) => {
@@ -86,11 +86,10 @@ impl Deliverer {
             };
             runtimes.insert(name, Arc::new(runtime));
         }
-        let targets = runtimes;
         Ok(Deliverer {
             client,
             retry: config.retry.clone(),
-            targets,
+            targets: runtimes,
         })
     }
 

@@ -207,12 +207,7 @@ impl Worker {
 /// The event topic's partition count (the whole that rate-limit shares
 /// are parts of).
 async fn event_partitions(config: &Config, cluster: &Cluster) -> anyhow::Result<usize> {
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let (kafka_cfg, topic) = (config.kafka.clone(), config.kafka.topic.clone());
-    let count = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        Reader::new(&kafka_cfg, &bootstrap)?.partition_count(&topic)
-    })
-    .await?;
+    let count = partition_count(config, cluster, &config.kafka.topic).await;
     let hint = "create it, or let mutebridge create it (kafka.create_topics = true)";
     match count {
         Ok(0) => anyhow::bail!(
@@ -225,6 +220,17 @@ async fn event_partitions(config: &Config, cluster: &Cluster) -> anyhow::Result<
             config.kafka.topic
         ))),
     }
+}
+
+/// How many partitions `topic` has (a metadata request, off the runtime:
+/// librdkafka's metadata call blocks).
+async fn partition_count(config: &Config, cluster: &Cluster, topic: &str) -> anyhow::Result<usize> {
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let (kafka_cfg, topic) = (config.kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        Reader::new(&kafka_cfg, &bootstrap)?.partition_count(&topic)
+    })
+    .await?
 }
 
 /// Creates the state topic and checks that it is partitioned like the
@@ -240,17 +246,12 @@ async fn open_state(
         .create_compacted_topic(kafka, &w.state_topic)
         .await
         .with_context(|| format!("cannot create the state topic {}", w.state_topic))?;
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let (kafka_cfg, state_topic) = (kafka.clone(), w.state_topic.clone());
-    let states = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let reader = Reader::new(&kafka_cfg, &bootstrap)?;
-        reader.partition_count(&state_topic).with_context(|| {
-            format!(
-                "the state topic {state_topic} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false"
-            )
-        })
-    })
-    .await??;
+    let states = partition_count(config, cluster, &w.state_topic).await.with_context(|| {
+        format!(
+            "the state topic {} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false",
+            w.state_topic
+        )
+    })?;
     if events != states {
         anyhow::bail!(
             "the state topic {} has {states} partitions and the event topic {} has {events}: they must match, because a group's state is kept in its events' partition number. Recreate {} with {events} partitions (its contents are rebuilt from new events), or set worker.state_topic to a new topic",

@@ -161,9 +161,10 @@ impl ConsumerContext for WorkerContext {
         };
         // Before the partitions go: the next owner's share grows only after
         // this one's shrank, so the shares never add up to more than the limit.
-        self.shares.revoke(&self.partitions(revoked));
+        let partitions = self.partitions(revoked);
+        self.shares.revoke(&partitions);
         if let Some(state) = &self.state {
-            state.revoke(&self.partitions(revoked));
+            state.revoke(&partitions);
         }
         let mut tpl = TopicPartitionList::new();
         {

@@ -8,6 +8,7 @@
 
 mod cli;
 mod deploy;
+mod fixtures;
 mod hardening;
 mod ingest;
 mod providers;

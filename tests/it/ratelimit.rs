@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::fixtures::{spread_groups, RedisServer};
 use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
 use crate::support::*;
 use crate::worker::{
@@ -24,25 +25,6 @@ const LIMIT: usize = 20;
 /// window take turns: run together on 2 cores, CPU starvation bunches
 /// arrivals by more than the headroom absorbs (seen once: one refusal).
 static SLIDING_WINDOW_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// `n` group IDs spread evenly over the partitions (as the benchmark's
-/// "evenly spread groups"): the partition share is exact only then.
-fn spread_groups(prefix: &str, n: usize, partitions: i32) -> Vec<String> {
-    let per = n / partitions as usize;
-    let mut count = vec![0usize; partitions as usize];
-    let mut out = Vec::new();
-    let mut i = 0;
-    while out.len() < n {
-        let g = format!("{prefix}-{i}");
-        i += 1;
-        let p = java_partition(&g, partitions) as usize;
-        if count[p] < per {
-            count[p] += 1;
-            out.push(g);
-        }
-    }
-    out
-}
 
 /// Calls per second between the first and the last accepted `MuteGroup`
 /// of `groups`.
@@ -144,7 +126,9 @@ impl Processes {
     /// Posts 300 more mute-alls (evenly spread) and returns once 60 of
     /// them reached ZEGO: the moment to break something mid-run.
     async fn mid_run(&self, zego: &FakeZego, prefix: &str) -> HashSet<String> {
-        let groups = spread_groups(prefix, 300, self.h.config.kafka.partitions);
+        let groups = spread_groups(300, self.h.config.kafka.partitions, |i| {
+            format!("{prefix}-{i}")
+        });
         self.post_mute_alls(&groups).await;
         let groups: HashSet<String> = groups.into_iter().collect();
         assert!(wait_until(Duration::from_secs(30), || called(zego, &groups) >= 60).await);
@@ -154,6 +138,15 @@ impl Processes {
     async fn no_dead_letters(&self) {
         let letters = self.h.dead_letters(1, Duration::from_secs(2)).await;
         assert!(letters.is_empty(), "dead-lettered: {:?}", letters[0].value);
+    }
+
+    /// After something broke mid-run: every one of `groups` reached ZEGO,
+    /// none was refused (for rate or otherwise), nothing was dead-lettered.
+    async fn all_reached_unrefused(&self, zego: &FakeZego, groups: &HashSet<String>, when: &str) {
+        self.all_reached(zego, groups).await;
+        assert_eq!(zego.rate_limited(), 0, "rate-limit answers {when}");
+        assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
+        self.no_dead_letters().await;
     }
 }
 
@@ -188,7 +181,10 @@ async fn two_worker_processes_share_the_limit_by_partition_and_a_survivor_takes_
     wait_for_even_split(a_addr, b_addr, 9.5, &p).await;
 
     let rate = p
-        .deliver_all(&zego, spread_groups("share", 300, partitions))
+        .deliver_all(
+            &zego,
+            spread_groups(300, partitions, |i| format!("share-{i}")),
+        )
         .await;
     println!("partition share, 2 processes: {rate:.2} calls/s of {LIMIT}/s");
     assert!(
@@ -210,14 +206,8 @@ async fn two_worker_processes_share_the_limit_by_partition_and_a_survivor_takes_
         process_metric(a_addr, SHARE),
         p.logs(&["a"])
     );
-    p.all_reached(&zego, &second).await;
-    assert_eq!(
-        zego.rate_limited(),
-        0,
-        "no rate-limit answer after the kill"
-    );
-    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
-    p.no_dead_letters().await;
+    p.all_reached_unrefused(&zego, &second, "after the kill")
+        .await;
     let log = std::fs::read_to_string(p.log("a")).unwrap();
     assert!(
         log.contains("rate-limit share set") && log.contains("\"19.00\""),
@@ -285,14 +275,8 @@ async fn the_redis_limit_is_exact_across_processes_and_survives_a_redis_outage()
         process_metric(a_addr, EXACT),
         process_metric(b_addr, EXACT)
     );
-    p.all_reached(&zego, &second).await;
-    assert_eq!(
-        zego.rate_limited(),
-        0,
-        "no rate-limit answer through the outage"
-    );
-    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
-    p.no_dead_letters().await;
+    p.all_reached_unrefused(&zego, &second, "through the outage")
+        .await;
     drop((a, b));
 }
 
