@@ -42,16 +42,20 @@ pub struct Config {
     compiled: Option<(u64, Arc<Policy>)>,
 }
 
-/// `[worker]`: the consumer group that applies the policy.
+/// `[worker]`: the consumer groups that apply the policy: `group_id` keeps
+/// the groups' newest mute state, `{group_id}.{target}` applies each
+/// target's actions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Kafka consumer group; every worker replica uses the same one.
+    /// The state keeper's Kafka consumer group, and the prefix of each
+    /// target's (`{group_id}.{target}`); every worker replica uses the same.
     pub group_id: String,
-    /// Groups processed concurrently; one group is always sequential.
+    /// Groups processed concurrently, per target; one group is always
+    /// sequential.
     pub max_in_flight_groups: usize,
-    /// Events held in memory (queued behind a busy group or running); at the
-    /// limit fetching pauses until the backlog halves.
+    /// Events held in memory per target (queued behind a busy group or
+    /// running); at the limit fetching pauses until the backlog halves.
     pub max_buffered_events: usize,
     /// Where actions that failed for good go, with the reason.
     pub dlq_topic: String,
@@ -73,6 +77,9 @@ pub struct WorkerConfig {
     /// Per-attempt HTTP timeout for targets.
     pub request_timeout_ms: u64,
     pub retry: RetryConfig,
+    /// Each target's circuit breaker: when it opens, and how often it
+    /// probes.
+    pub circuit_breaker: crate::worker::breaker::BreakerConfig,
 }
 
 impl Default for WorkerConfig {
@@ -89,6 +96,7 @@ impl Default for WorkerConfig {
             shutdown_grace_seconds: 10,
             request_timeout_ms: 10_000,
             retry: RetryConfig::default(),
+            circuit_breaker: Default::default(),
         }
     }
 }
@@ -504,6 +512,7 @@ impl Config {
             .validate(&self.kafka)
             .map_err(|e| e.under("worker"))?;
         for (name, target) in &self.targets {
+            check_target_name(name).map_err(|e| e.under(&format!("targets.{name}")))?;
             target
                 .validate()
                 .map_err(|e| e.under(&format!("targets.{name}")))?;
@@ -589,7 +598,16 @@ impl EasemobConfig {
         let mut seen = HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
             let at = format!("apps[{i}]");
-            if !app.appkey.contains('#') {
+            let part = |p: &str| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            };
+            if !app
+                .appkey
+                .split_once('#')
+                .is_some_and(|(o, a)| part(o) && part(a))
+            {
                 return invalid(
                     &format!("{at}.appkey"),
                     format!("{:?} is not an appkey (expected org#app)", app.appkey),
@@ -662,7 +680,10 @@ impl WorkerConfig {
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms", "must be greater than 0");
         }
-        self.retry.validate().map_err(|e| e.under("retry"))
+        self.retry.validate().map_err(|e| e.under("retry"))?;
+        self.circuit_breaker
+            .validate(self.retry.max_attempts)
+            .map_err(|e| e.under("circuit_breaker"))
     }
 }
 
@@ -685,6 +706,30 @@ impl RetryConfig {
         }
         Ok(())
     }
+}
+
+/// A target's name becomes part of a consumer group ID, record keys and
+/// metric labels: letters, digits, `_` and `-` only, and not `state`
+/// (the state keeper's `pipeline` label).
+fn check_target_name(name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return invalid(
+            "",
+            "a target's name is 1 to 64 letters, digits, `_` or `-` (it names the target's consumer group)",
+        );
+    }
+    if name == crate::worker::metrics::KEEPER {
+        return invalid(
+            "",
+            "`state` is the state keeper's name in metrics; give the target another",
+        );
+    }
+    Ok(())
 }
 
 /// The built-in demo configuration.

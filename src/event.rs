@@ -26,6 +26,22 @@ pub const HEADER_REPLAY_RULE: &str = "replay-rule";
 /// callbacks skip records that carry it (or whose `kind` is `resync`).
 pub const HEADER_RESYNC_TARGET: &str = "resync-target";
 
+/// The action a record `dlq replay` published is for (its `replay-target`
+/// and `replay-rule` headers); `None` parts match anything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplayScope {
+    pub target: Option<String>,
+    pub rule: Option<String>,
+}
+
+impl ReplayScope {
+    /// Whether the action of `rule` on `target` is one the replay re-drives.
+    pub fn wants(&self, rule: &str, target: &str) -> bool {
+        self.target.as_deref().is_none_or(|t| t == target)
+            && self.rule.as_deref().is_none_or(|r| r == rule)
+    }
+}
+
 /// One group or chatroom change, normalized from either callback format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

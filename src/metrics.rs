@@ -1,19 +1,19 @@
-//! Prometheus metrics, served at `GET /metrics`.
+//! Prometheus metrics, served at `GET /metrics`: the ingest role's here,
+//! the worker's in [`crate::worker::metrics`], all in one registry.
 //!
 //! Labels are closed sets (outcomes, event kinds); nothing the sender
 //! controls (callId, group ID, appkey) becomes a label, so cardinality is
 //! bounded whatever traffic arrives.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use std::sync::Arc;
 
 use crate::event::EventKind;
-use crate::worker::dlq::Reason;
-use crate::worker::outcome::{ActionOutcome, EventOutcome};
+pub use crate::worker::metrics::WorkerMetrics;
 
 /// What happened to a callback; the `outcome` label of `mutebridge_webhooks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,218 +112,6 @@ pub struct Metrics {
     pub worker: WorkerMetrics,
     by_outcome: Arc<[IntCounter; 7]>,
     by_kind: Arc<Vec<IntCounter>>,
-}
-
-/// The worker's metrics. Label values are closed sets: targets are the
-/// configured names, actions and outcomes are fixed, partitions are bounded
-/// by the topic.
-#[derive(Clone)]
-pub struct WorkerMetrics {
-    /// `outcome`: see [`EventOutcome`].
-    pub events: IntCounterVec,
-    /// `outcome`: see [`ActionOutcome`].
-    pub actions: IntCounterVec,
-    pub action_duration: HistogramVec,
-    pub action_retries: IntCounterVec,
-    /// `reason`: see [`crate::worker::dlq::Reason`].
-    pub dead_letters: IntCounterVec,
-    pub consumer_lag: IntGaugeVec,
-    pub rate_limit_wait: CounterVec,
-    /// This replica's part of each target's limit.
-    pub rate_limit_share: GaugeVec,
-    /// 1 while a redis-mode target's exact limit is in force.
-    pub rate_limit_exact: IntGaugeVec,
-    pub rate_limit_fallbacks: IntCounterVec,
-    /// The provider's rate-limit answers.
-    pub target_rate_limited: IntCounterVec,
-    pub groups_in_flight: IntGauge,
-    pub buffered_events: IntGauge,
-    /// Mute states held for the assigned partitions.
-    pub state_groups: IntGauge,
-    /// Time to read an assignment's states from the state topic.
-    pub state_rebuild: prometheus::Histogram,
-    /// State records acknowledged by Kafka.
-    pub state_writes: IntCounter,
-    /// Attempts to write a state record that failed (each is retried).
-    pub state_write_errors: IntCounter,
-}
-
-impl WorkerMetrics {
-    fn new() -> WorkerMetrics {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
-        WorkerMetrics {
-            events: counter(
-                "mutebridge_worker_events_total",
-                "Events consumed and finished, by outcome (applied, skipped, no_match, dead_lettered, stale, duplicate).",
-                &["outcome"],
-            ),
-            actions: counter(
-                "mutebridge_actions_total",
-                "Actions finished, by target, action and outcome (ok, skipped, dead_lettered, stale, duplicate).",
-                &["target", "action", "outcome"],
-            ),
-            action_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "mutebridge_action_duration_seconds",
-                    "Duration of one HTTP attempt against a target.",
-                )
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
-                &["target"],
-            )
-            .expect("valid metric"),
-            action_retries: counter(
-                "mutebridge_action_retries_total",
-                "Attempts that were retried, by target.",
-                &["target"],
-            ),
-            dead_letters: counter(
-                "mutebridge_dead_letters_total",
-                "Records written to the dead-letter topic, by target and reason.",
-                &["target", "reason"],
-            ),
-            consumer_lag: IntGaugeVec::new(
-                Opts::new(
-                    "mutebridge_consumer_lag",
-                    "Messages between the committed offset and the end of each assigned partition (librdkafka statistics).",
-                ),
-                &["partition"],
-            )
-            .expect("valid metric"),
-            rate_limit_wait: CounterVec::new(
-                Opts::new(
-                    "mutebridge_rate_limit_wait_seconds_total",
-                    "Time actions spent waiting for their target's rate limiter.",
-                ),
-                &["target"],
-            )
-            .expect("valid metric"),
-            rate_limit_share: GaugeVec::new(
-                Opts::new(
-                    "mutebridge_rate_limit_share_per_second",
-                    "Calls per second this replica may make to a target while on its partition share: the target's limit x headroom x assigned / all partitions.",
-                ),
-                &["target"],
-            )
-            .expect("valid metric"),
-            rate_limit_exact: IntGaugeVec::new(
-                Opts::new(
-                    "mutebridge_rate_limit_exact",
-                    "1 while a target's rate limit is kept in Redis (mode = redis and Redis answers); 0 on the partition share.",
-                ),
-                &["target"],
-            )
-            .expect("valid metric"),
-            rate_limit_fallbacks: counter(
-                "mutebridge_rate_limit_fallbacks_total",
-                "Times Redis stopped answering and a target's limit fell back to the partition share.",
-                &["target"],
-            ),
-            target_rate_limited: counter(
-                "mutebridge_target_rate_limited_total",
-                "Provider answers saying a target's rate limit was exceeded (each pauses every call of the target).",
-                &["target"],
-            ),
-            groups_in_flight: IntGauge::new(
-                "mutebridge_worker_groups_in_flight",
-                "Groups with an event being applied right now.",
-            )
-            .expect("valid metric"),
-            buffered_events: IntGauge::new(
-                "mutebridge_worker_buffered_events",
-                "Events consumed and not yet finished (running or queued behind their group).",
-            )
-            .expect("valid metric"),
-            state_groups: IntGauge::new(
-                "mutebridge_worker_state_groups",
-                "Group mute states held for the assigned partitions.",
-            )
-            .expect("valid metric"),
-            state_rebuild: prometheus::Histogram::with_opts(
-                HistogramOpts::new(
-                    "mutebridge_worker_state_rebuild_seconds",
-                    "Time to read the mute states of newly assigned partitions from the state topic.",
-                )
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-            )
-            .expect("valid metric"),
-            state_writes: IntCounter::new(
-                "mutebridge_worker_state_writes_total",
-                "Group mute states written to the state topic and acknowledged.",
-            )
-            .expect("valid metric"),
-            state_write_errors: IntCounter::new(
-                "mutebridge_worker_state_write_errors_total",
-                "Failed attempts to write a mute state (retried; the group waits).",
-            )
-            .expect("valid metric"),
-        }
-    }
-
-    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![
-            Box::new(self.events.clone()),
-            Box::new(self.actions.clone()),
-            Box::new(self.action_duration.clone()),
-            Box::new(self.action_retries.clone()),
-            Box::new(self.dead_letters.clone()),
-            Box::new(self.consumer_lag.clone()),
-            Box::new(self.rate_limit_wait.clone()),
-            Box::new(self.rate_limit_share.clone()),
-            Box::new(self.rate_limit_exact.clone()),
-            Box::new(self.rate_limit_fallbacks.clone()),
-            Box::new(self.target_rate_limited.clone()),
-            Box::new(self.groups_in_flight.clone()),
-            Box::new(self.buffered_events.clone()),
-            Box::new(self.state_groups.clone()),
-            Box::new(self.state_rebuild.clone()),
-            Box::new(self.state_writes.clone()),
-            Box::new(self.state_write_errors.clone()),
-        ]
-    }
-
-    /// Creates every label combination of `targets` at zero, so dashboards
-    /// and alerts see the series before the first failure.
-    pub fn init_labels<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
-        for outcome in EventOutcome::ALL {
-            self.events.with_label_values(&[outcome.as_str()]);
-        }
-        self.dead_letters
-            .with_label_values(&["none", "undecodable"]);
-        for t in targets {
-            for action in crate::policy::Op::NAMES {
-                for outcome in ActionOutcome::ALL {
-                    self.actions.with_label_values(&[t, action, outcome]);
-                }
-            }
-            self.action_duration.with_label_values(&[t]);
-            self.action_retries.with_label_values(&[t]);
-            self.rate_limit_wait.with_label_values(&[t]);
-            self.target_rate_limited.with_label_values(&[t]);
-            for reason in Reason::ALL {
-                if reason != Reason::Undecodable {
-                    self.dead_letters.with_label_values(&[t, reason.as_str()]);
-                }
-            }
-        }
-    }
-}
-
-impl WorkerMetrics {
-    /// The handles of `target`'s rate limiter (creates its series); the
-    /// share and exact gauges only when it is `spaced` (has a rate).
-    pub fn limit_metrics(&self, target: &str, spaced: bool) -> crate::limit::LimitMetrics {
-        crate::limit::LimitMetrics {
-            share: spaced.then(|| self.rate_limit_share.with_label_values(&[target])),
-            exact: spaced.then(|| self.rate_limit_exact.with_label_values(&[target])),
-            fallbacks: self.rate_limit_fallbacks.with_label_values(&[target]),
-            rate_limited: self.target_rate_limited.with_label_values(&[target]),
-            waited: self.rate_limit_wait.with_label_values(&[target]),
-        }
-    }
 }
 
 impl Metrics {

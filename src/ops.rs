@@ -79,6 +79,21 @@ pub fn router(
         )
 }
 
+/// `GET path` answering the JSON `report` makes on each request (the
+/// worker's `/targets`).
+pub fn json_route(
+    path: &str,
+    report: impl Fn() -> serde_json::Value + Clone + Send + Sync + 'static,
+) -> Router {
+    Router::new().route(
+        path,
+        get(move || {
+            let body = report();
+            async move { reply(StatusCode::OK, body) }
+        }),
+    )
+}
+
 /// A short JSON reply.
 pub fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (

@@ -129,6 +129,16 @@ fn guard_text(state: &GroupState, event: &Event, verdict: &Verdict<'_>) -> Strin
                     h.dimension
                 );
             }
+            Hold::Superseded {
+                newer_at_ms,
+                newer_event,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "  {}: superseded (event {newer_event} at {newer_at_ms} ms set it since; only that one is sent)",
+                    h.dimension
+                );
+            }
         }
     }
     out.push('\n');
@@ -188,7 +198,7 @@ fn explain_text(
                         match target.render(&call, event, 0, now) {
                             Ok(Some(request)) => {
                                 let _ = writeln!(out, "would send");
-                                for line in request.to_string().lines() {
+                                for line in request.redacted().to_string().lines() {
                                     let _ = writeln!(out, "     {line}");
                                 }
                             }

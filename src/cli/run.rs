@@ -102,7 +102,8 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
     }
     if let Some(worker) = worker {
         println!(
-            "  worker: group {} -> {} target(s), {} rule(s); dead letters to {}",
+            "  worker: state keeper group {}, one group per target ({}.NAME) -> {} target(s), {} rule(s); dead letters to {}",
+            config.worker.group_id,
             config.worker.group_id,
             config.targets.len(),
             config.policy.rules.len(),
@@ -115,10 +116,20 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
             let listen = config.http.listen;
             let listener = crate::ops::bind(listen).await?;
             let bound = listener.local_addr().unwrap_or(listen);
-            println!("  worker: http://{bound}  (GET /metrics /healthz /readyz)");
-            let router = crate::ops::router(metrics.clone(), worker.ready_flag(), || {}).fallback(
-                || async { crate::ops::error(StatusCode::NOT_FOUND, "no such endpoint") },
-            );
+            println!("  worker: http://{bound}  (GET /metrics /healthz /readyz /targets)");
+            let statuses = worker.statuses();
+            let targets = crate::ops::json_route("/targets", move || {
+                let list: Vec<_> = statuses
+                    .iter()
+                    .map(|s| s.lock().expect("status lock").clone())
+                    .collect();
+                serde_json::json!({ "pipelines": list })
+            });
+            let router = crate::ops::router(metrics.clone(), worker.ready_flag(), || {})
+                .merge(targets)
+                .fallback(|| async {
+                    crate::ops::error(StatusCode::NOT_FOUND, "no such endpoint")
+                });
             let stop = stopped(stop_rx.clone());
             let limits = crate::server::Limits::new(&config.http, fd_limit);
             let http = metrics.http.clone();

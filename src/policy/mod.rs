@@ -21,7 +21,8 @@ mod template;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::event::{Event, EventKind, Mute, Scope};
+use crate::event::{Event, EventKind, Mute, ReplayScope, Scope};
+use crate::state::guard::{Hold, Verdict};
 pub use config::{MapConfig, OnUnmapped, PolicyConfig};
 pub use template::glob;
 use template::Template;
@@ -121,9 +122,30 @@ pub struct Action {
     pub target: Arc<str>,
     pub op: Op,
     pub dest: Dest,
-    pub users: Vec<String>,
+    pub users: Vec<User>,
     pub need_notify: bool,
     pub extra: Option<String>,
+}
+
+/// A user an action is about: the provider's ID (through the rule's user
+/// map) and the event's member it stands for, so that what the provider
+/// answers about a user is recorded against the right member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The ID sent to the provider.
+    pub id: String,
+    /// The event's member ID.
+    pub member: String,
+}
+
+impl User {
+    /// A member whose provider ID is the same.
+    pub fn same(member: &str) -> User {
+        User {
+            id: member.to_owned(),
+            member: member.to_owned(),
+        }
+    }
 }
 
 /// The policy's verdict for one `then` entry of a matching rule.
@@ -147,7 +169,34 @@ pub enum Planned {
     },
 }
 
+/// One step of carrying out an event at its targets: a verdict of the
+/// policy with the event it is carried out with, or nothing, because the
+/// stale-event guard held everything the action would change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step<'e> {
+    Carry {
+        planned: Planned,
+        /// The whole event, or (mute targets) the part the guard let through.
+        event: &'e Event,
+    },
+    Held {
+        rule: Arc<str>,
+        target: Arc<str>,
+        /// [`Op::name`] of the action it would have been.
+        action: &'static str,
+        hold: Hold,
+    },
+}
+
 impl Planned {
+    /// The `action` label: [`Op::name`], or `none`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Planned::Act(a) => a.op.name(),
+            Planned::Skip { action, .. } | Planned::Unmapped { action, .. } => action,
+        }
+    }
+
     /// The rule and the target this verdict is for.
     pub fn rule_and_target(&self) -> (&str, &str) {
         match self {
@@ -210,6 +259,78 @@ impl Policy {
         self.rules.is_empty()
     }
 
+    /// The part of the policy that sends to `target`: its rules with only
+    /// their `then` entries for it (rules without one are left out). Each
+    /// target's consumer group decides with its own part.
+    pub fn only(&self, target: &str) -> Policy {
+        let rules = self
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let then: Vec<Then> = r
+                    .then
+                    .iter()
+                    .filter(|t| &*t.target == target)
+                    .cloned()
+                    .collect();
+                (!then.is_empty()).then(|| Rule { then, ..r.clone() })
+            })
+            .collect();
+        Policy { rules }
+    }
+
+    /// Whether some rule sends events of `kind` about this group to a
+    /// target (of a policy made by [`Policy::only`]: to that target).
+    pub fn routes(&self, kind: EventKind, scope: Scope, appkey: &str, group_id: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.matches(scope, kind, appkey, group_id))
+    }
+
+    /// What the worker does with `event`, one step per `then` entry of
+    /// each matching rule, in rule order: the worker and `policy explain`
+    /// both call this. Mute targets get what the guard let through
+    /// (`verdict`: its fresh part, or a held step when nothing is fresh);
+    /// targets that forward whole events get the whole event. A replayed
+    /// dead letter (`replay`) re-drives its own rule and target only.
+    pub fn plan<'e>(
+        &self,
+        event: &'e Event,
+        verdict: Option<&'e Verdict<'e>>,
+        replay: Option<&ReplayScope>,
+    ) -> Vec<Step<'e>> {
+        // Nothing held: the event is fresh as it is.
+        let verdict = verdict.filter(|v| !v.held.is_empty());
+        let mut steps = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.mismatch(event).is_none()) {
+            for t in &rule.then {
+                if replay.is_some_and(|s| !s.wants(&rule.name, &t.target)) {
+                    continue;
+                }
+                let step = match (verdict, t.forwards) {
+                    (Some(v), false) => match v.fresh.as_deref() {
+                        Some(fresh) => Step::Carry {
+                            planned: rule.plan_one(t, fresh),
+                            event: fresh,
+                        },
+                        None => Step::Held {
+                            rule: rule.name.clone(),
+                            target: t.target.clone(),
+                            action: rule.plan_one(t, event).action(),
+                            hold: v.all_held().cloned().unwrap_or(Hold::Duplicate),
+                        },
+                    },
+                    _ => Step::Carry {
+                        planned: rule.plan_one(t, event),
+                        event,
+                    },
+                };
+                steps.push(step);
+            }
+        }
+        steps
+    }
+
     /// Every action the policy wants for `event`, in rule order.
     pub fn decide(&self, event: &Event) -> Vec<Planned> {
         self.rules
@@ -240,6 +361,13 @@ impl Policy {
 }
 
 impl Rule {
+    fn matches(&self, scope: Scope, kind: EventKind, appkey: &str, group_id: &str) -> bool {
+        self.scope.is_none_or(|s| s == scope)
+            && (self.kinds.is_empty() || self.kinds.contains(&kind))
+            && (self.appkeys.is_empty() || self.appkeys.iter().any(|a| a == appkey))
+            && (self.groups.is_empty() || self.groups.iter().any(|p| glob(p, group_id)))
+    }
+
     fn mismatch(&self, e: &Event) -> Option<String> {
         if let Some(s) = self.scope {
             if s != e.scope {
@@ -330,12 +458,15 @@ impl Rule {
             Vec::new()
         } else {
             match &t.user_map {
-                None => e.members.clone(),
+                None => e.members.iter().map(|m| User::same(m)).collect(),
                 Some(m) => {
                     let mut users = Vec::with_capacity(e.members.len());
                     for u in &e.members {
                         match m.get(u) {
-                            Some(id) => users.push(id.clone()),
+                            Some(id) => users.push(User {
+                                id: id.clone(),
+                                member: u.clone(),
+                            }),
                             None => {
                                 return unmapped(
                                     op.name(),

@@ -16,11 +16,20 @@
 //! A dead-letter replay is judged the same way, except that its own event
 //! is fresh (it is replayed because the provider never got it) and a tie
 //! is stale (its first pass lost the tie already).
+//!
+//! A mute target is judged twice over ([`judge_for_target`]): against what
+//! it applied itself (stale and duplicate as above), and against the
+//! group's newest state, which the state keeper has usually recorded long
+//! before a lagging target gets there: a dimension a newer event has set
+//! since is **superseded**, not sent, because that newer event reaches the
+//! target too (later in the log, or it did already). That is what makes a
+//! target that was down catch up with one call per dimension.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use super::{GroupState, MemberState, MuteAllState};
+use super::applied::{AppliedDim, AppliedState};
+use super::{GroupState, Mark, Marks, MemberDim, MemberState, Members, MuteAllState, Scope};
 use crate::event::{Event, EventKind, Format, Mute, Source};
 
 /// Why a dimension of an event is not sent.
@@ -33,6 +42,24 @@ pub enum Hold {
     },
     /// This event already set the dimension (a redelivery).
     Duplicate,
+    /// A newer event of the group has set the dimension since (the group's
+    /// newest state says so); it reaches the target too, so this one is
+    /// not sent.
+    Superseded {
+        newer_at_ms: i64,
+        newer_event: String,
+    },
+}
+
+impl Hold {
+    /// The outcome label of an event or action held for this reason.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Hold::Stale { .. } => "stale",
+            Hold::Duplicate => "duplicate",
+            Hold::Superseded { .. } => "superseded",
+        }
+    }
 }
 
 /// One dimension an event does not change.
@@ -56,62 +83,150 @@ pub struct Verdict<'e> {
 
 impl Verdict<'_> {
     /// When nothing is fresh: `Stale` if any dimension is stale, else
-    /// `Duplicate`. `None` when something is fresh.
+    /// `Superseded` if any is, else `Duplicate`. `None` when something is
+    /// fresh.
     pub fn all_held(&self) -> Option<&Hold> {
         if self.fresh.is_some() {
             return None;
         }
-        self.held
-            .iter()
-            .map(|h| &h.hold)
+        let holds = || self.held.iter().map(|h| &h.hold);
+        holds()
             .find(|h| matches!(h, Hold::Stale { .. }))
+            .or_else(|| holds().find(|h| matches!(h, Hold::Superseded { .. })))
             .or_else(|| self.held.first().map(|h| &h.hold))
+    }
+}
+
+/// A dimension of a group's mute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim<'a> {
+    MuteAll,
+    Member(&'a str),
+}
+
+impl Dim<'_> {
+    /// The kind of event that sets this dimension to `muted`.
+    pub fn kind(self, muted: bool) -> EventKind {
+        match (self, muted) {
+            (Dim::MuteAll, true) => EventKind::MuteAll,
+            (Dim::MuteAll, false) => EventKind::UnmuteAll,
+            (Dim::Member(_), true) => EventKind::MemberMuted,
+            (Dim::Member(_), false) => EventKind::MemberUnmuted,
+        }
+    }
+
+    /// `mute_all`, or `member:{id}`: how logs and `policy explain` name it.
+    pub fn label(self) -> String {
+        match self {
+            Dim::MuteAll => "mute_all".into(),
+            Dim::Member(m) => format!("member:{m}"),
+        }
+    }
+}
+
+/// The mark `state` holds for `dim`.
+pub fn mark<'a, S: Marks>(state: Option<&'a S>, dim: Dim<'_>) -> Option<Mark<'a>> {
+    let state = state?;
+    match dim {
+        Dim::MuteAll => state.mute_all_mark(),
+        Dim::Member(m) => state.member_mark(m),
     }
 }
 
 /// Judges `event` against `state`; `replay` is true for a record that
 /// `mutebridge dlq replay` published. Events of other than the four mute
 /// kinds are fresh as they are.
-pub fn judge<'e>(state: Option<&GroupState>, event: &'e Event, replay: bool) -> Verdict<'e> {
-    let check = |at_ms: i64, event_id: &str| -> Option<Hold> {
-        if event_id == event.id {
-            return (!replay).then_some(Hold::Duplicate);
-        }
-        let older = event.occurred_at_ms < at_ms || (replay && event.occurred_at_ms == at_ms);
-        older.then(|| Hold::Stale {
-            newer_at_ms: at_ms,
-            newer_event: event_id.to_owned(),
-        })
-    };
+pub fn judge<'e, S: Marks>(state: Option<&S>, event: &'e Event, replay: bool) -> Verdict<'e> {
+    judge_each(event, |dim| own(mark(state, dim), event, replay))
+}
+
+/// Judges `event` for one mute target: against what the target applied
+/// (`applied`: stale, duplicate), then against the group's `newest` state
+/// (superseded). `routed` says whether the target's rules send it events
+/// of a kind (for this group): only a newer event that reaches the target
+/// supersedes.
+pub fn judge_for_target<'e>(
+    applied: Option<&AppliedState>,
+    newest: Option<&GroupState>,
+    event: &'e Event,
+    replay: bool,
+    routed: impl Fn(EventKind) -> bool,
+) -> Verdict<'e> {
+    judge_each(event, |dim| {
+        own(mark(applied, dim), event, replay)
+            .or_else(|| newer(mark(newest, dim), dim, event, replay, &routed))
+    })
+}
+
+/// Whether the newest state says a newer event than `event` set `dim`
+/// (for a call about to go out, long after `event` was judged).
+pub fn superseded(
+    newest: Option<&GroupState>,
+    dim: Dim<'_>,
+    event: &Event,
+    routed: impl Fn(EventKind) -> bool,
+) -> bool {
+    newer(mark(newest, dim), dim, event, false, &routed).is_some()
+}
+
+/// The hold of the target's (or the keeper's) own history.
+fn own(mark: Option<Mark<'_>>, event: &Event, replay: bool) -> Option<Hold> {
+    let mark = mark?;
+    if mark.event_id == event.id {
+        return (!replay).then_some(Hold::Duplicate);
+    }
+    let older = event.occurred_at_ms < mark.at_ms || (replay && event.occurred_at_ms == mark.at_ms);
+    older.then(|| Hold::Stale {
+        newer_at_ms: mark.at_ms,
+        newer_event: mark.event_id.to_owned(),
+    })
+}
+
+/// The hold of the group's newest state. A tie with another event is not
+/// a supersession: the keeper may not have judged this one yet, and ties
+/// apply in offset order (a replay lost its tie already).
+fn newer(
+    mark: Option<Mark<'_>>,
+    dim: Dim<'_>,
+    event: &Event,
+    replay: bool,
+    routed: &impl Fn(EventKind) -> bool,
+) -> Option<Hold> {
+    let mark = mark?;
+    if mark.event_id == event.id {
+        return None;
+    }
+    let newer = mark.at_ms > event.occurred_at_ms || (replay && mark.at_ms == event.occurred_at_ms);
+    (newer && routed(dim.kind(mark.muted))).then(|| Hold::Superseded {
+        newer_at_ms: mark.at_ms,
+        newer_event: mark.event_id.to_owned(),
+    })
+}
+
+/// Splits `event` into its fresh part and its held dimensions, asking
+/// `check` about each dimension.
+fn judge_each<'e>(event: &'e Event, check: impl Fn(Dim<'_>) -> Option<Hold>) -> Verdict<'e> {
     match event.kind {
-        EventKind::MuteAll | EventKind::UnmuteAll => {
-            let hold = state
-                .and_then(|s| s.mute_all.as_ref())
-                .and_then(|d| check(d.at_ms, &d.event_id));
-            match hold {
-                Some(hold) => Verdict {
-                    fresh: None,
-                    held: vec![Held {
-                        dimension: "mute_all".into(),
-                        hold,
-                    }],
-                },
-                None => Verdict {
-                    fresh: Some(Cow::Borrowed(event)),
-                    held: Vec::new(),
-                },
-            }
-        }
+        EventKind::MuteAll | EventKind::UnmuteAll => match check(Dim::MuteAll) {
+            Some(hold) => Verdict {
+                fresh: None,
+                held: vec![Held {
+                    dimension: Dim::MuteAll.label(),
+                    hold,
+                }],
+            },
+            None => Verdict {
+                fresh: Some(Cow::Borrowed(event)),
+                held: Vec::new(),
+            },
+        },
         EventKind::MemberMuted | EventKind::MemberUnmuted => {
             let mut fresh = Vec::new();
             let mut held = Vec::new();
             for m in &event.members {
-                let hold = state
-                    .and_then(|s| s.members.get(m))
-                    .and_then(|d| check(d.at_ms, &d.event_id));
-                match hold {
+                match check(Dim::Member(m)) {
                     Some(hold) => held.push(Held {
-                        dimension: format!("member:{m}"),
+                        dimension: Dim::Member(m).label(),
                         hold,
                     }),
                     None => fresh.push(m.clone()),
@@ -193,14 +308,106 @@ pub fn record(
 /// `horizon_ms`: unmuted since before the horizon, or a timed mute that
 /// ended before it. Returns how many were dropped.
 pub fn prune(state: &mut GroupState, now_ms: i64, horizon_ms: i64) -> usize {
+    prune_members(&mut state.members, now_ms, horizon_ms)
+}
+
+/// [`prune`] for any member dimensions (a target's applied record too).
+pub fn prune_members<D: MemberDim>(
+    members: &mut Members<D>,
+    now_ms: i64,
+    horizon_ms: i64,
+) -> usize {
     let cutoff = now_ms.saturating_sub(horizon_ms);
-    let before = state.members.len();
-    state.members.retain(|_, m| {
-        let ended = if m.muted { m.until_ms } else { Some(m.at_ms) };
+    let before = members.len();
+    members.retain(|_, m| {
+        let ended = if m.muted() {
+            m.until_ms()
+        } else {
+            Some(m.at_ms())
+        };
         ended.is_none_or(|t| t >= cutoff)
     });
-    state.members.shrink_to_fit();
-    before - state.members.len()
+    members.shrink_to_fit();
+    before - members.len()
+}
+
+/// What became of a dimension a target judged fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// When the provider accepted it.
+    pub at_ms: i64,
+    /// When the provider ends it by itself before the group does.
+    pub lapses_at_ms: Option<i64>,
+}
+
+/// What the target's calls for the fresh part of an event achieved, by
+/// dimension; dimensions not named were not applied (skipped, superseded,
+/// dead-lettered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Results {
+    pub mute_all: Option<Applied>,
+    pub members: BTreeMap<String, Applied>,
+}
+
+impl Results {
+    pub fn get(&self, dim: Dim<'_>) -> Option<Applied> {
+        match dim {
+            Dim::MuteAll => self.mute_all,
+            Dim::Member(m) => self.members.get(m).copied(),
+        }
+    }
+}
+
+/// The target's record after `fresh` (what [`judge_for_target`] let
+/// through) was carried out with `results`; `None` when nothing changed.
+pub fn record_applied(
+    applied: Option<AppliedState>,
+    target: &str,
+    fresh: &Event,
+    results: &Results,
+    now_ms: i64,
+    horizon_ms: i64,
+) -> Option<AppliedState> {
+    let mut next = applied
+        .unwrap_or_else(|| AppliedState::new(target, &fresh.appkey, fresh.scope, &fresh.group_id));
+    let dim = |d: Dim<'_>, muted: bool, until_ms: Option<i64>| {
+        let done = results.get(d);
+        AppliedDim {
+            muted,
+            until_ms,
+            at_ms: fresh.occurred_at_ms,
+            event_id: fresh.id.clone(),
+            applied_at_ms: done.map(|a| a.at_ms),
+            lapses_at_ms: done.and_then(|a| a.lapses_at_ms),
+        }
+    };
+    let mut changed = false;
+    match fresh.kind {
+        EventKind::MuteAll | EventKind::UnmuteAll => {
+            let d = dim(Dim::MuteAll, fresh.kind == EventKind::MuteAll, None);
+            changed |= next.mute_all.as_ref() != Some(&d);
+            next.mute_all = Some(d);
+        }
+        EventKind::MemberMuted | EventKind::MemberUnmuted => {
+            let muted = fresh.kind == EventKind::MemberMuted;
+            let until_ms = match fresh.mute {
+                Some(Mute::Until { until_ms }) if muted => until_ms,
+                _ => None,
+            };
+            for m in &fresh.members {
+                let d = dim(Dim::Member(m), muted, until_ms);
+                changed |= next.members.get(m) != Some(&d);
+                next.members.insert(m.clone(), d);
+            }
+        }
+        _ => return None,
+    }
+    changed |= prune_members(&mut next.members, now_ms, horizon_ms) > 0;
+    if !changed {
+        return None;
+    }
+    next.updated_at_ms = now_ms;
+    Some(next)
 }
 
 /// An event about `state`'s group that mutebridge made itself (a resync
@@ -213,14 +420,31 @@ pub fn not_a_callback(
     at_ms: i64,
     now_ms: i64,
 ) -> Event {
+    about_group(
+        (&state.appkey, state.scope, &state.group_id),
+        kind,
+        id,
+        at_ms,
+        now_ms,
+    )
+}
+
+/// [`not_a_callback`] for a group named by appkey, scope and ID.
+pub fn about_group(
+    (appkey, scope, group_id): (&str, Scope, &str),
+    kind: EventKind,
+    id: &str,
+    at_ms: i64,
+    now_ms: i64,
+) -> Event {
     Event {
         schema: crate::event::SCHEMA_V1.into(),
         id: id.to_owned(),
         source: Source::Mutebridge,
         format: Format::Resync,
-        appkey: state.appkey.clone(),
-        scope: state.scope,
-        group_id: state.group_id.clone(),
+        appkey: appkey.to_owned(),
+        scope,
+        group_id: group_id.to_owned(),
         kind,
         operation: "resync".into(),
         subtype: None,

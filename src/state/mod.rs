@@ -10,9 +10,15 @@
 //! set it, which is what [`guard`] needs to refuse an older event that
 //! arrives late (Easemob re-sends stored callbacks up to 3 days later).
 //!
-//! The JSON shape is published as a JSON Schema (`mutebridge schema state`,
-//! checked in under `deploy/schema/`); changing it is a contract change.
+//! Beside it, each mute target keeps what *it* applied ([`applied`]): the
+//! worker runs one consumer group per target, so a target that lags or is
+//! down has its own history, and a group's newest state is known to all.
+//!
+//! The JSON shapes are published as JSON Schemas (`mutebridge schema state`,
+//! `mutebridge schema applied`, checked in under `deploy/schema/`); changing
+//! one is a contract change.
 
+pub mod applied;
 pub mod guard;
 
 use std::collections::BTreeMap;
@@ -46,7 +52,7 @@ pub struct GroupState {
     /// `worker.state_horizon_days` after the unmute; so do mutes past
     /// their end.
     #[schemars(with = "BTreeMap<String, MemberState>")]
-    pub members: Members,
+    pub members: Members<MemberState>,
     /// When the worker wrote this record (milliseconds since the epoch).
     pub updated_at_ms: i64,
 }
@@ -80,17 +86,28 @@ pub struct MemberState {
 /// wire, a sorted vector in memory. (A `BTreeMap` allocates a node for 11
 /// entries, about 900 bytes, even for the one or two members a group
 /// usually has; the worker holds a state per group.)
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Members(Vec<(String, MemberState)>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members<D>(Vec<(String, D)>);
 
-impl Members {
+impl<D> Default for Members<D> {
+    fn default() -> Self {
+        Members(Vec::new())
+    }
+}
+
+impl<D> Members<D> {
     /// The member's dimension.
-    pub fn get(&self, member: &str) -> Option<&MemberState> {
+    pub fn get(&self, member: &str) -> Option<&D> {
         self.find(member).ok().map(|i| &self.0[i].1)
     }
 
+    /// The member's dimension, to change it in place.
+    pub fn get_mut(&mut self, member: &str) -> Option<&mut D> {
+        self.find(member).ok().map(|i| &mut self.0[i].1)
+    }
+
     /// Sets the member's dimension.
-    pub fn insert(&mut self, member: String, state: MemberState) {
+    pub fn insert(&mut self, member: String, state: D) {
         match self.find(&member) {
             Ok(i) => self.0[i].1 = state,
             Err(i) => self.0.insert(i, (member, state)),
@@ -98,7 +115,7 @@ impl Members {
     }
 
     /// Keeps the members `keep` says yes to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str, &MemberState) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &D) -> bool) {
         self.0.retain(|(m, s)| keep(m, s));
     }
 
@@ -116,7 +133,7 @@ impl Members {
     }
 
     /// The members in ID order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &MemberState)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &D)> {
         self.0.iter().map(|(m, s)| (m.as_str(), s))
     }
 
@@ -125,25 +142,25 @@ impl Members {
     }
 }
 
-impl Serialize for Members {
+impl<D: Serialize> Serialize for Members<D> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.0.iter().map(|(m, s)| (m, s)))
     }
 }
 
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, MemberState>::deserialize(deserializer)?;
-        let mut members: Vec<(String, MemberState)> = map.into_iter().collect();
+impl<'de, D: Deserialize<'de>> Deserialize<'de> for Members<D> {
+    fn deserialize<De: serde::Deserializer<'de>>(deserializer: De) -> Result<Self, De::Error> {
+        let map = BTreeMap::<String, D>::deserialize(deserializer)?;
+        let mut members: Vec<(String, D)> = map.into_iter().collect();
         members.shrink_to_fit();
         Ok(Members(members))
     }
 }
 
-impl std::ops::Index<&str> for Members {
-    type Output = MemberState;
+impl<D> std::ops::Index<&str> for Members<D> {
+    type Output = D;
 
-    fn index(&self, member: &str) -> &MemberState {
+    fn index(&self, member: &str) -> &D {
         self.get(member).expect("no such member")
     }
 }
@@ -151,6 +168,62 @@ impl std::ops::Index<&str> for Members {
 /// The record key of a group's state: `{appkey}|{scope}|{group_id}`.
 pub fn key(appkey: &str, scope: Scope, group_id: &str) -> String {
     format!("{appkey}|{}|{group_id}", scope.as_str())
+}
+
+/// Which event set a dimension (the group-wide mute, or one member), and
+/// when: what the stale-event guard compares an event with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark<'a> {
+    /// The `occurred_at_ms` of the event that set it.
+    pub at_ms: i64,
+    /// The `id` of that event.
+    pub event_id: &'a str,
+    pub muted: bool,
+}
+
+/// A group's dimensions as the guard reads them: the newest state
+/// ([`GroupState`]) or what one target applied ([`applied::AppliedState`]).
+pub trait Marks {
+    fn mute_all_mark(&self) -> Option<Mark<'_>>;
+    fn member_mark(&self, member: &str) -> Option<Mark<'_>>;
+}
+
+impl Marks for GroupState {
+    fn mute_all_mark(&self) -> Option<Mark<'_>> {
+        self.mute_all.as_ref().map(|d| Mark {
+            at_ms: d.at_ms,
+            event_id: &d.event_id,
+            muted: d.muted,
+        })
+    }
+
+    fn member_mark(&self, member: &str) -> Option<Mark<'_>> {
+        self.members.get(member).map(|d| Mark {
+            at_ms: d.at_ms,
+            event_id: &d.event_id,
+            muted: d.muted,
+        })
+    }
+}
+
+/// A member dimension, as far as pruning needs it.
+pub trait MemberDim {
+    fn muted(&self) -> bool;
+    /// End of the mute; `None` when permanent, unknown or unmuted.
+    fn until_ms(&self) -> Option<i64>;
+    fn at_ms(&self) -> i64;
+}
+
+impl MemberDim for MemberState {
+    fn muted(&self) -> bool {
+        self.muted
+    }
+    fn until_ms(&self) -> Option<i64> {
+        self.until_ms
+    }
+    fn at_ms(&self) -> i64 {
+        self.at_ms
+    }
 }
 
 impl GroupState {

@@ -4,8 +4,10 @@
 
 use serde::Deserialize;
 
-use super::TargetConfig;
+use super::{Request, TargetConfig};
 use crate::config::Invalid;
+use crate::event::Event;
+use crate::policy::Action;
 
 /// `kind = "log"`: prints what would be sent.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,5 +37,19 @@ impl LogConfig {
             )),
             _ => inner.validate().map_err(|e| e.under("as")),
         }
+    }
+}
+
+/// Prints what the `log` target `name` would have sent for `call`: the
+/// request of its `as` target with the signatures masked, or, without
+/// `as`, the action and its event as one JSON line.
+pub fn print(name: &str, call: &Action, request: Option<&Request>, event: &Event) {
+    match request {
+        Some(r) => println!(
+            "[{name}] rule {:?} would send:\n{}\n",
+            &*call.rule,
+            r.redacted()
+        ),
+        None => println!("[{name}] {}", super::Target::describe(call, event)),
     }
 }

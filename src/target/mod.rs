@@ -4,9 +4,10 @@
 //! exact HTTP [`Request`] the provider expects, signed afresh for every
 //! attempt, and reads the provider's reply into an [`Outcome`] the retry
 //! loop in the worker's deliverer acts on. Building and reading are pure,
-//! so `policy explain` and the `log` target print byte for byte what a real
-//! target would send. Each provider's file also states what it can do
-//! ([`Capabilities`]) and checks its own settings.
+//! so `policy explain` and the `log` target print what a real target would
+//! send (signatures masked: [`Request::redacted`]). Each provider's file
+//! also states what it can do ([`Capabilities`]), how long it holds a mute
+//! ([`Target::lapses`]), and checks its own settings.
 
 pub mod log;
 pub mod rongcloud;
@@ -23,6 +24,9 @@ use crate::event::Event;
 use crate::limit::{RateLimitConfig, Spec};
 use crate::policy::{Action, Addressing, Capabilities, Dest, MuteLength, Op};
 use crate::time::unix_ms;
+
+/// A day, the default of `renew_ahead_seconds`.
+pub const DEFAULT_RENEW_AHEAD_SECONDS: u64 = 86_400;
 pub use log::{DiscardConfig, LogConfig};
 
 /// `[targets.NAME]`: where actions go, chosen by `kind`.
@@ -107,13 +111,7 @@ impl TargetConfig {
             // A webhook's "app" is its host and port: callers of one
             // receiver share it, and no path or query (which may carry a
             // token) ends up in a Redis key or a log line.
-            TargetConfig::Webhook(c) => {
-                let app = reqwest::Url::parse(&c.url)
-                    .ok()
-                    .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-                    .unwrap_or_default();
-                (app, c.rate_per_second, &c.rate_limit)
-            }
+            TargetConfig::Webhook(c) => (host_of(&c.url), c.rate_per_second, &c.rate_limit),
             TargetConfig::Log(_) | TargetConfig::Discard(_) => return None,
         };
         Some(Spec {
@@ -144,6 +142,22 @@ impl TargetConfig {
         }
     }
 
+    /// True for targets that take whole events (webhook, `log` without
+    /// `as`, discard) rather than mute states.
+    pub fn forwards(&self) -> bool {
+        self.capabilities().addressing == Addressing::Event
+    }
+
+    /// `(max_mute_seconds, renew_ahead_seconds)` of a target whose
+    /// provider caps mutes; `log` looks through to its `as` table.
+    pub fn mute_cap(&self) -> Option<(u64, u64)> {
+        match self.shape() {
+            TargetConfig::Zego(c) => Some((c.max_mute_seconds, c.renew_ahead_seconds)),
+            TargetConfig::Rongcloud(c) => Some((c.max_mute_seconds, c.renew_ahead_seconds)),
+            _ => None,
+        }
+    }
+
     /// Checks settings that serde cannot; keys relative to the target.
     pub fn validate(&self) -> Result<(), Invalid> {
         match self {
@@ -165,6 +179,26 @@ fn check_rate(rate: Option<f64>) -> Result<(), Invalid> {
         )),
         _ => Ok(()),
     }
+}
+
+/// `max_mute_seconds` (at most the provider's `limit`) and
+/// `renew_ahead_seconds` (shorter than it) must fit together.
+fn check_cap(max_mute_seconds: u64, renew_ahead_seconds: u64, limit: u64) -> Result<(), Invalid> {
+    if !(1..=limit).contains(&max_mute_seconds) {
+        return Err(Invalid::new(
+            "max_mute_seconds",
+            format!(
+                "{max_mute_seconds} is not between 1 and {limit} (the provider's longest mute)"
+            ),
+        ));
+    }
+    if renew_ahead_seconds == 0 || renew_ahead_seconds >= max_mute_seconds {
+        return Err(Invalid::new(
+            "renew_ahead_seconds",
+            format!("{renew_ahead_seconds} is not between 1 and max_mute_seconds ({max_mute_seconds}) exclusive: a capped mute is re-applied this long before the provider ends it"),
+        ));
+    }
+    Ok(())
 }
 
 /// `url` must be an absolute http(s) URL.
@@ -191,17 +225,71 @@ pub enum Method {
     Post,
 }
 
-impl fmt::Display for Request {
+/// Query parameters and headers that carry a signature: masked wherever a
+/// request is shown (a signature is valid for minutes and does not cover
+/// what the request does).
+const SIGNATURES: [&str; 3] = ["Signature", "X-Mutebridge-Signature", "Authorization"];
+
+/// Shown in place of a signature.
+const MASK: &str = "<masked>";
+
+impl Request {
+    /// `host:port` of the URL, the only part of it logs and dead letters
+    /// name (a path or query may carry a token).
+    pub fn host(&self) -> String {
+        host_of(&self.url)
+    }
+
+    /// The request as `policy explain` and the `log` target print it: what
+    /// would be sent, with every signature masked.
+    pub fn redacted(&self) -> Redacted<'_> {
+        Redacted(self)
+    }
+}
+
+/// `host:port` of `url`, or `(unparsable URL)`.
+pub fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| "(unparsable URL)".into())
+}
+
+/// A [`Request`] shown with its signatures masked.
+pub struct Redacted<'a>(&'a Request);
+
+impl fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let method = match self.method {
+        let r = self.0;
+        let method = match r.method {
             Method::Get => "GET",
             Method::Post => "POST",
         };
-        write!(f, "{method} {}", self.url)?;
-        for (name, value) in &self.headers {
+        let url = match r.url.split_once('?') {
+            None => r.url.clone(),
+            Some((base, query)) => {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                    let v = if SIGNATURES.contains(&k.as_ref()) {
+                        MASK.into()
+                    } else {
+                        v
+                    };
+                    q.append_pair(&k, &v);
+                }
+                format!("{base}?{}", q.finish())
+            }
+        };
+        write!(f, "{method} {url}")?;
+        for (name, value) in &r.headers {
+            let value = if SIGNATURES.contains(name) {
+                MASK
+            } else {
+                value
+            };
             write!(f, "\n{name}: {value}")?;
         }
-        if let Some(body) = &self.body {
+        if let Some(body) = &r.body {
             write!(f, "\n\n{body}")?;
         }
         Ok(())
@@ -219,7 +307,8 @@ pub struct Reply<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Done,
-    /// Some users failed (ZEGO `ErrorUsers`): retry these, give up on those.
+    /// Some users failed (ZEGO `ErrorUsers`): retry these, give up on those
+    /// (provider IDs, with why).
     Partial {
         retry: Vec<String>,
         failed: Vec<(String, String)>,
@@ -227,8 +316,8 @@ pub enum Outcome {
     /// Worth another attempt after a backoff.
     Retry {
         error: String,
-        /// The provider said we are over its rate limit.
-        rate_limited: bool,
+        /// What kind of failure: it decides who waits.
+        kind: Transient,
         /// Try the next host (timeouts, connection errors, 5xx).
         switch_host: bool,
         after: Option<Duration>,
@@ -239,11 +328,25 @@ pub enum Outcome {
     },
 }
 
+/// A failure that goes away by itself, by what it says about the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// The provider is unwell (connection refused or reset, timeout, 5xx,
+    /// its system-error codes): counted by the target's circuit breaker.
+    Outage,
+    /// Over the provider's limit for the whole app: every call of the
+    /// target pauses.
+    RateLimited,
+    /// Over a limit of one group (ZEGO 660300006): only that group's call
+    /// backs off.
+    GroupLimited,
+}
+
 impl Outcome {
-    fn retry(error: String) -> Outcome {
+    fn outage(error: String) -> Outcome {
         Outcome::Retry {
             error,
-            rate_limited: false,
+            kind: Transient::Outage,
             switch_host: false,
             after: None,
         }
@@ -291,6 +394,19 @@ impl Target {
         match self {
             Target::RongCloud(r) => r.config.base_urls.len(),
             _ => 1,
+        }
+    }
+
+    /// When the provider will end the mute `call` sets by itself although
+    /// the group's mute goes on (ms since the epoch): its longest mute, or
+    /// the `max_mute_seconds` configured, cut it short. `None` when the
+    /// provider holds it as long as the group does (or it is no mute).
+    pub fn lapses(&self, call: &Action, now: SystemTime) -> Option<i64> {
+        match self {
+            Target::Zego(z) => z.lapses(call, now),
+            Target::RongCloud(r) => r.lapses(call, now),
+            Target::Log(Some(inner)) => inner.lapses(call, now),
+            _ => None,
         }
     }
 
@@ -354,11 +470,22 @@ impl Target {
                 Dest::Chatroom(c) => serde_json::json!({"chatroom": c}),
                 Dest::Event => serde_json::Value::Null,
             },
-            "users": &call.users,
+            "users": call.users.iter().map(|u| &u.id).collect::<Vec<_>>(),
             "event": event,
         })
         .to_string()
     }
+}
+
+/// When a mute of `remaining` seconds (`None`: permanent) that the
+/// provider holds for at most `cap` seconds (`None`: it holds a permanent
+/// one) ends at the provider before it ends at the source.
+fn cut_short(remaining: Option<u64>, cap: u64, permanent_ok: bool, now: SystemTime) -> Option<i64> {
+    let cut = match remaining {
+        None => !permanent_ok,
+        Some(s) => s > cap,
+    };
+    cut.then(|| unix_ms(now).saturating_add((cap as i64).saturating_mul(1000)))
 }
 
 /// How long a member mute still has to run, in whole seconds rounded up;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 
-use super::{remaining_seconds, Method, Outcome, Reply, Request, Unsendable};
+use super::{cut_short, remaining_seconds, Method, Outcome, Reply, Request, Transient, Unsendable};
 use crate::config::{Invalid, Secret};
 use crate::limit::RateLimitConfig;
 use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
@@ -41,6 +41,23 @@ pub struct RongCloudConfig {
     /// How the worker replicas share `rate_per_second`.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// The longest gag RongCloud holds (its limit, 43,200 minutes, by
+    /// default), in seconds: a chatroom gag (which cannot be permanent) or
+    /// a longer timed gag is sent for this long and re-applied before it
+    /// ends. Lower only to try renewal out (RongCloud counts in minutes).
+    #[serde(default = "default_max_mute")]
+    pub max_mute_seconds: u64,
+    /// How long before RongCloud would end a capped gag it is re-applied.
+    #[serde(default = "default_renew_ahead")]
+    pub renew_ahead_seconds: u64,
+}
+
+fn default_max_mute() -> u64 {
+    MAX_GAG_MINUTES * 60
+}
+
+fn default_renew_ahead() -> u64 {
+    super::DEFAULT_RENEW_AHEAD_SECONDS
 }
 
 /// Unit of RongCloud's `Timestamp` header.
@@ -78,7 +95,11 @@ impl RongCloudConfig {
         if self.app_key.trim().is_empty() {
             return Err(Invalid::new("app_key", "must not be empty"));
         }
-        Ok(())
+        super::check_cap(
+            self.max_mute_seconds,
+            self.renew_ahead_seconds,
+            MAX_GAG_MINUTES * 60,
+        )
     }
 }
 
@@ -204,6 +225,27 @@ impl RongCloud {
         RongCloud { config }
     }
 
+    /// When RongCloud ends a gag `call` sets before the group does: a
+    /// chatroom gag always has an end (there is no permanent one), a timed
+    /// gag longer than `max_mute_seconds` is cut to it; a permanent group
+    /// gag (`minute=0`) and a mute-all are held until lifted.
+    pub fn lapses(&self, call: &Action, now: SystemTime) -> Option<i64> {
+        let Op::MuteMembers { length } = &call.op else {
+            return None;
+        };
+        let remaining = remaining_seconds(length, now).ok()?;
+        let chatroom = matches!(call.dest, Dest::Chatroom(_));
+        cut_short(remaining, self.config.max_mute_seconds, !chatroom, now)
+    }
+
+    /// The longest gag, in RongCloud's minutes.
+    fn max_minutes(&self) -> u64 {
+        self.config
+            .max_mute_seconds
+            .div_ceil(60)
+            .clamp(1, MAX_GAG_MINUTES)
+    }
+
     /// The form POST for one attempt on host `host`.
     pub fn render(
         &self,
@@ -259,16 +301,16 @@ impl RongCloud {
                 return Err(Unsendable::Moot("no users to mute or unmute"));
             }
             for user in &call.users {
-                form.append_pair("userId", user);
+                form.append_pair("userId", &user.id);
             }
         }
         form.append_pair(id_key, id);
         if let Op::MuteMembers { length } = &call.op {
             let minutes = match remaining_seconds(length, now)? {
-                Some(s) => s.div_ceil(60).clamp(1, MAX_GAG_MINUTES),
+                Some(s) => s.div_ceil(60).clamp(1, self.max_minutes()),
                 // Group gags can be permanent (0); chatroom gags cannot, so
-                // they get the longest allowed.
-                None if chatroom => MAX_GAG_MINUTES,
+                // they get the longest allowed (and are renewed).
+                None if chatroom => self.max_minutes(),
                 None => 0,
             };
             form.append_pair("minute", &minutes.to_string());
@@ -316,7 +358,11 @@ pub fn read(reply: &Reply<'_>) -> Outcome {
         return if reply.status == 429 || server_side || (200..300).contains(&reply.status) {
             Outcome::Retry {
                 error: format!("HTTP {} without a RongCloud reply body", reply.status),
-                rate_limited: reply.status == 429,
+                kind: if reply.status == 429 {
+                    Transient::RateLimited
+                } else {
+                    Transient::Outage
+                },
                 switch_host: server_side,
                 after: reply.retry_after,
             }
@@ -337,9 +383,17 @@ pub fn read(reply: &Reply<'_>) -> Outcome {
         r.error_message
     );
     if code.retryable() || server_side || reply.status == 429 {
+        let rate_limited = code == RongCloudCode::RateLimited || reply.status == 429;
         Outcome::Retry {
             error,
-            rate_limited: code == RongCloudCode::RateLimited || reply.status == 429,
+            // 1000 (internal error) and 1050 (internal timeout) are the
+            // provider's own trouble; RongCloud documents no code about a
+            // single chatroom or group being over a limit.
+            kind: if rate_limited {
+                Transient::RateLimited
+            } else {
+                Transient::Outage
+            },
             switch_host: server_side,
             after: reply.retry_after,
         }
@@ -371,6 +425,8 @@ mod tests {
             timestamp_unit: TimestampUnit::Milliseconds,
             rate_per_second: 100.0,
             rate_limit: Default::default(),
+            max_mute_seconds: MAX_GAG_MINUTES * 60,
+            renew_ahead_seconds: 86_400,
         })
     }
 
@@ -380,7 +436,7 @@ mod tests {
             target: Arc::from("rc"),
             op,
             dest,
-            users: users.iter().map(|u| u.to_string()).collect(),
+            users: users.iter().map(|u| crate::policy::User::same(u)).collect(),
             need_notify: true,
             extra: None,
         }
@@ -469,7 +525,7 @@ mod tests {
         assert!(matches!(
             read_(429, r#"{"code":1008,"errorMessage":"too many"}"#),
             Outcome::Retry {
-                rate_limited: true,
+                kind: Transient::RateLimited,
                 switch_host: false,
                 ..
             }
@@ -477,6 +533,7 @@ mod tests {
         assert!(matches!(
             read_(500, r#"{"code":1000}"#),
             Outcome::Retry {
+                kind: Transient::Outage,
                 switch_host: true,
                 ..
             }

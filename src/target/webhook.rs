@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{Method, Outcome, Reply, Request, Unsendable};
+use super::{Method, Outcome, Reply, Request, Transient, Unsendable};
 use crate::config::{Invalid, Secret};
 use crate::event::Event;
 use crate::limit::RateLimitConfig;
@@ -95,7 +95,11 @@ pub fn read(reply: &Reply<'_>) -> Outcome {
         200..=299 => Outcome::Done,
         s @ (408 | 429 | 500..=599) => Outcome::Retry {
             error: format!("HTTP {s}"),
-            rate_limited: s == 429,
+            kind: if s == 429 {
+                Transient::RateLimited
+            } else {
+                Transient::Outage
+            },
             switch_host: false,
             after: reply.retry_after,
         },

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::{remaining_seconds, Outcome, Reply, Request, Unsendable};
+use super::{cut_short, remaining_seconds, Outcome, Reply, Request, Transient, Unsendable};
 use crate::config::{Invalid, Secret};
 use crate::limit::RateLimitConfig;
 use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
@@ -38,6 +38,22 @@ pub struct ZegoConfig {
     /// How the worker replicas share `rate_per_second`.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// The longest mute ZEGO holds (its limit, 30 days, by default): a
+    /// longer member mute is sent for this long and re-applied before it
+    /// ends. Lower only to try renewal out.
+    #[serde(default = "default_max_mute")]
+    pub max_mute_seconds: u64,
+    /// How long before ZEGO would end a capped mute it is re-applied.
+    #[serde(default = "default_renew_ahead")]
+    pub renew_ahead_seconds: u64,
+}
+
+fn default_max_mute() -> u64 {
+    MAX_DURATION_SECONDS
+}
+
+fn default_renew_ahead() -> u64 {
+    super::DEFAULT_RENEW_AHEAD_SECONDS
 }
 
 /// What a ZEGO target can do: mute a group or its members, for up to 30 days.
@@ -57,6 +73,11 @@ impl ZegoConfig {
             .validate()
             .map_err(|e| e.under("rate_limit"))?;
         super::check_url("base_url", &self.base_url)?;
+        super::check_cap(
+            self.max_mute_seconds,
+            self.renew_ahead_seconds,
+            MAX_DURATION_SECONDS,
+        )?;
         if self.from_user_id.trim().is_empty() {
             return Err(Invalid::new(
                 "from_user_id",
@@ -167,20 +188,23 @@ impl ZegoCode {
         }
     }
 
-    /// Rate limits: back off and retry.
-    pub fn rate_limited(self) -> bool {
-        matches!(
-            self,
-            ZegoCode::QpsExceeded
-                | ZegoCode::AppRateLimited
-                | ZegoCode::GroupRateLimited
-                | ZegoCode::RateLimited
-        )
+    /// What kind of transient failure the code is; `None` for success and
+    /// for codes another attempt would get again.
+    pub fn transient(self) -> Option<Transient> {
+        match self {
+            ZegoCode::QpsExceeded | ZegoCode::AppRateLimited | ZegoCode::RateLimited => {
+                Some(Transient::RateLimited)
+            }
+            // A frequency limit of one group: the others go on.
+            ZegoCode::GroupRateLimited => Some(Transient::GroupLimited),
+            ZegoCode::ServerBusy | ZegoCode::GeneralError => Some(Transient::Outage),
+            _ => None,
+        }
     }
 
     /// Worth retrying (busy, general error, rate limits).
     pub fn retryable(self) -> bool {
-        self.rate_limited() || matches!(self, ZegoCode::ServerBusy | ZegoCode::GeneralError)
+        self.transient().is_some()
     }
 
     /// What the code means, for logs and dead letters.
@@ -245,6 +269,19 @@ impl Zego {
         self.render_with(call, now, &super::nonce())
     }
 
+    /// When ZEGO ends a member mute `call` sets before the group does: one
+    /// longer than `max_mute_seconds` (a permanent one is `Duration=-1`,
+    /// held until lifted; a timed mute-all is the rule's own length).
+    pub fn lapses(&self, call: &Action, now: SystemTime) -> Option<i64> {
+        match &call.op {
+            Op::MuteMembers { length } => {
+                let remaining = remaining_seconds(length, now).ok()?;
+                cut_short(remaining, self.config.max_mute_seconds, true, now)
+            }
+            _ => None,
+        }
+    }
+
     fn render_with(
         &self,
         call: &Action,
@@ -265,7 +302,8 @@ impl Zego {
             Op::UnmuteAll => ("MuteGroup", 0),
             Op::MuteMembers { length } => (
                 "MuteGroupMembers",
-                remaining_seconds(length, now)?.map_or(-1, |s| s.min(MAX_DURATION_SECONDS) as i64),
+                remaining_seconds(length, now)?
+                    .map_or(-1, |s| s.min(self.config.max_mute_seconds) as i64),
             ),
             Op::UnmuteMembers => ("MuteGroupMembers", 0),
             Op::Forward => return Err(Unsendable::Invalid("ZEGO cannot forward events".into())),
@@ -291,7 +329,7 @@ impl Zego {
                     return Err(Unsendable::Moot("no users to mute or unmute"));
                 }
                 for user in &call.users {
-                    q.append_pair("UserIds[]", user);
+                    q.append_pair("UserIds[]", &user.id);
                 }
             }
             _ => {}
@@ -312,12 +350,12 @@ impl Zego {
             return match reply.status {
                 429 => Outcome::Retry {
                     error: "HTTP 429".into(),
-                    rate_limited: true,
+                    kind: Transient::RateLimited,
                     switch_host: false,
                     after: reply.retry_after,
                 },
                 s if s >= 500 || (200..300).contains(&s) => {
-                    Outcome::retry(format!("HTTP {s} without a ZEGO reply body"))
+                    Outcome::outage(format!("HTTP {s} without a ZEGO reply body"))
                 }
                 s => Outcome::Permanent {
                     error: format!("HTTP {s} without a ZEGO reply body"),
@@ -350,10 +388,16 @@ impl Zego {
                     .collect(),
             };
         }
-        if code.retryable() || reply.status >= 500 {
+        let kind = match (code.transient(), reply.status) {
+            (Some(kind), _) => Some(kind),
+            (None, 429) => Some(Transient::RateLimited),
+            (None, s) if s >= 500 => Some(Transient::Outage),
+            _ => None,
+        };
+        if let Some(kind) = kind {
             Outcome::Retry {
                 error: error(code, &r.message),
-                rate_limited: code.rate_limited() || reply.status == 429,
+                kind,
                 switch_host: false,
                 after: reply.retry_after,
             }
@@ -393,6 +437,8 @@ mod tests {
             from_user_id: "bot".into(),
             rate_per_second: 20.0,
             rate_limit: Default::default(),
+            max_mute_seconds: MAX_DURATION_SECONDS,
+            renew_ahead_seconds: 86_400,
         })
     }
 
@@ -402,7 +448,7 @@ mod tests {
             target: Arc::from("zego"),
             op,
             dest: Dest::Group("g1".into()),
-            users: users.iter().map(|u| u.to_string()).collect(),
+            users: users.iter().map(|u| crate::policy::User::same(u)).collect(),
             need_notify: false,
             extra: None,
         }
@@ -473,7 +519,24 @@ mod tests {
         assert!(matches!(
             read(200, r#"{"Code":660300005,"Message":"limit"}"#),
             Outcome::Retry {
-                rate_limited: true,
+                kind: Transient::RateLimited,
+                ..
+            }
+        ));
+        assert!(
+            matches!(
+                read(200, r#"{"Code":660300006,"Message":"group limit"}"#),
+                Outcome::Retry {
+                    kind: Transient::GroupLimited,
+                    ..
+                }
+            ),
+            "a group's own limit backs off that group only"
+        );
+        assert!(matches!(
+            read(200, r#"{"Code":1,"Message":"busy"}"#),
+            Outcome::Retry {
+                kind: Transient::Outage,
                 ..
             }
         ));

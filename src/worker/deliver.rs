@@ -1,270 +1,439 @@
-//! Applying actions: wait for the target's rate limiter, send, read the
+//! Applying actions at one target: wait for the target's circuit breaker
+//! and rate limiter, drop what a newer state has set since, send, read the
 //! reply, and retry with backoff until the call succeeds, becomes moot, or
 //! has to be dead-lettered.
 //!
-//! Backoff is exponential with full jitter (a uniformly random wait up to
-//! the ceiling, so retries of many groups do not synchronise), never shorter
-//! than the provider's `Retry-After`. The budget is `[worker.retry]`: a
-//! number of attempts and a total time, whichever runs out first; time
-//! spent waiting for our own limiter does not count against it.
+//! Failures are told apart by what they say about the target
+//! ([`Transient`]):
 //!
-//! A rate-limit answer is not a failure of the call: the whole target
-//! pauses ([`crate::limit`]), the call is tried again, and only
-//! `rate_limited_horizon_seconds` of such answers dead-letter it.
+//! - an **outage** (connection error, timeout, 5xx, a system-error code)
+//!   counts against the call's budget (`[worker.retry]`: attempts and time,
+//!   whichever runs out first) and toward the target's circuit breaker;
+//!   while the breaker is open no call goes out but its probe, and waiting
+//!   for it spends no budget, so an outage of hours dead-letters nothing;
+//! - a **rate-limit answer** of the provider app pauses every call of the
+//!   target ([`crate::limit`]) and is tried again, up to
+//!   `rate_limited_horizon_seconds`;
+//! - a **group's own limit** (ZEGO 660300006) backs off that call only.
+//!
+//! Backoff is exponential with full jitter (a uniformly random wait up to
+//! the ceiling, so retries of many groups do not synchronise), never
+//! shorter than the provider's `Retry-After`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
+use super::breaker::{Breaker, BreakerConfig, Permit};
 use super::dlq::Reason;
 use super::outcome::{ActionOutcome, Failure};
-use crate::config::{RetryConfig, WorkerConfig};
+use crate::config::RetryConfig;
 use crate::event::Event;
-use crate::limit::Limiter;
-use crate::metrics::WorkerMetrics;
-use crate::policy::Action;
+use crate::limit::{Limiter, FIRST_PAUSE};
+use crate::policy::{Action, Op, User};
 use crate::target::{
-    parse_retry_after, Method, Outcome, Reply, Request, Target, TargetConfig, Unsendable,
+    log, parse_retry_after, Method, Outcome, Reply, Request, Target, Transient, Unsendable,
 };
+use crate::time::unix_ms;
 
-/// A target with its limiter, failover position and metric handles.
-pub struct TargetRuntime {
+/// Whether a call planned a while ago is still worth sending: a newer
+/// event of the group may have set what it would change since.
+pub trait Currency: Sync {
+    fn superseded(&self, call: &Action) -> Superseded;
+}
+
+/// What of a call a newer state has set since it was planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Superseded {
+    Nothing,
+    /// All of it (a group-wide call, or every member of a member call).
+    All,
+    /// These members (event member IDs).
+    Members(Vec<String>),
+}
+
+/// For targets that forward every event as it is.
+pub struct AlwaysCurrent;
+
+impl Currency for AlwaysCurrent {
+    fn superseded(&self, _call: &Action) -> Superseded {
+        Superseded::Nothing
+    }
+}
+
+/// What one provider call came to.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The call as it was last sent (superseded users dropped).
+    pub call: Action,
+    /// A dead letter for users that failed for good (a partial failure)
+    /// first, then how the call ended.
+    pub outcomes: Vec<ActionOutcome>,
+    /// The users the provider accepted (member calls).
+    pub accepted: Vec<User>,
+    /// When it was accepted (ms), and when the provider ends the mute by
+    /// itself before the group does.
+    pub at_ms: i64,
+    pub lapses_at_ms: Option<i64>,
+}
+
+/// The metric handles of one target's deliverer.
+pub struct DeliverMetrics {
+    pub duration: Histogram,
+    pub retries: IntCounter,
+}
+
+/// One target, with its limiter, breaker and failover position.
+pub struct Deliverer {
     pub name: Arc<str>,
     pub target: Target,
+    client: reqwest::Client,
+    retry: RetryConfig,
     /// Every target that sends has one (a webhook without
     /// `rate_per_second` only for the back-off).
     limiter: Option<Arc<Limiter>>,
+    pub breaker: Arc<Breaker>,
     host: AtomicUsize,
-    duration: Histogram,
-    retries: IntCounter,
+    metrics: DeliverMetrics,
 }
 
-/// Applies calls to the configured targets.
-pub struct Deliverer {
-    client: reqwest::Client,
-    retry: RetryConfig,
-    targets: HashMap<Arc<str>, Arc<TargetRuntime>>,
+/// How much of a call's budget is spent.
+struct Budget {
+    /// Attempts that failed with an outage while the breaker was closed.
+    attempts: u32,
+    started: Instant,
+    /// Time not the provider's fault (our limiter, the breaker, pauses).
+    waited: Duration,
+    /// Since when the call draws rate-limit answers.
+    limited_since: Option<Instant>,
+    /// Back-offs of the group's own limit in a row.
+    group_strikes: u32,
+}
+
+/// Where an attempt leaves the call.
+enum Next {
+    Again(Duration),
+    Done(ActionOutcome),
 }
 
 impl Deliverer {
     pub fn new(
-        config: &WorkerConfig,
-        targets: &BTreeMap<String, TargetConfig>,
-        metrics: &WorkerMetrics,
-    ) -> anyhow::Result<Deliverer> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(5000)))
-            // RongCloud asks for idle keep-alive under 55 s.
-            .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("mutebridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot build the HTTP client")?;
-        let mut runtimes: HashMap<Arc<str>, Arc<TargetRuntime>> = HashMap::new();
-        for (name, cfg) in targets {
-            let limiter = match cfg.limit_spec(name) {
-                Some(spec) => {
-                    let handles = metrics.limit_metrics(name, spec.rate_per_second.is_some());
-                    let max_pause = Duration::from_millis(config.retry.max_backoff_ms);
-                    Some(Arc::new(Limiter::new(spec, max_pause, handles)?))
-                }
-                None => None,
-            };
-            let name: Arc<str> = Arc::from(name.as_str());
-            let runtime = TargetRuntime {
-                name: name.clone(),
-                target: Target::new(cfg),
-                limiter,
-                host: AtomicUsize::new(0),
-                duration: metrics.action_duration.with_label_values(&[name.as_ref()]),
-                retries: metrics.action_retries.with_label_values(&[name.as_ref()]),
-            };
-            runtimes.insert(name, Arc::new(runtime));
-        }
-        Ok(Deliverer {
+        name: &str,
+        target: Target,
+        client: reqwest::Client,
+        retry: RetryConfig,
+        limiter: Option<Arc<Limiter>>,
+        breaker: BreakerConfig,
+        metrics: DeliverMetrics,
+    ) -> Deliverer {
+        Deliverer {
+            name: Arc::from(name),
+            target,
             client,
-            retry: config.retry.clone(),
-            targets: runtimes,
-        })
-    }
-
-    /// The targets' rate limiters, for the rebalance callback to set
-    /// their shares.
-    pub fn limiters(&self) -> Vec<Arc<Limiter>> {
-        self.targets
-            .values()
-            .filter_map(|rt| rt.limiter.clone())
-            .collect()
+            retry,
+            limiter,
+            breaker: Arc::new(Breaker::new(breaker)),
+            host: AtomicUsize::new(0),
+            metrics,
+        }
     }
 
     /// Applies `action` (split into calls of at most 20 users), one call
     /// after another; every call's result, in order.
-    pub async fn apply(&self, action: Action, event: &Event) -> Vec<ActionOutcome> {
-        let Some(rt) = self.targets.get(&action.target).cloned() else {
-            // The policy is checked against the targets at load time.
-            let error = format!("no target named {}", action.target);
-            return vec![Failure::whole(Reason::PermanentError, error, 0)];
-        };
+    pub async fn apply(
+        &self,
+        action: Action,
+        event: &Event,
+        current: &dyn Currency,
+    ) -> Vec<Delivered> {
         let mut results = Vec::new();
-        for call in rt.target.split(action) {
-            results.extend(self.apply_call(&rt, call, event).await);
+        for call in self.target.split(action) {
+            results.push(self.apply_call(call, event, current).await);
         }
         results
     }
 
     async fn apply_call(
         &self,
-        rt: &TargetRuntime,
         mut call: Action,
         event: &Event,
-    ) -> Vec<ActionOutcome> {
-        let started = Instant::now();
-        let budget = Duration::from_secs(self.retry.max_elapsed_seconds);
-        let horizon = Duration::from_secs(self.retry.rate_limited_horizon_seconds);
-        let mut failed_users: Vec<(String, String)> = Vec::new();
-        // Attempts that failed other than by a rate-limit answer.
-        let mut attempts = 0u32;
-        // Time spent waiting for our own limiter (and the target's pauses):
-        // not the provider's failure, so not part of the retry budget.
-        let mut waited = Duration::ZERO;
-        let mut limited_since: Option<Instant> = None;
-        let finish = |failed_users: Vec<(String, String)>, attempts: u32, last: ActionOutcome| {
-            let mut out = Vec::new();
-            if !failed_users.is_empty() {
-                out.push(ActionOutcome::DeadLettered(Failure {
-                    reason: Reason::PermanentError,
-                    error: failed_users
-                        .iter()
-                        .map(|(u, e)| format!("{u}: {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    attempts,
-                    users: failed_users.into_iter().map(|(u, _)| u).collect(),
-                }));
-            }
-            out.push(last);
-            out
+        current: &dyn Currency,
+    ) -> Delivered {
+        let mut budget = Budget {
+            attempts: 0,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            limited_since: None,
+            group_strikes: 0,
         };
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut accepted: Vec<User> = Vec::new();
+        let finish =
+            |call: Action, failed: Vec<(String, String)>, accepted, last, budget: &Budget| {
+                let mut outcomes = Vec::new();
+                if !failed.is_empty() {
+                    outcomes.push(partial_failure(failed, budget.attempts));
+                }
+                let at_ms = unix_ms(SystemTime::now());
+                let lapses_at_ms = matches!(last, ActionOutcome::Ok)
+                    .then(|| self.target.lapses(&call, SystemTime::now()))
+                    .flatten();
+                outcomes.push(last);
+                Delivered {
+                    call,
+                    outcomes,
+                    accepted,
+                    at_ms,
+                    lapses_at_ms,
+                }
+            };
         loop {
-            attempts += 1;
-            if let Some(limiter) = &rt.limiter {
-                waited += limiter.acquire().await;
+            let (permit, waited) = self.breaker.admit().await;
+            budget.waited += waited;
+            if !drop_superseded(&mut call, current) {
+                return finish(call, failed, accepted, ActionOutcome::Superseded, &budget);
             }
-            let sent = Instant::now();
-            let host = rt.host.load(Ordering::Relaxed);
-            let request = match rt.target.render(&call, event, host, SystemTime::now()) {
-                Ok(r) => r,
-                Err(Unsendable::Moot(why)) => {
-                    return finish(failed_users, attempts, ActionOutcome::Skipped(why.into()))
-                }
-                Err(Unsendable::Invalid(error)) => {
-                    let f = Failure::whole(Reason::PermanentError, error, attempts);
-                    return finish(failed_users, attempts, f);
-                }
-            };
-            let outcome = match (&rt.target, request) {
-                (Target::Log(_), Some(r)) => {
-                    println!("[{}] rule {:?} would send:\n{r}\n", rt.name, &*call.rule);
-                    Outcome::Done
-                }
-                (Target::Log(_), None) => {
-                    println!("[{}] {}", rt.name, Target::describe(&call, event));
-                    Outcome::Done
-                }
-                (_, None) => Outcome::Done,
-                (_, Some(r)) => {
-                    let timer = rt.duration.start_timer();
-                    let outcome = self.send(rt, &call, r).await;
-                    timer.observe_duration();
-                    outcome
-                }
-            };
-            if let (Some(limiter), Outcome::Done | Outcome::Partial { .. }) =
-                (&rt.limiter, &outcome)
-            {
-                limiter.admitted();
+            if let Some(limiter) = &self.limiter {
+                budget.waited += limiter.acquire().await;
             }
-            let (error, after, switch_host, rate_limited) = match outcome {
-                Outcome::Done => return finish(failed_users, attempts, ActionOutcome::Ok),
-                Outcome::Permanent { error } => {
-                    let f = Failure::whole(Reason::PermanentError, error, attempts);
-                    return finish(failed_users, attempts, f);
-                }
-                Outcome::Partial { retry, failed } => {
-                    failed_users.extend(failed);
-                    if retry.is_empty() {
-                        return finish(failed_users, attempts, ActionOutcome::Ok);
-                    }
-                    let error = format!("failed for {} user(s), retrying them", retry.len());
-                    call.users = retry;
-                    (error, None, false, false)
-                }
-                Outcome::Retry {
-                    error,
-                    rate_limited,
-                    switch_host,
-                    after,
-                } => (error, after, switch_host, rate_limited),
-            };
-            if rate_limited {
-                // Not this call's failure: the whole target pauses, and the
-                // call goes again once the limiter lets it.
-                attempts -= 1;
-                let since = *limited_since.get_or_insert(sent);
-                if since.elapsed() > horizon {
-                    let error = format!(
-                        "{error} (still rate limited after {}s, worker.retry.rate_limited_horizon_seconds)",
-                        since.elapsed().as_secs()
-                    );
-                    let f = Failure::whole(Reason::RateLimited, error, attempts);
-                    return finish(failed_users, attempts, f);
-                }
-                rt.retries.inc();
-                match &rt.limiter {
-                    Some(limiter) => {
-                        limiter.rate_limited(sent, after).await;
-                    }
-                    // Only `log`/`discard` have none, and they never get here.
-                    None => tokio::time::sleep(after.unwrap_or(crate::limit::FIRST_PAUSE)).await,
-                }
-                tracing::debug!(target = %rt.name, rule = %call.rule, %error, "rate limited; retrying after the target's pause");
+            // The breaker opened while this call waited for its slot.
+            if !permit.is_probe() && self.breaker.circuit() != super::breaker::Circuit::Closed {
                 continue;
             }
-            limited_since = None;
-            let hosts = rt.target.hosts();
-            let switched = switch_host && hosts > 1;
-            if switched {
-                let _ = rt.host.compare_exchange(
-                    host,
-                    (host + 1) % hosts,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-            // A fresh host is tried at once; a full round of hosts backs off.
-            let wait = if switched && !(attempts as usize).is_multiple_of(hosts) {
-                after.unwrap_or_default()
-            } else {
-                backoff(&self.retry, attempts).max(after.unwrap_or_default())
+            let sent = Instant::now();
+            let outcome = match self.attempt(&call, event).await {
+                Ok(o) => o,
+                Err(Unsendable::Moot(why)) => {
+                    return finish(
+                        call,
+                        failed,
+                        accepted,
+                        ActionOutcome::Skipped(why.into()),
+                        &budget,
+                    )
+                }
+                Err(Unsendable::Invalid(error)) => {
+                    let f = Failure::whole(Reason::PermanentError, error, budget.attempts);
+                    return finish(call, failed, accepted, f, &budget);
+                }
             };
-            let spent = started.elapsed().saturating_sub(waited);
-            if attempts >= self.retry.max_attempts || spent + wait > budget {
-                let error = format!("{error} (gave up after {attempts} attempts)");
-                let f = Failure::whole(Reason::RetriesExhausted, error, attempts);
-                return finish(failed_users, attempts, f);
+            match self
+                .settle(
+                    outcome,
+                    permit,
+                    sent,
+                    &mut call,
+                    &mut failed,
+                    &mut accepted,
+                    &mut budget,
+                )
+                .await
+            {
+                Next::Done(last) => return finish(call, failed, accepted, last, &budget),
+                Next::Again(wait) => {
+                    self.metrics.retries.inc();
+                    tokio::time::sleep(wait).await;
+                }
             }
-            tracing::warn!(target = %rt.name, rule = %call.rule, attempt = attempts, ?wait, rate_limited, %error, "action failed; retrying");
-            rt.retries.inc();
-            tokio::time::sleep(wait).await;
         }
     }
 
-    async fn send(&self, rt: &TargetRuntime, call: &Action, request: Request) -> Outcome {
+    /// What an attempt's outcome means for the call, the breaker and the
+    /// limiter.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        outcome: Outcome,
+        permit: Permit<'_>,
+        sent: Instant,
+        call: &mut Action,
+        failed: &mut Vec<(String, String)>,
+        accepted: &mut Vec<User>,
+        budget: &mut Budget,
+    ) -> Next {
+        let admitted = || {
+            if let Some(l) = &self.limiter {
+                l.admitted();
+            }
+        };
+        match outcome {
+            Outcome::Done => {
+                permit.answered();
+                admitted();
+                accepted.append(&mut call.users.clone());
+                Next::Done(ActionOutcome::Ok)
+            }
+            Outcome::Permanent { error } => {
+                permit.answered();
+                Next::Done(Failure::whole(
+                    Reason::PermanentError,
+                    error,
+                    budget.attempts + 1,
+                ))
+            }
+            Outcome::Partial {
+                retry,
+                failed: gave_up,
+            } => {
+                permit.answered();
+                admitted();
+                let settled =
+                    |u: &User| !retry.contains(&u.id) && !gave_up.iter().any(|(id, _)| *id == u.id);
+                accepted.extend(call.users.iter().filter(|u| settled(u)).cloned());
+                failed.extend(gave_up);
+                if retry.is_empty() {
+                    return Next::Done(ActionOutcome::Ok);
+                }
+                call.users.retain(|u| retry.contains(&u.id));
+                let error = format!("failed for {} user(s), retrying them", retry.len());
+                self.failed_attempt(budget, error, Duration::ZERO, false)
+            }
+            Outcome::Retry {
+                error,
+                kind: Transient::RateLimited,
+                after,
+                ..
+            } => {
+                permit.neutral();
+                if let Some(dead) = self.past_horizon(budget, sent, &error) {
+                    return Next::Done(dead);
+                }
+                match &self.limiter {
+                    Some(l) => {
+                        l.rate_limited(sent, after).await;
+                    }
+                    // Only `log`/`discard` have none, and they never get here.
+                    None => tokio::time::sleep(after.unwrap_or(FIRST_PAUSE)).await,
+                }
+                tracing::debug!(target = %self.name, rule = %call.rule, %error, "rate limited; retrying after the target's pause");
+                Next::Again(Duration::ZERO)
+            }
+            Outcome::Retry {
+                error,
+                kind: Transient::GroupLimited,
+                after,
+                ..
+            } => {
+                permit.neutral();
+                if let Some(dead) = self.past_horizon(budget, sent, &error) {
+                    return Next::Done(dead);
+                }
+                budget.group_strikes += 1;
+                let wait = FIRST_PAUSE
+                    .saturating_mul(1 << (budget.group_strikes - 1).min(16))
+                    .min(Duration::from_millis(self.retry.max_backoff_ms).max(FIRST_PAUSE))
+                    .max(after.unwrap_or_default());
+                budget.waited += wait;
+                tracing::debug!(target = %self.name, rule = %call.rule, %error, ?wait, "the group's own limit; only this group backs off");
+                Next::Again(wait)
+            }
+            Outcome::Retry {
+                error,
+                kind: Transient::Outage,
+                switch_host,
+                after,
+            } => {
+                budget.limited_since = None;
+                let probe = permit.is_probe();
+                permit.failed();
+                let hosts = self.target.hosts();
+                let switched = switch_host && hosts > 1;
+                if switched {
+                    let host = self.host.load(Ordering::Relaxed);
+                    let _ = self.host.compare_exchange(
+                        host,
+                        (host + 1) % hosts,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                if probe {
+                    // A failed probe reopened the breaker; the call waits
+                    // for the next one without spending its budget.
+                    tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
+                    return Next::Again(Duration::ZERO);
+                }
+                // A fresh host is tried at once; a full round of hosts backs off.
+                let at_once = switched && !((budget.attempts + 1) as usize).is_multiple_of(hosts);
+                self.failed_attempt(budget, error, after.unwrap_or_default(), at_once)
+            }
+        }
+    }
+
+    /// An attempt failed: the next one after a backoff (never sooner than
+    /// the provider's `retry_after`; `at_once` for a fresh host), or a dead
+    /// letter once the budget is spent.
+    fn failed_attempt(
+        &self,
+        budget: &mut Budget,
+        error: String,
+        retry_after: Duration,
+        at_once: bool,
+    ) -> Next {
+        budget.attempts += 1;
+        let wait = if at_once {
+            retry_after
+        } else {
+            backoff(&self.retry, budget.attempts).max(retry_after)
+        };
+        let spent = budget.started.elapsed().saturating_sub(budget.waited);
+        let max_elapsed = Duration::from_secs(self.retry.max_elapsed_seconds);
+        if budget.attempts >= self.retry.max_attempts || spent + wait > max_elapsed {
+            let error = format!("{error} (gave up after {} attempts)", budget.attempts);
+            return Next::Done(Failure::whole(
+                Reason::RetriesExhausted,
+                error,
+                budget.attempts,
+            ));
+        }
+        tracing::warn!(target = %self.name, attempt = budget.attempts, ?wait, %error, "call failed; retrying");
+        Next::Again(wait)
+    }
+
+    /// A dead letter once rate-limit answers have gone on for longer than
+    /// `rate_limited_horizon_seconds`.
+    fn past_horizon(
+        &self,
+        budget: &mut Budget,
+        sent: Instant,
+        error: &str,
+    ) -> Option<ActionOutcome> {
+        let since = *budget.limited_since.get_or_insert(sent);
+        let horizon = Duration::from_secs(self.retry.rate_limited_horizon_seconds);
+        (since.elapsed() > horizon).then(|| {
+            let error = format!(
+                "{error} (still rate limited after {}s, worker.retry.rate_limited_horizon_seconds)",
+                since.elapsed().as_secs()
+            );
+            Failure::whole(Reason::RateLimited, error, budget.attempts)
+        })
+    }
+
+    /// One attempt: render the call for now and send it (the `log` target
+    /// prints it instead).
+    async fn attempt(&self, call: &Action, event: &Event) -> Result<Outcome, Unsendable> {
+        let host = self.host.load(Ordering::Relaxed);
+        let request = self.target.render(call, event, host, SystemTime::now())?;
+        Ok(match (&self.target, request) {
+            (Target::Log(_), request) => {
+                log::print(&self.name, call, request.as_ref(), event);
+                Outcome::Done
+            }
+            (_, None) => Outcome::Done,
+            (_, Some(request)) => {
+                let timer = self.metrics.duration.start_timer();
+                let outcome = self.send(call, request).await;
+                timer.observe_duration();
+                outcome
+            }
+        })
+    }
+
+    async fn send(&self, call: &Action, request: Request) -> Outcome {
+        let host = request.host();
         let mut builder = match request.method {
             Method::Get => self.client.get(&request.url),
             Method::Post => self.client.post(&request.url),
@@ -279,8 +448,8 @@ impl Deliverer {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Retry {
-                    error: transport_error(&e),
-                    rate_limited: false,
+                    error: transport_error(e, &host),
+                    kind: Transient::Outage,
                     switch_host: true,
                     after: None,
                 }
@@ -293,7 +462,7 @@ impl Deliverer {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         match response.bytes().await {
-            Ok(body) => rt.target.read(
+            Ok(body) => self.target.read(
                 call,
                 &Reply {
                     status,
@@ -302,8 +471,11 @@ impl Deliverer {
                 },
             ),
             Err(e) => Outcome::Retry {
-                error: format!("HTTP {status}, body unreadable: {}", transport_error(&e)),
-                rate_limited: false,
+                error: format!(
+                    "HTTP {status}, body unreadable: {}",
+                    transport_error(e, &host)
+                ),
+                kind: Transient::Outage,
                 switch_host: true,
                 after: retry_after,
             },
@@ -311,7 +483,37 @@ impl Deliverer {
     }
 }
 
-fn transport_error(e: &reqwest::Error) -> String {
+/// Drops the users of `call` a newer state has set since; false when
+/// nothing of it is left to send.
+fn drop_superseded(call: &mut Action, current: &dyn Currency) -> bool {
+    match current.superseded(call) {
+        Superseded::Nothing => true,
+        Superseded::All => false,
+        Superseded::Members(gone) => {
+            call.users.retain(|u| !gone.contains(&u.member));
+            !call.users.is_empty()
+        }
+    }
+}
+
+/// The dead letter of the users a partial failure gave up on.
+fn partial_failure(failed: Vec<(String, String)>, attempts: u32) -> ActionOutcome {
+    let error = failed
+        .iter()
+        .map(|(u, e)| format!("{u}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ActionOutcome::DeadLettered(Failure {
+        reason: Reason::PermanentError,
+        error,
+        attempts,
+        users: failed.into_iter().map(|(u, _)| u).collect(),
+    })
+}
+
+/// A transport error, naming the host and never the URL (whose path or
+/// query may carry a token, or a signature that is valid for minutes).
+fn transport_error(e: reqwest::Error, host: &str) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -319,13 +521,19 @@ fn transport_error(e: &reqwest::Error) -> String {
     } else {
         "transport error"
     };
-    let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
+    let e = e.without_url();
+    let mut text = format!("{kind} ({host}): {e}");
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
     text
+}
+
+/// Whether `op` sets members (the accepted users matter) or the group.
+pub fn per_member(op: &Op) -> bool {
+    matches!(op, Op::MuteMembers { .. } | Op::UnmuteMembers)
 }
 
 /// Full-jitter backoff before attempt `attempts + 1`: uniform in

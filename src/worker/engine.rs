@@ -1,40 +1,60 @@
-//! What happens to one consumed record: decode it, judge it against the
-//! group's mute state (the stale-event guard), let the policy decide,
-//! deliver each action, dead-letter what fails for good, record the new
-//! state, and count it all. When [`Engine::process`] returns, the record
-//! is finished and its offset may be committed.
+//! What happens to one consumed record at one target: decode it, judge it
+//! (mute targets: against what the target applied and the group's newest
+//! state), plan its steps with the target's part of the policy, deliver
+//! each, dead-letter what fails for good, and record what the target
+//! applied. When [`TargetEngine::process`] returns, the record is finished
+//! here and its offset may be committed once the record is in Kafka.
+//!
+//! The same engine re-applies a group's capped mutes before the provider
+//! ends them ([`Work::Renew`]), in the group's order like its events.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::deliver::Deliverer;
+use super::deliver::{per_member, AlwaysCurrent, Currency, Deliverer, Superseded};
 use super::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord};
+use super::metrics::TargetMetrics;
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
-use super::scheduler::{Job, ReplayScope};
+use super::reader::Newest;
+use super::scheduler::{Job, Work};
 use super::store::{Partition, Staged, Store};
-use crate::event::{Event, EventKind, SCHEMA_V1};
-use crate::metrics::WorkerMetrics;
-use crate::policy::{Op, Planned, Policy};
-use crate::state::guard::{self, Hold, Verdict};
+use crate::event::{Event, EventKind, Mute, ReplayScope, SCHEMA_V1};
+use crate::policy::{Action, Op, Planned, Policy, Step};
+use crate::state::applied::{self, AppliedState};
+use crate::state::guard::{self, Applied, Dim, Hold, Results, Verdict};
 use crate::state::{self, GroupState};
 use crate::time::now_ms;
 
-/// Everything that handles one event, shared by the group tasks.
-pub struct Engine {
-    pub policy: Arc<Policy>,
-    pub deliverer: Deliverer,
-    pub dlq: DeadLetters,
-    pub metrics: WorkerMetrics,
-    /// The event topic (for the dead letters' source).
-    pub topic: String,
-    /// The mute states, when `worker.track_state` is on.
-    pub state: Option<Store>,
+/// A mute target's records: what it applied, and the groups' newest state.
+pub struct TargetState {
+    pub store: Store<AppliedState>,
+    pub newest: Arc<Newest>,
 }
 
-/// One thing to do for an event: a policy verdict to carry out on an
-/// event (the guarded one for mute actions), or an outcome already known.
-enum Step<'e> {
-    Carry(Planned, &'e Event),
-    Known(ActionId, ActionOutcome),
+/// Everything one target's group tasks share.
+pub struct TargetEngine {
+    pub name: Arc<str>,
+    /// The rules' `then` entries for this target only.
+    pub policy: Policy,
+    pub deliverer: Deliverer,
+    pub dlq: DeadLetters,
+    pub metrics: TargetMetrics,
+    /// The event topic (for the dead letters' source).
+    pub topic: String,
+    /// A mute target's records, when `worker.track_state` is on.
+    pub state: Option<TargetState>,
+    /// How long before the provider ends a capped mute it is re-applied.
+    pub renew_ahead_ms: i64,
+}
+
+/// What a group task hands back.
+#[derive(Default)]
+pub struct Processed {
+    /// The applied record to confirm before the offset is committed.
+    pub staged: Option<Staged<AppliedState>>,
+    /// The group's record, and when a mute of it lapses next (`None`: no
+    /// renewal due), for the renewal schedule.
+    pub lapse: Option<(String, Option<i64>)>,
 }
 
 /// What the steps of one event came to.
@@ -42,233 +62,421 @@ enum Step<'e> {
 struct Tally {
     ok: bool,
     dead: bool,
+    /// A call was dropped because a newer state was known by then.
+    superseded: bool,
     steps: usize,
+    results: Results,
+    /// Dimensions an action failed for (not applied, whatever else did).
+    failed: Vec<String>,
 }
 
-impl Engine {
-    /// Applies one event's actions; returns once each is done, skipped, or
-    /// written to the dead-letter topic, with the group's new mute state
-    /// when there is one: its offset may be committed once
-    /// [`Store::confirm`] says the state is in Kafka.
-    pub async fn process(&self, job: &Job) -> Option<Staged> {
-        let source = SourceRecord {
-            topic: self.topic.clone(),
-            partition: job.partition,
-            offset: job.offset,
+/// The group's newest state, asked before each attempt of a call.
+struct Newer<'a> {
+    engine: &'a TargetEngine,
+    partition: i32,
+    event: &'a Event,
+}
+
+impl Currency for Newer<'_> {
+    fn superseded(&self, call: &Action) -> Superseded {
+        let Some(state) = &self.engine.state else {
+            return Superseded::Nothing;
         };
-        let event = match decode(job.payload.as_deref()) {
-            Ok(e) => e,
-            Err(why) => {
-                tracing::error!(partition = job.partition, offset = job.offset, %why, "undecodable record; dead-lettered");
-                let letter = DeadLetter::undecodable(source, job.payload.as_deref(), why);
-                self.dead_letter(&job.key, letter).await;
-                self.finish(EventOutcome::DeadLettered);
-                return None;
+        let e = self.event;
+        let key = state::key(&e.appkey, e.scope, &e.group_id);
+        let routed = |k| self.engine.routes(e, k);
+        state.newest.with(self.partition, &key, |newest| {
+            if !per_member(&call.op) {
+                return match guard::superseded(newest, Dim::MuteAll, e, routed) {
+                    true => Superseded::All,
+                    false => Superseded::Nothing,
+                };
             }
-        };
-        let part = match &self.state {
-            None => None,
-            // Waits until the partition's states are rebuilt. `None`: it
-            // was revoked meanwhile and its new owner applies the event.
-            Some(store) => Some(store.partition(job.partition).await?),
-        };
-        if event.kind == EventKind::Resync {
-            self.resync(job, source, &event, part.as_deref()).await;
-            return None;
-        }
-        // Only mute kinds are judged; other kinds never touch the state.
-        let guarded = part.as_ref().filter(|_| event.kind.is_mute());
-        let current =
-            guarded.and_then(|p| p.get(&state::key(&event.appkey, event.scope, &event.group_id)));
-        let verdict = guarded.map(|_| guard::judge(current.as_ref(), &event, job.replay.is_some()));
-        if let Some(v) = &verdict {
-            log_held(&event, v);
-        }
-        let steps = self.plan(&event, verdict.as_ref(), job.replay.as_ref());
-        let tally = self.carry_out(job, &source, steps).await;
-        // The state follows the actions it vouches for: a crash before
-        // this line re-applies the event, never loses it.
-        let mut staged = None;
-        if let (Some(part), Some(store), Some(fresh)) = (
-            guarded,
-            &self.state,
-            verdict.as_ref().and_then(|v| v.fresh.as_deref()),
-        ) {
-            if let Some(next) = guard::record(current, fresh, now_ms(), store.horizon_ms()) {
-                // Revoked: the new owner applies the event again.
-                staged = Some(store.stage(part, next).ok()?);
+            let gone: Vec<String> = call
+                .users
+                .iter()
+                .filter(|u| guard::superseded(newest, Dim::Member(&u.member), e, routed))
+                .map(|u| u.member.clone())
+                .collect();
+            match gone.len() {
+                0 => Superseded::Nothing,
+                n if n == call.users.len() => Superseded::All,
+                _ => Superseded::Members(gone),
             }
-        }
-        let held = verdict.as_ref().and_then(Verdict::all_held);
-        self.finish(if tally.dead {
-            EventOutcome::DeadLettered
-        } else if tally.ok {
-            EventOutcome::Applied
-        } else if let Some(hold) = held {
-            match hold {
-                Hold::Stale { .. } => EventOutcome::Stale,
-                Hold::Duplicate => EventOutcome::Duplicate,
+        })
+    }
+}
+
+impl TargetEngine {
+    /// Carries out one job; see [`Processed`].
+    pub async fn process(&self, job: &Job) -> Processed {
+        match &job.work {
+            Work::Record {
+                offset,
+                payload,
+                replay,
+            } => {
+                let source = SourceRecord {
+                    topic: self.topic.clone(),
+                    partition: job.partition,
+                    offset: *offset,
+                };
+                self.record(job, source, payload.as_deref(), replay.as_ref())
+                    .await
             }
-        } else if tally.steps == 0 {
-            EventOutcome::NoMatch
-        } else {
-            EventOutcome::Skipped
-        });
-        staged
+            Work::Renew(key) => self.renew(job, key).await,
+        }
     }
 
-    /// The policy's verdicts for `event`, each on the event it is carried
-    /// out with: mute actions on what the guard let through (or held, when
-    /// nothing was), forwarding targets on the whole event.
-    fn plan<'e>(
+    async fn record(
         &self,
-        event: &'e Event,
-        verdict: Option<&'e Verdict<'e>>,
+        job: &Job,
+        source: SourceRecord,
+        payload: Option<&[u8]>,
         replay: Option<&ReplayScope>,
-    ) -> Vec<Step<'e>> {
-        // Nothing held: the event is judged fresh as it is.
-        let verdict = verdict.filter(|v| !v.held.is_empty());
-        let fresh = verdict.and_then(|v| v.fresh.as_deref());
-        // Same rules, same kind and group: one verdict per `then` entry in
-        // both lists, in the same order.
-        let mut guarded = fresh.map(|e| self.policy.decide(e).into_iter());
-        let mut steps = Vec::new();
-        for plan in self.policy.decide(event) {
-            let guarded_plan = guarded.as_mut().and_then(Iterator::next);
-            if let Some(scope) = replay {
-                // A replayed dead letter re-drives its own action only.
-                let (rule, target) = plan.rule_and_target();
-                let wanted = scope.target.as_deref().is_none_or(|t| t == target)
-                    && scope.rule.as_deref().is_none_or(|r| r == rule);
-                if !wanted {
-                    continue;
+    ) -> Processed {
+        let Ok(event) = decode(payload) else {
+            // The state keeper dead-letters it, once for every target.
+            self.finish(EventOutcome::Skipped);
+            return Processed::default();
+        };
+        if replay.is_some_and(|s| s.target.as_deref().is_some_and(|t| t != &*self.name)) {
+            self.finish(EventOutcome::NoMatch);
+            return Processed::default();
+        }
+        let part = match &self.state {
+            None => None,
+            // Revoked meanwhile: the new owner applies the event.
+            Some(s) => match s.store.partition(job.partition).await {
+                Some(p) => Some(p),
+                None => return Processed::default(),
+            },
+        };
+        if event.kind == EventKind::Resync {
+            return self.resync(job, &source, &event, part.as_ref()).await;
+        }
+        let key = applied::key(&self.name, &event.appkey, event.scope, &event.group_id);
+        if event.kind == EventKind::GroupDestroyed {
+            if let (Some(part), Some(s)) = (&part, &self.state) {
+                if part.get(&key).is_some() {
+                    self.finish(EventOutcome::NoMatch);
+                    let staged = s.store.stage_delete(part, &key).ok();
+                    return Processed {
+                        staged,
+                        lapse: Some((key, None)),
+                    };
                 }
             }
-            let forwards = matches!(&plan, Planned::Act(a) if a.op == Op::Forward);
-            steps.push(match (verdict, forwards) {
-                (None, _) | (_, true) => Step::Carry(plan, event),
-                (Some(v), false) => match (guarded_plan, fresh) {
-                    (Some(g), Some(fresh)) => Step::Carry(g, fresh),
-                    _ => Step::Known(
-                        action_id(&plan),
-                        match v.all_held() {
-                            Some(Hold::Duplicate) => ActionOutcome::Duplicate,
-                            _ => ActionOutcome::Stale,
-                        },
-                    ),
-                },
-            });
         }
+        if !self.routes(&event, event.kind) {
+            // No rule sends this event to this target: nothing to judge or
+            // record either.
+            self.finish(EventOutcome::NoMatch);
+            return Processed::default();
+        }
+        let guarded = part.as_ref().filter(|_| event.kind.is_mute());
+        let applied = guarded.and_then(|p| p.get(&key));
+        let verdict =
+            guarded.map(|_| self.judge(job.partition, applied.as_ref(), &event, replay.is_some()));
+        if let Some(v) = &verdict {
+            log_held(&self.name, &event, v);
+        }
+        let steps = self.policy.plan(&event, verdict.as_ref(), replay);
         if steps.is_empty() {
             if let Some(scope) = replay {
                 // Renamed or removed since the dead letter was written: say
                 // so, or the replay would vanish without a trace.
-                tracing::warn!(
-                    event = %event.id,
-                    target = scope.target.as_deref().unwrap_or("-"),
-                    rule = scope.rule.as_deref().unwrap_or("-"),
-                    "replayed event matches no configured rule and target; nothing applied"
-                );
+                tracing::warn!(event = %event.id, target = %self.name, rule = scope.rule.as_deref().unwrap_or("-"), "replayed event matches no configured rule of this target; nothing applied");
             }
         }
-        steps
+        let tally = self
+            .carry_out(&job.key, &source, job.partition, steps)
+            .await;
+        // The record follows the actions it vouches for: a crash before
+        // this line re-applies the event, never loses it.
+        let mut processed = Processed::default();
+        if let (Some(part), Some(fresh)) =
+            (guarded, verdict.as_ref().and_then(|v| v.fresh.as_deref()))
+        {
+            processed = self.write(part, applied, fresh, &tally, &key);
+        }
+        let held = verdict.as_ref().and_then(Verdict::all_held);
+        self.finish(outcome(&tally, held));
+        processed
+    }
+
+    /// Judges a mute event for this target.
+    fn judge<'e>(
+        &self,
+        partition: i32,
+        applied: Option<&AppliedState>,
+        event: &'e Event,
+        replay: bool,
+    ) -> Verdict<'e> {
+        let state = self.state.as_ref().expect("judged only with state");
+        let key = state::key(&event.appkey, event.scope, &event.group_id);
+        state.newest.with(partition, &key, |newest| {
+            guard::judge_for_target(applied, newest, event, replay, |k| self.routes(event, k))
+        })
+    }
+
+    /// Whether this target's rules send events of `kind` about `event`'s group.
+    fn routes(&self, event: &Event, kind: EventKind) -> bool {
+        self.policy
+            .routes(kind, event.scope, &event.appkey, &event.group_id)
+    }
+
+    /// Records what the steps of `fresh` applied; the write to confirm.
+    fn write(
+        &self,
+        part: &Arc<Partition<AppliedState>>,
+        applied: Option<AppliedState>,
+        fresh: &Event,
+        tally: &Tally,
+        key: &str,
+    ) -> Processed {
+        let state = self.state.as_ref().expect("written only with state");
+        let mut results = tally.results.clone();
+        results
+            .members
+            .retain(|m, _| !tally.failed.iter().any(|f| f == m));
+        if tally.failed.iter().any(|f| f == "mute_all") {
+            results.mute_all = None;
+        }
+        let Some(next) = guard::record_applied(
+            applied,
+            &self.name,
+            fresh,
+            &results,
+            now_ms(),
+            state.store.horizon_ms(),
+        ) else {
+            return Processed::default();
+        };
+        let lapse = next.next_lapse_ms();
+        Processed {
+            // Revoked: the new owner applies the event again.
+            staged: state.store.stage(part, next).ok(),
+            lapse: Some((key.to_owned(), lapse)),
+        }
     }
 
     /// Runs the steps one after another; dead-letters what fails.
-    async fn carry_out(&self, job: &Job, source: &SourceRecord, steps: Vec<Step<'_>>) -> Tally {
+    async fn carry_out(
+        &self,
+        key: &[u8],
+        source: &SourceRecord,
+        partition: i32,
+        steps: Vec<Step<'_>>,
+    ) -> Tally {
         let mut tally = Tally {
             steps: steps.len(),
             ..Tally::default()
         };
         for step in steps {
-            let (outcomes, event) = match step {
-                Step::Carry(plan, event) => (self.settle(plan, event).await, event),
-                Step::Known(id, outcome) => {
-                    self.count(&id, &outcome);
+            let (planned, event) = match step {
+                Step::Held {
+                    rule,
+                    target,
+                    action,
+                    hold,
+                } => {
+                    self.count(
+                        &ActionId::new(rule, target, action),
+                        &ActionOutcome::held(&hold),
+                    );
                     continue;
                 }
+                Step::Carry { planned, event } => (planned, event),
             };
-            for (id, outcome) in outcomes {
-                self.count(&id, &outcome);
-                match outcome {
-                    ActionOutcome::Ok => tally.ok = true,
-                    ActionOutcome::Skipped(why) => {
-                        tracing::debug!(rule = %id.rule, target = %id.target, %why, event = %event.id, "skipped");
+            let id = action_id(&planned);
+            let action = match planned {
+                Planned::Skip { why, .. } => {
+                    self.count(&id, &ActionOutcome::Skipped(why.clone().into()));
+                    tracing::debug!(rule = %id.rule, target = %id.target, %why, event = %event.id, "skipped");
+                    continue;
+                }
+                Planned::Unmapped { why, .. } => {
+                    let f = Failure::whole(Reason::Unmapped, why, 0);
+                    self.settled(&mut tally, key, source, event, &id, f, None)
+                        .await;
+                    continue;
+                }
+                Planned::Act(action) => action,
+            };
+            let newer = Newer {
+                engine: self,
+                partition,
+                event,
+            };
+            let current: &dyn Currency = if self.state.is_some() && event.kind.is_mute() {
+                &newer
+            } else {
+                &AlwaysCurrent
+            };
+            for delivered in self.deliverer.apply(action, event, current).await {
+                let call = &delivered.call;
+                let applied = Applied {
+                    at_ms: delivered.at_ms,
+                    lapses_at_ms: delivered.lapses_at_ms,
+                };
+                let whole_ok = matches!(delivered.outcomes.last(), Some(ActionOutcome::Ok));
+                for o in delivered.outcomes {
+                    self.settled(&mut tally, key, source, event, &id, o, Some(call))
+                        .await;
+                }
+                if per_member(&call.op) {
+                    for u in &delivered.accepted {
+                        tally.results.members.insert(u.member.clone(), applied);
                     }
-                    ActionOutcome::DeadLettered(failure) => {
-                        tally.dead = true;
-                        tracing::warn!(rule = %id.rule, target = %id.target, reason = failure.reason.as_str(), error = %failure.error, event = %event.id, "action failed; dead-lettered");
-                        let letter = DeadLetter::action(source.clone(), event, &id, failure);
-                        self.dead_letter(&job.key, letter).await;
-                    }
-                    ActionOutcome::Stale | ActionOutcome::Duplicate => {}
+                } else if whole_ok && matches!(call.op, Op::MuteAll { .. } | Op::UnmuteAll) {
+                    tally.results.mute_all = Some(applied);
                 }
             }
         }
         tally
     }
 
-    /// A `resync` marker: applies the group's current mute state to the
-    /// marker's target, through the rules that send mute kinds there.
+    /// Counts one outcome; dead-letters a failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn settled(
+        &self,
+        tally: &mut Tally,
+        key: &[u8],
+        source: &SourceRecord,
+        event: &Event,
+        id: &ActionId,
+        outcome: ActionOutcome,
+        call: Option<&Action>,
+    ) {
+        self.count(id, &outcome);
+        match outcome {
+            ActionOutcome::Ok => tally.ok = true,
+            ActionOutcome::Skipped(why) => {
+                tracing::debug!(rule = %id.rule, target = %id.target, %why, event = %event.id, "skipped");
+            }
+            ActionOutcome::DeadLettered(failure) => {
+                tally.dead = true;
+                match call {
+                    Some(c) if per_member(&c.op) && !failure.users.is_empty() => {
+                        for u in c.users.iter().filter(|u| failure.users.contains(&u.id)) {
+                            tally.failed.push(u.member.clone());
+                        }
+                    }
+                    Some(c) if per_member(&c.op) => {
+                        tally
+                            .failed
+                            .extend(c.users.iter().map(|u| u.member.clone()));
+                    }
+                    _ => tally.failed.push("mute_all".into()),
+                }
+                tracing::warn!(rule = %id.rule, target = %id.target, reason = failure.reason.as_str(), error = %failure.error, event = %event.id, "action failed; dead-lettered");
+                let letter = DeadLetter::action(source.clone(), event, id, failure);
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[&*self.name, letter.reason.as_str()])
+                    .inc();
+                self.dlq.write(key, &letter).await;
+            }
+            ActionOutcome::Superseded => tally.superseded = true,
+            ActionOutcome::Stale | ActionOutcome::Duplicate => {}
+        }
+    }
+
+    /// A `resync` marker: applies the group's newest state to this target
+    /// (when the marker names it), in the group's order.
     async fn resync(
         &self,
         job: &Job,
-        source: SourceRecord,
+        source: &SourceRecord,
         marker: &Event,
-        part: Option<&Partition>,
-    ) {
+        part: Option<&Arc<Partition<AppliedState>>>,
+    ) -> Processed {
         let target = marker
             .attributes
             .get("target")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
-        let Some(part) = part else {
-            tracing::warn!(group = %marker.group_id, target, "resync marker, but worker.track_state is off: no state to apply");
+        if target != &*self.name {
             self.finish(EventOutcome::NoMatch);
-            return;
+            return Processed::default();
+        }
+        let (Some(part), Some(state)) = (part, &self.state) else {
+            tracing::warn!(group = %marker.group_id, target, "resync marker, but this target keeps no state (worker.track_state is off, or it forwards whole events): nothing to apply");
+            self.finish(EventOutcome::NoMatch);
+            return Processed::default();
         };
-        let key = state::key(&marker.appkey, marker.scope, &marker.group_id);
-        let state: Option<GroupState> = part.get(&key);
-        let Some(state) = state else {
+        let group_key = state::key(&marker.appkey, marker.scope, &marker.group_id);
+        let Some(newest) = state.newest.get(job.partition, &group_key) else {
             tracing::info!(group = %marker.group_id, target, "resync: no mute state for the group; nothing to apply");
             self.finish(EventOutcome::NoMatch);
-            return;
+            return Processed::default();
         };
-        let events = guard::snapshot(&state, now_ms());
-        let mut steps = Vec::new();
-        for e in &events {
-            for plan in self.policy.decide(e) {
-                if plan.rule_and_target().1 == target {
-                    steps.push(Step::Carry(plan, e));
+        let key = applied::key(&self.name, &marker.appkey, marker.scope, &marker.group_id);
+        let mut applied = part.get(&key);
+        let mut total = Tally::default();
+        let mut staged = None;
+        for e in guard::snapshot(&newest, now_ms()) {
+            // Judged as a replay: the target gets each dimension's event
+            // again even if it applied it (it may have lost it).
+            let verdict = guard::judge(applied.as_ref(), &e, true);
+            let steps = self.policy.plan(&e, Some(&verdict), None);
+            let tally = self.carry_out(&job.key, source, job.partition, steps).await;
+            if let Some(fresh) = verdict.fresh.as_deref() {
+                let written = self.write(part, applied.clone(), fresh, &tally, &key);
+                if written.staged.is_some() {
+                    applied = part.get(&key);
+                    staged = written.staged;
                 }
             }
+            total.ok |= tally.ok;
+            total.dead |= tally.dead;
+            total.steps += tally.steps;
         }
-        if steps.is_empty() {
+        if total.steps == 0 {
             tracing::info!(group = %marker.group_id, target, "resync: no rule sends this group's mute state to the target");
         }
-        let tally = self.carry_out(job, &source, steps).await;
-        self.finish(if tally.dead {
-            EventOutcome::DeadLettered
-        } else if tally.ok {
-            EventOutcome::Applied
-        } else if tally.steps == 0 {
-            EventOutcome::NoMatch
-        } else {
-            EventOutcome::Skipped
-        });
+        self.finish(outcome(&total, None));
+        let lapse = applied.as_ref().map(|a| (key, a.next_lapse_ms()));
+        Processed { staged, lapse }
     }
 
-    /// Carries out one verdict of the policy: the outcome of each call it
-    /// took (a member list over the provider's limit is several calls).
-    async fn settle(&self, plan: Planned, event: &Event) -> Vec<(ActionId, ActionOutcome)> {
-        let id = action_id(&plan);
-        match plan {
-            Planned::Skip { why, .. } => vec![(id, ActionOutcome::Skipped(why.into()))],
-            Planned::Unmapped { why, .. } => vec![(id, Failure::whole(Reason::Unmapped, why, 0))],
-            Planned::Act(action) => {
-                let outcomes = self.deliverer.apply(action, event).await;
-                outcomes.into_iter().map(|o| (id.clone(), o)).collect()
-            }
+    /// Re-applies the group's mutes that the provider ends within
+    /// `renew_ahead` (its longest mute cut them short), unless a newer
+    /// event has changed them since (it reaches the target by itself).
+    async fn renew(&self, job: &Job, key: &str) -> Processed {
+        let Some(state) = &self.state else {
+            return Processed::default();
+        };
+        let Some(part) = state.store.partition(job.partition).await else {
+            return Processed::default();
+        };
+        let Some(mut applied) = part.get(key) else {
+            return Processed::default();
+        };
+        let now = now_ms();
+        let newest = state.newest.get(job.partition, &applied.group_key());
+        let due = due_events(&applied, newest.as_ref(), now + self.renew_ahead_ms);
+        let source = SourceRecord {
+            topic: self.topic.clone(),
+            partition: job.partition,
+            offset: -1,
+        };
+        for e in &due {
+            let steps = self.policy.plan(e, None, None);
+            let tally = self
+                .carry_out(&job.key, &source, job.partition, steps)
+                .await;
+            renewed(&mut applied, e, &tally);
+            let calls = tally.results.members.len() + usize::from(tally.results.mute_all.is_some());
+            self.metrics.renewals.inc_by(calls as u64);
+            tracing::info!(target = %self.name, group = %applied.group_id, members = e.members.len(), "capped mute re-applied before the provider ends it");
+        }
+        applied.updated_at_ms = now;
+        let lapse = applied.next_lapse_ms();
+        Processed {
+            staged: state.store.stage(&part, applied).ok(),
+            lapse: Some((key.to_owned(), lapse)),
         }
     }
 
@@ -279,88 +487,146 @@ impl Engine {
             .inc();
     }
 
-    fn finish(&self, outcome: EventOutcome) -> EventOutcome {
-        self.metrics
-            .events
-            .with_label_values(&[outcome.as_str()])
-            .inc();
-        outcome
+    fn finish(&self, outcome: EventOutcome) {
+        self.metrics.events[outcome as usize].inc();
     }
+}
 
-    async fn dead_letter(&self, key: &[u8], letter: DeadLetter) {
-        self.metrics
-            .dead_letters
-            .with_label_values(&[
-                letter.target.as_deref().unwrap_or("none"),
-                letter.reason.as_str(),
-            ])
-            .inc();
-        self.dlq.write(key, &letter).await;
+/// How an event ended at a target.
+fn outcome(tally: &Tally, held: Option<&Hold>) -> EventOutcome {
+    if tally.dead {
+        EventOutcome::DeadLettered
+    } else if tally.ok {
+        EventOutcome::Applied
+    } else if let Some(hold) = held {
+        match hold {
+            Hold::Stale { .. } => EventOutcome::Stale,
+            Hold::Duplicate => EventOutcome::Duplicate,
+            Hold::Superseded { .. } => EventOutcome::Superseded,
+        }
+    } else if tally.steps == 0 {
+        EventOutcome::NoMatch
+    } else if tally.superseded {
+        EventOutcome::Superseded
+    } else {
+        EventOutcome::Skipped
+    }
+}
+
+/// The events that re-apply what of `applied` lapses by `by_ms`: each
+/// dimension the target applied, still muted, whose provider-side end is
+/// near, and that no newer event has changed since.
+fn due_events(applied: &AppliedState, newest: Option<&GroupState>, by_ms: i64) -> Vec<Event> {
+    let group = (
+        applied.appkey.as_str(),
+        applied.scope,
+        applied.group_id.as_str(),
+    );
+    let now = now_ms();
+    let due = |d: &applied::AppliedDim| {
+        d.muted && d.applied_at_ms.is_some() && d.lapses_at_ms.is_some_and(|t| t <= by_ms)
+    };
+    let unchanged = |dim: Dim<'_>, d: &applied::AppliedDim| {
+        guard::mark(newest, dim).is_none_or(|m| m.event_id == d.event_id)
+    };
+    let mut out = Vec::new();
+    if let Some(d) = applied
+        .mute_all
+        .as_ref()
+        .filter(|d| due(d) && unchanged(Dim::MuteAll, d))
+    {
+        let mut e = guard::about_group(group, EventKind::MuteAll, &d.event_id, d.at_ms, now);
+        e.mute = Some(Mute::All { all: true });
+        out.push(e);
+    }
+    let mut by_event: BTreeMap<(i64, &str, Option<i64>), Vec<String>> = BTreeMap::new();
+    for (member, d) in applied.members.iter() {
+        if due(d) && unchanged(Dim::Member(member), d) {
+            by_event
+                .entry((d.at_ms, &d.event_id, d.until_ms))
+                .or_default()
+                .push(member.to_owned());
+        }
+    }
+    for ((at_ms, id, until_ms), members) in by_event {
+        let mut e = guard::about_group(group, EventKind::MemberMuted, id, at_ms, now);
+        e.members = members;
+        e.mute = Some(Mute::Until { until_ms });
+        out.push(e);
+    }
+    out
+}
+
+/// Updates `applied` with a renewal's results: renewed dimensions get
+/// their new provider-side end; one whose renewal failed for good is not
+/// renewed again (its dead letter says so).
+fn renewed(applied: &mut AppliedState, e: &Event, tally: &Tally) {
+    let apply = |d: &mut applied::AppliedDim, r: Option<Applied>| match r {
+        Some(r) => {
+            d.applied_at_ms = Some(r.at_ms);
+            d.lapses_at_ms = r.lapses_at_ms;
+        }
+        None => d.lapses_at_ms = None,
+    };
+    if e.kind == EventKind::MuteAll {
+        if let Some(d) = applied.mute_all.as_mut() {
+            apply(d, tally.results.mute_all);
+        }
+        return;
+    }
+    for m in &e.members {
+        if let Some(d) = applied.members.get_mut(m) {
+            apply(d, tally.results.members.get(m).copied());
+        }
     }
 }
 
 /// Says, in one line per reason, which parts of `event` the guard held.
-fn log_held(event: &Event, verdict: &Verdict) {
-    let mut stale: Vec<&str> = Vec::new();
-    let mut newest = (i64::MIN, "");
-    let mut duplicate: Vec<&str> = Vec::new();
+fn log_held(target: &str, event: &Event, verdict: &Verdict) {
+    let mut by: BTreeMap<&'static str, (Vec<&str>, i64, &str)> = BTreeMap::new();
     for h in &verdict.held {
-        match &h.hold {
+        let (newer_at, newer_event) = match &h.hold {
             Hold::Stale {
                 newer_at_ms,
                 newer_event,
-            } => {
-                stale.push(&h.dimension);
-                if *newer_at_ms > newest.0 {
-                    newest = (*newer_at_ms, newer_event);
-                }
             }
-            Hold::Duplicate => duplicate.push(&h.dimension),
+            | Hold::Superseded {
+                newer_at_ms,
+                newer_event,
+            } => (*newer_at_ms, newer_event.as_str()),
+            Hold::Duplicate => (0, ""),
+        };
+        let entry = by
+            .entry(h.hold.name())
+            .or_insert((Vec::new(), i64::MIN, ""));
+        entry.0.push(&h.dimension);
+        if newer_at > entry.1 {
+            (entry.1, entry.2) = (newer_at, newer_event);
         }
     }
-    if !stale.is_empty() {
-        tracing::info!(
-            event = %event.id,
-            kind = event.kind.as_str(),
-            group = %event.group_id,
-            at_ms = event.occurred_at_ms,
-            newer_at_ms = newest.0,
-            newer_event = newest.1,
-            dimensions = %stale.join(","),
-            "stale: a newer event already set this; not sent"
-        );
-    }
-    if !duplicate.is_empty() {
-        tracing::info!(
-            event = %event.id,
-            kind = event.kind.as_str(),
-            group = %event.group_id,
-            dimensions = %duplicate.join(","),
-            "duplicate: this event already set this (a redelivery); not sent again"
-        );
+    for (why, (dims, newer_at_ms, newer_event)) in by {
+        let dimensions = dims.join(",");
+        match why {
+            "duplicate" => {
+                tracing::info!(target, event = %event.id, kind = event.kind.as_str(), group = %event.group_id, dimensions, "duplicate: this event already set this here (a redelivery); not sent again")
+            }
+            "superseded" => {
+                tracing::debug!(target, event = %event.id, kind = event.kind.as_str(), group = %event.group_id, newer_at_ms, newer_event, dimensions, "superseded: a newer event of the group set this since; only that one is sent")
+            }
+            _ => {
+                tracing::info!(target, event = %event.id, kind = event.kind.as_str(), group = %event.group_id, at_ms = event.occurred_at_ms, newer_at_ms, newer_event, dimensions, "stale: a newer event already set this; not sent")
+            }
+        }
     }
 }
 
 /// The metric identity of a policy verdict.
 fn action_id(plan: &Planned) -> ActionId {
-    match plan {
-        Planned::Act(a) => ActionId::new(a.rule.clone(), a.target.clone(), a.op.name()),
-        Planned::Skip {
-            rule,
-            target,
-            action,
-            ..
-        }
-        | Planned::Unmapped {
-            rule,
-            target,
-            action,
-            ..
-        } => ActionId::new(rule.clone(), target.clone(), action),
-    }
+    let (rule, target) = plan.rule_and_target();
+    ActionId::new(Arc::from(rule), Arc::from(target), plan.action())
 }
 
-fn decode(payload: Option<&[u8]>) -> Result<Event, String> {
+pub fn decode(payload: Option<&[u8]>) -> Result<Event, String> {
     let payload = payload.ok_or("the record has no value")?;
     let event: Event =
         serde_json::from_slice(payload).map_err(|e| format!("not a {SCHEMA_V1} event: {e}"))?;

@@ -1,81 +1,83 @@
-//! The worker role: consume the event topic, run each event through the
-//! policy, apply its actions, dead-letter what fails for good, and commit
-//! what is finished.
+//! The worker role: one consumer group per target, and one that keeps the
+//! groups' newest mute state, all on the event topic.
 //!
-//! Read it in the order a record travels: [`offsets`] (the consumer group
-//! and the commit position, which never passes an unfinished event) ->
-//! [`scheduler`] (per-group queues: one event per group at a time) ->
-//! [`engine`] (decode -> guard -> decide -> deliver -> dead-letter ->
-//! record the state) -> [`deliver`] (rate limit, send, retry) -> [`dlq`];
-//! [`store`] keeps the groups' mute states in the state topic. [`outcome`]
-//! names the results.
+//! A target never waits for another: each has its own committed offsets,
+//! assignment, rate-limit share, circuit breaker and records, so a target
+//! that is down lags *in Kafka* (durable, visible with any Kafka tool)
+//! while the others go on at full speed, and catches up by itself when it
+//! is back, sending only each group's newest state.
 //!
-//! [`Worker::run`] is one coordinator task that owns all scheduling state,
-//! in two phases: consuming until shutdown, then draining what runs.
+//! Read it in the order a record travels: [`pipeline`] (one consumer group
+//! and its coordinator; [`offsets`]: the commit position, which never
+//! passes an unfinished event) -> [`scheduler`] (per-group queues: one job
+//! per group at a time) -> [`keeper`] (the state keeper: judge, record the
+//! newest state) or [`engine`] (a target: decode -> guard -> plan ->
+//! deliver -> dead-letter -> record what it applied) -> [`deliver`]
+//! (breaker, rate limit, send, retry) -> [`dlq`]. [`store`] and [`reader`]
+//! keep the records in the state topic; [`breaker`] is the circuit
+//! breaker; [`outcome`] names the results and [`metrics`] counts them.
 
+pub mod breaker;
 pub mod deliver;
 pub mod dlq;
 pub mod engine;
+pub mod keeper;
+pub mod metrics;
 pub mod offsets;
 pub mod outcome;
+pub mod pipeline;
+pub mod reader;
 pub mod scheduler;
 pub mod store;
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
-use crate::config::{Config, WorkerConfig};
+use crate::config::{Config, KafkaConfig, WorkerConfig};
 use crate::kafka::{self, scan::Reader, Cluster};
-use crate::limit::Shares;
-use crate::metrics::{Metrics, WorkerMetrics};
-use deliver::Deliverer;
+use crate::limit::{Limiter, Shares};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::state::applied;
+use crate::target::{Target, TargetConfig};
+use deliver::{DeliverMetrics, Deliverer};
 use dlq::DeadLetters;
-use engine::Engine;
+use engine::{TargetEngine, TargetState};
+use keeper::Keeper;
+use metrics::{PipelineMetrics, WorkerMetrics, KEEPER};
 use offsets::{Tracker, WorkerContext};
-use scheduler::{Flow, GroupKey, Job, ReplayScope, Scheduler};
+use pipeline::{Pipeline, Stage, Status};
+use reader::{Newest, Sinks, StateReader};
 use store::Store;
 
-/// A group task's report on its event.
-struct Finished {
-    group: GroupKey,
-    offset: i64,
-    generation: u64,
-    stage: Stage,
-}
-
-/// How far a group task got.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Finished, and committable.
-    Done,
-    /// Finished: the group's next event may start. Its mute state is still
-    /// on its way to Kafka, so its offset waits for [`Stage::Durable`].
-    Released,
-    /// The state record of a released event is acknowledged (`true`), or
-    /// abandoned because the partition was revoked (`false`).
-    Durable(bool),
-}
+/// What the worker's pipelines report, for `/targets`.
+pub type Statuses = Arc<Vec<Arc<Mutex<Status>>>>;
 
 /// A subscribed, not yet running worker.
 pub struct Worker {
-    consumer: Arc<StreamConsumer<WorkerContext>>,
-    tracker: Arc<Mutex<Tracker>>,
-    engine: Arc<Engine>,
-    config: WorkerConfig,
+    pipelines: Vec<Pipeline>,
+    dlq: DeadLetters,
     ready: Arc<AtomicBool>,
+    statuses: Statuses,
+    topic: String,
+}
+
+/// The consumer group of a target: `{worker.group_id}.{target}`.
+pub fn target_group(config: &WorkerConfig, target: &str) -> String {
+    format!("{}.{target}", config.group_id)
 }
 
 impl Worker {
-    /// Checks the policy, creates the dead-letter and state topics, and
-    /// joins the consumer group.
+    /// Checks the policy, creates the dead-letter and state topics, gives
+    /// each new target group its starting offsets, and joins every group.
     pub async fn start(
         config: &Config,
         cluster: &Cluster,
@@ -92,66 +94,87 @@ impl Worker {
             .create_extra_topic(&config.kafka, &w.dlq_topic)
             .await
             .with_context(|| format!("cannot create the dead-letter topic {}", w.dlq_topic))?;
-        let bootstrap = cluster.bootstrap_servers();
+        let bootstrap = cluster.bootstrap_servers().to_owned();
         let partitions = event_partitions(config, cluster).await?;
-        let deliverer = Deliverer::new(w, &config.targets, &metrics.worker)?;
-        // Every limiter starts at a zero share: nothing is assigned yet.
-        let shares = Arc::new(Shares::new(deliverer.limiters(), partitions));
-        metrics
-            .worker
-            .init_labels(config.targets.keys().map(String::as_str));
-        let dlq = DeadLetters::new(&config.kafka, bootstrap, &w.dlq_topic)?;
-        let state = if w.track_state {
-            Some(open_state(config, cluster, metrics, partitions).await?)
-        } else {
-            None
+        if w.track_state {
+            open_state(config, cluster, partitions).await?;
+        }
+        let dlq = DeadLetters::new(&config.kafka, &bootstrap, &w.dlq_topic)?;
+        let producer: FutureProducer = kafka::producer_config(&config.kafka, &bootstrap)
+            // Nobody waits on a state record but the offset commit, so
+            // records are batched: far fewer requests for broker and client.
+            .set("linger.ms", "5")
+            .create()
+            .context("cannot create the state producer (check the [kafka.client] properties)")?;
+        let client = http_client(w)?;
+        let build = Build {
+            config,
+            bootstrap: &bootstrap,
+            metrics: &metrics.worker,
+            dlq: &dlq,
+            producer: &producer,
+            partitions,
         };
-
-        let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let context = WorkerContext {
-            tracker: tracker.clone(),
-            topic: config.kafka.topic.clone(),
-            lag: metrics.worker.consumer_lag.clone(),
-            state: state.clone(),
-            shares,
-        };
-        let consumer: StreamConsumer<WorkerContext> =
-            kafka::consumer_config(&config.kafka, bootstrap, &w.group_id)
-                .create_with_context(context)
-                .context(
-                    "cannot create the Kafka consumer (check the [kafka.client] properties)",
-                )?;
-        consumer
-            .subscribe(&[&config.kafka.topic])
-            .with_context(|| format!("cannot subscribe to {}", config.kafka.topic))?;
+        // The targets' groups get their starting offsets before anything
+        // of this process consumes (see `inherit_offsets`).
+        let targets: Vec<(&str, &TargetConfig, Policy)> = config
+            .targets
+            .iter()
+            .filter_map(|(name, cfg)| {
+                let part = policy.only(name);
+                if part.is_empty() {
+                    tracing::info!(target = %name, "no rule sends to this target; it gets no consumer group");
+                    return None;
+                }
+                Some((name.as_str(), cfg, part))
+            })
+            .collect();
+        for (name, _, _) in &targets {
+            let group = target_group(w, name);
+            let (kafka_cfg, boot, from, topic) = (
+                config.kafka.clone(),
+                bootstrap.clone(),
+                w.group_id.clone(),
+                config.kafka.topic.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                inherit_offsets(&kafka_cfg, &boot, &topic, partitions, &from, &group)
+            })
+            .await??;
+        }
+        let mut pipelines = vec![build.keeper()?];
+        for (name, cfg, part) in targets {
+            pipelines.push(build.target(name, cfg, part, client.clone())?);
+        }
+        let statuses = Arc::new(pipelines.iter().map(|p| p.status.clone()).collect());
         Ok(Worker {
-            consumer: Arc::new(consumer),
-            tracker,
-            engine: Arc::new(Engine {
-                policy,
-                deliverer,
-                dlq,
-                metrics: metrics.worker.clone(),
-                topic: config.kafka.topic.clone(),
-                state,
-            }),
-            config: w.clone(),
+            pipelines,
+            dlq,
             ready: Arc::new(AtomicBool::new(false)),
+            statuses,
+            topic: config.kafka.topic.clone(),
         })
     }
 
     /// True while the last Kafka metadata probe succeeded (for `/readyz` of
-    /// a worker-only process).
+    /// a worker-only process). A provider outage does not make the worker
+    /// unready.
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
         self.ready.clone()
     }
 
-    /// Runs until `shutdown` completes, then lets running actions finish
-    /// (up to `worker.shutdown_grace_seconds`) and commits what is done.
+    /// Each pipeline's status, for `/targets`.
+    pub fn statuses(&self) -> Statuses {
+        self.statuses.clone()
+    }
+
+    /// Runs every pipeline until `shutdown` completes, then lets running
+    /// actions finish (up to `worker.shutdown_grace_seconds`) and commits
+    /// what is done.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let probe = {
-            let consumer = Arc::downgrade(&self.consumer);
-            let topic = self.engine.topic.clone();
+            let consumer = Arc::downgrade(&self.pipelines[0].consumer);
+            let topic = self.topic.clone();
             tokio::spawn(crate::ops::probe_kafka(
                 "worker",
                 self.ready.clone(),
@@ -162,46 +185,282 @@ impl Worker {
                 },
             ))
         };
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut run = Run {
-            worker: &self,
-            scheduler: Scheduler::new(
-                self.config.max_in_flight_groups,
-                self.config.max_buffered_events,
-            ),
-            done_tx,
-            done_rx,
-            metrics: self.engine.metrics.clone(),
-            unconfirmed: 0,
-        };
-        run.consume(shutdown).await;
-        run.drain().await;
-        drop(run);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in self.pipelines {
+            let mut rx = stop_rx.clone();
+            tasks.spawn(p.run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
         probe.abort();
         let _ = probe.await;
-        self.commit(CommitMode::Sync);
-        self.engine.dlq.flush(Duration::from_secs(5));
-        self.consumer.unsubscribe();
-        // Closed here, while the cluster is still up: a consumer closed
-        // later would wait out its session timeout trying to leave the group.
-        drop(self);
+        self.dlq.flush(Duration::from_secs(5));
         tracing::info!("worker stopped; finished offsets committed");
         Ok(())
     }
+}
 
-    /// Commits the positions that moved since the last commit.
-    fn commit(&self, mode: CommitMode) {
-        let tpl = self
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .take_commits(&self.engine.topic);
-        if let Some(tpl) = tpl {
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "offset commit failed; retried with the next commit");
+/// What building the pipelines shares.
+struct Build<'a> {
+    config: &'a Config,
+    bootstrap: &'a str,
+    metrics: &'a WorkerMetrics,
+    dlq: &'a DeadLetters,
+    producer: &'a FutureProducer,
+    partitions: usize,
+}
+
+impl Build<'_> {
+    /// The state keeper, in `worker.group_id`.
+    fn keeper(&self) -> anyhow::Result<Pipeline> {
+        let w = &self.config.worker;
+        let pm = self.metrics.pipeline(KEEPER);
+        let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
+        let state = w.track_state.then(|| {
+            Store::new(
+                self.producer.clone(),
+                &w.state_topic,
+                w.state_horizon_days,
+                pm.store.clone(),
+                loaded_tx,
+            )
+        });
+        let keeper = Arc::new(Keeper {
+            dlq: self.dlq.clone(),
+            metrics: self.metrics.keeper(),
+            topic: self.config.kafka.topic.clone(),
+            state: state.clone(),
+        });
+        let sinks = state.map(Sinks::Keeper);
+        self.pipeline(
+            KEEPER,
+            &w.group_id,
+            Stage::Keeper(keeper),
+            sinks,
+            None,
+            loaded_rx,
+            pm,
+        )
+    }
+
+    /// Target `name`'s pipeline, in `{worker.group_id}.{name}`.
+    fn target(
+        &self,
+        name: &str,
+        cfg: &TargetConfig,
+        policy: Policy,
+        client: reqwest::Client,
+    ) -> anyhow::Result<Pipeline> {
+        let w = &self.config.worker;
+        let pm = self.metrics.pipeline(name);
+        let limiter = match cfg.limit_spec(name) {
+            Some(spec) => {
+                let handles = self
+                    .metrics
+                    .limit_metrics(name, spec.rate_per_second.is_some());
+                let max_pause = Duration::from_millis(w.retry.max_backoff_ms);
+                Some(Arc::new(Limiter::new(spec, max_pause, handles)?))
             }
+            None => None,
+        };
+        let shares = limiter
+            .clone()
+            .map(|l| Arc::new(Shares::new(vec![l], self.partitions)));
+        let deliverer = Deliverer::new(
+            name,
+            Target::new(cfg),
+            client,
+            w.retry.clone(),
+            limiter,
+            w.circuit_breaker.clone(),
+            DeliverMetrics {
+                duration: self.metrics.action_duration.with_label_values(&[name]),
+                retries: self.metrics.action_retries.with_label_values(&[name]),
+            },
+        );
+        let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
+        // Targets that take whole events keep no records.
+        let state = (w.track_state && !cfg.forwards()).then(|| TargetState {
+            store: Store::new(
+                self.producer.clone(),
+                &w.state_topic,
+                w.state_horizon_days,
+                pm.store.clone(),
+                loaded_tx,
+            ),
+            newest: Arc::new(Newest::default()),
+        });
+        let sinks = state.as_ref().map(|s| Sinks::Target {
+            store: s.store.clone(),
+            prefix: applied::key_prefix(name),
+            newest: s.newest.clone(),
+        });
+        let renew_ahead_ms = cfg.mute_cap().map_or(0, |(_, ahead)| ahead as i64 * 1000);
+        let engine = Arc::new(TargetEngine {
+            name: Arc::from(name),
+            policy,
+            deliverer,
+            dlq: self.dlq.clone(),
+            metrics: self.metrics.target(name),
+            topic: self.config.kafka.topic.clone(),
+            state,
+            renew_ahead_ms,
+        });
+        let group = target_group(w, name);
+        self.pipeline(
+            name,
+            &group,
+            Stage::Target(engine),
+            sinks,
+            shares,
+            loaded_rx,
+            pm,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pipeline(
+        &self,
+        name: &str,
+        group_id: &str,
+        stage: Stage,
+        sinks: Option<Sinks>,
+        shares: Option<Arc<Shares>>,
+        loaded: mpsc::UnboundedReceiver<i32>,
+        metrics: PipelineMetrics,
+    ) -> anyhow::Result<Pipeline> {
+        let kafka = &self.config.kafka;
+        let state = match sinks {
+            None => None,
+            Some(sinks) => {
+                let reader = StateReader::start(
+                    kafka,
+                    self.bootstrap,
+                    &self.config.worker.state_topic,
+                    sinks.clone(),
+                )?;
+                Some((sinks, reader))
+            }
+        };
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let paused = Arc::new(AtomicBool::new(false));
+        let backlog = Arc::new(AtomicI64::new(0));
+        let context = WorkerContext {
+            tracker: tracker.clone(),
+            topic: kafka.topic.clone(),
+            pipeline: name.to_owned(),
+            lag: metrics.consumer_lag.clone(),
+            state,
+            shares,
+            paused: paused.clone(),
+            backlog: backlog.clone(),
+        };
+        let consumer: StreamConsumer<WorkerContext> =
+            kafka::consumer_config(kafka, self.bootstrap, group_id)
+                .create_with_context(context)
+                .context(
+                    "cannot create the Kafka consumer (check the [kafka.client] properties)",
+                )?;
+        consumer
+            .subscribe(&[&kafka.topic])
+            .with_context(|| format!("cannot subscribe to {}", kafka.topic))?;
+        Ok(Pipeline {
+            name: name.to_owned(),
+            group_id: group_id.to_owned(),
+            consumer: Arc::new(consumer),
+            tracker,
+            paused,
+            backlog,
+            stage,
+            loaded,
+            config: self.config.worker.clone(),
+            metrics,
+            topic: kafka.topic.clone(),
+            status: Arc::new(Mutex::new(Status {
+                pipeline: name.to_owned(),
+                group_id: group_id.to_owned(),
+                ..Status::default()
+            })),
+        })
+    }
+}
+
+/// The HTTP client every target shares.
+fn http_client(w: &WorkerConfig) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(w.request_timeout_ms))
+        .connect_timeout(Duration::from_millis(w.request_timeout_ms.min(5000)))
+        // RongCloud asks for idle keep-alive under 55 s.
+        .pool_idle_timeout(Duration::from_secs(50))
+        .user_agent(concat!("mutebridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// Gives the consumer group `to` (a target's) the committed offsets of
+/// `from` (the state keeper's) when `to` has none: the first start of a
+/// target group continues where the single consumer group of earlier
+/// versions stopped (nothing applied twice or skipped), and a target added
+/// later starts with new events (`mutebridge resync` brings it in line
+/// with older state). With no offsets anywhere, `auto.offset.reset`
+/// decides (the oldest retained event).
+pub fn inherit_offsets(
+    kafka_cfg: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    partitions: usize,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<()> {
+    let all = || {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition(topic, p);
+        }
+        tpl
+    };
+    let group = |id: &str| -> anyhow::Result<BaseConsumer> {
+        kafka::consumer_config(kafka_cfg, bootstrap, id)
+            .create()
+            .context("cannot create a Kafka consumer (check the [kafka.client] properties)")
+    };
+    let timeout = Duration::from_secs(15);
+    let target = group(to)?;
+    let own = target
+        .committed_offsets(all(), timeout)
+        .with_context(|| format!("cannot read the committed offsets of consumer group {to}"))?;
+    if own
+        .elements()
+        .iter()
+        .any(|e| matches!(e.offset(), Offset::Offset(_)))
+    {
+        return Ok(());
+    }
+    let theirs = group(from)?
+        .committed_offsets(all(), timeout)
+        .with_context(|| format!("cannot read the committed offsets of consumer group {from}"))?;
+    let mut start = TopicPartitionList::new();
+    for e in theirs.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            start.add_partition_offset(topic, e.partition(), Offset::Offset(o))?;
         }
     }
+    if start.count() == 0 {
+        tracing::info!(
+            group = to,
+            "new consumer group; it starts at the oldest retained event (no offsets to inherit)"
+        );
+        return Ok(());
+    }
+    target
+        .commit(&start, CommitMode::Sync)
+        .with_context(|| format!("cannot commit the starting offsets of consumer group {to}"))?;
+    tracing::info!(group = to, from, partitions = start.count(), "new consumer group starts where {from} is (an upgrade from one consumer group, or a target added since)");
+    Ok(())
 }
 
 /// The event topic's partition count (the whole that rate-limit shares
@@ -234,13 +493,8 @@ async fn partition_count(config: &Config, cluster: &Cluster, topic: &str) -> any
 }
 
 /// Creates the state topic and checks that it is partitioned like the
-/// event topic (a group's state lives in its events' partition number).
-async fn open_state(
-    config: &Config,
-    cluster: &Cluster,
-    metrics: &Metrics,
-    events: usize,
-) -> anyhow::Result<Store> {
+/// event topic (a group's records live in its events' partition number).
+async fn open_state(config: &Config, cluster: &Cluster, events: usize) -> anyhow::Result<()> {
     let (kafka, w) = (&config.kafka, &config.worker);
     cluster
         .create_compacted_topic(kafka, &w.state_topic)
@@ -260,202 +514,5 @@ async fn open_state(
             w.state_topic
         );
     }
-    Store::new(
-        kafka,
-        cluster.bootstrap_servers(),
-        &w.state_topic,
-        w.state_horizon_days,
-        &metrics.worker,
-    )
-}
-
-/// The coordinator's state while it runs.
-struct Run<'w> {
-    worker: &'w Worker,
-    scheduler: Scheduler<AbortHandle>,
-    done_tx: mpsc::UnboundedSender<Finished>,
-    done_rx: mpsc::UnboundedReceiver<Finished>,
-    metrics: WorkerMetrics,
-    /// Released events whose state record is not acknowledged yet.
-    unconfirmed: usize,
-}
-
-impl Run<'_> {
-    /// Phase one: receive, schedule, record finished work and commit on a
-    /// timer, until `shutdown` completes.
-    async fn consume(&mut self, shutdown: impl Future<Output = ()>) {
-        let w = self.worker;
-        let mut commit_tick =
-            tokio::time::interval(Duration::from_millis(w.config.commit_interval_ms));
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            // Work of partitions taken away by a rebalance is dropped; the
-            // new owner starts from what was committed at the revoke.
-            let revoked = w.tracker.lock().expect("tracker lock").take_revoked();
-            for (partition, generation) in revoked {
-                self.scheduler.revoke(partition, generation);
-            }
-            self.start_ready();
-            self.flow_control();
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return,
-                Some(done) = self.done_rx.recv() => self.finished(done),
-                _ = commit_tick.tick() => w.commit(CommitMode::Async),
-                message = w.consumer.recv() => match message {
-                    Ok(msg) => self.received(&msg),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Kafka consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
-    }
-
-    /// Phase two: nothing new starts; running events get the grace period,
-    /// then are abandoned (they are re-delivered after a restart).
-    async fn drain(&mut self) {
-        let grace = Duration::from_secs(self.worker.config.shutdown_grace_seconds);
-        tracing::info!(
-            running = self.scheduler.running(),
-            ?grace,
-            "worker stopping: finishing running events"
-        );
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.scheduler.running() > 0 || self.unconfirmed > 0 {
-            tokio::select! {
-                Some(done) = self.done_rx.recv() => self.finished(done),
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(abandoned = self.scheduler.running(), "grace period over; abandoning running events (they are re-delivered after restart)");
-                    self.scheduler.abort_running();
-                    break;
-                }
-            }
-        }
-    }
-
-    fn received(&mut self, msg: &BorrowedMessage<'_>) {
-        let (partition, offset) = (msg.partition(), msg.offset());
-        let generation = self
-            .worker
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .received(partition, offset);
-        self.scheduler.push(Job {
-            partition,
-            offset,
-            generation,
-            key: msg.key().unwrap_or_default().to_vec(),
-            payload: msg.payload().map(<[u8]>::to_vec),
-            replay: replay_scope(msg),
-        });
-    }
-
-    fn finished(&mut self, done: Finished) {
-        let committable = match done.stage {
-            Stage::Done => self.scheduler.finished(&done.group, done.generation),
-            Stage::Released => {
-                self.unconfirmed += 1;
-                self.scheduler.finished(&done.group, done.generation);
-                false
-            }
-            Stage::Durable(written) => {
-                self.unconfirmed -= 1;
-                // The tracker ignores an offset of an older assignment.
-                written
-            }
-        };
-        if committable {
-            self.worker.tracker.lock().expect("tracker lock").finished(
-                done.group.0,
-                done.offset,
-                done.generation,
-            );
-        }
-    }
-
-    /// Starts what may start, each event on a task of its own.
-    fn start_ready(&mut self) {
-        let engine = &self.worker.engine;
-        let done_tx = &self.done_tx;
-        self.scheduler.start_ready(|job| {
-            let engine = engine.clone();
-            let tx = done_tx.clone();
-            tokio::spawn(async move {
-                let staged = engine.process(&job).await;
-                let report = |stage| Finished {
-                    group: (job.partition, job.key.clone()),
-                    offset: job.offset,
-                    generation: job.generation,
-                    stage,
-                };
-                let Some(staged) = staged else {
-                    let _ = tx.send(report(Stage::Done));
-                    return;
-                };
-                let _ = tx.send(report(Stage::Released));
-                let written = match &engine.state {
-                    Some(store) => store.confirm(staged).await.is_ok(),
-                    None => false,
-                };
-                let _ = tx.send(report(Stage::Durable(written)));
-            })
-            .abort_handle()
-        });
-        self.metrics
-            .groups_in_flight
-            .set(self.scheduler.running() as i64);
-        self.metrics
-            .buffered_events
-            .set(self.scheduler.buffered() as i64);
-    }
-
-    /// Pauses fetching at `worker.max_buffered_events`, resumes at half.
-    fn flow_control(&mut self) {
-        let Some(flow) = self.scheduler.flow() else {
-            return;
-        };
-        let consumer = &self.worker.consumer;
-        let Ok(assignment) = consumer.assignment() else {
-            return;
-        };
-        match flow {
-            Flow::Pause => {
-                if consumer.pause(&assignment).is_ok() {
-                    self.scheduler.set_paused(true);
-                    tracing::info!(
-                        buffered = self.scheduler.buffered(),
-                        "backlog at worker.max_buffered_events; fetching paused"
-                    );
-                }
-            }
-            Flow::Resume => {
-                if consumer.resume(&assignment).is_ok() {
-                    self.scheduler.set_paused(false);
-                }
-            }
-        }
-    }
-}
-
-/// The scope of a record `dlq replay` published; `None` for any other.
-fn replay_scope(msg: &BorrowedMessage<'_>) -> Option<ReplayScope> {
-    use crate::event::{HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
-    let headers = msg.headers()?;
-    let mut scope: Option<ReplayScope> = None;
-    for h in headers.iter() {
-        let value = || h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-        match h.key {
-            HEADER_REPLAY_OF => {
-                scope.get_or_insert_with(Default::default);
-            }
-            HEADER_REPLAY_TARGET => scope.get_or_insert_with(Default::default).target = value(),
-            HEADER_REPLAY_RULE => scope.get_or_insert_with(Default::default).rule = value(),
-            _ => {}
-        }
-    }
-    scope
+    Ok(())
 }

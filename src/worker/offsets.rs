@@ -7,7 +7,8 @@
 //! committed offset means the actions ran or were dead-lettered" true; a
 //! crash re-delivers from there and never skips.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGaugeVec;
@@ -15,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
-use super::store::Store;
+use super::reader::{Sinks, StateReader};
 use crate::limit::Shares;
 
 /// Per-partition progress.
@@ -31,33 +32,46 @@ struct Part {
     /// Changes when the partition is revoked and assigned again, so results
     /// of work started under an old assignment are not counted.
     generation: u64,
-    pending: BTreeSet<i64>,
+    /// Unfinished offsets, with their records' timestamps (ms).
+    pending: BTreeMap<i64, i64>,
     next: i64,
     committed: i64,
 }
 
 impl Part {
     fn position(&self) -> i64 {
-        self.pending.first().copied().unwrap_or(self.next)
+        self.pending
+            .first_key_value()
+            .map(|(o, _)| *o)
+            .unwrap_or(self.next)
     }
 }
 
 impl Tracker {
-    /// Records that `offset` was received; returns its partition's generation.
-    pub fn received(&mut self, partition: i32, offset: i64) -> u64 {
+    /// Records that `offset` (its record written at `timestamp_ms`) was
+    /// received; returns its partition's generation.
+    pub fn received(&mut self, partition: i32, offset: i64, timestamp_ms: i64) -> u64 {
         let next_generation = &mut self.next_generation;
         let part = self.parts.entry(partition).or_insert_with(|| {
             *next_generation += 1;
             Part {
                 generation: *next_generation,
-                pending: BTreeSet::new(),
+                pending: BTreeMap::new(),
                 next: offset,
                 committed: -1,
             }
         });
-        part.pending.insert(offset);
+        part.pending.insert(offset, timestamp_ms);
         part.next = part.next.max(offset + 1);
         part.generation
+    }
+
+    /// When the oldest unfinished record was written (ms), if one is held.
+    pub fn oldest_pending_ms(&self) -> Option<i64> {
+        self.parts
+            .values()
+            .filter_map(|p| p.pending.first_key_value().map(|(_, ts)| *ts))
+            .min()
     }
 
     /// Records that `offset` is finished (applied, skipped or dead-lettered).
@@ -104,17 +118,27 @@ impl Tracker {
     }
 }
 
-/// The consumer's context: commits finished work of partitions being taken
-/// away, rebuilds and drops their mute states, and turns librdkafka
+/// A pipeline consumer's context: commits finished work of partitions
+/// being taken away, rebuilds and drops their records, keeps new
+/// partitions paused while the pipeline is, and turns librdkafka
 /// statistics into the lag gauge.
 pub struct WorkerContext {
     pub tracker: Arc<Mutex<Tracker>>,
     pub topic: String,
+    /// The `pipeline` label of the lag gauge.
+    pub pipeline: String,
     pub lag: IntGaugeVec,
-    /// The mute states, when `worker.track_state` is on.
-    pub state: Option<Store>,
-    /// The targets' rate-limit shares, which follow the assignment.
-    pub shares: Arc<Shares>,
+    /// The pipeline's records and their reader, when `worker.track_state`
+    /// is on (and the pipeline keeps records).
+    pub state: Option<(Sinks, StateReader)>,
+    /// The target's rate-limit share, which follows the assignment.
+    pub shares: Option<Arc<Shares>>,
+    /// True while the pipeline has paused fetching (a full backlog, an
+    /// open circuit breaker): partitions assigned meanwhile start paused.
+    pub paused: Arc<AtomicBool>,
+    /// Events in the assigned partitions not consumed yet (librdkafka's
+    /// statistics), for `mutebridge targets`.
+    pub backlog: Arc<AtomicI64>,
 }
 
 impl WorkerContext {
@@ -132,25 +156,40 @@ impl ClientContext for WorkerContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        let mut backlog = 0;
         for (p, stats) in &topic.partitions {
             // -1 marks librdkafka's internal UA partition; lag -1 = unknown.
             if *p >= 0 && stats.consumer_lag >= 0 {
                 self.lag
-                    .with_label_values(&[&p.to_string()])
+                    .with_label_values(&[&self.pipeline, &p.to_string()])
                     .set(stats.consumer_lag);
+                backlog += stats.consumer_lag;
             }
         }
+        self.backlog.store(backlog, Ordering::Relaxed);
     }
 }
 
 impl ConsumerContext for WorkerContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             let partitions = self.partitions(assigned);
+            if partitions.is_empty() {
+                return;
+            }
+            // A pause holds across rebalances: what arrives while the
+            // pipeline is paused waits in Kafka, not in memory.
+            if self.paused.load(Ordering::SeqCst) {
+                if let Err(e) = consumer.pause(assigned) {
+                    tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot pause newly assigned partitions");
+                }
+            }
             // Only once the partitions are ours does the share grow.
-            self.shares.assign(&partitions);
-            if let Some(state) = &self.state {
-                state.assign(&partitions);
+            if let Some(shares) = &self.shares {
+                shares.assign(&partitions);
+            }
+            if let Some((sinks, reader)) = &self.state {
+                reader.assign(sinks, &partitions);
             }
         }
     }
@@ -162,9 +201,11 @@ impl ConsumerContext for WorkerContext {
         // Before the partitions go: the next owner's share grows only after
         // this one's shrank, so the shares never add up to more than the limit.
         let partitions = self.partitions(revoked);
-        self.shares.revoke(&partitions);
-        if let Some(state) = &self.state {
-            state.revoke(&partitions);
+        if let Some(shares) = &self.shares {
+            shares.revoke(&partitions);
+        }
+        if let Some((sinks, reader)) = &self.state {
+            reader.revoke(sinks, &partitions);
         }
         let mut tpl = TopicPartitionList::new();
         {
@@ -179,17 +220,18 @@ impl ConsumerContext for WorkerContext {
                 }
                 let _ = self
                     .lag
-                    .remove_label_values(&[&elem.partition().to_string()]);
+                    .remove_label_values(&[&self.pipeline, &elem.partition().to_string()]);
             }
         }
         if tpl.count() > 0 {
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => tracing::info!(
+                    pipeline = %self.pipeline,
                     partitions = tpl.count(),
                     "partitions revoked; finished work committed"
                 ),
                 Err(e) => {
-                    tracing::warn!(error = %e, "commit on revoke failed; the new owner re-applies from the last commit")
+                    tracing::warn!(pipeline = %self.pipeline, error = %e, "commit on revoke failed; the new owner re-applies from the last commit")
                 }
             }
         }
@@ -209,14 +251,16 @@ mod tests {
     #[test]
     fn position_waits_for_the_lowest_unfinished_offset() {
         let mut t = Tracker::default();
-        let g = t.received(0, 10);
-        t.received(0, 11);
-        t.received(0, 12);
+        let g = t.received(0, 10, 100);
+        t.received(0, 11, 110);
+        t.received(0, 12, 120);
+        assert_eq!(t.oldest_pending_ms(), Some(100));
         t.finished(0, 11, g);
         t.finished(0, 12, g);
         assert_eq!(t.position(0), Some(10), "10 is still running");
         t.finished(0, 10, g);
         assert_eq!(t.position(0), Some(13));
+        assert_eq!(t.oldest_pending_ms(), None, "nothing unfinished");
         let tpl = t.take_commits("t").unwrap();
         assert_eq!(
             tpl.find_partition("t", 0).unwrap().offset(),
@@ -228,10 +272,10 @@ mod tests {
     #[test]
     fn revoked_work_does_not_count_after_reassignment() {
         let mut t = Tracker::default();
-        let old = t.received(3, 5);
+        let old = t.received(3, 5, 0);
         assert_eq!(t.revoke(3), Some(5));
         assert_eq!(t.take_revoked(), vec![(3, old)]);
-        let new = t.received(3, 5);
+        let new = t.received(3, 5, 0);
         assert_ne!(old, new);
         t.finished(3, 5, old);
         assert_eq!(t.position(3), Some(5), "a stale finish is ignored");
@@ -242,7 +286,7 @@ mod tests {
     #[test]
     fn a_revoke_after_the_last_commit_has_nothing_to_commit() {
         let mut t = Tracker::default();
-        let g = t.received(2, 7);
+        let g = t.received(2, 7, 0);
         t.finished(2, 7, g);
         assert!(t.take_commits("t").is_some());
         // At shutdown the final commit ran before the unsubscribe: the

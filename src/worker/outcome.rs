@@ -40,19 +40,68 @@ pub enum ActionOutcome {
     Stale,
     /// Not sent: this event already set what it would change (a redelivery).
     Duplicate,
+    /// Not sent: a newer event of the group has set what it would change
+    /// since, and reaches the target too.
+    Superseded,
+}
+
+/// How an action ended, without the details: the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionLabel {
+    Ok,
+    Skipped,
+    DeadLettered,
+    Stale,
+    Duplicate,
+    Superseded,
+}
+
+impl ActionLabel {
+    /// Every label, for creating the series at zero.
+    pub const ALL: [ActionLabel; 6] = [
+        ActionLabel::Ok,
+        ActionLabel::Skipped,
+        ActionLabel::DeadLettered,
+        ActionLabel::Stale,
+        ActionLabel::Duplicate,
+        ActionLabel::Superseded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionLabel::Ok => "ok",
+            ActionLabel::Skipped => "skipped",
+            ActionLabel::DeadLettered => "dead_lettered",
+            ActionLabel::Stale => "stale",
+            ActionLabel::Duplicate => "duplicate",
+            ActionLabel::Superseded => "superseded",
+        }
+    }
 }
 
 impl ActionOutcome {
-    /// Every label, for creating the series at zero.
-    pub const ALL: [&'static str; 5] = ["ok", "skipped", "dead_lettered", "stale", "duplicate"];
+    pub fn label(&self) -> ActionLabel {
+        match self {
+            ActionOutcome::Ok => ActionLabel::Ok,
+            ActionOutcome::Skipped(_) => ActionLabel::Skipped,
+            ActionOutcome::DeadLettered(_) => ActionLabel::DeadLettered,
+            ActionOutcome::Stale => ActionLabel::Stale,
+            ActionOutcome::Duplicate => ActionLabel::Duplicate,
+            ActionOutcome::Superseded => ActionLabel::Superseded,
+        }
+    }
 
     pub fn as_str(&self) -> &'static str {
-        match self {
-            ActionOutcome::Ok => "ok",
-            ActionOutcome::Skipped(_) => "skipped",
-            ActionOutcome::DeadLettered(_) => "dead_lettered",
-            ActionOutcome::Stale => "stale",
-            ActionOutcome::Duplicate => "duplicate",
+        self.label().as_str()
+    }
+
+    /// The outcome of an action the guard held for `hold`.
+    pub fn held(hold: &crate::state::guard::Hold) -> ActionOutcome {
+        use crate::state::guard::Hold;
+        match hold {
+            Hold::Stale { .. } => ActionOutcome::Stale,
+            Hold::Duplicate => ActionOutcome::Duplicate,
+            Hold::Superseded { .. } => ActionOutcome::Superseded,
         }
     }
 }
@@ -80,7 +129,7 @@ impl Failure {
     }
 }
 
-/// What happened to one event; the `outcome` label of
+/// What happened to one event at one target; the `outcome` label of
 /// `mutebridge_worker_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -98,16 +147,20 @@ pub enum EventOutcome {
     /// A mute event that had already set everything it would change (a
     /// redelivery): nothing of it was sent again.
     Duplicate,
+    /// A mute event whose every change a newer event of the group has made
+    /// since (a target catching up): only the newer one is sent.
+    Superseded,
 }
 
 impl EventOutcome {
-    pub const ALL: [EventOutcome; 6] = [
+    pub const ALL: [EventOutcome; 7] = [
         EventOutcome::Applied,
         EventOutcome::Skipped,
         EventOutcome::NoMatch,
         EventOutcome::DeadLettered,
         EventOutcome::Stale,
         EventOutcome::Duplicate,
+        EventOutcome::Superseded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +171,47 @@ impl EventOutcome {
             EventOutcome::DeadLettered => "dead_lettered",
             EventOutcome::Stale => "stale",
             EventOutcome::Duplicate => "duplicate",
+            EventOutcome::Superseded => "superseded",
+        }
+    }
+}
+
+/// What the state keeper did with one event; the `outcome` label of
+/// `mutebridge_state_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeeperOutcome {
+    /// The group's newest state changed and was written.
+    Recorded,
+    /// A mute event that changed nothing (a redelivery, or a replay).
+    Unchanged,
+    /// A mute event older than the state for everything it would change.
+    Stale,
+    /// Not a mute event: the state is not about it.
+    NotMute,
+    /// A `group_destroyed`: the group's state was deleted.
+    Removed,
+    /// Not a `mutebridge.event/v1` record: dead-lettered.
+    Undecodable,
+}
+
+impl KeeperOutcome {
+    pub const ALL: [KeeperOutcome; 6] = [
+        KeeperOutcome::Recorded,
+        KeeperOutcome::Unchanged,
+        KeeperOutcome::Stale,
+        KeeperOutcome::NotMute,
+        KeeperOutcome::Removed,
+        KeeperOutcome::Undecodable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeeperOutcome::Recorded => "recorded",
+            KeeperOutcome::Unchanged => "unchanged",
+            KeeperOutcome::Stale => "stale",
+            KeeperOutcome::NotMute => "not_mute",
+            KeeperOutcome::Removed => "removed",
+            KeeperOutcome::Undecodable => "undecodable",
         }
     }
 }

@@ -8,29 +8,51 @@
 //! `max_buffered` the caller should pause fetching, and resume once the
 //! backlog is down to half. Work of a revoked partition is dropped: the new
 //! owner starts again from the committed offset.
+//!
+//! A group whose partition's records are still being read (a rebuild after
+//! an assignment) is parked, not started: it holds no run slot that the
+//! groups of other partitions need, and goes on once the caller says the
+//! partition is loaded ([`Scheduler::unpark`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-/// A consumed record waiting to be processed.
+use crate::event::ReplayScope;
+
+/// Work waiting for its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub partition: i32,
-    pub offset: i64,
     /// The partition's assignment generation when it was received
     /// (see [`super::offsets::Tracker`]).
     pub generation: u64,
+    /// The record key (the group ID).
     pub key: Vec<u8>,
-    pub payload: Option<Vec<u8>>,
-    /// Set on a record `dlq replay` published: apply only this.
-    pub replay: Option<ReplayScope>,
+    pub work: Work,
 }
 
-/// The action a replayed record is for (its `replay-target` and
-/// `replay-rule` headers); `None` parts match anything.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReplayScope {
-    pub target: Option<String>,
-    pub rule: Option<String>,
+/// What a job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// A consumed record.
+    Record {
+        offset: i64,
+        payload: Option<Vec<u8>>,
+        /// Set on a record `dlq replay` published: apply only this.
+        replay: Option<ReplayScope>,
+    },
+    /// Re-apply the capped mutes of the group's applied record with this
+    /// key before the provider ends them (no offset).
+    Renew(String),
+}
+
+impl Job {
+    /// The offset of a consumed record; `None` for other work.
+    pub fn offset(&self) -> Option<i64> {
+        match &self.work {
+            Work::Record { offset, .. } => Some(*offset),
+            Work::Renew(_) => None,
+        }
+    }
 }
 
 /// A group: the partition and the record key (the group ID).
@@ -56,6 +78,9 @@ pub enum Flow {
 
 struct Running<H> {
     generation: u64,
+    /// The record a renewal is for (no offset; dropped with its
+    /// partition, whatever the generation).
+    renewal: Option<String>,
     handle: H,
 }
 
@@ -65,6 +90,10 @@ pub struct Scheduler<H> {
     running: HashMap<GroupKey, Running<H>>,
     /// Groups with a queued event and nothing running, in arrival order.
     ready: VecDeque<GroupKey>,
+    /// Ready groups of partitions whose records are still being read.
+    parked: HashMap<i32, Vec<GroupKey>>,
+    /// Applied-record keys with a renewal queued or running.
+    renewing: HashSet<String>,
     buffered: usize,
     paused: bool,
     max_in_flight: usize,
@@ -77,6 +106,8 @@ impl<H: Abort> Scheduler<H> {
             queues: HashMap::new(),
             running: HashMap::new(),
             ready: VecDeque::new(),
+            parked: HashMap::new(),
+            renewing: HashSet::new(),
             buffered: 0,
             paused: false,
             max_in_flight,
@@ -84,8 +115,15 @@ impl<H: Abort> Scheduler<H> {
         }
     }
 
-    /// Queues a received event behind its group's earlier ones.
+    /// Queues a received event (or a renewal) behind its group's earlier
+    /// work. A renewal already queued or running for the same record is
+    /// not queued twice.
     pub fn push(&mut self, job: Job) {
+        if let Work::Renew(record) = &job.work {
+            if !self.renewing.insert(record.clone()) {
+                return;
+            }
+        }
         let key: GroupKey = (job.partition, job.key.clone());
         self.buffered += 1;
         let known = self.running.contains_key(&key) || self.queues.contains_key(&key);
@@ -95,19 +133,43 @@ impl<H: Abort> Scheduler<H> {
         }
     }
 
-    /// Starts queued events of idle groups while fewer than `max_in_flight`
-    /// groups run; `spawn` starts one and returns its handle.
-    pub fn start_ready(&mut self, mut spawn: impl FnMut(Job) -> H) {
+    /// Starts queued work of idle groups while fewer than `max_in_flight`
+    /// groups run; `loaded` says whether a partition's records are read
+    /// (groups of other partitions are parked); `spawn` starts one job and
+    /// returns its handle.
+    pub fn start_ready(&mut self, loaded: impl Fn(i32) -> bool, mut spawn: impl FnMut(Job) -> H) {
         while self.running.len() < self.max_in_flight {
             let Some(key) = self.ready.pop_front() else {
                 break;
             };
+            if !loaded(key.0) {
+                self.parked.entry(key.0).or_default().push(key);
+                continue;
+            }
             let Some(job) = self.queues.get_mut(&key).and_then(VecDeque::pop_front) else {
                 continue;
             };
             let generation = job.generation;
+            let renewal = match &job.work {
+                Work::Renew(record) => Some(record.clone()),
+                Work::Record { .. } => None,
+            };
             let handle = spawn(job);
-            self.running.insert(key, Running { generation, handle });
+            self.running.insert(
+                key,
+                Running {
+                    generation,
+                    renewal,
+                    handle,
+                },
+            );
+        }
+    }
+
+    /// Partition `partition`'s records are read: its parked groups may run.
+    pub fn unpark(&mut self, partition: i32) {
+        if let Some(keys) = self.parked.remove(&partition) {
+            self.ready.extend(keys);
         }
     }
 
@@ -122,7 +184,9 @@ impl<H: Abort> Scheduler<H> {
         {
             return false;
         }
-        self.running.remove(group);
+        if let Some(record) = self.running.remove(group).and_then(|r| r.renewal) {
+            self.renewing.remove(&record);
+        }
         self.buffered -= 1;
         if self.queues.get(group).is_some_and(|q| !q.is_empty()) {
             self.ready.push_back(group.clone());
@@ -133,21 +197,33 @@ impl<H: Abort> Scheduler<H> {
     }
 
     /// Drops the queued and running work `partition` received under
-    /// `generation` (running work is aborted).
+    /// `generation` (running work is aborted), and every renewal of the
+    /// partition (the new owner schedules its own).
     pub fn revoke(&mut self, partition: i32, generation: u64) {
+        let renewing = &mut self.renewing;
         for (key, queue) in self.queues.iter_mut() {
             if key.0 == partition {
                 let before = queue.len();
-                queue.retain(|j| j.generation != generation);
+                queue.retain(|j| {
+                    let keep = j.generation != generation && !matches!(j.work, Work::Renew(_));
+                    if let (false, Work::Renew(r)) = (keep, &j.work) {
+                        renewing.remove(r);
+                    }
+                    keep
+                });
                 self.buffered -= before - queue.len();
             }
         }
+        self.parked.remove(&partition);
         let mut dropped = 0;
         self.running.retain(|key, r| {
-            let stale = key.0 == partition && r.generation == generation;
+            let stale = key.0 == partition && (r.generation == generation || r.renewal.is_some());
             if stale {
                 r.handle.abort();
                 dropped += 1;
+                if let Some(record) = &r.renewal {
+                    renewing.remove(record);
+                }
             }
             !stale
         });
@@ -155,12 +231,18 @@ impl<H: Abort> Scheduler<H> {
         let (queues, running) = (&self.queues, &self.running);
         self.ready
             .retain(|k| queues.get(k).is_some_and(|q| !q.is_empty()));
+        for keys in self.parked.values_mut() {
+            keys.retain(|k| queues.get(k).is_some_and(|q| !q.is_empty()));
+        }
         self.queues
             .retain(|k, q| !q.is_empty() || running.contains_key(k));
         // A group whose running event was dropped may still have newer
         // events queued (of a later generation): it can run them now.
+        let parked = &self.parked;
         for (key, queue) in &self.queues {
-            if !queue.is_empty() && !running.contains_key(key) && !self.ready.contains(key) {
+            let waiting =
+                self.ready.contains(key) || parked.get(&key.0).is_some_and(|ks| ks.contains(key));
+            if !queue.is_empty() && !running.contains_key(key) && !waiting {
                 self.ready.push_back(key.clone());
             }
         }
@@ -219,22 +301,32 @@ mod tests {
     fn job(partition: i32, offset: i64, generation: u64, key: &str) -> Job {
         Job {
             partition,
-            offset,
             generation,
             key: key.as_bytes().to_vec(),
-            payload: None,
-            replay: None,
+            work: Work::Record {
+                offset,
+                payload: None,
+                replay: None,
+            },
         }
     }
 
     fn start(s: &mut Scheduler<Handle>) -> Vec<(Job, Handle)> {
+        start_loaded(s, |_| true)
+    }
+
+    fn start_loaded(s: &mut Scheduler<Handle>, loaded: impl Fn(i32) -> bool) -> Vec<(Job, Handle)> {
         let mut started = Vec::new();
-        s.start_ready(|j| {
+        s.start_ready(loaded, |j| {
             let h = Handle::default();
             started.push((j, h.clone()));
             h
         });
         started
+    }
+
+    fn offsets(started: &[(Job, Handle)]) -> Vec<i64> {
+        started.iter().map(|(j, _)| j.offset().unwrap()).collect()
     }
 
     fn group(partition: i32, key: &str) -> GroupKey {
@@ -248,13 +340,16 @@ mod tests {
         s.push(job(0, 2, 1, "a"));
         s.push(job(0, 3, 1, "b"));
         let started = start(&mut s);
-        let offsets: Vec<i64> = started.iter().map(|(j, _)| j.offset).collect();
-        assert_eq!(offsets, [1, 3], "one per group: a@1 and b@3, not a@2");
+        assert_eq!(
+            offsets(&started),
+            [1, 3],
+            "one per group: a@1 and b@3, not a@2"
+        );
         assert!(start(&mut s).is_empty(), "a is busy until 1 finishes");
         assert!(s.finished(&group(0, "a"), 1));
         let next = start(&mut s);
         assert_eq!(next.len(), 1);
-        assert_eq!(next[0].0.offset, 2, "then a's next event");
+        assert_eq!(offsets(&next), [2], "then a's next event");
         assert_eq!(s.buffered(), 2, "a@2 and b@3 are held");
     }
 
@@ -294,7 +389,7 @@ mod tests {
         s.push(job(3, 10, 8, "a"));
         let again = start(&mut s);
         assert_eq!(again.len(), 1);
-        assert_eq!((again[0].0.offset, again[0].0.generation), (10, 8));
+        assert_eq!((offsets(&again), again[0].0.generation), (vec![10], 8));
     }
 
     #[test]
@@ -332,6 +427,45 @@ mod tests {
         assert_eq!(s.flow(), Some(Flow::Resume));
         s.set_paused(false);
         assert_eq!(s.flow(), None);
+    }
+
+    #[test]
+    fn groups_of_a_loading_partition_wait_without_holding_a_slot() {
+        let mut s = Scheduler::new(1, 100);
+        s.push(job(5, 1, 1, "rebuilding"));
+        s.push(job(6, 1, 1, "ready"));
+        let started = start_loaded(&mut s, |p| p != 5);
+        assert_eq!(
+            started.len(),
+            1,
+            "the one slot goes to the loaded partition"
+        );
+        assert_eq!(started[0].0.key, b"ready");
+        assert!(s.finished(&group(6, "ready"), 1));
+        assert!(start_loaded(&mut s, |p| p != 5).is_empty(), "still parked");
+        s.unpark(5);
+        let started = start(&mut s);
+        assert_eq!(started[0].0.key, b"rebuilding");
+    }
+
+    #[test]
+    fn a_renewal_is_queued_once_and_dropped_with_its_partition() {
+        let mut s = Scheduler::<Handle>::new(10, 100);
+        let renew = |key: &str| Job {
+            partition: 2,
+            generation: 1,
+            key: b"g".to_vec(),
+            work: Work::Renew(key.into()),
+        };
+        s.push(renew("@rc|a#b|group|g"));
+        s.push(renew("@rc|a#b|group|g"));
+        assert_eq!(s.buffered(), 1, "the same record is renewed once");
+        s.revoke(2, 1);
+        assert_eq!(s.buffered(), 0);
+        s.push(renew("@rc|a#b|group|g"));
+        assert_eq!(s.buffered(), 1, "queued again after the revoke");
+        let started = start(&mut s);
+        assert_eq!(started[0].0.offset(), None, "a renewal has no offset");
     }
 
     #[test]

@@ -1,100 +1,135 @@
-//! The mute states of the groups in this worker's partitions, kept in the
-//! compacted state topic (`worker.state_topic`).
+//! One pipeline's records in the compacted state topic
+//! (`worker.state_topic`): the state keeper's group states, or a mute
+//! target's applied records ([`Record`] says which).
 //!
-//! A group's state record goes to the same partition number as the group's
-//! events, so a worker owns exactly the states of the partitions it
-//! consumes. On assignment the states of the new partitions are read to
-//! the end before any of their events is judged ([`Store::partition`]
-//! waits for that); on revoke they are dropped, and no further state of
-//! those partitions is written by this worker: a write either was handed
+//! A record goes to the same partition number as the group's events, so a
+//! pipeline owns exactly the records of the partitions it consumes. On
+//! assignment the records of the new partitions are read to the end (by
+//! the pipeline's [`super::reader::StateReader`]) before any of their
+//! events is judged; on revoke they are dropped, and no further record of
+//! those partitions is written by this pipeline: a write either was handed
 //! to Kafka before the revoke (which then waits for it) or does not
 //! happen, so the next owner reads everything this one wrote.
 //!
-//! A state is written after the actions it vouches for have finished, and
+//! A record is written after the actions it vouches for have finished, and
 //! acknowledged before the event's offset may be committed: a crash in
 //! between re-applies the event (at-least-once), never skips it. The
 //! group's next event does not wait for that acknowledgement (it is judged
-//! against the state held here), only the commit does.
+//! against the record held here), only the commit does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use tokio::runtime::Handle;
-use tokio::sync::watch;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::KafkaConfig;
-use crate::kafka::{self, scan::Reader};
-use crate::metrics::WorkerMetrics;
+use crate::state::applied::{AppliedState, APPLIED_SCHEMA_V1};
 use crate::state::{guard, GroupState, STATE_SCHEMA_V1};
-use crate::time::now_ms;
 
-/// The states of the assigned partitions; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    shared: Arc<Shared>,
+/// A kind of record a pipeline keeps.
+pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// The `schema` field and header.
+    const SCHEMA: &'static str;
+    fn key(&self) -> String;
+    /// Forgets members past the horizon; how many.
+    fn prune(&mut self, now_ms: i64, horizon_ms: i64) -> usize;
 }
 
-struct Shared {
-    parts: Mutex<HashMap<i32, Arc<Partition>>>,
+impl Record for GroupState {
+    const SCHEMA: &'static str = STATE_SCHEMA_V1;
+    fn key(&self) -> String {
+        GroupState::key(self)
+    }
+    fn prune(&mut self, now_ms: i64, horizon_ms: i64) -> usize {
+        guard::prune(self, now_ms, horizon_ms)
+    }
+}
+
+impl Record for AppliedState {
+    const SCHEMA: &'static str = APPLIED_SCHEMA_V1;
+    fn key(&self) -> String {
+        AppliedState::key(self)
+    }
+    fn prune(&mut self, now_ms: i64, horizon_ms: i64) -> usize {
+        guard::prune_members(&mut self.members, now_ms, horizon_ms)
+    }
+}
+
+/// The metric handles of one store.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub held: IntGauge,
+    pub rebuild: Histogram,
+    pub writes: IntCounter,
+    pub write_errors: IntCounter,
+}
+
+/// The records of the assigned partitions; cheap to clone.
+pub struct Store<R> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R> Clone for Store<R> {
+    fn clone(&self) -> Self {
+        Store {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<R> {
+    parts: Mutex<HashMap<i32, Arc<Partition<R>>>>,
     producer: FutureProducer,
     topic: String,
-    kafka: KafkaConfig,
-    bootstrap: String,
     horizon_ms: i64,
-    runtime: Handle,
-    metrics: WorkerMetrics,
+    metrics: StoreMetrics,
+    /// Tells the pipeline a partition's records are read.
+    loaded: mpsc::UnboundedSender<i32>,
 }
 
-/// One assigned partition's states.
-pub struct Partition {
+/// One assigned partition's records.
+pub struct Partition<R> {
     id: i32,
-    /// True once the states are read up to the end.
+    /// True once the records are read up to the end.
     loaded: watch::Sender<bool>,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<R>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    groups: HashMap<String, GroupState>,
+struct Inner<R> {
+    records: HashMap<String, R>,
     revoked: bool,
 }
 
-/// The partition was revoked: the state was not written (the new owner
+/// The partition was revoked: the record was not written (the new owner
 /// re-applies the event from the committed offset).
 #[derive(Debug)]
 pub struct Revoked;
 
-impl Store {
-    /// A store writing to `topic`; call from within the runtime.
+impl<R: Record> Store<R> {
+    /// A store writing to `topic` with `producer` (shared by the worker's
+    /// stores); `loaded` hears of each partition read to its end.
     pub fn new(
-        kafka: &KafkaConfig,
-        bootstrap: &str,
+        producer: FutureProducer,
         topic: &str,
         horizon_days: u32,
-        metrics: &WorkerMetrics,
-    ) -> anyhow::Result<Store> {
-        let producer: FutureProducer = kafka::producer_config(kafka, bootstrap)
-            // Nobody waits on a state record but the offset commit, so
-            // records are batched: far fewer requests for broker and client.
-            .set("linger.ms", "5")
-            .create()
-            .context("cannot create the state producer (check the [kafka.client] properties)")?;
-        Ok(Store {
+        metrics: StoreMetrics,
+        loaded: mpsc::UnboundedSender<i32>,
+    ) -> Store<R> {
+        Store {
             shared: Arc::new(Shared {
                 parts: Mutex::new(HashMap::new()),
                 producer,
                 topic: topic.to_owned(),
-                kafka: kafka.clone(),
-                bootstrap: bootstrap.to_owned(),
                 horizon_ms: i64::from(horizon_days) * 86_400_000,
-                runtime: Handle::current(),
-                metrics: metrics.clone(),
+                metrics,
+                loaded,
             }),
-        })
+        }
     }
 
     /// How long unmuted members are remembered, in milliseconds.
@@ -102,41 +137,32 @@ impl Store {
         self.shared.horizon_ms
     }
 
-    /// Partitions were assigned: starts reading their states. Called from
-    /// the rebalance callback, so it only starts the work.
+    /// Partitions were assigned: their records are to be read (by the
+    /// reader, which calls [`Store::load`] and [`Store::loaded`]).
     pub fn assign(&self, partitions: &[i32]) {
-        if partitions.is_empty() {
-            return;
-        }
-        let fresh: Vec<Arc<Partition>> = partitions
-            .iter()
-            .map(|&id| {
-                Arc::new(Partition {
-                    id,
-                    loaded: watch::Sender::new(false),
-                    inner: Mutex::new(Inner::default()),
-                })
-            })
-            .collect();
         let mut dropped = 0;
         {
             let mut parts = self.shared.parts.lock().expect("state lock");
-            for p in &fresh {
-                if let Some(old) = parts.insert(p.id, p.clone()) {
+            for &id in partitions {
+                let fresh = Arc::new(Partition {
+                    id,
+                    loaded: watch::Sender::new(false),
+                    inner: Mutex::new(Inner {
+                        records: HashMap::new(),
+                        revoked: false,
+                    }),
+                });
+                if let Some(old) = parts.insert(id, fresh) {
                     dropped += old.revoke();
                 }
             }
         }
-        self.shared.metrics.state_groups.sub(dropped as i64);
-        let shared = self.shared.clone();
-        self.shared
-            .runtime
-            .spawn_blocking(move || load(&shared, fresh));
+        self.shared.metrics.held.sub(dropped as i64);
     }
 
-    /// Partitions were revoked: drops their states and waits (up to 10 s)
-    /// until every state write already handed to Kafka is acknowledged, so
-    /// the next owner reads it. Called from the rebalance callback.
+    /// Partitions were revoked: drops their records and waits (up to 10 s)
+    /// until every write already handed to Kafka is acknowledged, so the
+    /// next owner reads it. Called from the rebalance callback.
     pub fn revoke(&self, partitions: &[i32]) {
         let mut dropped = 0;
         {
@@ -147,44 +173,104 @@ impl Store {
                 }
             }
         }
-        self.shared.metrics.state_groups.sub(dropped as i64);
+        self.shared.metrics.held.sub(dropped as i64);
         if let Err(e) = self.shared.producer.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "state writes of revoked partitions not acknowledged within 10 s; the next owner may re-apply their events");
         }
     }
 
-    /// The states of partition `id`, once they are read to the end; `None`
-    /// when the partition is not (or no longer) assigned here.
-    pub async fn partition(&self, id: i32) -> Option<Arc<Partition>> {
-        let part = self
-            .shared
+    /// One record read while partition `id` loads (`None`: a tombstone).
+    pub fn load(&self, id: i32, key: &str, record: Option<R>, now_ms: i64) {
+        let Some(part) = self.part(id) else { return };
+        let mut inner = part.inner.lock().expect("state lock");
+        match record {
+            Some(mut r) => {
+                r.prune(now_ms, self.shared.horizon_ms);
+                inner.records.insert(key.to_owned(), r);
+            }
+            None => {
+                inner.records.remove(key);
+            }
+        }
+    }
+
+    /// Partition `id` is read to its end: its events may be judged.
+    pub fn loaded(&self, id: i32, took: Duration) {
+        let Some(part) = self.part(id) else { return };
+        let held = {
+            let inner = part.inner.lock().expect("state lock");
+            if inner.revoked {
+                return;
+            }
+            inner.records.len()
+        };
+        self.shared.metrics.held.add(held as i64);
+        self.shared.metrics.rebuild.observe(took.as_secs_f64());
+        part.loaded.send_replace(true);
+        let _ = self.shared.loaded.send(id);
+        tracing::info!(partition = id, records = held, ?took, topic = %self.shared.topic, "{} records rebuilt from the state topic", R::SCHEMA);
+    }
+
+    /// A record was deleted (a tombstone) after the partition loaded: by
+    /// hand, or by another writer. The next write must not resurrect it.
+    pub fn deleted(&self, id: i32, key: &str) {
+        let Some(part) = self.part(id) else { return };
+        let removed = part
+            .inner
+            .lock()
+            .expect("state lock")
+            .records
+            .remove(key)
+            .is_some();
+        if removed {
+            self.shared.metrics.held.dec();
+            tracing::info!(
+                partition = id,
+                key,
+                "a record was deleted from the state topic; forgotten here too"
+            );
+        }
+    }
+
+    fn part(&self, id: i32) -> Option<Arc<Partition<R>>> {
+        self.shared
             .parts
             .lock()
             .expect("state lock")
             .get(&id)
-            .cloned()?;
+            .cloned()
+    }
+
+    /// Whether partition `id`'s records are read (or it is not assigned:
+    /// its events are dropped anyway).
+    pub fn is_loaded(&self, id: i32) -> bool {
+        self.part(id).is_none_or(|p| *p.loaded.borrow())
+    }
+
+    /// The records of partition `id`, once they are read to the end;
+    /// `None` when the partition is not (or no longer) assigned here.
+    pub async fn partition(&self, id: i32) -> Option<Arc<Partition<R>>> {
+        let part = self.part(id)?;
         let mut loaded = part.loaded.subscribe();
         loaded.wait_for(|l| *l).await.ok()?;
         let revoked = part.inner.lock().expect("state lock").revoked;
         (!revoked).then_some(part)
     }
 
-    /// Makes `state` its group's state here and hands its record to
-    /// Kafka; [`Store::confirm`] then waits for the acknowledgement. The
-    /// group's next event can be judged at once: only the commit of this
-    /// event's offset waits for the record.
-    pub fn stage(&self, part: &Arc<Partition>, state: GroupState) -> Result<Staged, Revoked> {
-        let key = state.key();
-        let payload = serde_json::to_vec(&state).expect("states always serialize");
+    /// Makes `record` its group's record here and hands it to Kafka;
+    /// [`Store::confirm`] then waits for the acknowledgement.
+    pub fn stage(&self, part: &Arc<Partition<R>>, record: R) -> Result<Staged<R>, Revoked> {
+        let key = record.key();
+        let payload = serde_json::to_vec(&record).expect("records always serialize");
         // Checked and handed over under the lock the revoke takes: after a
         // revoke nothing more is written for the partition.
         let mut inner = part.inner.lock().expect("state lock");
         if inner.revoked {
             return Err(Revoked);
         }
-        let delivery = self.send(part.id, &key, &payload);
-        if inner.groups.insert(key.clone(), state).is_none() {
-            self.shared.metrics.state_groups.inc();
+        let delivery = self.send(part.id, &key, Some(&payload));
+        if inner.records.insert(key.clone(), record).is_none() {
+            self.shared.metrics.held.inc();
         }
         Ok(Staged {
             part: part.clone(),
@@ -193,11 +279,28 @@ impl Store {
         })
     }
 
+    /// Deletes the group's record here and writes its tombstone.
+    pub fn stage_delete(&self, part: &Arc<Partition<R>>, key: &str) -> Result<Staged<R>, Revoked> {
+        let mut inner = part.inner.lock().expect("state lock");
+        if inner.revoked {
+            return Err(Revoked);
+        }
+        let delivery = self.send(part.id, key, None);
+        if inner.records.remove(key).is_some() {
+            self.shared.metrics.held.dec();
+        }
+        Ok(Staged {
+            part: part.clone(),
+            key: key.to_owned(),
+            delivery,
+        })
+    }
+
     /// Waits until the staged record is acknowledged, writing the group's
-    /// newest state again after a failure (never an older one: the newest
-    /// is what must be in the topic last). `Err` once the partition is
-    /// revoked.
-    pub async fn confirm(&self, staged: Staged) -> Result<(), Revoked> {
+    /// newest record (or its tombstone) again after a failure, never an
+    /// older one: the newest is what must be in the topic last. `Err` once
+    /// the partition is revoked.
+    pub async fn confirm(&self, staged: Staged<R>) -> Result<(), Revoked> {
         let Staged {
             part,
             key,
@@ -209,149 +312,89 @@ impl Store {
                 None => "the producer queue is full".to_owned(),
                 Some(future) => match future.await {
                     Ok(Ok(_)) => {
-                        self.shared.metrics.state_writes.inc();
+                        self.shared.metrics.writes.inc();
                         return Ok(());
                     }
                     Ok(Err((e, _))) => e.to_string(),
                     Err(_) => "the producer shut down".to_owned(),
                 },
             };
-            self.shared.metrics.state_write_errors.inc();
-            tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's mute state; retrying (its offset is not committed meanwhile)");
+            self.shared.metrics.write_errors.inc();
+            tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's record to the state topic; retrying (its offset is not committed meanwhile)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
             let inner = part.inner.lock().expect("state lock");
             if inner.revoked {
                 return Err(Revoked);
             }
-            if let Some(newest) = inner.groups.get(&key) {
-                let payload = serde_json::to_vec(newest).expect("states always serialize");
-                delivery = self.send(part.id, &key, &payload);
-            }
+            let payload = inner
+                .records
+                .get(&key)
+                .map(|r| serde_json::to_vec(r).expect("records always serialize"));
+            delivery = self.send(part.id, &key, payload.as_deref());
         }
     }
 
-    /// Hands one state record to librdkafka (`None`: its queue is full).
-    fn send(&self, partition: i32, key: &str, payload: &[u8]) -> Option<DeliveryFuture> {
+    /// Hands one record (or tombstone) to librdkafka (`None`: its queue is
+    /// full).
+    fn send(&self, partition: i32, key: &str, payload: Option<&[u8]>) -> Option<DeliveryFuture> {
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: "schema",
-            value: Some(STATE_SCHEMA_V1),
+            value: Some(R::SCHEMA),
         });
-        let record = FutureRecord::to(&self.shared.topic)
+        let mut record = FutureRecord::<str, [u8]>::to(&self.shared.topic)
             .partition(partition)
             .key(key)
-            .payload(payload)
             .headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         self.shared.producer.send_result(record).ok()
+    }
+
+    /// Calls `each` with every record of every loaded partition (for the
+    /// renewal schedule after a rebuild).
+    pub fn for_each_in(&self, id: i32, mut each: impl FnMut(&R)) {
+        if let Some(part) = self.part(id) {
+            for r in part.inner.lock().expect("state lock").records.values() {
+                each(r);
+            }
+        }
     }
 }
 
-/// A state record handed to Kafka and not yet acknowledged.
-pub struct Staged {
-    part: Arc<Partition>,
+/// A record handed to Kafka and not yet acknowledged.
+pub struct Staged<R> {
+    part: Arc<Partition<R>>,
     key: String,
     delivery: Option<DeliveryFuture>,
 }
 
-impl Partition {
-    /// A copy of a group's state.
-    pub fn get(&self, key: &str) -> Option<GroupState> {
+impl<R: Clone> Partition<R> {
+    /// A copy of a group's record.
+    pub fn get(&self, key: &str) -> Option<R> {
         self.inner
             .lock()
             .expect("state lock")
-            .groups
+            .records
             .get(key)
             .cloned()
     }
+}
 
-    /// Marks it revoked and drops its states; returns how many.
+impl<R> Partition<R> {
+    /// Marks it revoked and drops its records; returns how many.
     fn revoke(&self) -> usize {
         let mut inner = self.inner.lock().expect("state lock");
         inner.revoked = true;
-        let n = inner.groups.len();
-        inner.groups = HashMap::new();
+        let n = if *self.loaded.borrow() {
+            inner.records.len()
+        } else {
+            0
+        };
+        inner.records = HashMap::new();
         // Waiters see the sender dropped only with the last Arc; wake them.
         self.loaded.send_replace(true);
         n
     }
-}
-
-/// Reads the states of `parts` to the end (retrying while Kafka cannot be
-/// read and the partitions are still assigned), then opens them.
-fn load(shared: &Shared, parts: Vec<Arc<Partition>>) {
-    let ids: Vec<i32> = parts.iter().map(|p| p.id).collect();
-    let started = Instant::now();
-    let mut wait = Duration::from_millis(200);
-    let mut tables: HashMap<i32, HashMap<String, GroupState>> = HashMap::new();
-    loop {
-        tables.clear();
-        let now = now_ms();
-        let mut unreadable = 0usize;
-        let result = Reader::new(&shared.kafka, &shared.bootstrap).and_then(|reader| {
-            reader.read(
-                &shared.topic,
-                &ids,
-                |record| {
-                    let table = tables.entry(record.partition).or_default();
-                    let Some(payload) = record.payload else {
-                        // A tombstone (someone deleted the group's state):
-                        // the key has no state from here on.
-                        if let Some(key) = record.key {
-                            table.remove(String::from_utf8_lossy(&key).as_ref());
-                        }
-                        return;
-                    };
-                    match serde_json::from_slice::<GroupState>(&payload) {
-                        Ok(mut state) => {
-                            guard::prune(&mut state, now, shared.horizon_ms);
-                            table.insert(state.key(), state);
-                        }
-                        Err(_) => unreadable += 1,
-                    }
-                },
-                |_| {},
-            )
-        });
-        match result {
-            Ok(()) => {
-                if unreadable > 0 {
-                    tracing::warn!(
-                        unreadable,
-                        topic = %shared.topic,
-                        "records in the state topic are not {STATE_SCHEMA_V1} states; ignored"
-                    );
-                }
-                break;
-            }
-            Err(e)
-                if parts
-                    .iter()
-                    .all(|p| p.inner.lock().expect("state lock").revoked) =>
-            {
-                tracing::debug!(error = %e, "state rebuild abandoned: partitions revoked");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), ?ids, "cannot read the mute states of assigned partitions; retrying (their events wait)");
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    let mut total = 0usize;
-    for p in &parts {
-        let table = tables.remove(&p.id).unwrap_or_default();
-        let mut inner = p.inner.lock().expect("state lock");
-        if inner.revoked {
-            continue;
-        }
-        total += table.len();
-        inner.groups = table;
-        drop(inner);
-        p.loaded.send_replace(true);
-    }
-    shared.metrics.state_groups.add(total as i64);
-    let took = started.elapsed();
-    shared.metrics.state_rebuild.observe(took.as_secs_f64());
-    tracing::info!(partitions = ?ids, groups = total, ?took, "mute states rebuilt from the state topic");
 }

@@ -198,7 +198,8 @@ secrets = ["deploy-test-secret"]
 [targets.preview]
 kind = "log"
 
-# Never called (no rule sends to it); it gives the rate-limit series.
+# Never called (its rule matches no group that is sent); it gives the
+# rate-limit and circuit-breaker series.
 [targets.zego]
 kind = "zego"
 base_url = "http://127.0.0.1:9"
@@ -209,6 +210,11 @@ from_user_id = "bot"
 [[policy.rules]]
 name = "everything to the log"
 then = [{{ target = "preview" }}]
+
+[[policy.rules]]
+name = "no group"
+when = {{ groups = ["never-*"], kinds = ["mute_all"] }}
+then = [{{ target = "zego", group = "{{group_id}}" }}]
 "#
         ),
     )

@@ -241,6 +241,8 @@ pub struct ZegoState {
     groups: Mutex<Option<HashSet<String>>>,
     /// Users that fail inside `MuteGroupMembers` with this sub-code.
     failing_users: Mutex<HashMap<String, i64>>,
+    /// Groups whose requests misbehave, and how many more times.
+    group_faults: Mutex<HashMap<String, (Fault, usize)>>,
 }
 
 /// A ZEGO ZIM server API on loopback: GET `/?Action=MuteGroup|MuteGroupMembers`.
@@ -270,6 +272,7 @@ impl FakeZego {
             bucket: Mutex::new(bucket),
             groups: Mutex::new(None),
             failing_users: Mutex::new(HashMap::new()),
+            group_faults: Mutex::new(HashMap::new()),
         });
         let router = Router::new()
             .fallback(zego_handler)
@@ -282,6 +285,15 @@ impl FakeZego {
 
     pub fn only_groups(&self, groups: &[&str]) {
         *self.state.groups.lock().unwrap() = Some(groups.iter().map(|g| g.to_string()).collect());
+    }
+    /// The next `times` requests about `group` get `fault` (a status or a
+    /// code); requests about other groups are served as usual.
+    pub fn group_fault(&self, group: &str, fault: Fault, times: usize) {
+        self.state
+            .group_faults
+            .lock()
+            .unwrap()
+            .insert(group.into(), (fault, times));
     }
     pub fn fail_user(&self, user: &str, sub_code: i64) {
         self.state
@@ -323,6 +335,29 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
         _ => {}
     }
     let q = pairs(uri.query().unwrap_or(""));
+    let group_fault = {
+        let mut faults = s.group_faults.lock().unwrap();
+        let group = one(&q, "GroupId").unwrap_or("");
+        match faults.get_mut(group) {
+            Some((fault, left)) if *left > 0 => {
+                *left -= 1;
+                Some(fault.clone())
+            }
+            _ => None,
+        }
+    };
+    match group_fault {
+        Some(Fault::Status(st)) => {
+            return (StatusCode::from_u16(st).unwrap(), "injected").into_response()
+        }
+        Some(Fault::Code(c)) => {
+            if matches!(c, 7 | 660300005..=660300007) {
+                s.common.refusal_at(arrived);
+            }
+            return zego_reply(c, "injected");
+        }
+        _ => {}
+    }
     let reject = |code: i64, why: String| {
         s.common.rejected.lock().unwrap().push(why.clone());
         zego_reply(code, &why)
@@ -616,4 +651,101 @@ async fn rong_handler(
         at: Instant::now(),
     });
     rong_reply(200, 200, "")
+}
+
+// ------------------------------------------------------------- webhook
+
+pub struct HookState {
+    pub secret: String,
+    common: Common,
+    /// Each delivery accepted: the event's JSON, in arrival order.
+    bodies: Mutex<Vec<serde_json::Value>>,
+}
+
+/// A receiver of the `webhook` target on loopback: checks the
+/// `X-Mutebridge-Signature` (HMAC-SHA256 of `<timestamp>.<body>`), answers
+/// 2xx, and can be told to fail like the providers (5xx while down, faults).
+#[derive(Clone)]
+pub struct FakeWebhook {
+    pub addr: SocketAddr,
+    pub state: Arc<HookState>,
+}
+
+impl FakeWebhook {
+    pub async fn start(secret: &str) -> FakeWebhook {
+        let state = Arc::new(HookState {
+            secret: secret.into(),
+            common: Common::default(),
+            bodies: Mutex::new(Vec::new()),
+        });
+        let router = Router::new()
+            .fallback(hook_handler)
+            .with_state(state.clone());
+        FakeWebhook {
+            addr: serve(router).await,
+            state,
+        }
+    }
+
+    /// The URL to configure: `http://ADDR/hook`.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// The events delivered and accepted, in arrival order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.state.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Provider for FakeWebhook {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn common(&self) -> &Common {
+        &self.state.common
+    }
+}
+
+async fn hook_handler(
+    State(s): State<Arc<HookState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.common.arrived();
+    if s.common.down.load(Ordering::SeqCst) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    if let Some(Fault::Status(st)) = common_gate(&s.common).await {
+        return (StatusCode::from_u16(st).unwrap(), "injected").into_response();
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let ts = header("x-mutebridge-timestamp");
+    let expected = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(s.secret.as_bytes()).unwrap();
+        mac.update(ts.as_bytes());
+        mac.update(b".");
+        mac.update(&body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    if header("x-mutebridge-signature") != expected {
+        s.common
+            .rejected
+            .lock()
+            .unwrap()
+            .push("bad signature".into());
+        return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
+    }
+    let Ok(event) = serde_json::from_slice(&body) else {
+        s.common.rejected.lock().unwrap().push("not JSON".into());
+        return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    s.bodies.lock().unwrap().push(event);
+    (StatusCode::OK, "ok").into_response()
 }

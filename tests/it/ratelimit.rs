@@ -400,7 +400,7 @@ async fn a_provider_rate_limit_answer_pauses_the_whole_target() {
         w.metric("mutebridge_target_rate_limited_total{target=\"rc\"}"),
         1.0
     );
-    w.wait_for_events("applied", 20.0).await;
+    w.wait_for_events("rc", "applied", 20.0).await;
     w.stop().await;
 
     // ZEGO's code 660300005 (no Retry-After: HTTP 200 with a code) ten
@@ -427,7 +427,7 @@ async fn a_provider_rate_limit_answer_pauses_the_whole_target() {
     for pair in refused.windows(2) {
         assert!(pair[1].duration_since(pair[0]) >= Duration::from_millis(950));
     }
-    w.wait_for_events("applied", 1.0).await;
+    w.wait_for_events("zego", "applied", 1.0).await;
     assert!(h.dead_letters(1, Duration::from_secs(1)).await.is_empty());
     w.stop().await;
 }

@@ -82,8 +82,10 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
     post_ok(&h, &at(mute_all("late-g"), t)).await;
     post_ok(&h, &chatroom(at(unmute_all("late-c"), t + 1000))).await;
     post_ok(&h, &chatroom(at(mute_all("late-c"), t))).await;
-    w.wait_for_events("applied", 2.0).await;
-    w.wait_for_events("stale", 2.0).await;
+    for t in ["zego", "rc"] {
+        w.wait_for_events(t, "applied", 1.0).await;
+        w.wait_for_events(t, "stale", 1.0).await;
+    }
     let durations: Vec<Option<i64>> = zego.calls().iter().map(|c| c.duration).collect();
     assert_eq!(durations, [Some(0)], "ZEGO got only the unmute");
     let paths: Vec<String> = rc.calls().into_iter().map(|c| c.action).collect();
@@ -125,8 +127,8 @@ async fn late_member_mutes_are_split_and_dimensions_stay_independent() {
     post_ok(&h, &at(mute_all("m-g"), t - 5000)).await;
     // Older than u2's mute: stale.
     post_ok(&h, &at(member_unmute("m-g", &["u2"]), t - 1)).await;
-    w.wait_for_events("applied", 3.0).await;
-    w.wait_for_events("stale", 1.0).await;
+    w.wait_for_events("zego", "applied", 3.0).await;
+    w.wait_for_events("zego", "stale", 1.0).await;
     let calls = zego.calls();
     let shape: Vec<(&str, Vec<&str>, Option<i64>)> = calls
         .iter()
@@ -162,26 +164,58 @@ async fn a_killed_worker_process_rebuilds_the_guard_and_loses_nothing() {
     }
     let groups: Vec<String> = (0..8).map(|g| format!("kill-{g}")).collect();
     let t = now_ms() - 600_000;
-    for round in 0..5 {
-        for g in &groups {
-            let body = if round % 2 == 0 {
-                mute_all(g)
-            } else {
-                unmute_all(g)
-            };
-            post_ok(&h, &at(body, t + round * 1000)).await;
+    let post_round = |round: i64| {
+        let h = &h;
+        let groups = &groups;
+        async move {
+            for g in groups {
+                let body = if round % 2 == 0 {
+                    mute_all(g)
+                } else {
+                    unmute_all(g)
+                };
+                post_ok(h, &at(body, t + round * 1000)).await;
+            }
         }
-    }
+    };
+    // Rounds one at a time: posted together, a mute target would get only
+    // each group's newest state.
+    let distinct = |zego: &FakeZego| {
+        let seqs = sequences(zego);
+        groups
+            .iter()
+            .map(|g| {
+                let mut s = seqs.get(g).cloned().unwrap_or_default();
+                s.dedup();
+                s.len()
+            })
+            .min()
+            .unwrap_or(0)
+    };
     let (first, _) = spawn_role("worker", &config, &dir.path().join("first.log"));
-    assert!(
-        wait_until(Duration::from_secs(40), || zego.calls().len() >= 12).await,
-        "{:?}",
-        std::fs::read_to_string(dir.path().join("first.log"))
-    );
-    drop(first); // SIGKILL: no commit, no flush, no goodbye
+    for round in 0..3 {
+        post_round(round).await;
+        assert!(
+            wait_until(Duration::from_secs(40), || distinct(&zego) > round as usize).await,
+            "round {round}: {:?}\n{}",
+            sequences(&zego),
+            std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default()
+        );
+    }
+    post_round(3).await;
+    // Killed while round 3's calls are at ZEGO (each takes 150 ms there).
+    assert!(wait_until(Duration::from_secs(20), || zego.requests() >= 32).await);
+    drop(first); // SIGKILL mid-round: no commit, no flush, no goodbye
     let killed_at = zego.calls().len();
-    assert!(killed_at < 40, "killed mid-stream ({killed_at} of 40)");
+    assert!(killed_at < 32, "killed mid-round ({killed_at} of 32 calls)");
     let (_second, addr) = spawn_role("worker", &config, &dir.path().join("second.log"));
+    assert!(
+        wait_until(Duration::from_secs(60), || distinct(&zego) >= 4).await,
+        "{:?}\n{}",
+        sequences(&zego),
+        std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default()
+    );
+    post_round(4).await;
     let complete = |seqs: &HashMap<String, Vec<i64>>| {
         groups.iter().all(|g| {
             let mut s = seqs.get(g).cloned().unwrap_or_default();
@@ -201,7 +235,7 @@ async fn a_killed_worker_process_rebuilds_the_guard_and_loses_nothing() {
         post_ok(&h, &at(unmute_all(g), t - 1000)).await;
     }
     let metric = |line: &str| process_metric(addr, line);
-    let stale = "mutebridge_worker_events_total{outcome=\"stale\"}";
+    let stale = &events_line("zego", "stale");
     assert!(
         wait_until(Duration::from_secs(30), || metric(stale) >= 8.0).await,
         "stale: {}",
@@ -243,11 +277,11 @@ async fn after_a_rebalance_the_new_owner_has_the_state_before_it_applies() {
     for g in &groups {
         post_ok(&h, &at(unmute_all(g), t + 1000)).await;
     }
-    a.wait_for_events("applied", 40.0).await;
+    a.wait_for_events("zego", "applied", 40.0).await;
 
     // B joins: the partitions are split, each side reads their states.
     let mut b = h.start_worker().await;
-    let held = |w: &WorkerHandle| w.metric("mutebridge_worker_state_groups");
+    let held = |w: &WorkerHandle| w.metric("mutebridge_worker_state_groups{pipeline=\"zego\"}");
     assert!(
         wait_until(Duration::from_secs(30), || held(&b) > 0.0
             && held(&a) + held(&b) == 40.0)
@@ -257,10 +291,13 @@ async fn after_a_rebalance_the_new_owner_has_the_state_before_it_applies() {
         held(&b)
     );
     // Incremental (cooperative-sticky) rebalancing: A gave partitions up
-    // and never read its kept ones again.
-    let rebuilds = |w: &WorkerHandle| w.metric("mutebridge_worker_state_rebuild_seconds_count");
-    assert_eq!(rebuilds(&a), 1.0, "A rebuilt its states again on B's join");
-    let stale = |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"stale\"}");
+    // and never read its kept ones again. (One rebuild is counted per
+    // partition read.)
+    let rebuilds = |w: &WorkerHandle| {
+        w.metric("mutebridge_worker_state_rebuild_seconds_count{pipeline=\"zego\"}")
+    };
+    assert_eq!(rebuilds(&a), 12.0, "A rebuilt its states again on B's join");
+    let stale = |w: &WorkerHandle| w.metric(&events_line("zego", "stale"));
     for g in &groups {
         post_ok(&h, &at(mute_all(g), t)).await;
     }
@@ -277,16 +314,24 @@ async fn after_a_rebalance_the_new_owner_has_the_state_before_it_applies() {
     for g in &groups {
         post_ok(&h, &at(mute_all(g), t + 2000)).await;
     }
-    let applied =
-        |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"applied\"}");
+    let applied = |w: &WorkerHandle| w.metric(&events_line("zego", "applied"));
     assert!(wait_until(WAIT, || applied(&a) + applied(&b) >= 80.0).await);
+    let read_by_b = rebuilds(&b);
+    assert!(
+        read_by_b > 0.0 && read_by_b < 12.0,
+        "B read {read_by_b} partitions"
+    );
     b.stop().await;
     assert!(
         wait_until(Duration::from_secs(30), || held(&a) == 40.0).await,
         "a holds {}",
         held(&a)
     );
-    assert_eq!(rebuilds(&a), 2.0, "A read B's partitions only, once");
+    assert_eq!(
+        rebuilds(&a),
+        12.0 + read_by_b,
+        "A read B's partitions only, once"
+    );
     let before = stale(&a);
     for g in &groups {
         post_ok(&h, &at(unmute_all(g), t + 1500)).await;
@@ -341,7 +386,7 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "fresh", group = "
     for g in &groups[..10] {
         post_ok(&h, &at(unmute_all(g), t + 1000)).await;
     }
-    w.wait_for_events("applied", 71.0).await;
+    w.wait_for_events("zego", "applied", 71.0).await;
 
     let file = cli_config(&h, &after);
     let path = file.path().to_str().unwrap();

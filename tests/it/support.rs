@@ -298,10 +298,10 @@ impl WorkerHandle {
         }
     }
 
-    /// Waits (up to 20 s) until `mutebridge_worker_events_total{outcome}`
-    /// is exactly `n`, and fails with the last value seen otherwise.
-    pub async fn wait_for_events(&self, outcome: &str, n: f64) {
-        let line = format!("mutebridge_worker_events_total{{outcome=\"{outcome}\"}}");
+    /// Waits (up to 20 s) until `mutebridge_worker_events_total{outcome,
+    /// target}` is exactly `n`, and fails with the last value seen otherwise.
+    pub async fn wait_for_events(&self, target: &str, outcome: &str, n: f64) {
+        let line = events_line(target, outcome);
         let reached = wait_until(Duration::from_secs(20), || self.metric(&line) == n).await;
         assert!(reached, "{line} is {}, expected {n}", self.metric(&line));
     }
@@ -317,6 +317,11 @@ impl WorkerHandle {
             })
             .unwrap_or(0.0)
     }
+}
+
+/// The metric line of `target`'s events that ended with `outcome`.
+pub fn events_line(target: &str, outcome: &str) -> String {
+    format!("mutebridge_worker_events_total{{outcome=\"{outcome}\",target=\"{target}\"}}")
 }
 
 /// Settings that keep worker tests quick: frequent commits, short backoffs.

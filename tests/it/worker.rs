@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::providers::{FakeRongCloud, FakeZego, Fault, Provider};
+use crate::providers::{FakeRongCloud, FakeWebhook, FakeZego, Fault, Provider};
 use crate::support::*;
 use mutebridge::Config;
 use serde_json::{json, Map, Value};
@@ -124,6 +124,9 @@ then = [{{ target = \"zego\", group = \"{{group_id}}\", group_map = \"zego_group
     let mut seed = fixture("000-00.json");
     resign(&mut seed, SEED_SECRET);
     post_ok(&h, &seed).await;
+    // The undo after the mute reached ZEGO: sent together, the mute would
+    // be superseded by the newer unmute (only the newest state is sent).
+    assert!(wait_until(WAIT, || zego.calls().len() == 1).await);
     let mut undo = seed.clone();
     undo["callId"] = json!("XXXX#XXXX_undo");
     undo["payload"] = json!({"type": "MUTE", "mute": false});
@@ -144,7 +147,7 @@ then = [{{ target = \"zego\", group = \"{{group_id}}\", group_map = \"zego_group
     assert_eq!(calls[1].action, "MuteGroup");
     assert_eq!(calls[1].duration, Some(0), "unmute_all lifts the mute");
     assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
-    w.wait_for_events("applied", 2.0).await;
+    w.wait_for_events("zego", "applied", 2.0).await;
     assert_eq!(
         w.metric("mutebridge_actions_total{action=\"mute_all\",outcome=\"ok\",target=\"zego\"}"),
         1.0
@@ -165,10 +168,11 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\", need_notify = true }}]
         rc_target(&[&rc], "rc")
     );
     let (h, mut w) = start_with_policy(&text).await;
-    for op in ["ban_group", "remove_ban_group"] {
+    for (i, op) in ["ban_group", "remove_ban_group"].into_iter().enumerate() {
         let mut body = legacy(op, true);
         resign(&mut body, SEED_SECRET);
         post_ok(&h, &body).await;
+        assert!(wait_until(WAIT, || rc.calls().len() > i).await);
     }
     // A group (not chatroom) ban_group matches no rule.
     let mut group = legacy("ban_group", false);
@@ -181,7 +185,7 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\", need_notify = true }}]
     assert_eq!(calls[0].id, "XXXX");
     assert_eq!(calls[0].need_notify, Some(true));
     assert_eq!(calls[1].action, "/chatroom/ban/rollback.json");
-    w.wait_for_events("no_match", 1.0).await;
+    w.wait_for_events("rc", "no_match", 1.0).await;
     assert_eq!(rc.calls().len(), 2);
     assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
     w.stop().await;
@@ -217,6 +221,11 @@ then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
     .await;
     let many: Vec<String> = (0..45).map(|i| format!("user-{i:02}")).collect();
     post_ok(&h, &member_mute("g-many", &many, None)).await;
+    // Bob's unmute once his mute is applied (sent together, the mute would
+    // be superseded).
+    let bob_muted =
+        |calls: &[crate::providers::Call]| calls.iter().any(|c| c.id.ends_with("g-perm"));
+    assert!(wait_until(WAIT, || bob_muted(&zego.calls()) && bob_muted(&rc.calls())).await);
     post_ok(
         &h,
         &op_event(
@@ -228,10 +237,11 @@ then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
     .await;
 
     assert!(
-        wait_until(WAIT, || w
-            .metric("mutebridge_worker_events_total{outcome=\"applied\"}")
-            + w.metric("mutebridge_worker_events_total{outcome=\"skipped\"}")
-            >= 5.0)
+        wait_until(WAIT, || ["zego", "rc"]
+            .iter()
+            .all(|t| w.metric(&events_line(t, "applied"))
+                + w.metric(&events_line(t, "skipped"))
+                >= 5.0))
         .await
     );
     let by_group = |calls: &[crate::providers::Call], g: &str| -> Vec<crate::providers::Call> {
@@ -282,17 +292,28 @@ then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provider_down_then_back_loses_nothing_and_keeps_group_order() {
+async fn a_provider_outage_pauses_its_target_only_and_catch_up_sends_the_newest_state() {
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
-    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = format!(
+        "{}[targets.audit]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"audit-secret\"\n{ZEGO_RULE}
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+",
+        zego_target(&zego, "zego"),
+        hook.url()
+    );
     let h = Harness::start_with(|c| {
         policy(c, &text);
-        c.worker.retry.max_attempts = 100;
+        c.worker.circuit_breaker.probe_interval_seconds = 1;
+        c.worker.circuit_breaker.max_probe_interval_seconds = 2;
     })
     .await;
     zego.set_down(true);
+    let down_at = std::time::Instant::now();
     let mut w = h.start_worker().await;
-    let mut sent: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut sent: HashMap<String, Vec<&str>> = HashMap::new();
     for round in 0..6 {
         for g in 0..5 {
             let group = format!("order-{g}");
@@ -308,42 +329,88 @@ async fn provider_down_then_back_loses_nothing_and_keeps_group_order() {
             .await;
             sent.entry(group)
                 .or_default()
-                .push(if mute { -1 } else { 0 });
+                .push(if mute { "mute_all" } else { "unmute_all" });
         }
     }
+    // The audit webhook is not held up: it gets every event, in order per
+    // group, while ZEGO is down.
     assert!(
-        wait_until(WAIT, || w
-            .metric("mutebridge_action_retries_total{target=\"zego\"}")
-            >= 5.0)
-        .await
+        wait_until(WAIT, || hook.events().len() == 30).await,
+        "{} delivered",
+        hook.events().len()
     );
-    assert!(zego.calls().is_empty());
-    zego.set_down(false);
-    assert!(
-        wait_until(WAIT, || zego.calls().len() >= 30).await,
-        "{} calls",
-        zego.calls().len()
-    );
-    let mut applied: HashMap<String, Vec<i64>> = HashMap::new();
-    for c in zego.calls() {
-        applied.entry(c.id).or_default().push(c.duration.unwrap());
+    let mut forwarded: HashMap<String, Vec<&str>> = HashMap::new();
+    let events = hook.events();
+    for e in &events {
+        let kind = if e["kind"] == "mute_all" {
+            "mute_all"
+        } else {
+            "unmute_all"
+        };
+        forwarded
+            .entry(e["group_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(kind);
     }
     assert_eq!(
-        applied, sent,
-        "every event applied once, in order per group"
+        forwarded, sent,
+        "every event forwarded once, in order per group"
     );
-    w.wait_for_events("applied", 30.0).await;
+    // ZEGO's breaker opens; the down provider only sees the calls that
+    // failed before it opened, then one probe per interval.
+    let open = "mutebridge_target_circuit_state{target=\"zego\"}";
+    assert!(
+        wait_until(WAIT, || w.metric(open) >= 1.0).await,
+        "breaker state {}",
+        w.metric(open)
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let down_for = down_at.elapsed().as_secs_f64();
+    let requests = zego.requests() as f64;
+    assert!(
+        requests <= 5.0 + down_for + 2.0,
+        "{requests} requests in {down_for:.1} s of outage"
+    );
+    assert!(zego.calls().is_empty());
+    assert_eq!(w.metric(&events_line("zego", "dead_lettered")), 0.0);
+    zego.set_down(false);
+    // Back: each group gets its newest state, once; nothing older is sent.
+    let caught_up = || {
+        let calls = zego.calls();
+        (0..5).all(|g| {
+            let id = format!("order-{g}");
+            calls
+                .iter()
+                .filter(|c| c.id == id)
+                .map(|c| c.duration)
+                .collect::<Vec<_>>()
+                == [Some(0)]
+        })
+    };
+    assert!(wait_until(WAIT, caught_up).await, "{:?}", zego.calls());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        w.metric("mutebridge_worker_events_total{outcome=\"dead_lettered\"}"),
-        0.0
+        zego.calls().len(),
+        5,
+        "one call per group: {:?}",
+        zego.calls()
     );
+    let superseded = w.metric(&events_line("zego", "superseded"))
+        + w.metric("mutebridge_actions_total{action=\"mute_all\",outcome=\"superseded\",target=\"zego\"}")
+        + w.metric("mutebridge_actions_total{action=\"unmute_all\",outcome=\"superseded\",target=\"zego\"}");
+    assert!(superseded >= 25.0, "superseded: {superseded}");
+    assert!(
+        wait_until(WAIT, || w.metric(open) == 0.0).await,
+        "the breaker closes"
+    );
+    assert!(h.dead_letters(1, Duration::from_secs(1)).await.is_empty());
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_and_exhausted_retries_are_dead_lettered_with_the_reason() {
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
-    zego.only_groups(&["exists", "partial"]);
+    zego.group_fault("missing", Fault::Code(660600001), usize::MAX);
     zego.fail_user("outsider", 660600024);
     let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
     let (h, mut w) = start_with_policy(&text).await;
@@ -355,18 +422,40 @@ async fn permanent_errors_and_exhausted_retries_are_dead_lettered_with_the_reaso
     )
     .await;
     assert!(
-        wait_until(WAIT, || w.metric(
-            "mutebridge_worker_events_total{outcome=\"dead_lettered\"}"
-        ) == 2.0)
+        wait_until(WAIT, || w.metric(&events_line("zego", "dead_lettered"))
+            == 2.0)
         .await
     );
-    for _ in 0..6 {
-        zego.fault(Fault::Status(503));
-    }
-    post_ok(&h, &mute_all("exists")).await; // 503 six times: budget exhausted
-    post_ok(&h, &unmute_all("exists")).await; // applied after the dead letter
-
+    // One group's calls fail (503 six times) while the target serves the
+    // others: the breaker stays closed and the call's budget runs out.
+    zego.group_fault("exists", Fault::Status(503), 6);
+    post_ok(&h, &mute_all("exists")).await;
+    let others = {
+        let h_url = h.url("/webhooks/easemob");
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..100 {
+                let body = serde_json::Value::Object(mute_all(&format!("busy-{i}"))).to_string();
+                let _ = client
+                    .post(&h_url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
     let letters = h.dead_letters(3, WAIT).await;
+    others.abort();
+    assert_eq!(
+        w.metric("mutebridge_target_circuit_state{target=\"zego\"}"),
+        0.0,
+        "the breaker stayed closed"
+    );
+    // Applied after the dead letter.
+    post_ok(&h, &unmute_all("exists")).await;
+
     assert_eq!(letters.len(), 3, "{letters:?}");
     let find = |group: &str| {
         letters
@@ -527,8 +616,18 @@ then = [{{ target = \"audit\" }}]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_skips_nothing_and_repeats_only_the_unfinished_tail() {
-    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
-    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    // A webhook target forwards every event in order, so what it received
+    // shows exactly what was applied (a mute target would get only each
+    // group's newest state).
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = format!(
+        "[targets.audit]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"audit-secret\"\n
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+",
+        hook.url()
+    );
     let h = Harness::start_with(|c| {
         policy(c, &text);
         c.worker.shutdown_grace_seconds = 0;
@@ -545,9 +644,9 @@ async fn a_restarted_worker_skips_nothing_and_repeats_only_the_unfinished_tail()
         );
     })
     .await;
-    // Every call takes 150 ms, so the stop lands mid-stream.
+    // Every delivery takes 150 ms, so the stop lands mid-stream.
     for _ in 0..400 {
-        zego.fault(Fault::Delay(Duration::from_millis(150)));
+        hook.fault(Fault::Delay(Duration::from_millis(150)));
     }
     let groups: Vec<String> = (0..8).map(|g| format!("restart-{g}")).collect();
     for round in 0..5 {
@@ -563,40 +662,52 @@ async fn a_restarted_worker_skips_nothing_and_repeats_only_the_unfinished_tail()
             .await;
         }
     }
+    let sequences = || {
+        let mut per_group: HashMap<String, Vec<String>> = HashMap::new();
+        for e in hook.events() {
+            per_group
+                .entry(e["group_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e["kind"].as_str().unwrap().to_owned());
+        }
+        per_group
+    };
     let mut first = h.start_worker().await;
-    assert!(wait_until(WAIT, || zego.calls().len() >= 10).await);
-    first.stop().await; // grace 0: running calls are abandoned
-    let before = zego.calls().len();
-    assert!(before < 40, "stopped mid-stream ({before} of 40 applied)");
+    assert!(wait_until(WAIT, || hook.events().len() >= 10).await);
+    first.stop().await; // grace 0: running deliveries are abandoned
+    let before = hook.events().len();
+    assert!(before < 40, "stopped mid-stream ({before} of 40 delivered)");
     let mut second = h.start_worker().await;
+    let want = [
+        "mute_all",
+        "unmute_all",
+        "mute_all",
+        "unmute_all",
+        "mute_all",
+    ];
     assert!(
         wait_until(Duration::from_secs(40), || {
-            // Applied counts include repeats; wait on what each group got.
-            let calls = zego.calls();
+            // Delivered counts include repeats; wait on what each group got.
+            let seqs = sequences();
             groups.iter().all(|g| {
-                let mut seq: Vec<i64> = calls
-                    .iter()
-                    .filter(|c| &c.id == g)
-                    .map(|c| c.duration.unwrap())
-                    .collect();
+                let mut seq = seqs.get(g).cloned().unwrap_or_default();
                 seq.dedup();
                 seq.len() >= 5
             })
         })
-        .await
+        .await,
+        "{:?}",
+        sequences()
     );
-    let mut per_group: HashMap<String, Vec<i64>> = HashMap::new();
-    for c in zego.calls() {
-        per_group.entry(c.id).or_default().push(c.duration.unwrap());
-    }
+    let seqs = sequences();
     let mut repeats = 0;
     for g in &groups {
-        let seq = &per_group[g];
-        // Sent: -1, 0, -1, 0, -1. Applied: the same, with at most the event
-        // in flight at the stop applied twice in a row.
+        let seq = &seqs[g];
+        // Sent: mute, unmute, mute, unmute, mute. Delivered: the same, with
+        // at most the event in flight at the stop delivered twice in a row.
         let mut dedup = seq.clone();
         dedup.dedup();
-        assert_eq!(dedup, vec![-1, 0, -1, 0, -1], "{g}: {seq:?}");
+        assert_eq!(dedup, want, "{g}: {seq:?}");
         repeats += seq.len() - 5;
     }
     assert!(
@@ -629,8 +740,7 @@ async fn two_workers_in_one_group_share_the_partitions() {
     for g in 0..60 {
         post_ok(&h, &mute_all(&format!("shared-{g}"))).await;
     }
-    let applied =
-        |w: &WorkerHandle| w.metric("mutebridge_worker_events_total{outcome=\"applied\"}");
+    let applied = |w: &WorkerHandle| w.metric(&events_line("zego", "applied"));
     let distinct = || {
         let mut ids: Vec<String> = zego.calls().into_iter().map(|c| c.id).collect();
         ids.sort();
@@ -691,15 +801,21 @@ async fn consumer_lag_is_exported_per_partition() {
     let (h, mut w) = start_with_policy(&text).await;
     post_ok(&h, &mute_all("lag-1")).await;
     assert!(wait_until(WAIT, || zego.calls().len() == 1).await);
-    assert!(
-        wait_until(WAIT, || w
-            .metrics
-            .render()
-            .contains("mutebridge_consumer_lag{partition="))
-        .await,
-        "{}",
-        w.metrics.render()
-    );
+    // One consumer group per target, and the state keeper's.
+    for pipeline in ["zego", "state"] {
+        let series = format!(",pipeline=\"{pipeline}\"}}");
+        let exported = || {
+            w.metrics
+                .render()
+                .lines()
+                .any(|l| l.starts_with("mutebridge_consumer_lag{partition=") && l.contains(&series))
+        };
+        assert!(
+            wait_until(WAIT, exported).await,
+            "no lag of {pipeline} in\n{}",
+            w.metrics.render()
+        );
+    }
     w.stop().await;
 }
 
@@ -786,7 +902,7 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
     post_ok(&h, &mute_all("g-dlq")).await;
     post_ok(&h, &unmute_all("g-dlq")).await;
     post_ok(&h, &mute_all("g-dlq")).await;
-    w.wait_for_events("dead_lettered", 3.0).await;
+    w.wait_for_events("zego", "dead_lettered", 3.0).await;
     w.stop().await;
     assert!(zego.calls().is_empty());
     assert_eq!(other.calls().len(), 3);
@@ -841,8 +957,8 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
     // Replays pass the stale-event guard: the first mute and the unmute
     // were overtaken by the last mute, so only that one is sent (Duration
     // -1 = until lifted), which is the group's state at the source.
-    w.wait_for_events("stale", 2.0).await;
-    w.wait_for_events("applied", 1.0).await;
+    w.wait_for_events("zego", "stale", 2.0).await;
+    w.wait_for_events("zego", "applied", 1.0).await;
     let order: Vec<Option<i64>> = zego.calls().iter().map(|c| c.duration).collect();
     assert_eq!(order, [Some(-1)], "only the newest state is sent");
     assert_eq!(

@@ -1,0 +1,548 @@
+//! One consumer group of the worker and the coordinator task that drives
+//! it: the state keeper (`worker.group_id`) or one target
+//! (`{worker.group_id}.{target}`).
+//!
+//! The coordinator owns all scheduling state: it receives records, queues
+//! them per group, starts what may start, records what finished, commits
+//! on a timer, pauses fetching (a full backlog, the target's circuit
+//! breaker open) and queues renewals of capped mutes as they come due. It
+//! runs in two phases: consuming until shutdown, then draining what runs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::breaker::Circuit;
+use super::engine::{Processed, TargetEngine};
+use super::keeper::Keeper;
+use super::metrics::PipelineMetrics;
+use super::offsets::{Tracker, WorkerContext};
+use super::scheduler::{Flow, GroupKey, Job, Scheduler, Work};
+use crate::config::WorkerConfig;
+use crate::event::ReplayScope;
+use crate::time::now_ms;
+
+/// What a pipeline does with its jobs.
+pub enum Stage {
+    Keeper(Arc<Keeper>),
+    Target(Arc<TargetEngine>),
+}
+
+/// What `/targets` and `mutebridge targets` show of a pipeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub pipeline: String,
+    pub group_id: String,
+    /// Targets only.
+    pub circuit: Option<Circuit>,
+    pub paused: bool,
+    /// Age of the oldest unfinished event, in seconds.
+    pub lag_seconds: f64,
+    /// Events consumed and not finished.
+    pub buffered: usize,
+    pub running: usize,
+    /// Events in the assigned partitions not consumed yet.
+    pub backlog: i64,
+    pub partitions: Vec<i32>,
+}
+
+/// A subscribed pipeline, ready to run.
+pub struct Pipeline {
+    pub name: String,
+    pub group_id: String,
+    pub consumer: Arc<StreamConsumer<WorkerContext>>,
+    pub tracker: Arc<Mutex<Tracker>>,
+    pub paused: Arc<AtomicBool>,
+    pub backlog: Arc<AtomicI64>,
+    pub stage: Stage,
+    /// Partitions whose records are read, from the pipeline's store.
+    pub loaded: mpsc::UnboundedReceiver<i32>,
+    pub config: WorkerConfig,
+    pub metrics: PipelineMetrics,
+    pub topic: String,
+    pub status: Arc<Mutex<Status>>,
+}
+
+/// A group task's report on its job.
+struct Finished {
+    group: GroupKey,
+    offset: Option<i64>,
+    generation: u64,
+    stage: Progress,
+    /// An applied record whose next lapse changed (targets).
+    lapse: Option<(String, Option<i64>)>,
+}
+
+/// How far a group task got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Finished, and committable.
+    Done,
+    /// Finished: the group's next job may start. Its record is still on
+    /// its way to Kafka, so its offset waits for [`Progress::Durable`].
+    Released,
+    /// The record of a released job is acknowledged (`true`), or abandoned
+    /// because the partition was revoked (`false`).
+    Durable(bool),
+}
+
+/// Capped mutes waiting for their renewal, by when it is due.
+#[derive(Default)]
+struct Renewals {
+    due: BTreeSet<(i64, String)>,
+    by_key: HashMap<String, (i64, GroupKey)>,
+}
+
+impl Renewals {
+    fn set(&mut self, key: String, group: GroupKey, due: Option<i64>) {
+        if let Some((old, _)) = self.by_key.remove(&key) {
+            self.due.remove(&(old, key.clone()));
+        }
+        if let Some(t) = due {
+            self.due.insert((t, key.clone()));
+            self.by_key.insert(key, (t, group));
+        }
+    }
+
+    /// The renewals due by `now`, taken out of the schedule.
+    fn take_due(&mut self, now: i64) -> Vec<(String, GroupKey)> {
+        let mut out = Vec::new();
+        while let Some((t, key)) = self.due.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.due.pop_first();
+            if let Some((_, group)) = self.by_key.remove(&key) {
+                out.push((key, group));
+            }
+        }
+        out
+    }
+
+    fn revoke(&mut self, partition: i32) {
+        let gone: Vec<String> = self
+            .by_key
+            .iter()
+            .filter(|(_, (_, g))| g.0 == partition)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.set(k, (partition, Vec::new()), None);
+        }
+    }
+}
+
+/// The coordinator's state while it runs.
+struct Run<'p> {
+    p: &'p Pipeline,
+    scheduler: Scheduler<AbortHandle>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    done_rx: mpsc::UnboundedReceiver<Finished>,
+    /// Released jobs whose record is not acknowledged yet.
+    unconfirmed: usize,
+    /// Paused for a full backlog / for the circuit breaker (open, with
+    /// calls waiting on it).
+    flow_paused: bool,
+    circuit_open: bool,
+    paused_since: Option<i64>,
+    renewals: Renewals,
+}
+
+impl Pipeline {
+    /// Runs until `shutdown` completes, then lets running work finish (up
+    /// to `worker.shutdown_grace_seconds`) and commits what is done.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let loaded = std::mem::replace(&mut self.loaded, mpsc::unbounded_channel().1);
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut run = Run {
+            p: &self,
+            scheduler: Scheduler::new(
+                self.config.max_in_flight_groups,
+                self.config.max_buffered_events,
+            ),
+            done_tx,
+            done_rx,
+            unconfirmed: 0,
+            flow_paused: false,
+            circuit_open: false,
+            paused_since: None,
+            renewals: Renewals::default(),
+        };
+        run.consume(shutdown, loaded).await;
+        run.drain().await;
+        drop(run);
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        tracing::info!(pipeline = %self.name, "pipeline stopped; finished offsets committed");
+    }
+
+    /// Commits the positions that moved since the last commit.
+    fn commit(&self, mode: CommitMode) {
+        let tpl = self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .take_commits(&self.topic);
+        if let Some(tpl) = tpl {
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
+                tracing::warn!(pipeline = %self.name, error = %e, "offset commit failed; retried with the next commit");
+            }
+        }
+    }
+
+    /// Whether the target's breaker blocks (open, calls waiting on it).
+    fn blocked(&self) -> Option<watch::Receiver<bool>> {
+        match &self.stage {
+            Stage::Target(t) => Some(t.deliverer.breaker.subscribe()),
+            Stage::Keeper(_) => None,
+        }
+    }
+
+    fn is_loaded(&self, partition: i32) -> bool {
+        match &self.stage {
+            Stage::Keeper(k) => k.state.as_ref().is_none_or(|s| s.is_loaded(partition)),
+            Stage::Target(t) => t
+                .state
+                .as_ref()
+                .is_none_or(|s| s.store.is_loaded(partition)),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Phase one: receive, schedule, record finished work, commit and
+    /// renew on timers, until `shutdown` completes.
+    async fn consume(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        mut loaded: mpsc::UnboundedReceiver<i32>,
+    ) {
+        let p = self.p;
+        let mut commit_tick =
+            tokio::time::interval(Duration::from_millis(p.config.commit_interval_ms));
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_tick = tokio::time::interval(Duration::from_secs(1));
+        renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut blocked = p.blocked();
+        tokio::pin!(shutdown);
+        loop {
+            self.take_revoked();
+            self.start_ready();
+            self.flow_control();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                Some(done) = self.done_rx.recv() => self.finished(done),
+                Some(partition) = loaded.recv() => self.partition_loaded(partition),
+                Ok(()) = changed(&mut blocked) => {
+                    self.circuit_open = blocked.as_ref().is_some_and(|b| *b.borrow());
+                }
+                _ = commit_tick.tick() => {
+                    p.commit(CommitMode::Async);
+                    self.report();
+                }
+                _ = renew_tick.tick() => self.queue_renewals(),
+                message = p.consumer.recv() => match message {
+                    Ok(msg) => self.received(&msg),
+                    Err(e) => {
+                        tracing::warn!(pipeline = %p.name, error = %e, "Kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Phase two: nothing new starts; running jobs get the grace period,
+    /// then are abandoned (their events are re-delivered after a restart).
+    async fn drain(&mut self) {
+        let grace = Duration::from_secs(self.p.config.shutdown_grace_seconds);
+        tracing::info!(pipeline = %self.p.name, running = self.scheduler.running(), ?grace, "stopping: finishing running events");
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.scheduler.running() > 0 || self.unconfirmed > 0 {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => self.finished(done),
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(pipeline = %self.p.name, abandoned = self.scheduler.running(), "grace period over; abandoning running events (they are re-delivered after restart)");
+                    self.scheduler.abort_running();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Work of partitions taken away by a rebalance is dropped; the new
+    /// owner starts from what was committed at the revoke.
+    fn take_revoked(&mut self) {
+        let revoked = self.p.tracker.lock().expect("tracker lock").take_revoked();
+        for (partition, generation) in revoked {
+            self.scheduler.revoke(partition, generation);
+            self.renewals.revoke(partition);
+        }
+    }
+
+    fn received(&mut self, msg: &BorrowedMessage<'_>) {
+        // A revoke in the same poll as this record: drop its work first.
+        self.take_revoked();
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let written = msg.timestamp().to_millis().unwrap_or_else(now_ms);
+        let generation = self
+            .p
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .received(partition, offset, written);
+        self.scheduler.push(Job {
+            partition,
+            generation,
+            key: msg.key().unwrap_or_default().to_vec(),
+            work: Work::Record {
+                offset,
+                payload: msg.payload().map(<[u8]>::to_vec),
+                replay: replay_scope(msg),
+            },
+        });
+    }
+
+    fn finished(&mut self, done: Finished) {
+        if let Some((key, lapse)) = done.lapse {
+            let due = lapse.map(|t| t - self.renew_ahead_ms());
+            self.renewals.set(key, done.group.clone(), due);
+        }
+        let committable = match done.stage {
+            Progress::Done => self.scheduler.finished(&done.group, done.generation),
+            Progress::Released => {
+                self.unconfirmed += 1;
+                self.scheduler.finished(&done.group, done.generation);
+                false
+            }
+            Progress::Durable(written) => {
+                self.unconfirmed -= 1;
+                // The tracker ignores an offset of an older assignment.
+                written
+            }
+        };
+        if let (true, Some(offset)) = (committable, done.offset) {
+            self.p.tracker.lock().expect("tracker lock").finished(
+                done.group.0,
+                offset,
+                done.generation,
+            );
+        }
+    }
+
+    /// A partition's records are read: its groups may run, and its capped
+    /// mutes are scheduled for renewal.
+    fn partition_loaded(&mut self, partition: i32) {
+        self.scheduler.unpark(partition);
+        let Stage::Target(t) = &self.p.stage else {
+            return;
+        };
+        let Some(state) = &t.state else { return };
+        let ahead = t.renew_ahead_ms;
+        let renewals = &mut self.renewals;
+        state.store.for_each_in(partition, |applied| {
+            if let Some(lapse) = applied.next_lapse_ms() {
+                let group = (partition, applied.group_id.as_bytes().to_vec());
+                renewals.set(applied.key(), group, Some(lapse - ahead));
+            }
+        });
+    }
+
+    fn renew_ahead_ms(&self) -> i64 {
+        match &self.p.stage {
+            Stage::Target(t) => t.renew_ahead_ms,
+            Stage::Keeper(_) => 0,
+        }
+    }
+
+    /// Queues the renewals that are due, each behind its group's events.
+    fn queue_renewals(&mut self) {
+        for (key, (partition, group)) in self.renewals.take_due(now_ms()) {
+            self.scheduler.push(Job {
+                partition,
+                generation: 0,
+                key: group,
+                work: Work::Renew(key),
+            });
+        }
+    }
+
+    /// Starts what may start, each job on a task of its own.
+    fn start_ready(&mut self) {
+        let p = self.p;
+        let done_tx = &self.done_tx;
+        self.scheduler.start_ready(
+            |partition| p.is_loaded(partition),
+            |job| match &p.stage {
+                Stage::Keeper(k) => spawn_keeper(k.clone(), job, done_tx.clone()),
+                Stage::Target(t) => spawn_target(t.clone(), job, done_tx.clone()),
+            },
+        );
+        p.metrics.in_flight.set(self.scheduler.running() as i64);
+        p.metrics.buffered.set(self.scheduler.buffered() as i64);
+    }
+
+    /// Pauses fetching at `worker.max_buffered_events` (resumes at half)
+    /// and while the target's circuit breaker is not closed.
+    fn flow_control(&mut self) {
+        match self.scheduler.flow() {
+            Some(Flow::Pause) => {
+                self.scheduler.set_paused(true);
+                self.flow_paused = true;
+                tracing::info!(pipeline = %self.p.name, buffered = self.scheduler.buffered(), "backlog at worker.max_buffered_events; fetching paused");
+            }
+            Some(Flow::Resume) => {
+                self.scheduler.set_paused(false);
+                self.flow_paused = false;
+            }
+            None => {}
+        }
+        let want = self.flow_paused || self.circuit_open;
+        let p = self.p;
+        if want == p.paused.load(Ordering::SeqCst) {
+            return;
+        }
+        // The flag first: a rebalance in between pauses what it assigns.
+        p.paused.store(want, Ordering::SeqCst);
+        let Ok(assignment) = p.consumer.assignment() else {
+            return;
+        };
+        let result = if want {
+            p.consumer.pause(&assignment)
+        } else {
+            p.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(pipeline = %p.name, error = %e, "cannot pause or resume fetching");
+        }
+        self.paused_since = want.then(now_ms);
+        if self.circuit_open {
+            tracing::warn!(pipeline = %p.name, "circuit breaker open: the target's consumer is paused; its events wait in Kafka");
+        } else if !want {
+            tracing::info!(pipeline = %p.name, "fetching resumed");
+        }
+    }
+
+    /// Updates the lag gauge and the status `/targets` shows.
+    fn report(&self) {
+        let p = self.p;
+        let now = now_ms();
+        let oldest = p.tracker.lock().expect("tracker lock").oldest_pending_ms();
+        let backlog = p.backlog.load(Ordering::Relaxed);
+        let lag_ms = match (oldest, self.paused_since) {
+            (Some(t), _) => now - t,
+            // Nothing in memory, but events wait in Kafka since the pause.
+            (None, Some(since)) if backlog > 0 => now - since,
+            _ => 0,
+        };
+        let lag_seconds = lag_ms.max(0) as f64 / 1000.0;
+        let circuit = match &p.stage {
+            Stage::Target(t) => {
+                let c = t.deliverer.breaker.circuit();
+                t.metrics.circuit.set(c.value());
+                t.metrics.lag_seconds.set(lag_seconds);
+                Some(c)
+            }
+            Stage::Keeper(_) => None,
+        };
+        let partitions = p
+            .consumer
+            .assignment()
+            .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        *p.status.lock().expect("status lock") = Status {
+            pipeline: p.name.clone(),
+            group_id: p.group_id.clone(),
+            circuit,
+            paused: p.paused.load(Ordering::Relaxed),
+            lag_seconds,
+            buffered: self.scheduler.buffered(),
+            running: self.scheduler.running(),
+            backlog,
+            partitions,
+        };
+    }
+}
+
+/// `rx.changed()`, or never when there is nothing to follow.
+async fn changed(rx: &mut Option<watch::Receiver<bool>>) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn report(job: &Job, stage: Progress, lapse: Option<(String, Option<i64>)>) -> Finished {
+    Finished {
+        group: (job.partition, job.key.clone()),
+        offset: job.offset(),
+        generation: job.generation,
+        stage,
+        lapse,
+    }
+}
+
+fn spawn_keeper(keeper: Arc<Keeper>, job: Job, tx: mpsc::UnboundedSender<Finished>) -> AbortHandle {
+    tokio::spawn(async move {
+        let Some(staged) = keeper.process(&job).await else {
+            let _ = tx.send(report(&job, Progress::Done, None));
+            return;
+        };
+        let _ = tx.send(report(&job, Progress::Released, None));
+        let written = match &keeper.state {
+            Some(store) => store.confirm(staged).await.is_ok(),
+            None => false,
+        };
+        let _ = tx.send(report(&job, Progress::Durable(written), None));
+    })
+    .abort_handle()
+}
+
+fn spawn_target(
+    engine: Arc<TargetEngine>,
+    job: Job,
+    tx: mpsc::UnboundedSender<Finished>,
+) -> AbortHandle {
+    tokio::spawn(async move {
+        let Processed { staged, lapse } = engine.process(&job).await;
+        let Some(staged) = staged else {
+            let _ = tx.send(report(&job, Progress::Done, lapse));
+            return;
+        };
+        let _ = tx.send(report(&job, Progress::Released, lapse));
+        let written = match &engine.state {
+            Some(s) => s.store.confirm(staged).await.is_ok(),
+            None => false,
+        };
+        let _ = tx.send(report(&job, Progress::Durable(written), None));
+    })
+    .abort_handle()
+}
+
+/// The scope of a record `dlq replay` published; `None` for any other.
+fn replay_scope(msg: &BorrowedMessage<'_>) -> Option<ReplayScope> {
+    use crate::event::{HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
+    let headers = msg.headers()?;
+    let mut scope: Option<ReplayScope> = None;
+    for h in headers.iter() {
+        let value = || h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+        match h.key {
+            HEADER_REPLAY_OF => {
+                scope.get_or_insert_with(Default::default);
+            }
+            HEADER_REPLAY_TARGET => scope.get_or_insert_with(Default::default).target = value(),
+            HEADER_REPLAY_RULE => scope.get_or_insert_with(Default::default).rule = value(),
+            _ => {}
+        }
+    }
+    scope
+}
