@@ -1,6 +1,7 @@
 //! `mutebridge state get` and `mutebridge state dump`: read the groups'
-//! mute states from the state topic, the way the worker keeps them. No
-//! consumer group: nothing is committed, the workers are not disturbed.
+//! mute states from the state topic, the way the worker keeps them, and
+//! (`get`) what each target applied. No consumer group: nothing is
+//! committed, the workers are not disturbed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +13,7 @@ use crate::config::Config;
 use crate::event::Scope;
 use crate::kafka::{key_partition, scan::Reader};
 use crate::policy::glob;
+use crate::state::applied::AppliedState;
 use crate::state::{self, GroupState};
 
 /// Which groups a command is about.
@@ -33,8 +35,10 @@ impl Selection {
     }
 }
 
-/// `mutebridge state get`: prints one group's state as JSON, reading only
-/// the partition it lives in. Returns false when there is none.
+/// `mutebridge state get`: prints one group's newest state and what each
+/// target applied, as one JSON document (`{"state": ..., "applied":
+/// {TARGET: ...}}`), reading only the partition it lives in. Returns false
+/// when there is neither.
 pub async fn get(
     config_file: Option<&Path>,
     appkey: &str,
@@ -51,18 +55,27 @@ pub async fn get(
         config.kafka.topic.clone(),
     );
     let (group, wanted) = (group_id.to_owned(), key.clone());
-    let (partition, found) = tokio::task::spawn_blocking(move || {
+    let (partition, mut found) = tokio::task::spawn_blocking(move || {
         let reader = Reader::new(&kafka, &bootstrap)?;
         // Placed like the group's events: the event topic's partitioner.
         let partitions = reader.partition_count(&event_topic)?;
         let partition = key_partition(group.as_bytes(), partitions as i32);
-        let mut found: Option<Vec<u8>> = None;
+        // The newest record of the group's state key and of each
+        // `@{target}|` key of it.
+        let suffix = format!("|{wanted}");
+        let mut found: HashMap<String, Vec<u8>> = HashMap::new();
         reader.read(
             &topic,
             &[partition],
             |r| {
-                if r.key.as_deref() == Some(wanted.as_bytes()) {
-                    found = r.payload;
+                let Some(k) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    return;
+                };
+                if k == wanted || (k.starts_with('@') && k.ends_with(&suffix)) {
+                    match r.payload {
+                        Some(p) => found.insert(k.to_owned(), p),
+                        None => found.remove(k),
+                    };
                 }
             },
             |_| {},
@@ -71,19 +84,31 @@ pub async fn get(
     })
     .await??;
     let topic = &config.worker.state_topic;
-    let Some(payload) = found else {
+    if found.is_empty() {
         eprintln!("no mute state for {key} in {topic} (partition {partition}): no mute event of this group was processed, or its members' guards were pruned");
         return Ok(false);
+    }
+    let unreadable = |k: &str, schema: &str| {
+        format!("the record of {k} in {topic}/{partition} is not a {schema}")
     };
-    let state: GroupState = serde_json::from_slice(&payload).with_context(|| {
-        format!(
-            "the record of {key} in {topic}/{partition} is not a {}",
-            state::STATE_SCHEMA_V1
-        )
-    })?;
+    let state: Option<GroupState> = match found.remove(&key) {
+        Some(p) => Some(
+            serde_json::from_slice(&p).with_context(|| unreadable(&key, state::STATE_SCHEMA_V1))?,
+        ),
+        None => None,
+    };
+    let mut applied = serde_json::Map::new();
+    let mut keys: Vec<String> = found.keys().cloned().collect();
+    keys.sort();
+    for k in keys {
+        let record: AppliedState = serde_json::from_slice(&found[&k])
+            .with_context(|| unreadable(&k, state::applied::APPLIED_SCHEMA_V1))?;
+        applied.insert(record.target.clone(), serde_json::to_value(&record)?);
+    }
+    let out = serde_json::json!({ "state": state, "applied": applied });
     println!(
         "{}",
-        serde_json::to_string_pretty(&state).expect("states serialize")
+        serde_json::to_string_pretty(&out).expect("states serialize")
     );
     Ok(true)
 }
@@ -133,6 +158,8 @@ pub(crate) async fn for_each_state(
                 &topic,
                 &[p],
                 |r| match (r.key, r.payload) {
+                    // What a target applied, beside the group states.
+                    (Some(k), _) if k.first() == Some(&b'@') => {}
                     (Some(k), Some(v)) => {
                         newest.insert(k, v);
                     }

@@ -155,9 +155,10 @@ impl TargetEngine {
         if event.kind == EventKind::Resync {
             return self.resync(job, &source, &event, part.as_ref()).await;
         }
-        let key = applied::key(&self.name, &event.appkey, event.scope, &event.group_id);
+        let key = || applied::key(&self.name, &event.appkey, event.scope, &event.group_id);
         if event.kind == EventKind::GroupDestroyed {
             if let (Some(part), Some(s)) = (&part, &self.state) {
+                let key = key();
                 if part.get(&key).is_some() {
                     self.finish(EventOutcome::NoMatch);
                     let staged = s.store.stage_delete(part, &key).ok();
@@ -175,6 +176,7 @@ impl TargetEngine {
             return Processed::default();
         }
         let guarded = part.as_ref().filter(|_| event.kind.is_mute());
+        let key = guarded.map(|_| key()).unwrap_or_default();
         let applied = guarded.and_then(|p| p.get(&key));
         let verdict =
             guarded.map(|_| self.judge(job.partition, applied.as_ref(), &event, replay.is_some()));

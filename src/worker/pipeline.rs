@@ -10,10 +10,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde::Serialize;
@@ -81,17 +84,36 @@ struct Finished {
     lapse: Option<(String, Option<i64>)>,
 }
 
+/// A record on its way to Kafka; true once acknowledged, false when
+/// abandoned (the partition was revoked).
+type Confirm = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 /// How far a group task got.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Progress {
     /// Finished, and committable.
     Done,
     /// Finished: the group's next job may start. Its record is still on
-    /// its way to Kafka, so its offset waits for [`Progress::Durable`].
-    Released,
-    /// The record of a released job is acknowledged (`true`), or abandoned
-    /// because the partition was revoked (`false`).
-    Durable(bool),
+    /// its way to Kafka, so its offset waits for the confirmation.
+    Released(Confirm),
+}
+
+/// A released job's record, acknowledged (`true`) or abandoned.
+struct Durable {
+    group: GroupKey,
+    offset: Option<i64>,
+    generation: u64,
+    written: bool,
+}
+
+/// A running job: its task, or nothing when it finished on its first poll.
+pub struct Handle(Option<AbortHandle>);
+
+impl super::scheduler::Abort for Handle {
+    fn abort(&self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
 }
 
 /// Capped mutes waiting for their renewal, by when it is due.
@@ -143,11 +165,11 @@ impl Renewals {
 /// The coordinator's state while it runs.
 struct Run<'p> {
     p: &'p Pipeline,
-    scheduler: Scheduler<AbortHandle>,
+    scheduler: Scheduler<Handle>,
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
-    /// Released jobs whose record is not acknowledged yet.
-    unconfirmed: usize,
+    /// Released jobs' records on their way to Kafka.
+    confirms: FuturesUnordered<Pin<Box<dyn Future<Output = Durable> + Send>>>,
     /// Paused for a full backlog / for the circuit breaker (open, with
     /// calls waiting on it).
     flow_paused: bool,
@@ -170,7 +192,7 @@ impl Pipeline {
             ),
             done_tx,
             done_rx,
-            unconfirmed: 0,
+            confirms: FuturesUnordered::new(),
             flow_paused: false,
             circuit_open: false,
             paused_since: None,
@@ -241,6 +263,7 @@ impl Run<'_> {
                 biased;
                 _ = &mut shutdown => return,
                 Some(done) = self.done_rx.recv() => self.finished(done),
+                Some(durable) = self.confirms.next() => self.durable(durable),
                 Some(partition) = loaded.recv() => self.partition_loaded(partition),
                 Ok(()) = changed(&mut blocked) => {
                     self.circuit_open = blocked.as_ref().is_some_and(|b| *b.borrow());
@@ -267,9 +290,10 @@ impl Run<'_> {
         let grace = Duration::from_secs(self.p.config.shutdown_grace_seconds);
         tracing::info!(pipeline = %self.p.name, running = self.scheduler.running(), ?grace, "stopping: finishing running events");
         let deadline = tokio::time::Instant::now() + grace;
-        while self.scheduler.running() > 0 || self.unconfirmed > 0 {
+        while self.scheduler.running() > 0 || !self.confirms.is_empty() {
             tokio::select! {
                 Some(done) = self.done_rx.recv() => self.finished(done),
+                Some(durable) = self.confirms.next() => self.durable(durable),
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(pipeline = %self.p.name, abandoned = self.scheduler.running(), "grace period over; abandoning running events (they are re-delivered after restart)");
                     self.scheduler.abort_running();
@@ -317,25 +341,49 @@ impl Run<'_> {
             let due = lapse.map(|t| t - self.renew_ahead_ms());
             self.renewals.set(key, done.group.clone(), due);
         }
-        let committable = match done.stage {
-            Progress::Done => self.scheduler.finished(&done.group, done.generation),
-            Progress::Released => {
-                self.unconfirmed += 1;
-                self.scheduler.finished(&done.group, done.generation);
-                false
+        let Finished {
+            group,
+            offset,
+            generation,
+            stage,
+            ..
+        } = done;
+        match stage {
+            Progress::Done => {
+                if self.scheduler.finished(&group, generation) {
+                    self.commit_ready(group.0, offset, generation);
+                }
             }
-            Progress::Durable(written) => {
-                self.unconfirmed -= 1;
-                // The tracker ignores an offset of an older assignment.
-                written
+            Progress::Released(confirm) => {
+                self.scheduler.finished(&group, generation);
+                self.confirms.push(Box::pin(async move {
+                    let written = confirm.await;
+                    Durable {
+                        group,
+                        offset,
+                        generation,
+                        written,
+                    }
+                }));
             }
-        };
-        if let (true, Some(offset)) = (committable, done.offset) {
-            self.p.tracker.lock().expect("tracker lock").finished(
-                done.group.0,
-                offset,
-                done.generation,
-            );
+        }
+    }
+
+    /// A released job's record is in Kafka (or abandoned).
+    fn durable(&mut self, d: Durable) {
+        if d.written {
+            // The tracker ignores an offset of an older assignment.
+            self.commit_ready(d.group.0, d.offset, d.generation);
+        }
+    }
+
+    fn commit_ready(&self, partition: i32, offset: Option<i64>, generation: u64) {
+        if let Some(offset) = offset {
+            self.p
+                .tracker
+                .lock()
+                .expect("tracker lock")
+                .finished(partition, offset, generation);
         }
     }
 
@@ -491,41 +539,52 @@ fn report(job: &Job, stage: Progress, lapse: Option<(String, Option<i64>)>) -> F
     }
 }
 
-fn spawn_keeper(keeper: Arc<Keeper>, job: Job, tx: mpsc::UnboundedSender<Finished>) -> AbortHandle {
-    tokio::spawn(async move {
-        let Some(staged) = keeper.process(&job).await else {
-            let _ = tx.send(report(&job, Progress::Done, None));
-            return;
+/// Runs `job` to its first wait right here; only what waits (a provider
+/// call, a retry) goes on as a task of its own. Most jobs never wait (the
+/// keeper's judgement, an event no rule routes, a `discard` target), and a
+/// task per event costs more than the event.
+fn run_or_spawn(job: impl Future<Output = ()> + Send + 'static) -> Handle {
+    let mut job = Box::pin(job);
+    // A job that waits registers this waker; its task polls it again at
+    // once and registers its own.
+    match job.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(()) => Handle(None),
+        Poll::Pending => Handle(Some(tokio::spawn(job).abort_handle())),
+    }
+}
+
+fn spawn_keeper(keeper: Arc<Keeper>, job: Job, tx: mpsc::UnboundedSender<Finished>) -> Handle {
+    run_or_spawn(async move {
+        let stage = match keeper.process(&job).await {
+            None => Progress::Done,
+            Some(staged) => {
+                let store = keeper.state.clone().expect("staged only with state");
+                Progress::Released(Box::pin(async move { store.confirm(staged).await.is_ok() }))
+            }
         };
-        let _ = tx.send(report(&job, Progress::Released, None));
-        let written = match &keeper.state {
-            Some(store) => store.confirm(staged).await.is_ok(),
-            None => false,
-        };
-        let _ = tx.send(report(&job, Progress::Durable(written), None));
+        let _ = tx.send(report(&job, stage, None));
     })
-    .abort_handle()
 }
 
 fn spawn_target(
     engine: Arc<TargetEngine>,
     job: Job,
     tx: mpsc::UnboundedSender<Finished>,
-) -> AbortHandle {
-    tokio::spawn(async move {
+) -> Handle {
+    run_or_spawn(async move {
         let Processed { staged, lapse } = engine.process(&job).await;
-        let Some(staged) = staged else {
-            let _ = tx.send(report(&job, Progress::Done, lapse));
-            return;
+        let stage = match staged {
+            None => Progress::Done,
+            Some(staged) => {
+                let engine = engine.clone();
+                Progress::Released(Box::pin(async move {
+                    let state = engine.state.as_ref().expect("staged only with state");
+                    state.store.confirm(staged).await.is_ok()
+                }))
+            }
         };
-        let _ = tx.send(report(&job, Progress::Released, lapse));
-        let written = match &engine.state {
-            Some(s) => s.store.confirm(staged).await.is_ok(),
-            None => false,
-        };
-        let _ = tx.send(report(&job, Progress::Durable(written), None));
+        let _ = tx.send(report(&job, stage, lapse));
     })
-    .abort_handle()
 }
 
 /// The scope of a record `dlq replay` published; `None` for any other.

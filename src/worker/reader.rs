@@ -130,6 +130,7 @@ impl StateReader {
             loading: HashMap::new(),
             waiting: Vec::new(),
             assigned: 0,
+            batches: Vec::new(),
         };
         std::thread::Builder::new()
             .name("state-reader".into())
@@ -186,6 +187,11 @@ impl StateReader {
 struct Loading {
     /// The end to reach (the high watermark when it was assigned).
     end: i64,
+}
+
+/// The partitions of one assignment, read together: one rebuild.
+struct Batch {
+    left: Vec<i32>,
     started: Instant,
 }
 
@@ -199,6 +205,8 @@ struct Thread {
     waiting: Vec<i32>,
     /// Partitions assigned to the consumer.
     assigned: usize,
+    /// Assignments not read to their end yet.
+    batches: Vec<Batch>,
 }
 
 impl Thread {
@@ -216,6 +224,10 @@ impl Thread {
             };
             match command {
                 Ok(Command::Assign(ps)) => {
+                    self.batches.push(Batch {
+                        left: ps.clone(),
+                        started: Instant::now(),
+                    });
                     self.waiting.extend(ps);
                     retry_at = Instant::now();
                 }
@@ -238,6 +250,7 @@ impl Thread {
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
             self.waiting.retain(|w| *w != p);
+            self.settle(p, false);
             if self.loading.remove(&p).is_some() || self.tailed(p) {
                 tpl.add_partition(&self.topic, p);
             }
@@ -266,11 +279,10 @@ impl Thread {
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
             {
                 Ok((low, high)) => {
-                    let started = Instant::now();
                     if high <= low {
-                        self.finish(p, started);
+                        self.finish(p);
                     } else {
-                        self.loading.insert(p, Loading { end: high, started });
+                        self.loading.insert(p, Loading { end: high });
                     }
                     let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(low));
                 }
@@ -316,17 +328,37 @@ impl Thread {
             .get(&p)
             .is_some_and(|l| message.offset() + 1 >= l.end);
         if done {
-            let started = self.loading.remove(&p).expect("loading").started;
-            self.finish(p, started);
+            self.loading.remove(&p);
+            self.finish(p);
         }
     }
 
     /// Partition `p` is read to the end it had when assigned.
-    fn finish(&mut self, p: i32, started: Instant) {
-        let took = started.elapsed();
+    fn finish(&mut self, p: i32) {
         match &self.sinks {
-            Sinks::Keeper(store) => store.loaded(p, took),
-            Sinks::Target { store, .. } => store.loaded(p, took),
+            Sinks::Keeper(store) => store.loaded(p),
+            Sinks::Target { store, .. } => store.loaded(p),
+        }
+        self.settle(p, true);
+    }
+
+    /// Partition `p` is read (or revoked): once every partition of its
+    /// assignment is, that rebuild took what it took.
+    fn settle(&mut self, p: i32, read: bool) {
+        let Some(i) = self.batches.iter().position(|b| b.left.contains(&p)) else {
+            return;
+        };
+        let batch = &mut self.batches[i];
+        batch.left.retain(|q| *q != p);
+        if !batch.left.is_empty() {
+            return;
+        }
+        let took = self.batches.remove(i).started.elapsed();
+        if read {
+            match &self.sinks {
+                Sinks::Keeper(store) => store.rebuilt(took),
+                Sinks::Target { store, .. } => store.rebuilt(took),
+            }
         }
     }
 

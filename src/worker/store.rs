@@ -195,7 +195,7 @@ impl<R: Record> Store<R> {
     }
 
     /// Partition `id` is read to its end: its events may be judged.
-    pub fn loaded(&self, id: i32, took: Duration) {
+    pub fn loaded(&self, id: i32) {
         let Some(part) = self.part(id) else { return };
         let held = {
             let inner = part.inner.lock().expect("state lock");
@@ -205,10 +205,15 @@ impl<R: Record> Store<R> {
             inner.records.len()
         };
         self.shared.metrics.held.add(held as i64);
-        self.shared.metrics.rebuild.observe(took.as_secs_f64());
         part.loaded.send_replace(true);
         let _ = self.shared.loaded.send(id);
-        tracing::info!(partition = id, records = held, ?took, topic = %self.shared.topic, "{} records rebuilt from the state topic", R::SCHEMA);
+        tracing::debug!(partition = id, records = held, topic = %self.shared.topic, "{} records rebuilt from the state topic", R::SCHEMA);
+    }
+
+    /// The partitions of one assignment are all read, in `took`.
+    pub fn rebuilt(&self, took: Duration) {
+        self.shared.metrics.rebuild.observe(took.as_secs_f64());
+        tracing::info!(?took, topic = %self.shared.topic, "{} records of newly assigned partitions rebuilt from the state topic", R::SCHEMA);
     }
 
     /// A record was deleted (a tombstone) after the partition loaded: by

@@ -899,10 +899,17 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
     })
     .await;
     let mut w = h.start_worker().await;
-    post_ok(&h, &mute_all("g-dlq")).await;
-    post_ok(&h, &unmute_all("g-dlq")).await;
-    post_ok(&h, &mute_all("g-dlq")).await;
-    w.wait_for_events("zego", "dead_lettered", 3.0).await;
+    // One at a time: sent together, the older two would be superseded by
+    // the newest before any call.
+    for (i, body) in [mute_all("g-dlq"), unmute_all("g-dlq"), mute_all("g-dlq")]
+        .iter()
+        .enumerate()
+    {
+        post_ok(&h, body).await;
+        w.wait_for_events("zego", "dead_lettered", (i + 1) as f64)
+            .await;
+        assert!(wait_until(WAIT, || other.calls().len() > i).await);
+    }
     w.stop().await;
     assert!(zego.calls().is_empty());
     assert_eq!(other.calls().len(), 3);
