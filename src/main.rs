@@ -113,8 +113,36 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print the JSON Schema of a contract: the normalized event (default)
-    /// or the group mute state.
+    /// Each target's circuit breaker, lag and backlog: from a running
+    /// worker (--url, its ops address) or from Kafka (--config).
+    Targets {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A worker's ops address, e.g. http://127.0.0.1:9091
+        #[arg(long)]
+        url: Option<String>,
+        /// One JSON line per pipeline instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move one target's consumer group back to a time, so that it applies
+    /// again what happened since; the other targets are untouched. Refuses
+    /// while the workers run.
+    Rewind {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The `[targets.NAME]` to rewind.
+        #[arg(long)]
+        target: String,
+        /// A duration ago (90s, 30m, 12h, 7d) or milliseconds since the epoch.
+        #[arg(long)]
+        to: String,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the JSON Schema of a contract: the normalized event (default),
+    /// the group mute state, or what a target applied.
     Schema {
         #[arg(value_enum, default_value_t = Contract::Event)]
         contract: Contract,
@@ -141,8 +169,10 @@ enum Command {
 enum Contract {
     /// `mutebridge.event/v1`, the records of the event topic.
     Event,
-    /// `mutebridge.state/v1`, the records of the state topic.
+    /// `mutebridge.state/v1`, the group states in the state topic.
     State,
+    /// `mutebridge.applied/v1`, what each target applied, in the state topic.
+    Applied,
 }
 
 #[derive(Subcommand)]
@@ -318,10 +348,24 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 match contract {
                     Contract::Event => mutebridge::event::json_schema(),
                     Contract::State => mutebridge::state::json_schema(),
+                    Contract::Applied => mutebridge::state::applied::json_schema(),
                 }
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Targets { config, url, json } => {
+            cli::targets::run(config.as_deref(), url.as_deref(), json)
+                .await
+                .map(ok)
+        }
+        Command::Rewind {
+            config,
+            target,
+            to,
+            dry_run,
+        } => cli::rewind::run(config.as_deref(), &target, &to, dry_run)
+            .await
+            .map(ok),
         Command::CheckConfig { file } => cli::check_config(&file).map(ok),
         Command::Health { url, timeout } => {
             let healthy = cli::health::run(&url, Duration::from_secs(timeout)).await?;

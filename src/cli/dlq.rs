@@ -91,7 +91,7 @@ impl Selection {
 }
 
 /// `90s`, `30m`, `12h`, `7d` ago, or milliseconds since the epoch.
-fn parse_since(text: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_since(text: &str) -> anyhow::Result<i64> {
     let bad = || {
         anyhow::anyhow!(
             "--since {text}: expected a duration ago (90s, 30m, 12h, 7d) or milliseconds since the epoch"

@@ -6,9 +6,11 @@ pub mod dlq;
 pub mod explain;
 pub mod health;
 pub mod resync;
+pub mod rewind;
 pub mod run;
 pub mod send;
 pub mod state;
+pub mod targets;
 
 use std::path::Path;
 

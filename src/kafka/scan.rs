@@ -23,6 +23,8 @@ pub struct ScannedRecord {
     pub key: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
     pub payload: Option<Vec<u8>>,
+    /// The record's timestamp (ms since the epoch), when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Calls `each` with every record of `topic`, partition by partition in
@@ -69,6 +71,55 @@ impl Reader {
     pub fn partition_count(&self, topic: &str) -> anyhow::Result<usize> {
         super::partition_count(self.consumer.client(), topic, self.timeout)
             .with_context(|| format!("cannot read topic {topic} at {}", self.bootstrap))
+    }
+
+    /// The timestamp of the record at `offset` of `topic`/`partition`
+    /// (`None` when there is none). Blocks.
+    pub fn timestamp_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        self.consumer.assign(&tpl)?;
+        let found = match self.consumer.poll(self.timeout) {
+            Some(Ok(m)) if m.partition() == partition => m.timestamp().to_millis(),
+            Some(Err(e)) => {
+                return Err(e).with_context(|| format!("cannot read {topic}/{partition}"))
+            }
+            _ => None,
+        };
+        self.consumer.unassign()?;
+        Ok(found)
+    }
+
+    /// The first offset of `topic`/`partition` whose record was written at
+    /// or after `at_ms`, by reading it (for clusters that do not answer
+    /// Kafka's offsets-for-times); the end when there is none. Blocks.
+    pub fn first_at_or_after(
+        &self,
+        topic: &str,
+        partition: i32,
+        at_ms: i64,
+    ) -> anyhow::Result<i64> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, self.timeout)
+            .with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
+        let mut found = None;
+        self.read(
+            topic,
+            &[partition],
+            |r| {
+                if found.is_none() && r.timestamp_ms.is_some_and(|t| t >= at_ms) {
+                    found = Some(r.offset);
+                }
+            },
+            |_| {},
+        )?;
+        Ok(found.unwrap_or(high))
     }
 
     /// Reads `partitions` of `topic` from the oldest record to the end as
@@ -136,6 +187,7 @@ impl Reader {
                 key: message.key().map(<[u8]>::to_vec),
                 headers,
                 payload: message.payload().map(<[u8]>::to_vec),
+                timestamp_ms: message.timestamp().to_millis(),
             });
             if finished {
                 open.remove(&p);

@@ -358,6 +358,7 @@ impl Build<'_> {
             shares,
             paused: paused.clone(),
             backlog: backlog.clone(),
+            rewindable: matches!(stage, Stage::Target(_)),
         };
         let consumer: StreamConsumer<WorkerContext> =
             kafka::consumer_config(kafka, self.bootstrap, group_id)

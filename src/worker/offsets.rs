@@ -25,6 +25,19 @@ pub struct Tracker {
     parts: HashMap<i32, Part>,
     next_generation: u64,
     revoked: Vec<(i32, u64)>,
+    /// Partitions `mutebridge rewind` moved back: the offset below which
+    /// events are applied again (judged as replays, so that what the
+    /// target applied before is sent again).
+    fences: HashMap<i32, i64>,
+}
+
+/// The commit metadata that carries a rewind's fence until it is passed:
+/// `mutebridge:reapply-until=OFFSET`.
+pub const FENCE: &str = "mutebridge:reapply-until=";
+
+/// The fence in a committed offset's metadata.
+pub fn fence_of(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(FENCE)?.parse().ok()
 }
 
 #[derive(Debug)]
@@ -66,6 +79,16 @@ impl Tracker {
         part.generation
     }
 
+    /// `mutebridge rewind` moved `partition` back from `until`.
+    pub fn set_fence(&mut self, partition: i32, until: i64) {
+        self.fences.insert(partition, until);
+    }
+
+    /// Whether the record at `offset` is one a rewind re-applies.
+    pub fn reapply(&self, partition: i32, offset: i64) -> bool {
+        self.fences.get(&partition).is_some_and(|f| offset < *f)
+    }
+
     /// When the oldest unfinished record was written (ms), if one is held.
     pub fn oldest_pending_ms(&self) -> Option<i64> {
         self.parts
@@ -89,7 +112,9 @@ impl Tracker {
         self.parts.get(&partition).map(Part::position)
     }
 
-    /// Positions that moved since the last call, for committing.
+    /// Positions that moved since the last call, for committing; a
+    /// rewind's fence goes with them until it is passed (so a restart in
+    /// the middle still re-applies the rest).
     pub fn take_commits(&mut self, topic: &str) -> Option<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (p, part) in self.parts.iter_mut() {
@@ -97,6 +122,17 @@ impl Tracker {
             if position > part.committed {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(position));
                 part.committed = position;
+                match self.fences.get(p) {
+                    Some(f) if position < *f => {
+                        if let Some(mut e) = tpl.find_partition(topic, *p) {
+                            e.set_metadata(format!("{FENCE}{f}"));
+                        }
+                    }
+                    Some(_) => {
+                        self.fences.remove(p);
+                    }
+                    None => {}
+                }
             }
         }
         (tpl.count() > 0).then_some(tpl)
@@ -105,6 +141,7 @@ impl Tracker {
     /// Forgets a revoked partition; returns its final position when that
     /// is past what was already committed (else there is nothing to commit).
     pub fn revoke(&mut self, partition: i32) -> Option<i64> {
+        self.fences.remove(&partition);
         let part = self.parts.remove(&partition)?;
         self.revoked.push((partition, part.generation));
         let position = part.position();
@@ -139,9 +176,30 @@ pub struct WorkerContext {
     /// Events in the assigned partitions not consumed yet (librdkafka's
     /// statistics), for `mutebridge targets`.
     pub backlog: Arc<AtomicI64>,
+    /// Whether `mutebridge rewind` fences are honoured (targets).
+    pub rewindable: bool,
 }
 
 impl WorkerContext {
+    /// The fences `mutebridge rewind` left in the committed offsets of
+    /// newly assigned partitions.
+    fn read_fences(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        match consumer.committed_offsets(assigned.clone(), std::time::Duration::from_secs(10)) {
+            Ok(committed) => {
+                let mut tracker = self.tracker.lock().expect("tracker lock");
+                for e in committed.elements() {
+                    if let Some(f) = fence_of(e.metadata()) {
+                        tracing::info!(pipeline = %self.pipeline, partition = e.partition(), until = f, "rewound: events below the offset are applied again");
+                        tracker.set_fence(e.partition(), f);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot read the committed offsets of newly assigned partitions; a rewind in progress goes on without re-sending what was applied")
+            }
+        }
+    }
+
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements()
             .iter()
@@ -183,6 +241,9 @@ impl ConsumerContext for WorkerContext {
                 if let Err(e) = consumer.pause(assigned) {
                     tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot pause newly assigned partitions");
                 }
+            }
+            if self.rewindable {
+                self.read_fences(consumer, assigned);
             }
             // Only once the partitions are ours does the share grow.
             if let Some(shares) = &self.shares {
@@ -281,6 +342,30 @@ mod tests {
         assert_eq!(t.position(3), Some(5), "a stale finish is ignored");
         t.finished(3, 5, new);
         assert_eq!(t.position(3), Some(6));
+    }
+
+    #[test]
+    fn a_rewind_fence_goes_with_the_commits_until_it_is_passed() {
+        let mut t = Tracker::default();
+        t.set_fence(1, 3);
+        let g = t.received(1, 1, 0);
+        t.received(1, 2, 0);
+        t.received(1, 3, 0);
+        assert!(t.reapply(1, 2) && !t.reapply(1, 3));
+        t.finished(1, 1, g);
+        let tpl = t.take_commits("t").unwrap();
+        let e = tpl.find_partition("t", 1).unwrap();
+        assert_eq!(
+            (e.offset(), fence_of(e.metadata())),
+            (Offset::Offset(2), Some(3))
+        );
+        t.finished(1, 2, g);
+        t.finished(1, 3, g);
+        let tpl = t.take_commits("t").unwrap();
+        let e = tpl.find_partition("t", 1).unwrap();
+        assert_eq!(e.offset(), Offset::Offset(4));
+        assert_eq!(e.metadata(), "", "passed: no fence any more");
+        assert!(!t.reapply(1, 2));
     }
 
     #[test]

@@ -318,12 +318,13 @@ impl Run<'_> {
         self.take_revoked();
         let (partition, offset) = (msg.partition(), msg.offset());
         let written = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-        let generation = self
-            .p
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .received(partition, offset, written);
+        let (generation, reapply) = {
+            let mut tracker = self.p.tracker.lock().expect("tracker lock");
+            let generation = tracker.received(partition, offset, written);
+            (generation, tracker.reapply(partition, offset))
+        };
+        // Re-applied after a rewind: judged as a replay of every rule.
+        let replay = replay_scope(msg).or_else(|| reapply.then(ReplayScope::default));
         self.scheduler.push(Job {
             partition,
             generation,
@@ -331,7 +332,7 @@ impl Run<'_> {
             work: Work::Record {
                 offset,
                 payload: msg.payload().map(<[u8]>::to_vec),
-                replay: replay_scope(msg),
+                replay,
             },
         });
     }

@@ -56,6 +56,48 @@ fn state_schema_command_matches_the_checked_in_copy() {
     assert!(!validator.is_valid(&missing), "until_ms is always written");
 }
 
+#[test]
+fn applied_schema_command_matches_the_checked_in_copy() {
+    let out = Command::new(BIN)
+        .args(["schema", "applied"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let checked_in = include_str!("../../deploy/schema/applied.v1.json");
+    assert_eq!(
+        printed, checked_in,
+        "the applied schema changed: run `mutebridge schema applied > deploy/schema/applied.v1.json` and bump the schema version if it is not backward compatible"
+    );
+    // A record as a target writes it validates against it.
+    let schema: serde_json::Value = serde_json::from_str(checked_in).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let dim = |applied: serde_json::Value, lapses: serde_json::Value| {
+        serde_json::json!({"muted": true, "until_ms": null, "at_ms": 1, "event_id": "e1",
+            "applied_at_ms": applied, "lapses_at_ms": lapses})
+    };
+    let record = serde_json::json!({
+        "schema": "mutebridge.applied/v1",
+        "target": "rc",
+        "appkey": "org#app",
+        "scope": "chatroom",
+        "group_id": "r1",
+        "mute_all": null,
+        "members": {"u1": dim(serde_json::json!(5), serde_json::json!(2_592_005_000i64))},
+        "updated_at_ms": 6,
+    });
+    assert!(validator.is_valid(&record));
+    let mut missing = record.clone();
+    missing["members"]["u1"]
+        .as_object_mut()
+        .unwrap()
+        .remove("lapses_at_ms");
+    assert!(
+        !validator.is_valid(&missing),
+        "lapses_at_ms is always written"
+    );
+}
+
 fn check_config(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mutebridge.toml");

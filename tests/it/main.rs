@@ -2,9 +2,10 @@
 //! once, and the shared harness and provider stand-ins compile once.
 //!
 //! Each module is one area, in the order an event travels: the seeds and the
-//! ingest endpoint, the worker against the provider stand-ins, the mute
-//! state and its guard, the command line, and the deployment bundle
-//! checked with the real tools.
+//! ingest endpoint, the worker against the provider stand-ins, each target
+//! on its own (breaker, catch-up, renewal, rewind), the mute state and its
+//! guard, the command line, and the deployment bundle checked with the
+//! real tools.
 
 mod cli;
 mod deploy;
@@ -16,4 +17,5 @@ mod ratelimit;
 mod seeds;
 mod state;
 mod support;
+mod targets;
 mod worker;

@@ -40,7 +40,7 @@ fn users(members: &[&str]) -> Vec<String> {
 /// Settings for tests that start and stop workers in one group: the mock
 /// cluster's coordinator holds a join for the rebalance timeout
 /// (max.poll.interval.ms) after a member leaves.
-fn quick_rebalance(c: &mut Config) {
+pub(crate) fn quick_rebalance(c: &mut Config) {
     for (key, value) in [
         ("max.poll.interval.ms", "7000"),
         ("session.timeout.ms", "6000"),

@@ -1,0 +1,625 @@
+//! Each target on its own: one consumer group per target, a circuit
+//! breaker, catch-up with the newest state, renewal of capped mutes, the
+//! upgrade from one consumer group, and the commands that show and rewind
+//! a target. Against the provider stand-ins of tests/it/providers.rs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::providers::{Call, FakeRongCloud, FakeWebhook, FakeZego, Fault, Provider};
+use crate::support::*;
+use crate::worker::{
+    cli_config, member_mute, mutebridge, policy, post_ok, rc_target, unmute_all, zego_target,
+    RC_KEY, RC_SECRET, WAIT, ZEGO_APP, ZEGO_RULE, ZEGO_SECRET,
+};
+use mutebridge::Config;
+use serde_json::{json, Map, Value};
+
+/// Targets and rules from `text`, with every worker setting at its default.
+fn policy_with_defaults(config: &mut Config, text: &str) {
+    let parsed = Config::parse(text, Path::new("test-policy.toml")).expect("test policy parses");
+    config.targets = parsed.targets;
+    config.policy = parsed.policy;
+    config.easemob.dedup_by_content = false;
+}
+
+fn webhook_target(hook: &FakeWebhook, name: &str) -> String {
+    format!(
+        "[targets.{name}]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"audit-secret\"\n",
+        hook.url()
+    )
+}
+
+fn chatroom(mut body: Map<String, Value>) -> Map<String, Value> {
+    body.insert("type".into(), json!("CHATROOM"));
+    resign(&mut body, SECRETS[0]);
+    body
+}
+
+/// Requests the stand-in got within `from..to` (by arrival).
+fn arrivals_between(p: &impl Provider, from: Instant, to: Instant) -> Vec<Instant> {
+    p.arrivals()
+        .into_iter()
+        .filter(|t| *t >= from && *t < to)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_long_outage_of_two_targets_delays_nothing_else_and_converges_by_itself() {
+    // The issue's scenario, with the default [worker] and [worker.retry]:
+    // ZEGO healthy all along; RongCloud and an audit webhook answer 5xx for
+    // 60 s while 300 chatrooms get a mute-all (odd ones an unmute-all 1 s
+    // later) and 4 group mutes per second go to ZEGO and the audit.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 20.0).await;
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let audit = FakeWebhook::start("audit-secret").await;
+    let text = format!(
+        "{}{}{}
+[[policy.rules]]
+name = \"group mutes to ZEGO\"
+when = {{ scope = \"group\", kinds = [\"mute_all\", \"unmute_all\"] }}
+then = [{{ target = \"zego\", group = \"{{group_id}}\" }}, {{ target = \"audit\" }}]
+
+[[policy.rules]]
+name = \"chatroom mutes to RongCloud\"
+when = {{ scope = \"chatroom\", kinds = [\"mute_all\", \"unmute_all\"] }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
+",
+        zego_target(&zego, "zego"),
+        rc_target(&[&rc], "rc"),
+        webhook_target(&audit, "audit")
+    );
+    let h = Harness::start_with(|c| policy_with_defaults(c, &text)).await;
+    let mut w = h.start_worker().await;
+    // Both consumer groups joined before the outage starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rc.set_down(true);
+    audit.set_down(true);
+    let outage = Instant::now();
+    let minute = Duration::from_secs(60);
+    // Group g's events, in order: (posted at, muted).
+    let mut group_events: HashMap<String, Vec<(Instant, bool)>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let (mut rooms, mut visits, mut unmutes) = (0usize, 0usize, Vec::<(Instant, usize)>::new());
+    let mut step = 0u64;
+    while outage.elapsed() < minute {
+        tick.tick().await;
+        step += 1;
+        // 5 rooms a second; odd ones unmuted 1 s later.
+        if step % 4 == 0 && rooms < 300 {
+            post_ok(&h, &chatroom(mute_all(&format!("room-{rooms}")))).await;
+            if rooms % 2 == 1 {
+                unmutes.push((Instant::now() + Duration::from_secs(1), rooms));
+            }
+            rooms += 1;
+        }
+        while unmutes.first().is_some_and(|(t, _)| *t <= Instant::now()) {
+            let (_, r) = unmutes.remove(0);
+            post_ok(&h, &chatroom(unmute_all(&format!("room-{r}")))).await;
+        }
+        // 4 group mutes a second, over 60 groups, each alternating.
+        if step % 5 == 0 {
+            let g = format!("grp-{}", visits % 60);
+            let muted = (visits / 60) % 2 == 0;
+            post_ok(&h, &if muted { mute_all(&g) } else { unmute_all(&g) }).await;
+            group_events
+                .entry(g)
+                .or_default()
+                .push((Instant::now(), muted));
+            visits += 1;
+        }
+    }
+    for (_, r) in unmutes.drain(..) {
+        post_ok(&h, &chatroom(unmute_all(&format!("room-{r}")))).await;
+    }
+    assert_eq!(rooms, 300, "the minute posted every room");
+    // ZEGO never waited for the others: each group event reached it within
+    // 2 s of its callback's 200.
+    assert!(
+        wait_until(WAIT, || zego.calls().len() >= visits).await,
+        "{} of {visits} ZEGO calls",
+        zego.calls().len()
+    );
+    let mut zego_calls: HashMap<String, Vec<Call>> = HashMap::new();
+    for c in zego.calls() {
+        zego_calls.entry(c.id.clone()).or_default().push(c);
+    }
+    let mut worst = Duration::ZERO;
+    for (g, events) in &group_events {
+        let calls = &zego_calls[g];
+        assert_eq!(calls.len(), events.len(), "{g}: one call per event");
+        for ((posted, muted), call) in events.iter().zip(calls) {
+            assert_eq!(call.duration, Some(if *muted { -1 } else { 0 }), "{g}");
+            worst = worst.max(call.at.saturating_duration_since(*posted));
+        }
+    }
+    assert!(
+        worst <= Duration::from_secs(2),
+        "a ZEGO call came {worst:?} after its callback"
+    );
+    // The down targets saw the calls that failed before their breakers
+    // opened, then at most one probe per interval (5 s, backing off).
+    let recovered = Instant::now();
+    for (name, arrivals) in [
+        ("rc", arrivals_between(&rc, outage, recovered)),
+        ("audit", arrivals_between(&audit, outage, recovered)),
+    ] {
+        assert!(
+            arrivals.len() <= 25,
+            "{name} got {} requests while down",
+            arrivals.len()
+        );
+        let late: Vec<Instant> = arrivals
+            .into_iter()
+            .filter(|t| t.duration_since(outage) > Duration::from_secs(10))
+            .collect();
+        for pair in late.windows(2) {
+            let gap = pair[1].duration_since(pair[0]);
+            assert!(
+                gap >= Duration::from_millis(4500),
+                "{name}: two requests {gap:?} apart while open"
+            );
+        }
+    }
+    assert!(
+        h.dead_letters(1, Duration::from_secs(1)).await.is_empty(),
+        "an outage dead-letters nothing"
+    );
+    rc.set_down(false);
+    audit.set_down(false);
+    // Within 30 s every room is in its final state, with one call each.
+    let rooms_right = || {
+        let mut last: HashMap<String, (String, usize)> = HashMap::new();
+        for c in rc.calls() {
+            let e = last.entry(c.id.clone()).or_insert((String::new(), 0));
+            *e = (c.action.clone(), e.1 + 1);
+        }
+        (0..300).all(|r| {
+            let want = if r % 2 == 1 {
+                "/chatroom/ban/rollback.json"
+            } else {
+                "/chatroom/ban/add.json"
+            };
+            last.get(&format!("room-{r}"))
+                .is_some_and(|(a, _)| a == want)
+        })
+    };
+    let audited = || audit.events().len() >= visits;
+    assert!(
+        wait_until(Duration::from_secs(30), || rooms_right() && audited()).await,
+        "after 30 s: {} RongCloud calls, {} of {visits} audit events",
+        rc.calls().len(),
+        audit.events().len()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut per_room: HashMap<String, usize> = HashMap::new();
+    for c in rc.calls() {
+        *per_room.entry(c.id).or_default() += 1;
+    }
+    assert!(
+        per_room.values().all(|n| *n == 1),
+        "at most one RongCloud call per room: {per_room:?}"
+    );
+    // Every audit event arrived, in per-group order.
+    let mut audited: HashMap<String, Vec<bool>> = HashMap::new();
+    for e in audit.events() {
+        audited
+            .entry(e["group_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["kind"] == "mute_all");
+    }
+    for (g, events) in &group_events {
+        let want: Vec<bool> = events.iter().map(|(_, m)| *m).collect();
+        assert_eq!(audited.get(g), Some(&want), "{g}: every event, in order");
+    }
+    assert!(h.dead_letters(1, Duration::from_secs(1)).await.is_empty());
+    assert_eq!(
+        w.metric("mutebridge_target_circuit_state{target=\"rc\"}"),
+        0.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_over_its_own_limit_backs_off_alone() {
+    // ZEGO's 660300006 is a frequency limit of one group: that group's call
+    // waits and goes again, the target's other calls do not.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    zego.group_fault("hot", Fault::Code(660300006), 2);
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    // Consuming already, so that what follows measures only the back-off.
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || !zego.calls().is_empty()).await);
+    post_ok(&h, &mute_all("hot")).await;
+    let posted = Instant::now();
+    for g in 0..5 {
+        post_ok(&h, &mute_all(&format!("calm-{g}"))).await;
+    }
+    assert!(wait_until(WAIT, || zego.calls().iter().any(|c| c.id == "hot")).await);
+    let calls = zego.calls();
+    let at = |id: &str| {
+        calls
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .at
+            .duration_since(posted)
+    };
+    for g in 0..5 {
+        assert!(
+            at(&format!("calm-{g}")) < Duration::from_millis(900),
+            "calm-{g} waited {:?}",
+            at(&format!("calm-{g}"))
+        );
+    }
+    // Two back-offs of a second each.
+    assert!(
+        at("hot") >= Duration::from_millis(1900),
+        "hot went again after {:?}",
+        at("hot")
+    );
+    assert_eq!(
+        w.metric("mutebridge_target_rate_limited_total{target=\"zego\"}"),
+        0.0,
+        "not a pause of the whole target"
+    );
+    assert_eq!(
+        w.metric("mutebridge_target_circuit_state{target=\"zego\"}"),
+        0.0
+    );
+    assert!(h.dead_letters(1, Duration::from_secs(1)).await.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_mutes_are_renewed_before_they_lapse_across_a_restart() {
+    // A RongCloud chatroom gag cannot be permanent: it is sent for the
+    // longest the provider holds (here a cap of 6 s, renewed 3 s ahead) and
+    // re-applied before it ends, until the member is unmuted.
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = format!(
+        "{}max_mute_seconds = 6\nrenew_ahead_seconds = 3\n
+[[policy.rules]]
+name = \"chatroom member mutes to RongCloud\"
+when = {{ scope = \"chatroom\", kinds = [\"member_muted\", \"member_unmuted\"] }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
+",
+        rc_target(&[&rc], "rc")
+    );
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        crate::state::quick_rebalance(c);
+    })
+    .await;
+    let gags = |rc: &FakeRongCloud| {
+        rc.calls()
+            .into_iter()
+            .filter(|c| c.action == "/chatroom/user/gag/add.json")
+            .count()
+    };
+    let mut w = h.start_worker().await;
+    post_ok(&h, &chatroom(member_mute("room-r", &["u1".into()], None))).await;
+    assert!(wait_until(WAIT, || gags(&rc) == 1).await);
+    assert_eq!(
+        rc.calls()[0].duration,
+        Some(1),
+        "a 6 s cap is one minute, RongCloud's unit"
+    );
+    // Renewed every ~3 s (due 3 s before the 6 s cap runs out).
+    assert!(
+        wait_until(Duration::from_secs(10), || gags(&rc) >= 3).await,
+        "{} gags",
+        gags(&rc)
+    );
+    assert!(w.metric("mutebridge_target_renewals_total{target=\"rc\"}") >= 2.0);
+    let file = cli_config(&h, "");
+    let out = mutebridge(&[
+        "state",
+        "get",
+        "--config",
+        file.path().to_str().unwrap(),
+        APPKEY,
+        "chatroom",
+        "room-r",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u1 = &doc["applied"]["rc"]["members"]["u1"];
+    assert!(
+        u1["lapses_at_ms"].as_i64().unwrap() > now_ms(),
+        "when RongCloud ends it: {doc}"
+    );
+    // A restart reads when it lapses from the state topic, and renews on.
+    w.stop().await;
+    let before = gags(&rc);
+    let mut w = h.start_worker().await;
+    assert!(
+        wait_until(Duration::from_secs(20), || gags(&rc) >= before + 2).await,
+        "{} gags after the restart (had {before})",
+        gags(&rc)
+    );
+    // Unmuted: rolled back, and no renewal after.
+    post_ok(
+        &h,
+        &chatroom(op_event(
+            "room-r",
+            "MUTE",
+            json!({"type": "REMOVE", "member": ["u1"]}),
+        )),
+    )
+    .await;
+    assert!(
+        wait_until(WAIT, || rc
+            .calls()
+            .iter()
+            .any(|c| c.action == "/chatroom/user/gag/rollback.json"))
+        .await
+    );
+    let after = gags(&rc);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(gags(&rc), after, "an unmuted member is not renewed");
+    assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_assigned_while_a_target_is_paused_stay_paused() {
+    // Two replicas, ZEGO down: both breakers open and pause. One replica
+    // leaves; the survivor gets its partitions, paused too, so their
+    // backlog stays in Kafka instead of in the survivor's memory.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    zego.set_down(true);
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        crate::state::quick_rebalance(c);
+        c.worker.circuit_breaker.probe_interval_seconds = 1;
+        c.worker.circuit_breaker.max_probe_interval_seconds = 2;
+    })
+    .await;
+    let mut a = h.start_worker().await;
+    let mut b = h.start_worker().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let open =
+        |w: &WorkerHandle| w.metric("mutebridge_target_circuit_state{target=\"zego\"}") > 0.0;
+    for g in 0..40 {
+        post_ok(&h, &mute_all(&format!("first-{g}"))).await;
+    }
+    assert!(
+        wait_until(WAIT, || open(&a) && open(&b)).await,
+        "both breakers open"
+    );
+    // A backlog for both replicas' partitions, while they are paused.
+    for g in 0..400 {
+        post_ok(&h, &mute_all(&format!("backlog-{g}"))).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let buffered =
+        |w: &WorkerHandle| w.metric("mutebridge_worker_buffered_events{pipeline=\"zego\"}");
+    let held_before = buffered(&a);
+    assert!(
+        held_before <= 40.0,
+        "a paused target fetched its backlog: {held_before}"
+    );
+    b.stop().await;
+    // The survivor takes B's partitions, paused: it reads their records
+    // (a second rebuild) but not their events.
+    let rebuilds = || a.metric("mutebridge_worker_state_rebuild_seconds_count{pipeline=\"zego\"}");
+    assert!(
+        wait_until(Duration::from_secs(30), || rebuilds() == 2.0).await,
+        "A rebuilt {} times",
+        rebuilds()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        buffered(&a) <= held_before + 40.0,
+        "A buffered {} after the rebalance (had {held_before})",
+        buffered(&a)
+    );
+    // Back: everything is applied, nothing lost.
+    zego.set_down(false);
+    let distinct = || {
+        let mut ids: Vec<String> = zego.calls().into_iter().map(|c| c.id).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || distinct() == 440).await,
+        "{} of 440",
+        distinct()
+    );
+    assert!(h.dead_letters(1, Duration::from_secs(1)).await.is_empty());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_continues_from_the_single_consumer_group_of_earlier_versions() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = format!(
+        "{}{}{ZEGO_RULE}
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+",
+        zego_target(&zego, "zego"),
+        webhook_target(&hook, "audit")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    // What the single consumer group of an earlier version had finished.
+    for g in 0..10 {
+        post_ok(&h, &mute_all(&format!("old-{g}"))).await;
+    }
+    let records = h.consume(10, WAIT).await;
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for r in &records {
+        let e = ends.entry(r.partition).or_default();
+        *e = (*e).max(r.offset + 1);
+    }
+    let legacy: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .set("group.id", &h.config.worker.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, o) in &ends {
+        tpl.add_partition_offset(&h.config.kafka.topic, *p, rdkafka::Offset::Offset(*o))
+            .unwrap();
+    }
+    legacy.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(legacy);
+    for g in 0..5 {
+        post_ok(&h, &mute_all(&format!("new-{g}"))).await;
+    }
+    let mut w = h.start_worker().await;
+    assert!(wait_until(WAIT, || zego.calls().len() == 5 && hook.events().len() == 5).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: Vec<String> = zego.calls().into_iter().map(|c| c.id).collect();
+    assert!(
+        ids.iter().all(|i| i.starts_with("new-")),
+        "nothing applied twice: {ids:?}"
+    );
+    assert_eq!(zego.calls().len(), 5, "nothing skipped, nothing twice");
+    assert!(hook
+        .events()
+        .iter()
+        .all(|e| e["group_id"].as_str().unwrap().starts_with("new-")));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_shows_each_target_and_rewind_reapplies_one_target_only() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = format!(
+        "{}{}{ZEGO_RULE}
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+",
+        zego_target(&zego, "zego"),
+        webhook_target(&hook, "audit")
+    );
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        crate::state::quick_rebalance(c);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&text, dir.path());
+    let path = config.to_str().unwrap();
+    let (worker, addr) = spawn_role("worker", &config, &dir.path().join("worker.log"));
+    assert!(wait_for_200(addr, "/readyz", Duration::from_secs(20)));
+    let before = now_ms() - 1000;
+    for g in 0..6 {
+        post_ok(&h, &mute_all(&format!("rw-{g}"))).await;
+    }
+    assert!(wait_until(WAIT, || zego.calls().len() == 6 && hook.events().len() == 6).await);
+    // From the running worker: each target's breaker, lag and backlog.
+    let url = format!("http://{addr}");
+    let out = mutebridge(&["targets", "--url", &url]);
+    let text_out = String::from_utf8_lossy(&out.stdout);
+    eprintln!("targets --url output:\n{text_out}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, group) in [
+        ("zego", "mutebridge-workers.zego"),
+        ("audit", "mutebridge-workers.audit"),
+        ("(state keeper)", "mutebridge-workers "),
+    ] {
+        assert!(
+            text_out
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(group)),
+            "{name} / {group} in:\n{text_out}"
+        );
+    }
+    assert!(text_out.contains("closed"), "{text_out}");
+    // Rewinding while the worker runs is refused, and changes nothing.
+    let out = mutebridge(&[
+        "rewind",
+        "--config",
+        path,
+        "--target",
+        "zego",
+        "--to",
+        &before.to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("are running"),
+        "{err}"
+    );
+    drop(worker);
+    // From Kafka, with no worker: committed offsets against the ends.
+    tokio::time::sleep(Duration::from_secs(7)).await; // the dead member's session ends
+    let out = mutebridge(&["targets", "--config", path, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["backlog"] == 0),
+        "caught up: {rows:?}"
+    );
+    // Rewind ZEGO only: it applies the groups' mutes again, the audit
+    // webhook is untouched.
+    let dry = mutebridge(&[
+        "rewind",
+        "--config",
+        path,
+        "--target",
+        "zego",
+        "--to",
+        &before.to_string(),
+        "--dry-run",
+    ]);
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let moved: i64 = plan
+        .lines()
+        .filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(moved, 6, "{plan}");
+    let out = mutebridge(&[
+        "rewind",
+        "--config",
+        path,
+        "--target",
+        "zego",
+        "--to",
+        &before.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_worker, _) = spawn_role("worker", &config, &dir.path().join("again.log"));
+    assert!(
+        wait_until(Duration::from_secs(40), || zego.calls().len() == 12).await,
+        "{} ZEGO calls\n{}",
+        zego.calls().len(),
+        std::fs::read_to_string(dir.path().join("again.log")).unwrap_or_default()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(zego.calls().len(), 12, "each group once more");
+    assert_eq!(hook.events().len(), 6, "the audit webhook is not rewound");
+}
