@@ -55,7 +55,7 @@ use keeper::Keeper;
 use metrics::{PipelineMetrics, WorkerMetrics, KEEPER};
 use offsets::{Tracker, WorkerContext};
 use pipeline::{Pipeline, Stage, Status};
-use reader::{Newest, Sinks, StateReader};
+use reader::{Fences, Newest, Sinks, StateReader};
 use store::Store;
 
 /// What the worker's pipelines report, for `/targets`.
@@ -236,6 +236,7 @@ impl Build<'_> {
             state: state.clone(),
         });
         let sinks = state.map(Sinks::Keeper);
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
         self.pipeline(
             KEEPER,
             &w.group_id,
@@ -244,6 +245,7 @@ impl Build<'_> {
             None,
             loaded_rx,
             pm,
+            tracker,
         )
     }
 
@@ -294,10 +296,15 @@ impl Build<'_> {
             ),
             newest: Arc::new(Newest::default()),
         });
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
         let sinks = state.as_ref().map(|s| Sinks::Target {
             store: s.store.clone(),
             prefix: applied::key_prefix(name),
             newest: s.newest.clone(),
+            fences: Fences {
+                event_topic: self.config.kafka.topic.clone(),
+                tracker: tracker.clone(),
+            },
         });
         let renew_ahead_ms = cfg.mute_cap().map_or(0, |(_, ahead)| ahead as i64 * 1000);
         let engine = Arc::new(TargetEngine {
@@ -319,6 +326,7 @@ impl Build<'_> {
             shares,
             loaded_rx,
             pm,
+            tracker,
         )
     }
 
@@ -332,21 +340,18 @@ impl Build<'_> {
         shares: Option<Arc<Shares>>,
         loaded: mpsc::UnboundedReceiver<i32>,
         metrics: PipelineMetrics,
+        tracker: Arc<Mutex<Tracker>>,
     ) -> anyhow::Result<Pipeline> {
         let kafka = &self.config.kafka;
         let state = match sinks {
             None => None,
             Some(sinks) => {
-                let reader = StateReader::start(
-                    kafka,
-                    self.bootstrap,
-                    &self.config.worker.state_topic,
-                    sinks.clone(),
-                )?;
+                let topic = &self.config.worker.state_topic;
+                let reader =
+                    StateReader::start(kafka, self.bootstrap, topic, sinks.clone(), group_id)?;
                 Some((sinks, reader))
             }
         };
-        let tracker = Arc::new(Mutex::new(Tracker::default()));
         let paused = Arc::new(AtomicBool::new(false));
         let backlog = Arc::new(AtomicI64::new(0));
         let context = WorkerContext {
@@ -358,7 +363,6 @@ impl Build<'_> {
             shares,
             paused: paused.clone(),
             backlog: backlog.clone(),
-            rewindable: matches!(stage, Stage::Target(_)),
         };
         let consumer: StreamConsumer<WorkerContext> =
             kafka::consumer_config(kafka, self.bootstrap, group_id)

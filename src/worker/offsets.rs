@@ -79,9 +79,13 @@ impl Tracker {
         part.generation
     }
 
-    /// `mutebridge rewind` moved `partition` back from `until`.
-    pub fn set_fence(&mut self, partition: i32, until: i64) {
-        self.fences.insert(partition, until);
+    /// `mutebridge rewind` moved `partition` back from `until` (`None`:
+    /// it was not, or that is passed).
+    pub fn set_fence(&mut self, partition: i32, until: Option<i64>) {
+        match until {
+            Some(f) => self.fences.insert(partition, f),
+            None => self.fences.remove(&partition),
+        };
     }
 
     /// Whether the record at `offset` is one a rewind re-applies.
@@ -176,30 +180,9 @@ pub struct WorkerContext {
     /// Events in the assigned partitions not consumed yet (librdkafka's
     /// statistics), for `mutebridge targets`.
     pub backlog: Arc<AtomicI64>,
-    /// Whether `mutebridge rewind` fences are honoured (targets).
-    pub rewindable: bool,
 }
 
 impl WorkerContext {
-    /// The fences `mutebridge rewind` left in the committed offsets of
-    /// newly assigned partitions.
-    fn read_fences(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
-        match consumer.committed_offsets(assigned.clone(), std::time::Duration::from_secs(10)) {
-            Ok(committed) => {
-                let mut tracker = self.tracker.lock().expect("tracker lock");
-                for e in committed.elements() {
-                    if let Some(f) = fence_of(e.metadata()) {
-                        tracing::info!(pipeline = %self.pipeline, partition = e.partition(), until = f, "rewound: events below the offset are applied again");
-                        tracker.set_fence(e.partition(), f);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot read the committed offsets of newly assigned partitions; a rewind in progress goes on without re-sending what was applied")
-            }
-        }
-    }
-
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements()
             .iter()
@@ -241,9 +224,6 @@ impl ConsumerContext for WorkerContext {
                 if let Err(e) = consumer.pause(assigned) {
                     tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot pause newly assigned partitions");
                 }
-            }
-            if self.rewindable {
-                self.read_fences(consumer, assigned);
             }
             // Only once the partitions are ours does the share grow.
             if let Some(shares) = &self.shares {
@@ -347,7 +327,7 @@ mod tests {
     #[test]
     fn a_rewind_fence_goes_with_the_commits_until_it_is_passed() {
         let mut t = Tracker::default();
-        t.set_fence(1, 3);
+        t.set_fence(1, Some(3));
         let g = t.received(1, 1, 0);
         t.received(1, 2, 0);
         t.received(1, 3, 0);

@@ -318,13 +318,13 @@ impl Run<'_> {
         self.take_revoked();
         let (partition, offset) = (msg.partition(), msg.offset());
         let written = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-        let (generation, reapply) = {
-            let mut tracker = self.p.tracker.lock().expect("tracker lock");
-            let generation = tracker.received(partition, offset, written);
-            (generation, tracker.reapply(partition, offset))
-        };
-        // Re-applied after a rewind: judged as a replay of every rule.
-        let replay = replay_scope(msg).or_else(|| reapply.then(ReplayScope::default));
+        let generation = self
+            .p
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .received(partition, offset, written);
+        let replay = replay_scope(msg);
         self.scheduler.push(Job {
             partition,
             generation,
@@ -431,9 +431,23 @@ impl Run<'_> {
         let done_tx = &self.done_tx;
         self.scheduler.start_ready(
             |partition| p.is_loaded(partition),
-            |job| match &p.stage {
+            |mut job| match &p.stage {
                 Stage::Keeper(k) => spawn_keeper(k.clone(), job, done_tx.clone()),
-                Stage::Target(t) => spawn_target(t.clone(), job, done_tx.clone()),
+                Stage::Target(t) => {
+                    // Re-applied after a rewind (its fence is read with the
+                    // partition's records): judged as a replay of every rule.
+                    if let Work::Record { offset, replay, .. } = &mut job.work {
+                        if replay.is_none()
+                            && p.tracker
+                                .lock()
+                                .expect("tracker lock")
+                                .reapply(job.partition, *offset)
+                        {
+                            *replay = Some(ReplayScope::default());
+                        }
+                    }
+                    spawn_target(t.clone(), job, done_tx.clone())
+                }
             },
         );
         p.metrics.in_flight.set(self.scheduler.running() as i64);

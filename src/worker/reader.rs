@@ -21,6 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::offsets::{fence_of, Tracker};
 use super::store::{Record, Store};
 use crate::config::KafkaConfig;
 use crate::kafka::client_config;
@@ -85,12 +86,23 @@ pub enum Sinks {
     /// The state keeper: the group states are its own.
     Keeper(Store<GroupState>),
     /// A mute target: its applied records (keys starting with `prefix`),
-    /// and the keeper's group states as the newest state.
+    /// and the keeper's group states as the newest state. Before a
+    /// partition loads, its committed offset is read too: a fence
+    /// `mutebridge rewind` left there goes to the tracker.
     Target {
         store: Store<AppliedState>,
         prefix: String,
         newest: Arc<Newest>,
+        fences: Fences,
     },
+}
+
+/// Where a target's rewind fences are read (its consumer group's commits
+/// on the event topic) and kept.
+#[derive(Clone)]
+pub struct Fences {
+    pub event_topic: String,
+    pub tracker: Arc<Mutex<Tracker>>,
 }
 
 enum Command {
@@ -104,17 +116,19 @@ pub struct StateReader {
 }
 
 impl StateReader {
-    /// Starts the thread reading `topic` into `sinks`.
+    /// Starts the thread reading `topic` into `sinks`; `group_id` is the
+    /// pipeline's consumer group, whose commits it reads (never joins).
     pub fn start(
         kafka: &KafkaConfig,
         bootstrap: &str,
         topic: &str,
         sinks: Sinks,
+        group_id: &str,
     ) -> anyhow::Result<StateReader> {
         let consumer: BaseConsumer = client_config(kafka, bootstrap)
-            // librdkafka wants a group id even for manual assignment; it is
-            // never joined and nothing is committed.
-            .set("group.id", "mutebridge-state-reader")
+            // Never joined (manual assignment) and nothing is committed; it
+            // only reads the group's committed offsets.
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create()
@@ -274,6 +288,11 @@ impl Thread {
         let mut tpl = TopicPartitionList::new();
         let mut still = Vec::new();
         for p in std::mem::take(&mut self.waiting) {
+            if let Err(e) = self.read_fence(p) {
+                tracing::warn!(error = %format!("{e:#}"), partition = p, "cannot read the committed offset of an assigned partition; retrying (its events wait)");
+                still.push(p);
+                continue;
+            }
             match self
                 .consumer
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
@@ -307,6 +326,35 @@ impl Thread {
         let ok = still.is_empty();
         self.waiting = still;
         ok
+    }
+
+    /// A target's fence on event partition `p`, if `mutebridge rewind`
+    /// left one in the committed offset.
+    fn read_fence(&self, p: i32) -> anyhow::Result<()> {
+        let Sinks::Target { fences, .. } = &self.sinks else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&fences.event_topic, p);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(5))?;
+        let fence = committed
+            .find_partition(&fences.event_topic, p)
+            .and_then(|e| fence_of(e.metadata()));
+        if let Some(until) = fence {
+            tracing::info!(
+                partition = p,
+                until,
+                "rewound: events below this offset are applied again"
+            );
+        }
+        fences
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .set_fence(p, fence);
+        Ok(())
     }
 
     fn poll(&mut self) {
@@ -376,6 +424,7 @@ impl Thread {
                 store,
                 prefix,
                 newest,
+                ..
             } => {
                 if key.starts_with(prefix.as_str()) {
                     own(store, p, key, payload, loading, now);

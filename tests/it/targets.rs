@@ -371,7 +371,10 @@ async fn partitions_assigned_while_a_target_is_paused_stay_paused() {
     // backlog stays in Kafka instead of in the survivor's memory.
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
     zego.set_down(true);
-    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let text = format!(
+        "{}rate_per_second = 1000\n{ZEGO_RULE}",
+        zego_target(&zego, "zego")
+    );
     let h = Harness::start_with(|c| {
         policy(c, &text);
         crate::state::quick_rebalance(c);
