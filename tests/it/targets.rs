@@ -87,7 +87,7 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
         tick.tick().await;
         step += 1;
         // 5 rooms a second; odd ones unmuted 1 s later.
-        if step % 4 == 0 && rooms < 300 {
+        if step.is_multiple_of(4) && rooms < 300 {
             post_ok(&h, &chatroom(mute_all(&format!("room-{rooms}")))).await;
             if rooms % 2 == 1 {
                 unmutes.push((Instant::now() + Duration::from_secs(1), rooms));
@@ -99,7 +99,7 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
             post_ok(&h, &chatroom(unmute_all(&format!("room-{r}")))).await;
         }
         // 4 group mutes a second, over 60 groups, each alternating.
-        if step % 5 == 0 {
+        if step.is_multiple_of(5) {
             let g = format!("grp-{}", visits % 60);
             let muted = (visits / 60) % 2 == 0;
             post_ok(&h, &if muted { mute_all(&g) } else { unmute_all(&g) }).await;
