@@ -154,6 +154,11 @@ impl Phases {
         }
     }
 
+    /// Closed, with no failure counted.
+    pub fn is_clean(&self) -> bool {
+        matches!(self.phase, Phase::Closed { failures: 0 })
+    }
+
     pub fn circuit(&self) -> Circuit {
         match self.phase {
             Phase::Closed { .. } => Circuit::Closed,
@@ -225,6 +230,9 @@ impl Phases {
 /// One target's breaker, shared by its group tasks.
 pub struct Breaker {
     phases: Mutex<Phases>,
+    /// Closed with no failure counted: the common case, where admitting a
+    /// call and hearing it answered touch nothing shared but this.
+    clean: std::sync::atomic::AtomicBool,
     /// Calls waiting in [`Breaker::admit`].
     waiting: Mutex<usize>,
     /// The circuit, for whoever shows it.
@@ -255,6 +263,7 @@ impl Breaker {
     pub fn new(config: BreakerConfig) -> Breaker {
         Breaker {
             phases: Mutex::new(Phases::new(config)),
+            clean: std::sync::atomic::AtomicBool::new(true),
             waiting: Mutex::new(0),
             circuit: watch::Sender::new(Circuit::Closed),
             blocked: watch::Sender::new(false),
@@ -274,6 +283,14 @@ impl Breaker {
     /// Waits until the breaker lets a call go (closed, or this caller is
     /// the probe); returns how long it waited.
     pub async fn admit(&self) -> (Permit<'_>, Duration) {
+        if self.clean.load(std::sync::atomic::Ordering::Acquire) {
+            let permit = Permit {
+                breaker: self,
+                probe: false,
+                settled: false,
+            };
+            return (permit, Duration::ZERO);
+        }
         let started = Instant::now();
         let mut changes = self.circuit.subscribe();
         *self.waiting.lock().expect("breaker lock") += 1;
@@ -312,6 +329,8 @@ impl Breaker {
         let mut phases = self.phases.lock().expect("breaker lock");
         let out = change(&mut phases);
         let circuit = phases.circuit();
+        self.clean
+            .store(phases.is_clean(), std::sync::atomic::Ordering::Release);
         drop(phases);
         self.circuit
             .send_if_modified(|c| std::mem::replace(c, circuit) != circuit);
@@ -342,6 +361,14 @@ impl Permit<'_> {
     /// The provider answered (anything but an outage failure).
     pub fn answered(mut self) {
         self.settled = true;
+        if !self.probe
+            && self
+                .breaker
+                .clean
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
         self.breaker.update(Phases::answered);
     }
 

@@ -483,10 +483,7 @@ impl TargetEngine {
     }
 
     fn count(&self, id: &ActionId, outcome: &ActionOutcome) {
-        self.metrics
-            .actions
-            .with_label_values(&[&*id.target, id.action, outcome.as_str()])
-            .inc();
+        self.metrics.action(id.action, outcome.label());
     }
 
     fn finish(&self, outcome: EventOutcome) {

@@ -62,7 +62,9 @@ pub struct KeeperMetrics {
 pub struct TargetMetrics {
     /// By [`EventOutcome`], in its order.
     pub events: Arc<Vec<IntCounter>>,
-    pub actions: IntCounterVec,
+    /// By action name, then [`ActionLabel`] in its order (resolved once: a
+    /// label lookup hashes and locks, and every event counts one).
+    actions: Arc<Vec<(&'static str, Vec<IntCounter>)>>,
     pub dead_letters: IntCounterVec,
     pub renewals: IntCounter,
     pub circuit: IntGauge,
@@ -263,12 +265,16 @@ impl WorkerMetrics {
     /// at zero, so dashboards and alerts see the series before the first
     /// failure.
     pub fn target(&self, name: &str) -> TargetMetrics {
-        for action in Op::NAMES {
-            for outcome in ActionLabel::ALL {
-                self.actions
-                    .with_label_values(&[name, action, outcome.as_str()]);
-            }
-        }
+        let actions = Op::NAMES
+            .iter()
+            .map(|action| {
+                let by_outcome = ActionLabel::ALL
+                    .iter()
+                    .map(|o| self.actions.with_label_values(&[name, action, o.as_str()]))
+                    .collect();
+                (*action, by_outcome)
+            })
+            .collect();
         for reason in Reason::ALL {
             if reason != Reason::Undecodable {
                 self.dead_letters
@@ -288,7 +294,7 @@ impl WorkerMetrics {
                     .map(|o| self.target_events.with_label_values(&[name, o.as_str()]))
                     .collect(),
             ),
-            actions: self.actions.clone(),
+            actions: Arc::new(actions),
             dead_letters: self.dead_letters.clone(),
             renewals: self.renewals.with_label_values(&[name]),
             circuit,
@@ -321,6 +327,16 @@ impl WorkerMetrics {
             fallbacks: self.rate_limit_fallbacks.with_label_values(&[target]),
             rate_limited: self.target_rate_limited.with_label_values(&[target]),
             waited: self.rate_limit_wait.with_label_values(&[target]),
+        }
+    }
+}
+
+impl TargetMetrics {
+    /// Counts one action `action` (an [`Op`] name, or `none`) that ended
+    /// with `outcome`.
+    pub fn action(&self, action: &str, outcome: ActionLabel) {
+        if let Some((_, by_outcome)) = self.actions.iter().find(|(a, _)| *a == action) {
+            by_outcome[outcome as usize].inc();
         }
     }
 }

@@ -91,10 +91,6 @@ impl ActionOutcome {
         }
     }
 
-    pub fn as_str(&self) -> &'static str {
-        self.label().as_str()
-    }
-
     /// The outcome of an action the guard held for `hold`.
     pub fn held(hold: &crate::state::guard::Hold) -> ActionOutcome {
         use crate::state::guard::Hold;

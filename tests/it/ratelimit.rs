@@ -21,11 +21,6 @@ use mutebridge::limit::redis::Gcra;
 /// ZEGO's documented limit, which the stand-in enforces.
 const LIMIT: usize = 20;
 
-/// The two tests that measure four worker processes against a sliding
-/// window take turns: run together on 2 cores, CPU starvation bunches
-/// arrivals by more than the headroom absorbs (seen once: one refusal).
-static SLIDING_WINDOW_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Calls per second between the first and the last accepted `MuteGroup`
 /// of `groups`.
 fn achieved_rate(zego: &FakeZego, groups: &HashSet<String>) -> f64 {
@@ -167,7 +162,7 @@ async fn wait_for_even_split(a: SocketAddr, b: SocketAddr, half: f64, p: &Proces
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_worker_processes_share_the_limit_by_partition_and_a_survivor_takes_it_all() {
-    let _turn = SLIDING_WINDOW_TESTS.lock().await;
+    let _turn = HEAVY.lock().await;
     let zego = FakeZego::start_sliding(ZEGO_APP, ZEGO_SECRET, LIMIT).await;
     let targets = format!(
         "{}rate_per_second = {LIMIT}\n{ZEGO_RULE}",
@@ -218,7 +213,7 @@ async fn two_worker_processes_share_the_limit_by_partition_and_a_survivor_takes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_limit_is_exact_across_processes_and_survives_a_redis_outage() {
-    let _turn = SLIDING_WINDOW_TESTS.lock().await;
+    let _turn = HEAVY.lock().await;
     let mut redis = RedisServer::start();
     let zego = FakeZego::start_sliding(ZEGO_APP, ZEGO_SECRET, LIMIT).await;
     let targets = format!(

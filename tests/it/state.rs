@@ -153,6 +153,7 @@ async fn late_member_mutes_are_split_and_dimensions_stay_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_process_rebuilds_the_guard_and_loses_nothing() {
+    let _turn = HEAVY.lock().await;
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
     let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
     let h = Harness::start_with(|c| policy(c, &text)).await;

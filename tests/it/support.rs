@@ -401,6 +401,12 @@ impl Harness {
     }
 }
 
+/// Tests that run several worker processes, or measure rates against a
+/// sliding window, take turns: run together on 2 cores, CPU starvation
+/// bunches the calls a sliding window sees by more than the 5 % headroom
+/// absorbs (seen: one refusal), and delays what they time.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
 pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -366,6 +366,7 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_assigned_while_a_target_is_paused_stay_paused() {
+    let _turn = HEAVY.lock().await;
     // Two replicas, ZEGO down: both breakers open and pause. One replica
     // leaves; the survivor gets its partitions, paused too, so their
     // backlog stays in Kafka instead of in the survivor's memory.
@@ -496,6 +497,7 @@ then = [{{ target = \"audit\" }}]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_shows_each_target_and_rewind_reapplies_one_target_only() {
+    let _turn = HEAVY.lock().await;
     let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
     let hook = FakeWebhook::start("audit-secret").await;
     let text = format!(
