@@ -1,5 +1,6 @@
 //! The HTTP surface of the ingest role: `POST /webhooks/easemob` plus the
-//! operations endpoints of [`crate::ops`].
+//! operations endpoints of [`crate::ops`] (`/metrics` only while no
+//! `[ops] listen` serves it).
 //!
 //! This module only reads the request (bounded) and turns the pipeline's
 //! [`Answer`] into a reply; [`super::accept`] decides. Each status code is a
@@ -33,22 +34,14 @@ use super::{accept, Answer, Ingestor};
 use crate::metrics::CloseReason;
 use crate::ops::{error, reply};
 
-/// The router for every endpoint of the ingest role.
-pub fn router(ingestor: Arc<Ingestor>) -> Router {
-    let scrape = {
-        let ingestor = ingestor.clone();
-        move || {
-            ingestor
-                .metrics
-                .dedup_entries
-                .set(ingestor.dedup.len() as i64)
-        }
+/// The routes of the ingest role's callback port; with `with_metrics`,
+/// `/metrics` too (when no ops listener serves it).
+pub fn router(ingestor: Arc<Ingestor>, with_metrics: bool) -> Router {
+    let ops = if with_metrics {
+        ops_router(&ingestor)
+    } else {
+        crate::ops::health_router(ingestor.kafka_ready.clone())
     };
-    let ops = crate::ops::router(
-        ingestor.metrics.clone(),
-        ingestor.kafka_ready.clone(),
-        scrape,
-    );
     Router::new()
         .route("/webhooks/easemob", post(easemob))
         .with_state(ingestor)
@@ -62,6 +55,24 @@ pub fn router(ingestor: Arc<Ingestor>) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
+}
+
+/// The ingest role's operators' routes (`/metrics`, `/healthz`, `/readyz`).
+pub fn ops_router(ingestor: &Arc<Ingestor>) -> Router {
+    let scrape = {
+        let ingestor = ingestor.clone();
+        move || {
+            ingestor
+                .metrics
+                .dedup_entries
+                .set(ingestor.dedup.len() as i64)
+        }
+    };
+    crate::ops::router(
+        ingestor.metrics.clone(),
+        ingestor.kafka_ready.clone(),
+        scrape,
+    )
 }
 
 async fn easemob(

@@ -96,6 +96,7 @@ pub async fn accept(ingestor: &Ingestor, body: &[u8]) -> Answer {
     let received_at = crate::time::now_ms();
     let verified = match ingestor.verifier.verify(unverified, received_at) {
         Ok(v) => v,
+        Err(e @ verify::Rejected::Future { .. }) => return Answer::BadRequest(e.to_string()),
         Err(rejected) => return Answer::Unauthorized(rejected.to_string()),
     };
     let event = match normalize(verified, received_at) {
@@ -185,6 +186,8 @@ pub struct Ingest {
     listener: TcpListener,
     limits: crate::server::Limits,
     grace: Duration,
+    /// `/metrics` on the callback port (no `[ops] listen` serves it).
+    metrics_here: bool,
 }
 
 impl Ingest {
@@ -195,10 +198,10 @@ impl Ingest {
         metrics: Metrics,
     ) -> anyhow::Result<Ingest> {
         config.require_ingest()?;
-        let listener = crate::ops::bind(config.http.listen).await?;
+        let listener = crate::ops::bind(config.http.listen, "http.listen").await?;
         let e = &config.easemob;
         let ingestor = Arc::new(Ingestor {
-            verifier: Verifier::new(&e.apps, e.replay_window_seconds),
+            verifier: Verifier::new(&e.apps, e.replay_window_seconds, e.max_future_skew_seconds),
             dedup: Dedup::new(
                 Duration::from_secs(e.dedup_window_seconds),
                 e.dedup_capacity,
@@ -217,7 +220,14 @@ impl Ingest {
             listener,
             limits: crate::server::Limits::new(&config.http, crate::server::fd_limit()),
             grace: Duration::from_secs(config.http.shutdown_grace_seconds),
+            metrics_here: config.ops.listen.is_none(),
         })
+    }
+
+    /// The operators' routes of this ingest (`/metrics`, `/healthz`,
+    /// `/readyz`), for an `[ops] listen` listener.
+    pub fn ops_router(&self) -> axum::Router {
+        http::ops_router(&self.ingestor)
     }
 
     /// The address actually bound (useful with port 0).
@@ -237,6 +247,7 @@ impl Ingest {
             listener,
             limits,
             grace,
+            metrics_here,
         } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let probe = {
@@ -248,7 +259,7 @@ impl Ingest {
                 move |timeout| Some(publisher.probe(timeout)),
             ))
         };
-        let app = http::router(ingestor.clone());
+        let app = http::router(ingestor.clone(), metrics_here);
         let signalled = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing in-flight requests");

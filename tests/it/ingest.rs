@@ -475,3 +475,21 @@ async fn full_producer_queue_gives_immediate_503() {
     h.cluster.embedded().unwrap().broker_up(1).unwrap();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_cannot_be_told_on_a_cluster_without_describe_configs() {
+    // librdkafka's mock cluster does not implement DescribeConfigs: the
+    // answer says so instead of guessing either way.
+    let h = Harness::start().await;
+    let started = Instant::now();
+    let answer = h
+        .cluster
+        .compaction(&h.config.kafka, &h.config.kafka.topic)
+        .await;
+    match answer {
+        mutebridge::Compaction::CannotTell(why) => assert!(!why.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(16));
+    h.stop().await;
+}
