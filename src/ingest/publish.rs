@@ -93,7 +93,9 @@ impl Publisher {
         let headers = event_headers(e);
         // What librdkafka counts against message.max.bytes: value, key and
         // headers. Checked here so the answer says why, not "retry later".
-        let size = payload.len() + e.group_id.len() + headers_len(&headers);
+        // The headers' size is summed from the strings they were made of
+        // (reading them back would cross into librdkafka four times).
+        let size = payload.len() + e.group_id.len() + event_headers_len(e);
         if size > self.max_message_bytes {
             return Err(PublishError::TooLarge {
                 size,
@@ -158,11 +160,14 @@ pub fn event_headers(e: &Event) -> OwnedHeaders {
         })
 }
 
-/// Bytes of header keys and values, as librdkafka counts them.
-pub fn headers_len(headers: &OwnedHeaders) -> usize {
-    use rdkafka::message::Headers;
-    headers
-        .iter()
-        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-        .sum()
+/// Bytes of [`event_headers`]' keys and values, without building them.
+pub fn event_headers_len(e: &Event) -> usize {
+    "event-kind".len()
+        + e.kind.as_str().len()
+        + "appkey".len()
+        + e.appkey.len()
+        + "call-id".len()
+        + e.id.len()
+        + "schema".len()
+        + SCHEMA_V1.len()
 }
