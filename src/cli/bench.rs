@@ -481,7 +481,7 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
                     let config = config_path.to_string_lossy().into_owned();
                     Child::spawn_bin(
                         bin.as_deref(),
-                        &["run", "--config", &config],
+                        &[&opts.role, "--config", &config],
                         addr,
                         "/readyz",
                     )
