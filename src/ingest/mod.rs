@@ -148,35 +148,79 @@ async fn publish(ingestor: &Ingestor, event: &VerifiedEvent) -> Answer {
             return Answer::Unavailable(e.to_string());
         }
     };
-    // The delivery report is awaited on its own task, so it is recorded even
-    // when the sender hangs up or our deadline passes first: a late ack still
-    // makes the sender's retry a duplicate instead of a second record.
-    let metrics = ingestor.metrics.clone();
-    let kind = event.event().kind;
-    let delivery = tokio::spawn(async move {
-        let result = pending.acknowledged().await;
-        match &result {
-            Ok(_) => {
-                metrics.published(kind);
-                ticket.resolve(true);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Kafka did not acknowledge an event");
-                metrics.produce_errors.inc();
-                ticket.resolve(false);
+    // The delivery report is awaited here, in the request's own task (no
+    // task per callback); should the request stop waiting first (its
+    // deadline, or the sender hanging up), `Awaiting` hands the report to a
+    // task of its own, so a late ack is still recorded and the sender's
+    // retry is a duplicate instead of a second record.
+    let mut awaiting = Awaiting {
+        pending: Some(pending),
+        ticket: Some(ticket),
+        metrics: ingestor.metrics.clone(),
+        kind: event.event().kind,
+    };
+    let report = awaiting.pending.as_mut().expect("set above");
+    match tokio::time::timeout(ingestor.ack_timeout, report).await {
+        Ok(result) => {
+            awaiting.pending = None;
+            let ticket = awaiting.ticket.take().expect("set above");
+            record(&awaiting.metrics, awaiting.kind, ticket, &result);
+            match result {
+                Ok(delivered) => Answer::Published(delivered),
+                Err(e) => Answer::Unavailable(e.to_string()),
             }
         }
-        result
-    });
-    // Dropping the JoinHandle at the deadline does not cancel the task.
-    match tokio::time::timeout(ingestor.ack_timeout, delivery).await {
-        Ok(Ok(Ok(delivered))) => Answer::Published(delivered),
-        Ok(Ok(Err(e))) => Answer::Unavailable(e.to_string()),
-        Ok(Err(_)) => Answer::Unavailable("the delivery task failed".into()),
         Err(_) => Answer::Unavailable(format!(
             "Kafka did not acknowledge within {} ms",
             ingestor.ack_timeout.as_millis()
         )),
+    }
+}
+
+/// A record whose delivery report is awaited, with the dedup ticket it
+/// resolves. Dropped before the report arrived, it spawns the rest.
+struct Awaiting {
+    pending: Option<publish::Pending>,
+    ticket: Option<dedup::Ticket>,
+    metrics: Metrics,
+    kind: EventKind,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        let (Some(pending), Some(ticket)) = (self.pending.take(), self.ticket.take()) else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) nobody waits any more:
+        // the dropped ticket forgets the callback, so a retry publishes.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (metrics, kind) = (self.metrics.clone(), self.kind);
+        runtime.spawn(async move {
+            let result = pending.await;
+            record(&metrics, kind, ticket, &result);
+        });
+    }
+}
+
+/// Counts a delivery report and resolves the callback's dedup ticket.
+fn record(
+    metrics: &Metrics,
+    kind: EventKind,
+    ticket: dedup::Ticket,
+    result: &Result<Delivered, PublishError>,
+) {
+    match result {
+        Ok(_) => {
+            metrics.published(kind);
+            ticket.resolve(true);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Kafka did not acknowledge an event");
+            metrics.produce_errors.inc();
+            ticket.resolve(false);
+        }
     }
 }
 

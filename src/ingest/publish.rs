@@ -44,21 +44,27 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// A record handed to librdkafka, waiting for its delivery report.
+/// A record handed to librdkafka, waiting for its delivery report: a
+/// future of the broker's acknowledgement (or librdkafka's final error, at
+/// the latest after `message.timeout.ms`). It can be polled in place and
+/// moved elsewhere unfinished (it is `Unpin`).
 pub struct Pending(DeliveryFuture);
 
-impl Pending {
-    /// Waits for the broker's acknowledgement (or librdkafka's final error,
-    /// at the latest after `message.timeout.ms`).
-    pub async fn acknowledged(self) -> Result<Delivered, PublishError> {
-        match self.0.await {
+impl std::future::Future for Pending {
+    type Output = Result<Delivered, PublishError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
             Ok(Ok(d)) => Ok(Delivered {
                 partition: d.partition,
                 offset: d.offset,
             }),
             Ok(Err((e, _))) => Err(PublishError::Kafka(e)),
             Err(_) => Err(PublishError::Canceled),
-        }
+        })
     }
 }
 
