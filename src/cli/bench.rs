@@ -635,6 +635,9 @@ async fn floor_server(listen: SocketAddr, brokers: &str) -> anyhow::Result<()> {
                 .await;
         });
     }
+    // The producer before its cluster, so that it does not report the
+    // cluster gone on the way out.
+    drop(producer);
     drop(embedded);
     Ok(())
 }
