@@ -25,6 +25,7 @@ pub const DEMO_SECRET: &str = "demo-secret";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
+    pub ops: OpsConfig,
     pub kafka: KafkaConfig,
     pub easemob: EasemobConfig,
     pub worker: WorkerConfig,
@@ -136,10 +137,19 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address to listen on for callbacks, `/metrics`, `/healthz`, `/readyz`.
+    /// Address to listen on for callbacks and `/healthz`, `/readyz`; also
+    /// `/metrics` unless `[ops] listen` is set.
     pub listen: SocketAddr,
     /// Larger bodies get 413 without being read.
     pub max_body_bytes: usize,
+    /// Longest request head (request line and headers); a longer one is
+    /// answered 431 and the connection closed, so a client cannot make the
+    /// server buffer an endless header.
+    pub max_header_bytes: usize,
+    /// Most bytes of unfinished requests (heads and bodies still arriving)
+    /// held at once over all connections. Past it, the connection that has
+    /// been receiving longest without finishing is closed (`memory`).
+    pub max_buffered_bytes: usize,
     /// How long a callback waits for Kafka's acknowledgement before 503.
     /// Keep it below the sender's own timeout so its retry gets an answer.
     pub ack_timeout_ms: u64,
@@ -166,6 +176,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 65536,
+            max_header_bytes: 32 * 1024,
+            max_buffered_bytes: 32 * 1024 * 1024,
             ack_timeout_ms: 3000,
             retry_after_seconds: 1,
             shutdown_grace_seconds: 10,
@@ -175,6 +187,18 @@ impl Default for HttpConfig {
             max_connections: 10_000,
         }
     }
+}
+
+/// `[ops]`: the operators' listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// `HOST:PORT` serving `/metrics`, `/healthz` and `/readyz`. When set,
+    /// `/metrics` is served only here (the callback port answers 404 for
+    /// it), so the port exposed to the internet does not tell the fd limit,
+    /// open connections and close reasons; a worker-only process listens
+    /// here instead of `http.listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[kafka]`: where events go.
@@ -192,8 +216,13 @@ pub struct KafkaConfig {
     pub replication_factor: Option<i32>,
     /// Create the topic at startup when it does not exist.
     pub create_topics: bool,
-    /// Extra librdkafka properties, passed through as they are.
+    /// Extra librdkafka properties, passed through as they are; a string
+    /// `env:NAME` is read from the environment (a SASL password).
     pub client: BTreeMap<String, toml::Value>,
+    /// The `env:` values of `client`, once read (kept apart so that they
+    /// are never printed with the rest).
+    #[serde(skip)]
+    resolved_client: BTreeMap<String, Secret>,
 }
 
 impl Default for KafkaConfig {
@@ -205,6 +234,7 @@ impl Default for KafkaConfig {
             replication_factor: None,
             create_topics: true,
             client: BTreeMap::new(),
+            resolved_client: BTreeMap::new(),
         }
     }
 }
@@ -215,14 +245,15 @@ impl KafkaConfig {
         self.brokers.trim() == "embedded"
     }
 
-    /// `[kafka.client]` as librdkafka property strings.
+    /// `[kafka.client]` as librdkafka property strings, `env:` values read.
     pub fn client_properties(&self) -> Vec<(String, String)> {
         self.client
             .iter()
             .map(|(k, v)| {
-                let value = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                let value = match (self.resolved_client.get(k), v) {
+                    (Some(secret), _) => secret.expose().to_owned(),
+                    (None, toml::Value::String(s)) => s.clone(),
+                    (None, other) => other.to_string(),
                 };
                 (k.clone(), value)
             })
@@ -238,6 +269,10 @@ pub struct EasemobConfig {
     /// Reject callbacks whose `timestamp` is older than this many seconds
     /// (0 = off). Only the clock of the sender is trusted, so keep it generous.
     pub replay_window_seconds: u64,
+    /// Reject callbacks whose `timestamp` is more than this many seconds
+    /// ahead of our clock (400): a future-dated event would make every real
+    /// change after it look older, and be refused as stale by the worker.
+    pub max_future_skew_seconds: u64,
     /// How long a published `callId` is remembered to answer retries with 200.
     pub dedup_window_seconds: u64,
     /// Upper bound on remembered callbacks; the oldest are forgotten first.
@@ -252,6 +287,7 @@ impl Default for EasemobConfig {
         EasemobConfig {
             apps: Vec::new(),
             replay_window_seconds: 0,
+            max_future_skew_seconds: 300,
             dedup_window_seconds: 600,
             dedup_capacity: 100_000,
             dedup_by_content: true,
@@ -269,26 +305,113 @@ pub struct EasemobApp {
     pub secrets: Vec<Secret>,
 }
 
-/// A secret value; never printed.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// A secret value; never printed. Written in the file as the value itself
+/// or as `env:NAME`, which stays unresolved until the load asks for the
+/// secrets of a role that uses it (see [`Secrets`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(SecretValue);
+
+#[derive(Clone, PartialEq, Eq)]
+enum SecretValue {
+    Value(String),
+    /// `env:NAME` not read yet: the name of the variable.
+    Env(String),
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(SecretValue::Value(value.into()))
     }
 
-    /// The secret itself, for signing; do not log it.
+    /// The secret itself, for signing; do not log it. Empty while it is an
+    /// unresolved `env:` reference: a role uses only secrets it resolved.
     pub fn expose(&self) -> &str {
-        &self.0
+        match &self.0 {
+            SecretValue::Value(v) => v,
+            SecretValue::Env(_) => "",
+        }
+    }
+
+    /// False for an `env:NAME` reference that was not read (a load that
+    /// does not use this secret leaves it so).
+    pub fn is_resolved(&self) -> bool {
+        matches!(self.0, SecretValue::Value(_))
+    }
+
+    fn from_text(text: String) -> Secret {
+        match text.strip_prefix("env:") {
+            Some(name) => Secret(SecretValue::Env(name.to_owned())),
+            None => Secret(SecretValue::Value(text)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret::from_text)
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
+        match &self.0 {
+            SecretValue::Value(_) => f.write_str("Secret(<redacted>)"),
+            SecretValue::Env(name) => write!(f, "Secret(env:{name}, unresolved)"),
+        }
     }
+}
+
+/// Which `env:` secrets a load reads from the environment. Each role
+/// resolves only what it uses, so an internet-facing ingest holds no
+/// provider credential and a worker no callback secret; a secret left
+/// unresolved needs no variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secrets {
+    /// `easemob.apps[].secrets`: the ingest role.
+    pub apps: bool,
+    /// The targets' secrets and Redis URLs: the worker role.
+    pub targets: bool,
+    /// `env:` values in `[kafka.client]` (a SASL password): every client.
+    pub kafka: bool,
+}
+
+impl Secrets {
+    /// Nothing: the file is checked without its secrets.
+    pub const NONE: Secrets = Secrets {
+        apps: false,
+        targets: false,
+        kafka: false,
+    };
+    /// What `mutebridge ingest` uses.
+    pub const INGEST: Secrets = Secrets {
+        apps: true,
+        targets: false,
+        kafka: true,
+    };
+    /// What `mutebridge worker` uses.
+    pub const WORKER: Secrets = Secrets {
+        apps: false,
+        targets: true,
+        kafka: true,
+    };
+    /// Kafka's only: the commands that read or write topics.
+    pub const KAFKA: Secrets = Secrets {
+        apps: false,
+        targets: false,
+        kafka: true,
+    };
+    /// The targets' only: `policy explain` signs requests, talks to no one.
+    pub const TARGETS: Secrets = Secrets {
+        apps: false,
+        targets: true,
+        kafka: false,
+    };
+    /// Everything: `mutebridge run`.
+    pub const ALL: Secrets = Secrets {
+        apps: true,
+        targets: true,
+        kafka: true,
+    };
 }
 
 /// A configuration mistake, naming where it is.
@@ -418,8 +541,9 @@ impl Config {
             .map_err(|e| e.in_file(&self.file_name()))
     }
 
-    /// Loads `path`, or the demo configuration when `path` is `None`.
-    pub fn load(path: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+    /// Loads `path`, or the demo configuration when `path` is `None`,
+    /// reading the `secrets` its caller uses from the environment.
+    pub fn load(path: Option<&Path>, secrets: Secrets) -> Result<(Config, Origin), ConfigError> {
         match path {
             None => Ok((Config::demo(), Origin::Demo)),
             Some(path) => {
@@ -428,14 +552,15 @@ impl Config {
                         .in_file(path)
                 })?;
                 Ok((
-                    Config::parse(&text, path)?,
+                    Config::parse_with(&text, path, &|name| std::env::var(name).ok(), secrets)?,
                     Origin::File(path.to_path_buf()),
                 ))
             }
         }
     }
 
-    /// Parses and validates TOML text; `file` is only used in error messages.
+    /// Parses and validates TOML text, every secret read from the
+    /// environment; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         Config::parse_with_env(text, file, &|name| std::env::var(name).ok())
     }
@@ -445,6 +570,17 @@ impl Config {
         text: &str,
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_with(text, file, env, Secrets::ALL)
+    }
+
+    /// Parses and validates TOML text, reading only the `secrets` asked
+    /// for through `env`; the others stay unresolved references.
+    pub fn parse_with(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: Secrets,
     ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -467,7 +603,7 @@ impl Config {
         })?;
         config.file = Some(file.to_path_buf());
         config
-            .resolve_secrets(env)
+            .resolve_secrets(env, secrets)
             .and_then(|()| config.validate())
             .map_err(|e| e.in_file(file))?;
         config.compiled = Some((
@@ -477,16 +613,39 @@ impl Config {
         Ok(config)
     }
 
-    fn resolve_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Invalid> {
+    /// Reads the selected `env:` secrets; the others are only checked to
+    /// be well formed.
+    fn resolve_secrets(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: Secrets,
+    ) -> Result<(), Invalid> {
         for (i, app) in self.easemob.apps.iter_mut().enumerate() {
             for (j, secret) in app.secrets.iter_mut().enumerate() {
-                resolve(secret, env)
+                resolve(secret, env, secrets.apps)
                     .map_err(|e| e.under(&format!("easemob.apps[{i}].secrets[{j}]")))?;
             }
         }
         for (name, target) in self.targets.iter_mut() {
             for (key, secret) in target.secrets_mut() {
-                resolve(secret, env).map_err(|e| e.under(&format!("targets.{name}.{key}")))?;
+                resolve(secret, env, secrets.targets)
+                    .map_err(|e| e.under(&format!("targets.{name}.{key}")))?;
+            }
+        }
+        let kafka = &mut self.kafka;
+        kafka.resolved_client.clear();
+        for (key, value) in &kafka.client {
+            let toml::Value::String(text) = value else {
+                continue;
+            };
+            if !text.starts_with("env:") {
+                continue;
+            }
+            let mut secret = Secret::from_text(text.clone());
+            resolve(&mut secret, env, secrets.kafka)
+                .map_err(|e| e.under(&format!("kafka.client.\"{key}\"")))?;
+            if secret.is_resolved() {
+                kafka.resolved_client.insert(key.clone(), secret);
             }
         }
         Ok(())
@@ -517,30 +676,90 @@ impl Config {
                 .validate()
                 .map_err(|e| e.under(&format!("targets.{name}")))?;
         }
+        if let Some(ops) = self.ops.listen {
+            if ops == self.http.listen && ops.port() != 0 {
+                return invalid(
+                    "ops.listen",
+                    format!(
+                        "{ops} is http.listen too; give the operators' listener a port of its own"
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 }
+
+/// `value` (in `unit`) must lie in `range`: durations and sizes beyond it
+/// are mistakes, and some would overflow a timer at run time.
+fn within(
+    key: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<(), Invalid> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        invalid(
+            key,
+            format!(
+                "{value} is not between {} and {} {unit}",
+                range.start(),
+                range.end()
+            ),
+        )
+    }
+}
+
+/// Seconds in a day, for bounds.
+const DAY: u64 = 86_400;
 
 impl HttpConfig {
     fn validate(&self) -> Result<(), Invalid> {
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes", "must be at least 1024 bytes");
         }
-        if self.ack_timeout_ms == 0 {
-            return invalid("ack_timeout_ms", "must be greater than 0");
-        }
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        within(
+            "max_header_bytes",
+            self.max_header_bytes as u64,
+            8192..=1 << 20,
+            "bytes",
+        )?;
+        let one_request = (self.max_header_bytes + self.max_body_bytes) as u64;
+        within(
+            "max_buffered_bytes",
+            self.max_buffered_bytes as u64,
+            (one_request * 16).max(1 << 20)..=1 << 36,
+            "bytes (at least 16 requests of max_header_bytes + max_body_bytes)",
+        )?;
+        within("ack_timeout_ms", self.ack_timeout_ms, 1..=300_000, "ms")?;
+        within(
+            "retry_after_seconds",
+            self.retry_after_seconds,
+            0..=DAY,
+            "seconds",
+        )?;
+        within(
+            "shutdown_grace_seconds",
+            self.shutdown_grace_seconds,
+            0..=3600,
+            "seconds",
+        )?;
         for (key, value) in [
             ("header_timeout_seconds", self.header_timeout_seconds),
             ("body_timeout_seconds", self.body_timeout_seconds),
             ("idle_timeout_seconds", self.idle_timeout_seconds),
         ] {
-            if !(1..=3600).contains(&value) {
-                return invalid(key, format!("{value} is not between 1 and 3600 seconds"));
-            }
+            within(key, value, 1..=3600, "seconds")?;
         }
-        if self.max_connections < 16 {
-            return invalid("max_connections", "must be at least 16");
-        }
+        within(
+            "max_connections",
+            self.max_connections as u64,
+            16..=1_000_000,
+            "connections",
+        )?;
         Ok(())
     }
 }
@@ -595,6 +814,24 @@ impl EasemobConfig {
         if self.dedup_capacity == 0 {
             return invalid("dedup_capacity", "must be at least 1");
         }
+        within(
+            "replay_window_seconds",
+            self.replay_window_seconds,
+            0..=30 * DAY,
+            "seconds",
+        )?;
+        within(
+            "max_future_skew_seconds",
+            self.max_future_skew_seconds,
+            1..=DAY,
+            "seconds",
+        )?;
+        within(
+            "dedup_window_seconds",
+            self.dedup_window_seconds,
+            0..=7 * DAY,
+            "seconds",
+        )?;
         let mut seen = HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
             let at = format!("apps[{i}]");
@@ -631,7 +868,11 @@ impl EasemobConfig {
                     ),
                 );
             }
-            if let Some(j) = app.secrets.iter().position(|s| s.0.is_empty()) {
+            if let Some(j) = app
+                .secrets
+                .iter()
+                .position(|s| s.is_resolved() && s.expose().is_empty())
+            {
                 return invalid(&format!("{at}.secrets[{j}]"), "is empty");
             }
         }
@@ -674,12 +915,30 @@ impl WorkerConfig {
                 "must be at least 4: Easemob re-sends stored callbacks up to 3 days late, and a guard forgotten sooner lets such a callback undo a newer change",
             );
         }
-        if self.commit_interval_ms == 0 {
-            return invalid("commit_interval_ms", "must be greater than 0");
-        }
-        if self.request_timeout_ms == 0 {
-            return invalid("request_timeout_ms", "must be greater than 0");
-        }
+        within(
+            "state_horizon_days",
+            self.state_horizon_days.into(),
+            4..=3650,
+            "days",
+        )?;
+        within(
+            "commit_interval_ms",
+            self.commit_interval_ms,
+            1..=600_000,
+            "ms",
+        )?;
+        within(
+            "shutdown_grace_seconds",
+            self.shutdown_grace_seconds,
+            0..=3600,
+            "seconds",
+        )?;
+        within(
+            "request_timeout_ms",
+            self.request_timeout_ms,
+            1..=600_000,
+            "ms",
+        )?;
         self.retry.validate().map_err(|e| e.under("retry"))?;
         self.circuit_breaker
             .validate(self.retry.max_attempts)
@@ -698,12 +957,25 @@ impl RetryConfig {
                 "needs 0 < initial_backoff_ms <= max_backoff_ms",
             );
         }
+        within("max_backoff_ms", self.max_backoff_ms, 1..=3_600_000, "ms")?;
+        within(
+            "max_elapsed_seconds",
+            self.max_elapsed_seconds,
+            0..=30 * DAY,
+            "seconds",
+        )?;
         if self.rate_limited_horizon_seconds == 0 {
             return invalid(
                 "rate_limited_horizon_seconds",
                 "must be greater than 0 (hours are typical: a rate-limit answer is temporary)",
             );
         }
+        within(
+            "rate_limited_horizon_seconds",
+            self.rate_limited_horizon_seconds,
+            1..=30 * DAY,
+            "seconds",
+        )?;
         Ok(())
     }
 }
@@ -735,20 +1007,31 @@ fn check_target_name(name: &str) -> Result<(), Invalid> {
 /// The built-in demo configuration.
 const DEMO_TOML: &str = include_str!("demo.toml");
 
-/// Replaces an `env:NAME` secret with the variable's value.
-fn resolve(secret: &mut Secret, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Invalid> {
-    if let Some(name) = secret.0.strip_prefix("env:") {
-        let value = env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            Invalid::new(
-                "",
-                format!("environment variable {name} is not set or empty"),
-            )
-        })?;
-        *secret = Secret(value);
-    } else if secret.0.is_empty() {
-        return invalid("", "is empty");
+/// Replaces an `env:NAME` secret with the variable's value when `read`;
+/// otherwise only checks that it names a variable.
+fn resolve(
+    secret: &mut Secret,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: bool,
+) -> Result<(), Invalid> {
+    match &secret.0 {
+        SecretValue::Value(v) if v.is_empty() => invalid("", "is empty"),
+        SecretValue::Value(_) => Ok(()),
+        SecretValue::Env(name) if name.is_empty() => {
+            invalid("", "`env:` names no environment variable")
+        }
+        SecretValue::Env(_) if !read => Ok(()),
+        SecretValue::Env(name) => {
+            let value = env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                Invalid::new(
+                    "",
+                    format!("environment variable {name} is not set or empty"),
+                )
+            })?;
+            *secret = Secret::new(value);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 fn one_line(s: &str) -> String {
@@ -941,6 +1224,84 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key, "worker.retry.rate_limited_horizon_seconds");
+    }
+
+    /// The demo app, a ZEGO target with a Redis limit and a SASL password,
+    /// every secret from the environment.
+    const ROLES: &str = "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:APP\"]\n[kafka.client]\n\"sasl.password\" = \"env:SASL\"\n[targets.zego]\nkind = \"zego\"\napp_id = 1\nserver_secret = \"env:ZEGO\"\nfrom_user_id = \"b\"\n[targets.zego.rate_limit]\nmode = \"redis\"\nurl = \"env:REDIS\"\n";
+
+    fn parse_roles(secrets: Secrets, set: &[&str]) -> Result<Config, ConfigError> {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        Config::parse_with(
+            ROLES,
+            Path::new("roles.toml"),
+            &|name| {
+                set.iter().any(|s| s == name).then(|| match name {
+                    "REDIS" => "redis://:pw@r:6379".to_owned(),
+                    other => format!("value-of-{other}"),
+                })
+            },
+            secrets,
+        )
+    }
+
+    #[test]
+    fn each_role_reads_only_its_secrets() {
+        let c = parse_roles(Secrets::INGEST, &["APP", "SASL"]).unwrap();
+        assert_eq!(c.easemob.apps[0].secrets[0].expose(), "value-of-APP");
+        assert!(c
+            .kafka
+            .client_properties()
+            .contains(&("sasl.password".into(), "value-of-SASL".into())));
+        let TargetConfig::Zego(zego) = &c.targets["zego"] else {
+            panic!()
+        };
+        assert!(!zego.server_secret.is_resolved());
+        let c = parse_roles(Secrets::WORKER, &["ZEGO", "REDIS", "SASL"]).unwrap();
+        assert!(!c.easemob.apps[0].secrets[0].is_resolved());
+        let TargetConfig::Zego(zego) = &c.targets["zego"] else {
+            panic!()
+        };
+        assert_eq!(zego.server_secret.expose(), "value-of-ZEGO");
+        assert!(parse_roles(Secrets::NONE, &[]).is_ok());
+        // What a role needs and lacks is named.
+        let e = parse_roles(Secrets::WORKER, &["ZEGO", "SASL"]).unwrap_err();
+        assert_eq!(e.key, "targets.zego.rate_limit.url", "{e}");
+        let e = parse_roles(Secrets::INGEST, &["APP"]).unwrap_err();
+        assert_eq!(e.key, "kafka.client.\"sasl.password\"", "{e}");
+        let e = parse_roles(Secrets::ALL, &["APP", "SASL", "REDIS"]).unwrap_err();
+        assert_eq!(e.key, "targets.zego.server_secret", "{e}");
+        // The resolved SASL password is not printed with the config.
+        let c = parse_roles(Secrets::ALL, &["APP", "SASL", "ZEGO", "REDIS"]).unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("value-of-"), "{printed}");
+        // `env:` with no name is a mistake even unresolved.
+        let e = parse(&format!(
+            "{APP}[targets.w]\nkind = \"webhook\"\nurl = \"http://h/\"\nsecret = \"env:\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "targets.w.secret", "{e}");
+    }
+
+    #[test]
+    fn values_that_would_overflow_a_timer_are_refused_by_key() {
+        for (extra, key) in [
+            ("[http]\nshutdown_grace_seconds = 9223372036854775000\n", "http.shutdown_grace_seconds"),
+            ("[http]\nack_timeout_ms = 9223372036854775000\n", "http.ack_timeout_ms"),
+            ("[http]\nmax_header_bytes = 1024\n", "http.max_header_bytes"),
+            ("[http]\nmax_buffered_bytes = 1000\n", "http.max_buffered_bytes"),
+            ("[worker]\nshutdown_grace_seconds = 9223372036854775000\n", "worker.shutdown_grace_seconds"),
+            ("[worker]\nrequest_timeout_ms = 9223372036854775000\n", "worker.request_timeout_ms"),
+            ("[worker.retry]\nmax_backoff_ms = 9223372036854775000\n", "worker.retry.max_backoff_ms"),
+            ("[easemob]\ndedup_window_seconds = 9223372036854775000\n", "easemob.dedup_window_seconds"),
+            ("[easemob]\nmax_future_skew_seconds = 0\n", "easemob.max_future_skew_seconds"),
+            ("[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\nrate_per_second = 1e-30\n", "targets.rc.rate_per_second"),
+            ("[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\n[targets.rc.rate_limit]\nheadroom = 1e-30\n", "targets.rc.rate_limit.headroom"),
+            ("[ops]\nlisten = \"127.0.0.1:8080\"\n", "ops.listen"),
+        ] {
+            let e = parse(&format!("{APP}{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
     }
 
     #[test]

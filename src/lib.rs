@@ -42,7 +42,7 @@ pub use config::Config;
 pub use ingest::publish::Publisher;
 pub use ingest::verify::sign;
 pub use ingest::Ingest;
-pub use kafka::{key_partition, producer_config, Cluster, EmbeddedKafka};
+pub use kafka::{key_partition, producer_config, Cluster, Compaction, EmbeddedKafka};
 pub use metrics::Metrics;
 pub use target::zego::signature as zego_signature;
 pub use target::TargetConfig;

@@ -148,7 +148,16 @@ enum Command {
         contract: Contract,
     },
     /// Validate a config file; exits non-zero with the key at fault.
-    CheckConfig { file: PathBuf },
+    /// Without --resolve, `env:NAME` secrets are not read (only checked to
+    /// name a variable), so a file can be checked where its secrets are not.
+    CheckConfig {
+        file: PathBuf,
+        /// Also read the `env:` secrets the given role uses, as it would at
+        /// start: ingest (apps, [kafka.client]), worker (targets, Redis
+        /// URLs, [kafka.client]) or all.
+        #[arg(long, value_enum)]
+        resolve: Option<cli::Resolve>,
+    },
     /// Exit 0 if URL answers 200 within the timeout, 1 otherwise: the
     /// container health check (the runtime image has no curl).
     Health {
@@ -366,7 +375,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => cli::rewind::run(config.as_deref(), &target, &to, dry_run)
             .await
             .map(ok),
-        Command::CheckConfig { file } => cli::check_config(&file).map(ok),
+        Command::CheckConfig { file, resolve } => cli::check_config(&file, resolve).map(ok),
         Command::Health { url, timeout } => {
             let healthy = cli::health::run(&url, Duration::from_secs(timeout)).await?;
             Ok(exit(healthy))

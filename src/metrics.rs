@@ -63,14 +63,18 @@ pub enum CloseReason {
     Idle,
     /// Closed to make room at `http.max_connections` (or the fd limit).
     Limit,
+    /// Closed because unfinished requests held more than
+    /// `http.max_buffered_bytes`, this one the longest.
+    Memory,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 4] = [
+    pub const ALL: [CloseReason; 5] = [
         CloseReason::HeaderTimeout,
         CloseReason::BodyTimeout,
         CloseReason::Idle,
         CloseReason::Limit,
+        CloseReason::Memory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +83,7 @@ impl CloseReason {
             CloseReason::BodyTimeout => "body_timeout",
             CloseReason::Idle => "idle",
             CloseReason::Limit => "limit",
+            CloseReason::Memory => "memory",
         }
     }
 }
@@ -88,7 +93,7 @@ impl CloseReason {
 pub struct HttpMetrics {
     pub open: IntGauge,
     pub accept_errors: IntCounter,
-    closed_by: Arc<[IntCounter; 4]>,
+    closed_by: Arc<[IntCounter; 5]>,
 }
 
 impl HttpMetrics {

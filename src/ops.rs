@@ -1,6 +1,10 @@
 //! What operators and orchestrators talk to, for either role: `/metrics`,
 //! `/healthz` (the process is alive) and `/readyz` (Kafka answers), the
-//! one readiness probe loop behind `/readyz`, and binding the listener.
+//! one readiness probe loop behind `/readyz`, and binding the listeners.
+//!
+//! With `[ops] listen` set, `/metrics` is served only on that listener
+//! ([`router`]); the callback port keeps `/healthz` and `/readyz`
+//! ([`health_router`]) for the load balancer, and answers 404 for the rest.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,38 +29,55 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// (Easemob bans a rule whose endpoint answers with more).
 const MAX_MESSAGE_CHARS: usize = 300;
 
-/// Binds `listen`, with an error that says what to do.
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+/// Binds `listen`, the address of the setting `key`, with an error that
+/// says what to do.
+pub async fn bind(listen: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen on {listen}; is another process using it? Set http.listen to another address")
+        format!(
+            "cannot listen on {listen}; is another process using it? Set {key} to another address"
+        )
     })
 }
 
-/// `/metrics`, `/healthz` and `/readyz`. `before_scrape` runs before each
-/// `/metrics` rendering, for gauges that are read rather than kept.
+/// The operators' routes: `/metrics`, `/healthz` and `/readyz`; a role
+/// `.merge()`s its own (JSON) routes into it. `before_scrape` runs before
+/// each `/metrics` rendering, for gauges that are read rather than kept.
 pub fn router(
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     before_scrape: impl Fn() + Clone + Send + Sync + 'static,
 ) -> Router {
+    health_router(ready).merge(metrics_router(metrics, before_scrape))
+}
+
+/// `/metrics` alone.
+pub fn metrics_router(
+    metrics: Metrics,
+    before_scrape: impl Fn() + Clone + Send + Sync + 'static,
+) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            before_scrape();
+            let body = metrics.render();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    body,
+                )
+                    .into_response()
+            }
+        }),
+    )
+}
+
+/// `/healthz` (alive) and `/readyz` (`ready`: Kafka answers), served on
+/// every listener: load balancers probe the port they send traffic to.
+pub fn health_router(ready: Arc<AtomicBool>) -> Router {
     Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                before_scrape();
-                let body = metrics.render();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
-            }),
-        )
         .route(
             "/healthz",
             get(|| async { reply(StatusCode::OK, json!({"status": "alive"})) }),
@@ -92,6 +113,11 @@ pub fn json_route(
             async move { reply(StatusCode::OK, body) }
         }),
     )
+}
+
+/// The 404 of an ops listener.
+pub async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
 /// A short JSON reply.

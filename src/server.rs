@@ -12,7 +12,8 @@
 //! |---|---|---|
 //! | accepted, nothing read yet | `http.header_timeout_seconds` | `header_timeout` |
 //! | request head partly read | `http.header_timeout_seconds` from its first byte | `header_timeout` |
-//! | request being served | none here; the body read has `http.body_timeout_seconds` (see `ingest::http`) | `body_timeout` |
+//! | request body arriving | none here; the body read has `http.body_timeout_seconds` (see `ingest::http`) | `body_timeout` |
+//! | request being served (body in) | none | |
 //! | keep-alive, between requests | `http.idle_timeout_seconds` | `idle` |
 //!
 //! (hyper's own `header_read_timeout` also runs while a keep-alive
@@ -23,8 +24,17 @@
 //!
 //! Open connections are capped below the process's file-descriptor limit,
 //! with room left for Kafka sockets. At the cap, the oldest connection that
-//! is not serving a request is closed (`limit`) to make room, so a flood of
-//! stalled connections cannot keep real callbacks and `/healthz` out.
+//! is not serving a request (waiting, or still receiving its head or body)
+//! is closed (`limit`) to make room, so a flood of stalled connections
+//! cannot keep real callbacks and `/healthz` out.
+//!
+//! Memory is capped the same way. A request head is at most
+//! `http.max_header_bytes` (hyper's read buffer; past it hyper answers 431
+//! and closes), and the bytes of unfinished requests, heads and bodies
+//! being received, are counted over all connections: past
+//! `http.max_buffered_bytes` the connection that has been receiving
+//! longest is closed (`memory`). Bytes are counted as the socket is read
+//! (one relaxed add per read) and released when the reply is sent.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -53,12 +63,16 @@ pub const RESERVED_FDS: u64 = 128;
 /// How often a failing `accept` or a full server is logged, at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The clocks and the cap, from `[http]`.
+/// The clocks and the caps, from `[http]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// hyper's read buffer: the longest request head.
+    pub max_header_bytes: usize,
+    /// Bytes of unfinished requests held over all connections.
+    pub max_buffered_bytes: u64,
 }
 
 impl Limits {
@@ -72,6 +86,8 @@ impl Limits {
             header_timeout: Duration::from_secs(http.header_timeout_seconds),
             idle_timeout: Duration::from_secs(http.idle_timeout_seconds),
             max_connections: http.max_connections.min(fit),
+            max_header_bytes: http.max_header_bytes,
+            max_buffered_bytes: http.max_buffered_bytes as u64,
         }
     }
 }
@@ -118,7 +134,8 @@ pub fn raise_fd_limit() -> Option<u64> {
 /// A connection's phase (see the module table).
 const WAITING: u8 = 0;
 const READING_HEAD: u8 = 1;
-const SERVING: u8 = 2;
+const READING_BODY: u8 = 2;
+const SERVING: u8 = 3;
 
 /// What the sweeper, the socket and the service share about one connection.
 struct Shared {
@@ -130,6 +147,9 @@ struct Shared {
     served: AtomicU64,
     /// Why the connection must close (a [`CloseReason`] + 1; 0 = open).
     close: AtomicU8,
+    /// Bytes received for the request not answered yet (its head and
+    /// body), counted in [`Registry::buffered`] too.
+    buffered: AtomicU64,
     closing: Notify,
     epoch: Instant,
 }
@@ -143,6 +163,13 @@ impl Shared {
     fn enter(&self, phase: u8) {
         self.since_ms.store(self.now_ms(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Release);
+    }
+
+    /// Moves from phase `from` to `to`; nothing if the phase is another.
+    fn enter_once(&self, from: u8, to: u8) {
+        if self.phase.load(Ordering::Acquire) == from {
+            self.enter(to);
+        }
     }
 
     /// The reason to close now, if the current phase ran out by `now_ms`.
@@ -178,10 +205,13 @@ impl Shared {
     }
 }
 
-/// The socket, noting the first byte of each request head.
+/// The socket, noting the first byte of each request head and counting
+/// the bytes of unfinished requests.
 struct Watched {
     io: TcpStream,
     shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    limits: Limits,
 }
 
 impl AsyncRead for Watched {
@@ -192,8 +222,17 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before && self.shared.phase.load(Ordering::Acquire) == WAITING {
-            self.shared.enter(READING_HEAD);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            if self.shared.phase.load(Ordering::Acquire) == WAITING {
+                self.shared.enter(READING_HEAD);
+            }
+            self.shared.buffered.fetch_add(read, Ordering::Relaxed);
+            let total = self.registry.buffered.fetch_add(read, Ordering::Relaxed) + read;
+            if total > self.limits.max_buffered_bytes {
+                self.registry
+                    .evict_for_memory(self.limits.max_buffered_bytes);
+            }
         }
         result
     }
@@ -235,16 +274,55 @@ struct Registry {
     open: Mutex<BTreeMap<u64, Arc<Shared>>>,
     /// Signalled when the last connection closes.
     empty: Notify,
+    /// Bytes of unfinished requests over all connections.
+    buffered: AtomicU64,
+    /// Connections closed for memory (counted when they close).
+    memory_closes: AtomicU64,
 }
 
 impl Registry {
-    /// Asks the oldest connection that is not serving a request to close;
-    /// false when every one is serving.
+    /// Asks the oldest connection that is not serving a request (waiting,
+    /// or receiving its head or body) to close; false when every one is
+    /// serving.
     fn evict_one(&self) -> bool {
         let open = self.open.lock().expect("connection registry lock");
         open.values()
             .filter(|c| c.phase.load(Ordering::Acquire) != SERVING)
             .any(|c| c.close(CloseReason::Limit))
+    }
+
+    /// Over `budget`: asks the connections receiving a request (head or
+    /// body) the longest to close, until what the others hold fits. A
+    /// request being served keeps its bytes: its reply is on its way.
+    fn evict_for_memory(&self, budget: u64) {
+        let open = self.open.lock().expect("connection registry lock");
+        let mut receiving: Vec<&Arc<Shared>> = open
+            .values()
+            .filter(|c| matches!(c.phase.load(Ordering::Acquire), READING_HEAD | READING_BODY))
+            .collect();
+        // Closing already asked for: those bytes are on their way out.
+        let mut held = self.buffered.load(Ordering::Relaxed);
+        for c in open.values().filter(|c| c.close_reason().is_some()) {
+            held = held.saturating_sub(c.buffered.load(Ordering::Relaxed));
+        }
+        receiving.sort_by_key(|c| c.since_ms.load(Ordering::Relaxed));
+        for c in receiving {
+            if held <= budget {
+                break;
+            }
+            if c.close(CloseReason::Memory) {
+                held = held.saturating_sub(c.buffered.load(Ordering::Relaxed));
+                self.memory_closes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Gives back what the connection's request held.
+    fn release(&self, shared: &Shared) {
+        let n = shared.buffered.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            self.buffered.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     fn len(&self) -> usize {
@@ -317,6 +395,7 @@ pub async fn serve(
             since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
             served: AtomicU64::new(0),
             close: AtomicU8::new(0),
+            buffered: AtomicU64::new(0),
             closing: Notify::new(),
             epoch,
         });
@@ -333,6 +412,7 @@ pub async fn serve(
             router.clone(),
             metrics.clone(),
             registry.clone(),
+            limits,
             stop_rx.clone(),
         ));
     }
@@ -368,6 +448,7 @@ async fn sweep(registry: Arc<Registry>, limits: Limits, epoch: Instant) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     id: u64,
     io: TcpStream,
@@ -375,19 +456,25 @@ async fn connection(
     router: Router,
     metrics: HttpMetrics,
     registry: Arc<Registry>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let service = Phased {
         inner: router,
         shared: shared.clone(),
+        registry: registry.clone(),
     };
     let io = TokioIo::new(Watched {
         io,
         shared: shared.clone(),
+        registry: registry.clone(),
+        limits,
     });
     // No hyper timer: hyper's header timeout would also run between
-    // keep-alive requests; the sweeper keeps the clocks instead.
+    // keep-alive requests; the sweeper keeps the clocks instead. The read
+    // buffer bounds the request head: past it hyper answers 431.
     let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(limits.max_header_bytes)
         .serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
     let mut stopping = false;
@@ -407,7 +494,12 @@ async fn connection(
         if reason != CloseReason::Limit {
             metrics.closed(reason);
         }
+        if reason == CloseReason::Memory {
+            log_memory_close(&registry, limits);
+        }
     }
+    // Not polled any more, so nothing is read after this.
+    registry.release(&shared);
     metrics.open.dec();
     let mut open = registry.open.lock().expect("connection registry lock");
     open.remove(&id);
@@ -427,11 +519,59 @@ async fn closed(shared: &Shared) {
     }
 }
 
-/// The router, telling the sweeper when a request is being served.
+/// Logs the memory closes, at most once per [`LOG_EVERY`] (whichever
+/// connection closes first after that logs the count).
+fn log_memory_close(registry: &Registry, limits: Limits) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().expect("log clock lock");
+    if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+        tracing::warn!(
+            times = registry.memory_closes.swap(0, Ordering::Relaxed),
+            limit = limits.max_buffered_bytes,
+            "unfinished requests held more than http.max_buffered_bytes: closed the connections receiving longest"
+        );
+        *last = Some(Instant::now());
+    }
+}
+
+/// The router, telling the sweeper when a request is being served and
+/// when its body is in.
 #[derive(Clone)]
 struct Phased {
     inner: Router,
     shared: Arc<Shared>,
+    registry: Arc<Registry>,
+}
+
+/// A request body that moves its connection from [`READING_BODY`] to
+/// [`SERVING`] once it has arrived whole.
+struct PhasedBody {
+    inner: Incoming,
+    shared: Arc<Shared>,
+}
+
+impl hyper::body::Body for PhasedBody {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.shared.enter_once(READING_BODY, SERVING);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Service<hyper::Request<Incoming>> for Phased {
@@ -440,16 +580,24 @@ impl Service<hyper::Request<Incoming>> for Phased {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        <Router as Service<hyper::Request<Incoming>>>::poll_ready(&mut self.inner, cx)
+        <Router as Service<hyper::Request<PhasedBody>>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, request: hyper::Request<Incoming>) -> Self::Future {
-        self.shared.enter(SERVING);
+        let body_done = hyper::body::Body::is_end_stream(request.body());
+        self.shared
+            .enter(if body_done { SERVING } else { READING_BODY });
         let shared = self.shared.clone();
+        let registry = self.registry.clone();
+        let request = request.map(|inner| PhasedBody {
+            inner,
+            shared: shared.clone(),
+        });
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
             shared.served.fetch_add(1, Ordering::Relaxed);
+            registry.release(&shared);
             shared.enter(WAITING);
             response
         })

@@ -2,11 +2,21 @@
 //!
 //! It sends signed callbacks (unique `callId`s, spread over many groups) on
 //! N keep-alive HTTP/1.1 connections and reports throughput and latency
-//! percentiles. Without `--url` it measures two servers in the same run, each
-//! in a child process of its own so the generator does not share their
-//! runtime: a bare "return 200" axum server (the baseline: what HTTP alone
-//! costs on this machine) and `mutebridge run` on the embedded Kafka
-//! cluster. Peak RSS of each server is read from `/proc`.
+//! percentiles. Without `--url` it measures, round after round in turns
+//! (the order rotates each round), servers each in a child process of its
+//! own so the generator does not share their runtime:
+//!
+//! - a bare "return 200" axum server: what HTTP alone costs here;
+//! - the floor of any HTTP-to-Kafka bridge: a minimal hyper + rdkafka proxy
+//!   on the same embedded broker (parse the JSON body, key it by its `id`,
+//!   acks=all and idempotence, 200 after the ack; no verification, no
+//!   dedup). Every other row says how close it gets to it;
+//! - `mutebridge ingest` (or `run`, with `--role run`) on the embedded
+//!   Kafka cluster;
+//! - with `--compare BIN`, the same command of `BIN` too (another build,
+//!   for an A/B).
+//!
+//! Peak RSS of each server is read from `/proc`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +47,15 @@ pub enum BenchCommand {
     BaselineServer {
         #[arg(long)]
         listen: SocketAddr,
+    },
+    /// The floor: a minimal hyper + rdkafka proxy (see the module doc).
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// `embedded` (its own in-process cluster) or a bootstrap list.
+        #[arg(long, default_value = "embedded")]
+        brokers: String,
     },
 }
 
@@ -76,6 +95,14 @@ pub struct IngestBench {
     /// `[kafka.client]` settings to compare).
     #[arg(long)]
     pub extra_config: Option<PathBuf>,
+    /// Another mutebridge binary to measure in the same rounds (the same
+    /// role and config), for an alternated A/B of two builds.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// The mutebridge command measured: `ingest` (the callback path alone,
+    /// like the floor) or `run` (a worker consuming the topic beside it).
+    #[arg(long, default_value = "ingest", value_parser = ["ingest", "run"])]
+    pub role: String,
 }
 
 /// What one load run measured.
@@ -233,12 +260,22 @@ async fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
 /// A server under test, in a child process.
 struct Child {
     child: tokio::process::Child,
-    addr: SocketAddr,
 }
 
 impl Child {
     fn command(args: &[&str]) -> anyhow::Result<tokio::process::Command> {
-        let exe = std::env::current_exe().context("cannot find the mutebridge binary")?;
+        Child::command_of(None, args)
+    }
+
+    /// `bin` (or this binary) with `args`.
+    fn command_of(
+        bin: Option<&std::path::Path>,
+        args: &[&str],
+    ) -> anyhow::Result<tokio::process::Command> {
+        let exe = match bin {
+            Some(b) => b.to_path_buf(),
+            None => std::env::current_exe().context("cannot find the mutebridge binary")?,
+        };
         let mut cmd = tokio::process::Command::new(exe);
         cmd.args(args)
             .env("RUST_LOG", "warn")
@@ -248,12 +285,21 @@ impl Child {
     }
 
     async fn spawn(args: &[&str], addr: SocketAddr, ready_path: &str) -> anyhow::Result<Child> {
-        let child = Child::command(args)?
+        Child::spawn_bin(None, args, addr, ready_path).await
+    }
+
+    async fn spawn_bin(
+        bin: Option<&std::path::Path>,
+        args: &[&str],
+        addr: SocketAddr,
+        ready_path: &str,
+    ) -> anyhow::Result<Child> {
+        let child = Child::command_of(bin, args)?
             .stdout(Stdio::null())
             .spawn()
             .context("cannot start the server under test")?;
         wait_ready(addr, ready_path).await?;
-        Ok(Child { child, addr })
+        Ok(Child { child })
     }
 
     /// Starts `mutebridge dev-kafka` and returns it with its bootstrap list.
@@ -267,8 +313,7 @@ impl Child {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await? {
             if let Some(bootstrap) = line.strip_prefix("bootstrap.servers=") {
-                let addr = bootstrap.split(',').next().unwrap_or_default().parse()?;
-                return Ok((Child { child, addr }, bootstrap.to_owned()));
+                return Ok((Child { child }, bootstrap.to_owned()));
             }
         }
         bail!("mutebridge dev-kafka exited without printing its address")
@@ -297,20 +342,29 @@ impl Child {
 }
 
 struct Row {
-    name: &'static str,
+    name: String,
     report: LoadReport,
     rss_mib: Option<f64>,
 }
 
-fn print_row(label: &str, r: &Row) {
+/// One row; `floor`: the floor's req/s of the same round, for the ratio.
+fn print_row(label: &str, r: &Row, floor: Option<f64>) {
+    print_row_ratio(label, r, floor.map(|f| r.report.rate() / f));
+}
+
+fn print_row_ratio(label: &str, r: &Row, of_floor: Option<f64>) {
     let rep = &r.report;
     let rss = r
         .rss_mib
         .map(|m| format!("{m:.1}"))
         .unwrap_or_else(|| "-".into());
+    let of_floor = of_floor
+        .map(|x| format!("{x:.2}"))
+        .unwrap_or_else(|| "-".into());
     println!(
-        "{label:<28} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}",
+        "{label:<36} {:>10.0} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}",
         rep.rate(),
+        of_floor,
         rep.percentile_ms(50.0),
         rep.percentile_ms(90.0),
         rep.percentile_ms(99.0),
@@ -322,8 +376,8 @@ fn print_row(label: &str, r: &Row) {
 
 fn print_header() {
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "server", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-200", "RSS MiB"
+        "{:<36} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "server", "req/s", "of floor", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-200", "RSS MiB"
     );
 }
 
@@ -339,10 +393,11 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
             print_row(
                 &format!("run {i}"),
                 &Row {
-                    name: "target",
+                    name: "target".into(),
                     report,
                     rss_mib: None,
                 },
+                None,
             );
         }
         return Ok(());
@@ -357,79 +412,145 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
     let config_path =
         std::env::temp_dir().join(format!("mutebridge-bench-{}.toml", std::process::id()));
     println!(
-        "# {} connections, {} s per run (+{} s warm-up), {} run(s) per server, Kafka {}, {} cores",
+        "# {} connections, {} s per run (+{} s warm-up), {} run(s) per server, mutebridge {}, Kafka {}, {} cores",
         opts.connections,
         opts.duration,
         opts.warmup,
         opts.runs,
+        opts.role,
         opts.kafka,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
     print_header();
+    let mut servers = vec![Server::Baseline, Server::Floor, Server::Mutebridge(None)];
+    if let Some(other) = &opts.compare {
+        servers.push(Server::Mutebridge(Some(other.clone())));
+    }
     let mut rows: Vec<Row> = Vec::new();
     for i in 1..=opts.runs {
-        let port = free_port()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let listen = addr.to_string();
-        let baseline = Child::spawn(
-            &["bench", "baseline-server", "--listen", &listen],
-            addr,
-            "/healthz",
-        )
-        .await?;
-        let report = load(&format!("http://{addr}/webhooks/easemob"), &opts).await?;
-        let row = Row {
-            name: "baseline",
-            report,
-            rss_mib: baseline.peak_rss_mib(),
-        };
-        print_row(&format!("baseline (bare 200) run {i}"), &row);
-        rows.push(row);
-        baseline.stop().await?;
-
-        let port = free_port()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let (kafka, brokers) = match opts.kafka.as_str() {
-            "separate-process" => {
-                let (child, bootstrap) = Child::spawn_kafka().await?;
-                (Some(child), bootstrap)
+        let floor = rows.len();
+        // Each round in another order, so no server always runs first.
+        let order: Vec<&Server> = (0..servers.len())
+            .map(|k| &servers[(k + i - 1) % servers.len()])
+            .collect();
+        for server in order {
+            let port = free_port()?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let listen = addr.to_string();
+            let (kafka, brokers) = match opts.kafka.as_str() {
+                "separate-process" if !matches!(server, Server::Baseline) => {
+                    let (child, bootstrap) = Child::spawn_kafka().await?;
+                    (Some(child), bootstrap)
+                }
+                _ => (None, "embedded".to_owned()),
+            };
+            let child = match server {
+                Server::Baseline => {
+                    Child::spawn(
+                        &["bench", "baseline-server", "--listen", &listen],
+                        addr,
+                        "/healthz",
+                    )
+                    .await?
+                }
+                Server::Floor => {
+                    Child::spawn(
+                        &[
+                            "bench",
+                            "floor-server",
+                            "--listen",
+                            &listen,
+                            "--brokers",
+                            &brokers,
+                        ],
+                        addr,
+                        "/healthz",
+                    )
+                    .await?
+                }
+                Server::Mutebridge(bin) => {
+                    std::fs::write(
+                        &config_path,
+                        format!(
+                            "[http]\nlisten = \"{addr}\"\n\n[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n\n[[easemob.apps]]\nappkey = \"{}\"\nsecrets = [\"{}\"]\n\n{extra}\n",
+                            opts.appkey, opts.secret
+                        ),
+                    )?;
+                    let config = config_path.to_string_lossy().into_owned();
+                    Child::spawn_bin(
+                        bin.as_deref(),
+                        &[&opts.role, "--config", &config],
+                        addr,
+                        "/readyz",
+                    )
+                    .await?
+                }
+            };
+            let report = load(&format!("http://{addr}/webhooks/easemob"), &opts).await?;
+            let row = Row {
+                name: server.name(),
+                report,
+                rss_mib: child.peak_rss_mib(),
+            };
+            child.stop().await?;
+            if let Some(kafka) = kafka {
+                kafka.stop().await?;
             }
-            _ => (None, "embedded".to_owned()),
-        };
-        std::fs::write(
-            &config_path,
-            format!(
-                "[http]\nlisten = \"{addr}\"\n\n[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n\n[[easemob.apps]]\nappkey = \"{}\"\nsecrets = [\"{}\"]\n\n{extra}\n",
-                opts.appkey, opts.secret
-            ),
-        )?;
-        let config = config_path.to_string_lossy().into_owned();
-        let server = Child::spawn(&["run", "--config", &config], addr, "/readyz").await?;
-        let report = load(&format!("http://{}/webhooks/easemob", server.addr), &opts).await?;
-        let row = Row {
-            name: "mutebridge",
-            report,
-            rss_mib: server.peak_rss_mib(),
-        };
-        print_row(&format!("mutebridge run {i}"), &row);
-        rows.push(row);
-        server.stop().await?;
-        if let Some(kafka) = kafka {
-            kafka.stop().await?;
+            rows.push(row);
+        }
+        let round = &rows[floor..];
+        let floor_rate = round
+            .iter()
+            .find(|r| r.name == Server::Floor.name())
+            .map(|r| r.report.rate());
+        for row in round {
+            print_row(&format!("{} run {i}", row.name), row, floor_rate);
         }
     }
     let _ = std::fs::remove_file(&config_path);
-    println!("# median run by throughput");
-    for name in ["baseline", "mutebridge"] {
+    println!("# median run by throughput; of floor: the median of each round's ratio to that round's floor");
+    for server in &servers {
+        let name = server.name();
         let mut runs: Vec<&Row> = rows.iter().filter(|r| r.name == name).collect();
         runs.sort_by(|a, b| a.report.rate().total_cmp(&b.report.rate()));
-        if let Some(median) = runs.get(runs.len() / 2) {
-            print_row(&format!("{name} (median)"), median);
-        }
+        let Some(median) = runs.get(runs.len() / 2) else {
+            continue;
+        };
+        // Paired: each run against the floor of its own round.
+        let mut ratios: Vec<f64> = rows
+            .chunks(servers.len())
+            .filter_map(|round| {
+                let floor = round.iter().find(|r| r.name == Server::Floor.name())?;
+                let this = round.iter().find(|r| r.name == name)?;
+                Some(this.report.rate() / floor.report.rate())
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios.get(ratios.len() / 2).copied();
+        print_row_ratio(&format!("{name} (median)"), median, ratio);
     }
     Ok(())
+}
+
+/// A server the bench measures.
+enum Server {
+    Baseline,
+    Floor,
+    /// `mutebridge run` of this binary, or of another build.
+    Mutebridge(Option<PathBuf>),
+}
+
+impl Server {
+    fn name(&self) -> String {
+        match self {
+            Server::Baseline => "baseline (bare 200)".into(),
+            Server::Floor => "floor (hyper+rdkafka)".into(),
+            Server::Mutebridge(None) => "mutebridge (this build)".into(),
+            Server::Mutebridge(Some(bin)) => format!("mutebridge {}", bin.display()),
+        }
+    }
 }
 
 async fn baseline_server(listen: SocketAddr) -> anyhow::Result<()> {
@@ -447,11 +568,92 @@ async fn baseline_server(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The floor of any HTTP-to-Kafka bridge: hyper reads the body, serde
+/// parses it, rdkafka publishes it keyed by its `id` with the settings a
+/// 200 needs (acks=all, idempotence, no linger), and the reply waits for
+/// the ack. Nothing else: no verification, dedup, limits or timeouts.
+async fn floor_server(listen: SocketAddr, brokers: &str) -> anyhow::Result<()> {
+    use hyper::service::service_fn;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const TOPIC: &str = "im.group-events";
+    let embedded = match brokers {
+        "embedded" => {
+            let cluster = crate::kafka::EmbeddedKafka::start(1)?;
+            cluster.create_topic(TOPIC, 12)?;
+            Some(cluster)
+        }
+        _ => None,
+    };
+    let bootstrap = embedded
+        .as_ref()
+        .map_or(brokers, |c| c.bootstrap_servers())
+        .to_owned();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let shutdown = crate::ops::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted?,
+        };
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let producer = producer.clone();
+                async move {
+                    if req.uri().path() == "/healthz" {
+                        return Ok::<_, std::convert::Infallible>(floor_reply(StatusCode::OK));
+                    }
+                    let Ok(body) = req.into_body().collect().await else {
+                        return Ok(floor_reply(StatusCode::BAD_REQUEST));
+                    };
+                    let body = body.to_bytes();
+                    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                        return Ok(floor_reply(StatusCode::BAD_REQUEST));
+                    };
+                    let key = value["id"].as_str().unwrap_or_default();
+                    let record = FutureRecord::to(TOPIC).key(key).payload(&body[..]);
+                    let status = match producer.send_result(record) {
+                        Ok(delivery) => match delivery.await {
+                            Ok(Ok(_)) => StatusCode::OK,
+                            _ => StatusCode::SERVICE_UNAVAILABLE,
+                        },
+                        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    };
+                    Ok(floor_reply(status))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .await;
+        });
+    }
+    // The producer before its cluster, so that it does not report the
+    // cluster gone on the way out.
+    drop(producer);
+    drop(embedded);
+    Ok(())
+}
+
+fn floor_reply(status: StatusCode) -> hyper::Response<Full<Bytes>> {
+    let mut reply = hyper::Response::new(Full::new(Bytes::from_static(br#"{"status":"ok"}"#)));
+    *reply.status_mut() = status;
+    reply
+}
+
 /// Runs a `mutebridge bench` subcommand.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(opts) => run_ingest_bench(opts).await,
         BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
+        BenchCommand::FloorServer { listen, brokers } => floor_server(listen, &brokers).await,
     }
 }
 

@@ -92,6 +92,13 @@ impl Selection {
 
 /// `90s`, `30m`, `12h`, `7d` ago, or milliseconds since the epoch.
 pub(crate) fn parse_since(text: &str) -> anyhow::Result<i64> {
+    parse_since_at(text, now_ms())
+}
+
+/// [`parse_since`] with the clock passed in. Refuses what is not one of
+/// those forms (any character, not only ASCII, in the unit's place) and
+/// a duration reaching before the epoch.
+fn parse_since_at(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     let bad = || {
         anyhow::anyhow!(
             "--since {text}: expected a duration ago (90s, 30m, 12h, 7d) or milliseconds since the epoch"
@@ -100,16 +107,24 @@ pub(crate) fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number.parse().ok().filter(|n| *n >= 0).ok_or_else(bad)?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(bad()),
-    };
-    Ok(now_ms() - seconds * 1000)
+    let (unit_seconds, number) = [("s", 1i64), ("m", 60), ("h", 3600), ("d", 86_400)]
+        .into_iter()
+        .find_map(|(unit, seconds)| text.strip_suffix(unit).map(|n| (seconds, n)))
+        .ok_or_else(bad)?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let since = number
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_seconds))
+        .and_then(|s| s.checked_mul(1000))
+        .and_then(|ms| now_ms.checked_sub(ms))
+        .filter(|since| *since >= 0)
+        .ok_or_else(|| {
+            anyhow::anyhow!("--since {text}: reaches before 1970; give a shorter duration")
+        })?;
+    Ok(since)
 }
 
 /// Reads the whole dead-letter topic: the dead letters in topic order and
@@ -162,8 +177,8 @@ async fn read(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<Entry>> {
 
 /// `mutebridge dlq list`: a summary by target and reason, then the records.
 pub async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> anyhow::Result<()> {
-    let (config, bootstrap) = super::connect(config_file)?;
     let selection = filters.compile()?;
+    let (config, bootstrap) = super::connect(config_file)?;
     let entries: Vec<Entry> = read(&config, &bootstrap)
         .await?
         .into_iter()
@@ -252,8 +267,8 @@ pub async fn replay(
     dry_run: bool,
     again: bool,
 ) -> anyhow::Result<usize> {
-    let (config, bootstrap) = super::connect(config_file)?;
     let selection = filters.compile()?;
+    let (config, bootstrap) = super::connect(config_file)?;
     let entries = read(&config, &bootstrap).await?;
     let (mut chosen, mut done_before, mut unreplayable) = (Vec::new(), 0usize, 0usize);
     for e in entries.into_iter().filter(|e| selection.matches(&e.letter)) {
@@ -354,4 +369,34 @@ pub async fn replay(
         config.kafka.topic
     );
     Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since_at;
+
+    #[test]
+    fn since_takes_durations_and_epoch_ms_and_refuses_the_rest() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_since_at("90s", now).unwrap(), now - 90_000);
+        assert_eq!(parse_since_at("7d", now).unwrap(), now - 7 * 86_400_000);
+        assert_eq!(
+            parse_since_at("1700000000000", now).unwrap(),
+            1_700_000_000_000
+        );
+        for bad in [
+            "5é",
+            "é",
+            "d",
+            "-5m",
+            "+5m",
+            "5 m",
+            "5w",
+            "",
+            "300000000000000d",
+            "30000d",
+        ] {
+            assert!(parse_since_at(bad, now).is_err(), "{bad:?}");
+        }
+    }
 }

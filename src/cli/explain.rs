@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use crate::config::Config;
+use crate::config::{Config, Secrets};
 use crate::event::{self, Event, EventKind};
 use crate::policy::{Planned, Policy};
 use crate::state::guard::{self, Hold, Verdict};
@@ -22,7 +22,8 @@ pub fn run(
     event_file: &Path,
     state_file: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let (config, _) = Config::load(config)?;
+    // The targets' secrets, to sign the requests it prints; no Kafka.
+    let (config, _) = Config::load(config, Secrets::TARGETS)?;
     let policy = config.policy()?;
     let text = std::fs::read_to_string(event_file)
         .with_context(|| format!("cannot read {}", event_file.display()))?;

@@ -14,13 +14,14 @@ pub mod targets;
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, Secrets};
 use crate::kafka::EmbeddedKafka;
 
 /// Loads the config of a command that reads the cluster the services use
-/// (`dlq`, `state`, `resync`); returns it with the bootstrap list.
+/// (`dlq`, `state`, `resync`), with only the Kafka client's secrets;
+/// returns it with the bootstrap list.
 fn connect(config_file: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    let (config, _) = Config::load(config_file)?;
+    let (config, _) = Config::load(config_file, Secrets::KAFKA)?;
     if config.kafka.is_embedded() {
         anyhow::bail!(
             "kafka.brokers is \"embedded\": the embedded cluster lives inside a running mutebridge and is gone when it exits; point --config at the cluster the worker uses"
@@ -30,11 +31,41 @@ fn connect(config_file: Option<&Path>) -> anyhow::Result<(Config, String)> {
     Ok((config, bootstrap))
 }
 
-/// `mutebridge check-config FILE`: loads it as the services would.
-pub fn check_config(file: &Path) -> anyhow::Result<()> {
-    let (config, _) = Config::load(Some(file))?;
+/// Which secrets `check-config --resolve` reads from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resolve {
+    /// What `mutebridge ingest` reads: the apps' secrets and `[kafka.client]`'s.
+    Ingest,
+    /// What `mutebridge worker` reads: the targets' secrets, Redis URLs and `[kafka.client]`'s.
+    Worker,
+    /// Every secret, as `mutebridge run` reads them.
+    All,
+}
+
+impl Resolve {
+    fn secrets(self) -> Secrets {
+        match self {
+            Resolve::Ingest => Secrets::INGEST,
+            Resolve::Worker => Secrets::WORKER,
+            Resolve::All => Secrets::ALL,
+        }
+    }
+}
+
+/// `mutebridge check-config FILE [--resolve ROLE]`: loads it as the
+/// services would; without `--resolve`, `env:` secrets are only checked to
+/// name a variable (a deployment repository's CI has none of them).
+pub fn check_config(file: &Path, resolve: Option<Resolve>) -> anyhow::Result<()> {
+    let secrets = resolve.map_or(Secrets::NONE, Resolve::secrets);
+    let (config, _) = Config::load(Some(file), secrets)?;
+    let resolved = match resolve {
+        None => "secrets not read; --resolve ROLE reads them",
+        Some(Resolve::Ingest) => "the ingest role's secrets read",
+        Some(Resolve::Worker) => "the worker role's secrets read",
+        Some(Resolve::All) => "every secret read",
+    };
     println!(
-        "{}: OK ({} app(s), kafka {} topic {}, {} target(s), {} rule(s))",
+        "{}: OK ({} app(s), kafka {} topic {}, {} target(s), {} rule(s); {resolved})",
         file.display(),
         config.easemob.apps.len(),
         config.kafka.brokers,

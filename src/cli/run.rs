@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use axum::http::StatusCode;
-
-use crate::config::{Config, Origin, DEMO_APPKEY, DEMO_SECRET};
+use crate::config::{Config, Origin, Secrets, DEMO_APPKEY, DEMO_SECRET};
 use crate::ingest::publish::Publisher;
 use crate::ingest::Ingest;
 use crate::kafka::Cluster;
@@ -35,7 +33,13 @@ fn init_logging() {
 /// part stopped cleanly.
 pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<ExitCode> {
     init_logging();
-    let (config, origin) = Config::load(config_path)?;
+    // Each role reads only the secrets it uses.
+    let secrets = match roles {
+        Roles::Both => Secrets::ALL,
+        Roles::Ingest => Secrets::INGEST,
+        Roles::Worker => Secrets::WORKER,
+    };
+    let (config, origin) = Config::load(config_path, secrets)?;
     // Each HTTP connection and Kafka socket is a file descriptor; the
     // connection cap is derived from what is available.
     let fd_limit = crate::server::raise_fd_limit();
@@ -77,10 +81,58 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
+    // The operators' listener: `[ops] listen`, or a worker-only process's
+    // `http.listen` (it has no callback port). Its routes are the role's
+    // `crate::ops::router`, into which a role merges routes of its own.
+    let ops = match (&ingest, &worker, config.ops.listen) {
+        (Some(ingest), _, Some(listen)) => Some((listen, "ops.listen", ingest.ops_router())),
+        (None, Some(worker), listen) => Some((
+            listen.unwrap_or(config.http.listen),
+            if listen.is_some() {
+                "ops.listen"
+            } else {
+                "http.listen"
+            },
+            crate::ops::router(metrics.clone(), worker.ready_flag(), || {}),
+        )),
+        _ => None,
+    };
+    if let Some((listen, key, mut router)) = ops {
+        let listener = crate::ops::bind(listen, key).await?;
+        let bound = listener.local_addr().unwrap_or(listen);
+        let name = if ingest.is_some() { "ops" } else { "worker" };
+        let mut routes = "/metrics /healthz /readyz";
+        if let Some(worker) = &worker {
+            // Each target's breaker, lag and backlog (`mutebridge targets`).
+            let statuses = worker.statuses();
+            router = router.merge(crate::ops::json_route("/targets", move || {
+                let list: Vec<_> = statuses
+                    .iter()
+                    .map(|s| s.lock().expect("status lock").clone())
+                    .collect();
+                serde_json::json!({ "pipelines": list })
+            }));
+            routes = "/metrics /healthz /readyz /targets";
+        }
+        println!("  {name}: http://{bound}  (GET {routes})");
+        let router = router.fallback(crate::ops::not_found);
+        let stop = stopped(stop_rx.clone());
+        let limits = crate::server::Limits::new(&config.http, fd_limit);
+        let http = metrics.http.clone();
+        tasks.spawn(async move {
+            crate::server::serve(listener, router, limits, http, stop).await;
+            Ok(())
+        });
+    }
     if let Some(ingest) = ingest {
         let addr = ingest.local_addr();
+        let metrics_here = if config.ops.listen.is_some() {
+            ""
+        } else {
+            "/metrics "
+        };
         println!(
-            "  ingest: http://{addr}  (POST /webhooks/easemob, GET /metrics /healthz /readyz)"
+            "  ingest: http://{addr}  (POST /webhooks/easemob, GET {metrics_here}/healthz /readyz)"
         );
         if matches!(origin, Origin::Demo) {
             println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
@@ -111,32 +163,6 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
         );
         if matches!(origin, Origin::Demo) {
             println!("  DEMO targets are `log` targets: each action is printed below as the signed request it would send");
-        }
-        if roles == Roles::Worker {
-            let listen = config.http.listen;
-            let listener = crate::ops::bind(listen).await?;
-            let bound = listener.local_addr().unwrap_or(listen);
-            println!("  worker: http://{bound}  (GET /metrics /healthz /readyz /targets)");
-            let statuses = worker.statuses();
-            let targets = crate::ops::json_route("/targets", move || {
-                let list: Vec<_> = statuses
-                    .iter()
-                    .map(|s| s.lock().expect("status lock").clone())
-                    .collect();
-                serde_json::json!({ "pipelines": list })
-            });
-            let router = crate::ops::router(metrics.clone(), worker.ready_flag(), || {})
-                .merge(targets)
-                .fallback(|| async {
-                    crate::ops::error(StatusCode::NOT_FOUND, "no such endpoint")
-                });
-            let stop = stopped(stop_rx.clone());
-            let limits = crate::server::Limits::new(&config.http, fd_limit);
-            let http = metrics.http.clone();
-            tasks.spawn(async move {
-                crate::server::serve(listener, router, limits, http, stop).await;
-                Ok(())
-            });
         }
         tasks.spawn(worker.run(stopped(stop_rx.clone())));
     }

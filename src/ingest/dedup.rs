@@ -24,6 +24,31 @@ use crate::event::{Event, Mute};
 
 type Key = [u8; 16];
 
+/// Hashes a [`Key`] by taking 8 of its bytes: keys are MD5 digests, already
+/// uniform, so SipHash over them again buys nothing (and costs about a
+/// thousand instructions per callback: each is looked up and inserted
+/// twice, by callId and by content). Only verified callbacks reach the
+/// table, so aiming collisions at it takes the callback secret.
+#[derive(Clone, Copy, Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 16]` hashes as its length, then its bytes.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// What the cache knows about a callback.
 pub enum Claim {
     /// First sighting: publish it, then resolve the ticket.
@@ -71,7 +96,7 @@ enum Entry {
 }
 
 struct Inner {
-    entries: HashMap<Key, Entry>,
+    entries: KeyMap<Entry>,
     /// Published keys oldest first, for expiry and the capacity bound.
     order: VecDeque<(Instant, Key)>,
     next_claim: u64,
@@ -152,7 +177,12 @@ fn content_key(e: &Event) -> Key {
     // payload of unknown kinds): two different updates in the same
     // millisecond must not look alike. The map's keys are sorted, so this
     // serialization is canonical.
-    let attributes = serde_json::to_vec(&e.attributes).expect("a JSON map serializes");
+    // (Most callbacks have none: no serialization, no allocation then.)
+    let attributes = if e.attributes.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&e.attributes).expect("a JSON map serializes")
+    };
     parts.push(&attributes);
     digest(&parts)
 }
@@ -161,7 +191,7 @@ impl Dedup {
     pub fn new(window: Duration, capacity: usize, by_content: bool) -> Dedup {
         Dedup {
             inner: Arc::new(Mutex::new(Inner {
-                entries: HashMap::new(),
+                entries: KeyMap::default(),
                 order: VecDeque::new(),
                 next_claim: 0,
             })),
@@ -261,7 +291,7 @@ impl Dedup {
 
 /// Removes `key` only if it is still the publication recorded at `at` (the
 /// same callback may have been forgotten and published again since).
-fn remove_if_published_at(entries: &mut HashMap<Key, Entry>, key: &Key, at: Instant) {
+fn remove_if_published_at(entries: &mut KeyMap<Entry>, key: &Key, at: Instant) {
     if matches!(entries.get(key), Some(Entry::Published(t)) if *t == at) {
         entries.remove(key);
     }

@@ -1,5 +1,6 @@
 //! The HTTP surface of the ingest role: `POST /webhooks/easemob` plus the
-//! operations endpoints of [`crate::ops`].
+//! operations endpoints of [`crate::ops`] (`/metrics` only while no
+//! `[ops] listen` serves it).
 //!
 //! This module only reads the request (bounded) and turns the pipeline's
 //! [`Answer`] into a reply; [`super::accept`] decides. Each status code is a
@@ -21,34 +22,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::json;
 
 use super::{accept, Answer, Ingestor};
 use crate::metrics::CloseReason;
-use crate::ops::{error, reply};
+use crate::ops::error;
 
-/// The router for every endpoint of the ingest role.
-pub fn router(ingestor: Arc<Ingestor>) -> Router {
-    let scrape = {
-        let ingestor = ingestor.clone();
-        move || {
-            ingestor
-                .metrics
-                .dedup_entries
-                .set(ingestor.dedup.len() as i64)
-        }
+/// The routes of the ingest role's callback port; with `with_metrics`,
+/// `/metrics` too (when no ops listener serves it).
+pub fn router(ingestor: Arc<Ingestor>, with_metrics: bool) -> Router {
+    let ops = if with_metrics {
+        ops_router(&ingestor)
+    } else {
+        crate::ops::health_router(ingestor.kafka_ready.clone())
     };
-    let ops = crate::ops::router(
-        ingestor.metrics.clone(),
-        ingestor.kafka_ready.clone(),
-        scrape,
-    );
     Router::new()
         .route("/webhooks/easemob", post(easemob))
         .with_state(ingestor)
@@ -64,13 +56,30 @@ pub fn router(ingestor: Arc<Ingestor>) -> Router {
         })
 }
 
-async fn easemob(
-    State(ingestor): State<Arc<Ingestor>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+/// The ingest role's operators' routes (`/metrics`, `/healthz`, `/readyz`).
+pub fn ops_router(ingestor: &Arc<Ingestor>) -> Router {
+    let scrape = {
+        let ingestor = ingestor.clone();
+        move || {
+            ingestor
+                .metrics
+                .dedup_entries
+                .set(ingestor.dedup.len() as i64)
+        }
+    };
+    crate::ops::router(
+        ingestor.metrics.clone(),
+        ingestor.kafka_ready.clone(),
+        scrape,
+    )
+}
+
+async fn easemob(State(ingestor): State<Arc<Ingestor>>, request: Request) -> Response {
     let started = Instant::now();
-    let answer = match read_body(&ingestor, &headers, body).await {
+    // The request taken whole: axum's HeaderMap extractor would clone the
+    // headers of every callback.
+    let (parts, body) = request.into_parts();
+    let answer = match read_body(&ingestor, &parts.headers, body).await {
         Ok(bytes) => accept(&ingestor, &bytes).await,
         Err(answer) => answer,
     };
@@ -106,11 +115,15 @@ async fn read_body(ingestor: &Ingestor, headers: &HeaderMap, body: Body) -> Resu
 
 fn respond(ingestor: &Ingestor, answer: Answer) -> Response {
     match answer {
-        Answer::Published(d) => reply(
+        // The hot path: written out, not built as a JSON value and rendered.
+        Answer::Published(d) => raw(
             StatusCode::OK,
-            json!({"status": "published", "partition": d.partition, "offset": d.offset}),
+            format!(
+                r#"{{"status":"published","partition":{},"offset":{}}}"#,
+                d.partition, d.offset
+            ),
         ),
-        Answer::Duplicate => reply(StatusCode::OK, json!({"status": "duplicate"})),
+        Answer::Duplicate => raw(StatusCode::OK, r#"{"status":"duplicate"}"#.to_owned()),
         Answer::BadRequest(message) => error(StatusCode::BAD_REQUEST, &message),
         Answer::Unauthorized(message) => error(StatusCode::UNAUTHORIZED, &message),
         Answer::TooLarge(limit) => closing(error(
@@ -131,6 +144,17 @@ fn respond(ingestor: &Ingestor, answer: Answer) -> Response {
             response
         }
     }
+}
+
+/// A JSON reply whose body is already rendered.
+fn raw(status: StatusCode, body: String) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// The body was not read to its end, so the connection cannot carry

@@ -96,6 +96,7 @@ pub async fn accept(ingestor: &Ingestor, body: &[u8]) -> Answer {
     let received_at = crate::time::now_ms();
     let verified = match ingestor.verifier.verify(unverified, received_at) {
         Ok(v) => v,
+        Err(e @ verify::Rejected::Future { .. }) => return Answer::BadRequest(e.to_string()),
         Err(rejected) => return Answer::Unauthorized(rejected.to_string()),
     };
     let event = match normalize(verified, received_at) {
@@ -147,35 +148,79 @@ async fn publish(ingestor: &Ingestor, event: &VerifiedEvent) -> Answer {
             return Answer::Unavailable(e.to_string());
         }
     };
-    // The delivery report is awaited on its own task, so it is recorded even
-    // when the sender hangs up or our deadline passes first: a late ack still
-    // makes the sender's retry a duplicate instead of a second record.
-    let metrics = ingestor.metrics.clone();
-    let kind = event.event().kind;
-    let delivery = tokio::spawn(async move {
-        let result = pending.acknowledged().await;
-        match &result {
-            Ok(_) => {
-                metrics.published(kind);
-                ticket.resolve(true);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Kafka did not acknowledge an event");
-                metrics.produce_errors.inc();
-                ticket.resolve(false);
+    // The delivery report is awaited here, in the request's own task (no
+    // task per callback); should the request stop waiting first (its
+    // deadline, or the sender hanging up), `Awaiting` hands the report to a
+    // task of its own, so a late ack is still recorded and the sender's
+    // retry is a duplicate instead of a second record.
+    let mut awaiting = Awaiting {
+        pending: Some(pending),
+        ticket: Some(ticket),
+        metrics: ingestor.metrics.clone(),
+        kind: event.event().kind,
+    };
+    let report = awaiting.pending.as_mut().expect("set above");
+    match tokio::time::timeout(ingestor.ack_timeout, report).await {
+        Ok(result) => {
+            awaiting.pending = None;
+            let ticket = awaiting.ticket.take().expect("set above");
+            record(&awaiting.metrics, awaiting.kind, ticket, &result);
+            match result {
+                Ok(delivered) => Answer::Published(delivered),
+                Err(e) => Answer::Unavailable(e.to_string()),
             }
         }
-        result
-    });
-    // Dropping the JoinHandle at the deadline does not cancel the task.
-    match tokio::time::timeout(ingestor.ack_timeout, delivery).await {
-        Ok(Ok(Ok(delivered))) => Answer::Published(delivered),
-        Ok(Ok(Err(e))) => Answer::Unavailable(e.to_string()),
-        Ok(Err(_)) => Answer::Unavailable("the delivery task failed".into()),
         Err(_) => Answer::Unavailable(format!(
             "Kafka did not acknowledge within {} ms",
             ingestor.ack_timeout.as_millis()
         )),
+    }
+}
+
+/// A record whose delivery report is awaited, with the dedup ticket it
+/// resolves. Dropped before the report arrived, it spawns the rest.
+struct Awaiting {
+    pending: Option<publish::Pending>,
+    ticket: Option<dedup::Ticket>,
+    metrics: Metrics,
+    kind: EventKind,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        let (Some(pending), Some(ticket)) = (self.pending.take(), self.ticket.take()) else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) nobody waits any more:
+        // the dropped ticket forgets the callback, so a retry publishes.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (metrics, kind) = (self.metrics.clone(), self.kind);
+        runtime.spawn(async move {
+            let result = pending.await;
+            record(&metrics, kind, ticket, &result);
+        });
+    }
+}
+
+/// Counts a delivery report and resolves the callback's dedup ticket.
+fn record(
+    metrics: &Metrics,
+    kind: EventKind,
+    ticket: dedup::Ticket,
+    result: &Result<Delivered, PublishError>,
+) {
+    match result {
+        Ok(_) => {
+            metrics.published(kind);
+            ticket.resolve(true);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Kafka did not acknowledge an event");
+            metrics.produce_errors.inc();
+            ticket.resolve(false);
+        }
     }
 }
 
@@ -185,6 +230,8 @@ pub struct Ingest {
     listener: TcpListener,
     limits: crate::server::Limits,
     grace: Duration,
+    /// `/metrics` on the callback port (no `[ops] listen` serves it).
+    metrics_here: bool,
 }
 
 impl Ingest {
@@ -195,10 +242,10 @@ impl Ingest {
         metrics: Metrics,
     ) -> anyhow::Result<Ingest> {
         config.require_ingest()?;
-        let listener = crate::ops::bind(config.http.listen).await?;
+        let listener = crate::ops::bind(config.http.listen, "http.listen").await?;
         let e = &config.easemob;
         let ingestor = Arc::new(Ingestor {
-            verifier: Verifier::new(&e.apps, e.replay_window_seconds),
+            verifier: Verifier::new(&e.apps, e.replay_window_seconds, e.max_future_skew_seconds),
             dedup: Dedup::new(
                 Duration::from_secs(e.dedup_window_seconds),
                 e.dedup_capacity,
@@ -217,7 +264,14 @@ impl Ingest {
             listener,
             limits: crate::server::Limits::new(&config.http, crate::server::fd_limit()),
             grace: Duration::from_secs(config.http.shutdown_grace_seconds),
+            metrics_here: config.ops.listen.is_none(),
         })
+    }
+
+    /// The operators' routes of this ingest (`/metrics`, `/healthz`,
+    /// `/readyz`), for an `[ops] listen` listener.
+    pub fn ops_router(&self) -> axum::Router {
+        http::ops_router(&self.ingestor)
     }
 
     /// The address actually bound (useful with port 0).
@@ -237,6 +291,7 @@ impl Ingest {
             listener,
             limits,
             grace,
+            metrics_here,
         } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let probe = {
@@ -248,7 +303,7 @@ impl Ingest {
                 move |timeout| Some(publisher.probe(timeout)),
             ))
         };
-        let app = http::router(ingestor.clone());
+        let app = http::router(ingestor.clone(), metrics_here);
         let signalled = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing in-flight requests");

@@ -35,6 +35,9 @@ pub enum Rejected {
     BadSignature,
     #[error("timestamp is outside the replay window")]
     Stale,
+    /// Answered 400, not 401: the sender is who it says, its field is wrong.
+    #[error("field `timestamp` is {ahead_s} s ahead of the receiver's clock; at most {skew_s} s (easemob.max_future_skew_seconds) is accepted")]
+    Future { ahead_s: i64, skew_s: i64 },
 }
 
 /// A parsed callback whose signature has not been checked yet.
@@ -193,11 +196,17 @@ impl Verified {
 pub struct Verifier {
     apps: HashMap<String, Vec<Secret>>,
     replay_window_ms: Option<i64>,
+    max_future_skew_ms: i64,
 }
 
 impl Verifier {
-    /// `replay_window_seconds == 0` accepts any timestamp.
-    pub fn new(apps: &[EasemobApp], replay_window_seconds: u64) -> Verifier {
+    /// `replay_window_seconds == 0` accepts any past timestamp; none more
+    /// than `max_future_skew_seconds` ahead is accepted.
+    pub fn new(
+        apps: &[EasemobApp],
+        replay_window_seconds: u64,
+        max_future_skew_seconds: u64,
+    ) -> Verifier {
         Verifier {
             apps: apps
                 .iter()
@@ -205,6 +214,9 @@ impl Verifier {
                 .collect(),
             replay_window_ms: (replay_window_seconds > 0)
                 .then(|| (replay_window_seconds as i64).saturating_mul(1000)),
+            max_future_skew_ms: i64::try_from(max_future_skew_seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
         }
     }
 
@@ -227,6 +239,15 @@ impl Verifier {
                 return Err(Rejected::Stale);
             }
         }
+        // A future-dated event would make every real change after it look
+        // older, and the worker's guard would refuse those as stale.
+        let ahead = u.timestamp.saturating_sub(now_ms);
+        if ahead > self.max_future_skew_ms {
+            return Err(Rejected::Future {
+                ahead_s: ahead / 1000,
+                skew_s: self.max_future_skew_ms / 1000,
+            });
+        }
         Ok(Verified {
             body: u.body,
             call_id: u.call_id,
@@ -247,6 +268,8 @@ mod tests {
                 secrets: vec![Secret::new("rule-1"), Secret::new("rule-2")],
             }],
             window,
+            // Some timestamps here are far ahead of the `now` passed.
+            u64::MAX,
         )
     }
 
@@ -355,6 +378,27 @@ mod tests {
         }
         assert!(Unverified::parse(b"[]").unwrap_err().0.contains("object"));
         assert!(Unverified::parse(b"{").unwrap_err().0.contains("not JSON"));
+    }
+
+    #[test]
+    fn future_timestamps_past_the_skew_are_refused() {
+        let apps = [EasemobApp {
+            appkey: "org#app".into(),
+            secrets: vec![Secret::new("rule-1")],
+        }];
+        let v = Verifier::new(&apps, 0, 300);
+        let now = 1_800_000_000_000i64;
+        let at = |ts: i64| Unverified::parse(body("c", "rule-1", &ts.to_string()).as_bytes());
+        assert!(v.verify(at(now + 299_000).unwrap(), now).is_ok());
+        let e = v.verify(at(now + 301_000).unwrap(), now).unwrap_err();
+        assert_eq!(
+            e,
+            Rejected::Future {
+                ahead_s: 301,
+                skew_s: 300
+            }
+        );
+        assert!(e.to_string().contains("`timestamp`"), "{e}");
     }
 
     #[test]

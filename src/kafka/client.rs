@@ -26,16 +26,23 @@ pub const PINNED: &[(&str, &str)] = &[
         "records are placed with murmur2 so Java clients agree on the partition",
     ),
     ("bootstrap.servers", "set kafka.brokers instead"),
+    (
+        "allow.auto.create.topics",
+        "a topic the broker creates on a metadata request gets the broker's defaults (partition count, no compaction); mutebridge creates its topics itself (kafka.create_topics) or refuses to start without them",
+    ),
 ];
 
-/// The settings every mutebridge client shares: the bootstrap list and the
-/// user's `[kafka.client]` pass-through properties.
+/// The settings every mutebridge client shares: the bootstrap list, the
+/// user's `[kafka.client]` pass-through properties, and no topic created
+/// by asking for it: librdkafka's producers (and the admin client, which
+/// is one) let a metadata request auto-create the topic by default.
 pub fn client_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (key, value) in cfg.client_properties() {
         config.set(key, value);
     }
+    config.set("allow.auto.create.topics", "false");
     config
 }
 

@@ -12,7 +12,7 @@ pub mod scan;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -49,11 +49,68 @@ impl Cluster {
         };
         if cfg.create_topics {
             cluster.create_topic(cfg, &cfg.topic, &[]).await?;
+        } else {
+            cluster.require_topic(cfg, &cfg.topic).await?;
         }
         Ok(cluster)
     }
 
-    /// Creates another topic (the dead-letter topic) like the event topic.
+    /// Fails, saying what to do, unless `topic` exists: nothing may be
+    /// published to (or read from) a topic the broker would create with its
+    /// own defaults.
+    pub async fn require_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
+        match self.find_topic(cfg, topic).await? {
+            Some(_) => Ok(()),
+            None => bail!(
+                "topic {topic} does not exist on {} and kafka.create_topics is false: create it with {} partitions (kafka.partitions), or set kafka.create_topics = true",
+                self.bootstrap,
+                cfg.partitions
+            ),
+        }
+    }
+
+    /// Whether an existing `topic` is compacted (`cleanup.policy` has
+    /// `compact`), asked with DescribeConfigs. [`Compaction::CannotTell`]
+    /// when the cluster does not answer it: librdkafka's mock cluster (the
+    /// embedded one and `mutebridge dev-kafka`) does not implement it, and
+    /// ACLs may forbid it.
+    pub async fn compaction(&self, cfg: &KafkaConfig, topic: &str) -> Compaction {
+        let admin: AdminClient<DefaultClientContext> =
+            match client_config(cfg, &self.bootstrap).create() {
+                Ok(a) => a,
+                Err(e) => return Compaction::CannotTell(format!("no admin client: {e}")),
+            };
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let resource = ResourceSpecifier::Topic(topic);
+        let asked = tokio::time::timeout(
+            Duration::from_secs(15),
+            admin.describe_configs([&resource], &opts),
+        )
+        .await;
+        let results = match asked {
+            Err(_) => {
+                return Compaction::CannotTell("DescribeConfigs not answered within 15 s".into())
+            }
+            Ok(Err(e)) => return Compaction::CannotTell(format!("DescribeConfigs failed: {e}")),
+            Ok(Ok(results)) => results,
+        };
+        match results.into_iter().next() {
+            Some(Ok(resource)) => {
+                match resource.get("cleanup.policy").and_then(|e| e.value.clone()) {
+                    Some(policy) if policy.split(',').any(|p| p.trim() == "compact") => {
+                        Compaction::Compacted
+                    }
+                    Some(policy) => Compaction::NotCompacted(policy),
+                    None => Compaction::CannotTell("the answer has no cleanup.policy".into()),
+                }
+            }
+            Some(Err(code)) => Compaction::CannotTell(format!("DescribeConfigs failed: {code}")),
+            None => Compaction::CannotTell("DescribeConfigs returned nothing".into()),
+        }
+    }
+
+    /// Creates another topic (the dead-letter topic) like the event topic;
+    /// with `kafka.create_topics = false`, fails unless it exists.
     pub async fn create_extra_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
         self.create_topic_with(cfg, topic, &[]).await
     }
@@ -79,7 +136,7 @@ impl Cluster {
             // The mock cluster keeps every record; compaction is moot there.
             Some(embedded) => embedded.create_topic(topic, cfg.partitions),
             None if cfg.create_topics => self.create_topic(cfg, topic, settings).await,
-            None => Ok(()),
+            None => self.require_topic(cfg, topic).await,
         }
     }
 
@@ -93,6 +150,25 @@ impl Cluster {
         self.embedded.as_ref()
     }
 
+    /// `Some(partitions)` when `topic` exists, `None` when the cluster says
+    /// it does not (asking does not create it: see [`client_config`]).
+    async fn find_topic(&self, cfg: &KafkaConfig, topic: &str) -> anyhow::Result<Option<usize>> {
+        let admin: AdminClient<DefaultClientContext> = client_config(cfg, &self.bootstrap)
+            .create()
+            .context("cannot create a Kafka admin client (check [kafka.client] properties)")?;
+        let name = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            existing_partitions(admin.inner(), &name, Duration::from_secs(15))
+        })
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot reach Kafka at {} (metadata for {topic}); check kafka.brokers and that the brokers are up",
+                self.bootstrap
+            )
+        })
+    }
+
     /// Makes sure `topic` exists: metadata first, so an existing topic
     /// needs no CreateTopics (which some clusters do not serve: librdkafka's
     /// mock cluster behind `mutebridge dev-kafka`, or one whose ACLs forbid
@@ -103,23 +179,7 @@ impl Cluster {
         topic: &str,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = client_config(cfg, &self.bootstrap)
-            .create()
-            .context("cannot create a Kafka admin client (check [kafka.client] properties)")?;
-        let admin = std::sync::Arc::new(admin);
-        let found = {
-            let (admin, name) = (admin.clone(), topic.to_owned());
-            tokio::task::spawn_blocking(move || {
-                existing_partitions(admin.inner(), &name, Duration::from_secs(15))
-            })
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot reach Kafka at {} (metadata for {topic}); check kafka.brokers and that the brokers are up",
-                    self.bootstrap
-                )
-            })?
-        };
+        let found = self.find_topic(cfg, topic).await?;
         if let Some(n) = found {
             // Kept as it is: repartitioning would move groups between
             // partitions and break their order. Say so if it differs.
@@ -133,6 +193,9 @@ impl Cluster {
             }
             return Ok(());
         }
+        let admin: AdminClient<DefaultClientContext> = client_config(cfg, &self.bootstrap)
+            .create()
+            .context("cannot create a Kafka admin client (check [kafka.client] properties)")?;
         let replication = TopicReplication::Fixed(cfg.replication_factor.unwrap_or(-1));
         let mut new_topic = NewTopic::new(topic, cfg.partitions, replication);
         for (key, value) in settings {
@@ -159,6 +222,19 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Whether a topic is compacted, as far as the cluster tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compaction {
+    /// `cleanup.policy` includes `compact`.
+    Compacted,
+    /// `cleanup.policy` is this (e.g. `delete`): old records expire with
+    /// retention instead of each key keeping its newest.
+    NotCompacted(String),
+    /// The cluster did not say, and why (no DescribeConfigs on the mock
+    /// cluster, an ACL, a timeout).
+    CannotTell(String),
 }
 
 /// `Some(partitions)` when `topic` exists, `None` when the cluster says it

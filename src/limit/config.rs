@@ -5,6 +5,15 @@ use serde::Deserialize;
 
 use crate::config::{Invalid, Secret};
 
+/// The smallest `headroom`.
+pub const MIN_HEADROOM: f64 = 0.1;
+
+/// The slowest `rate_per_second` accepted: one call every 1000 s. With the
+/// smallest headroom and a one-partition share of 10,000 partitions, the
+/// period between calls is still a duration a timer can hold (a rate near
+/// 0 would make `1 / rate` seconds overflow it and stop the worker).
+pub const MIN_RATE_PER_SECOND: f64 = 0.001;
+
 /// How the replicas of one consumer group keep to one limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,11 +69,13 @@ impl Default for RateLimitConfig {
 impl RateLimitConfig {
     /// Keys relative to `rate_limit`.
     pub fn validate(&self) -> Result<(), Invalid> {
-        if !(self.headroom > 0.0 && self.headroom <= 1.0) {
+        // Not near 0: the pace is rate x headroom, and a period of
+        // 1 / (rate x headroom) seconds must fit a timer.
+        if !(self.headroom >= MIN_HEADROOM && self.headroom <= 1.0) {
             return Err(Invalid::new(
                 "headroom",
                 format!(
-                    "{} is not in (0, 1]: it is the share of rate_per_second used, e.g. 0.95",
+                    "{} is not between {MIN_HEADROOM} and 1: it is the share of rate_per_second used, e.g. 0.95",
                     self.headroom
                 ),
             ));
@@ -86,6 +97,8 @@ impl RateLimitConfig {
                 "url",
                 "mode = \"redis\" needs the Redis URL, e.g. url = \"redis://redis:6379\" (or \"env:REDIS_URL\")",
             )),
+            // Checked once read, by the role that uses it.
+            (Mode::Redis, Some(url)) if !url.is_resolved() => Ok(()),
             (Mode::Redis, Some(url)) => match redis::Client::open(url.expose()) {
                 Ok(_) => Ok(()),
                 // The URL may hold a password: the message does not repeat it.

@@ -172,10 +172,13 @@ impl TargetConfig {
 
 /// `rate_per_second` must be positive and sane.
 fn check_rate(rate: Option<f64>) -> Result<(), Invalid> {
+    use crate::limit::config::MIN_RATE_PER_SECOND;
     match rate {
-        Some(r) if !(r > 0.0 && r <= 100_000.0) => Err(Invalid::new(
+        // The slowest pace a limiter can be given must still be a period a
+        // timer can hold.
+        Some(r) if !(MIN_RATE_PER_SECOND..=100_000.0).contains(&r) => Err(Invalid::new(
             "rate_per_second",
-            format!("{r} is not between 0 (exclusive) and 100000"),
+            format!("{r} is not between {MIN_RATE_PER_SECOND} (one call every 1000 s) and 100000"),
         )),
         _ => Ok(()),
     }

@@ -93,7 +93,7 @@ impl Worker {
         cluster
             .create_extra_topic(&config.kafka, &w.dlq_topic)
             .await
-            .with_context(|| format!("cannot create the dead-letter topic {}", w.dlq_topic))?;
+            .with_context(|| format!("the dead-letter topic {} (worker.dlq_topic)", w.dlq_topic))?;
         let bootstrap = cluster.bootstrap_servers().to_owned();
         let partitions = event_partitions(config, cluster).await?;
         if w.track_state {
@@ -504,7 +504,25 @@ async fn open_state(config: &Config, cluster: &Cluster, events: usize) -> anyhow
     cluster
         .create_compacted_topic(kafka, &w.state_topic)
         .await
-        .with_context(|| format!("cannot create the state topic {}", w.state_topic))?;
+        .with_context(|| format!("the state topic {} (worker.state_topic)", w.state_topic))?;
+    // A state topic that is not compacted loses each group's state with
+    // retention (and the guard with it): refused. Clusters that cannot say
+    // (librdkafka's mock cluster) are trusted.
+    match cluster.compaction(kafka, &w.state_topic).await {
+        crate::kafka::Compaction::Compacted => {}
+        crate::kafka::Compaction::NotCompacted(policy) => anyhow::bail!(
+            "the state topic {} (worker.state_topic) has cleanup.policy={policy}: its records would expire with retention and every group's mute state with them. Make it compacted (kafka-configs --bootstrap-server ... --alter --entity-type topics --entity-name {} --add-config cleanup.policy=compact), or set worker.state_topic to a new topic (mutebridge creates it compacted)",
+            w.state_topic,
+            w.state_topic
+        ),
+        // The embedded cluster never answers (and never compacts).
+        crate::kafka::Compaction::CannotTell(why) if cluster.embedded().is_none() => tracing::warn!(
+            topic = %w.state_topic,
+            why,
+            "cannot tell whether the state topic is compacted; make sure it is (cleanup.policy=compact)"
+        ),
+        crate::kafka::Compaction::CannotTell(_) => {}
+    }
     let states = partition_count(config, cluster, &w.state_topic).await.with_context(|| {
         format!(
             "the state topic {} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false",

@@ -162,10 +162,61 @@ fn check_config_accepts_the_documented_example() {
         "{stdout}"
     );
 
-    // Without the environment the same file is refused, naming the key.
-    let (ok, _, stderr) = check_config(&example);
-    assert!(!ok);
-    assert!(stderr.contains("env"), "{stderr}");
+    // Without the environment the same file is valid: a deployment's CI
+    // checks it without its secrets.
+    let (ok, stdout, stderr) = check_config(&example);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("secrets not read"), "{stdout}");
+
+    // With --resolve ROLE, the secrets that role reads must be set, and
+    // only those.
+    let resolve = |role: &str, env: &[(String, String)]| {
+        let out = Command::new(BIN)
+            .args(["check-config", "--resolve", role])
+            .arg(EXAMPLE_CONFIG)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let only = |names: &[&str]| -> Vec<(String, String)> {
+        secrets
+            .iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (ok, stderr) = resolve("ingest", &only(&["EASEMOB_RULE2_SECRET"]));
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = resolve("ingest", &[]);
+    assert!(!ok && stderr.contains("EASEMOB_RULE2_SECRET"), "{stderr}");
+    let workers: Vec<&str> = secrets
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| *k != "EASEMOB_RULE2_SECRET")
+        .collect();
+    let (ok, stderr) = resolve("worker", &only(&workers));
+    assert!(ok, "the worker needs no callback secret: {stderr}");
+    let (ok, stderr) = resolve("worker", &only(&["EASEMOB_RULE2_SECRET"]));
+    assert!(!ok && stderr.contains("targets."), "{stderr}");
+    let (ok, stderr) = resolve("all", &only(&workers));
+    assert!(
+        !ok && stderr.contains("easemob.apps[0].secrets[1]"),
+        "{stderr}"
+    );
+    let help = Command::new(BIN)
+        .args(["check-config", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--resolve") && help.contains("ingest") && help.contains("worker"),
+        "{help}"
+    );
 }
 
 /// A normalized event as the worker reads it from the topic.
@@ -365,13 +416,48 @@ fn check_config_names_file_and_key() {
         "{stderr}"
     );
 
-    let (ok, _, stderr) =
-        check_config("[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:NOT_SET_ANYWHERE\"]\n");
-    assert!(!ok);
+    let unset = "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:NOT_SET_ANYWHERE\"]\n";
+    let (ok, _, stderr) = check_config(unset);
+    assert!(ok, "not read without --resolve: {stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutebridge.toml");
+    std::fs::write(&path, unset).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--resolve", "ingest"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
         stderr.contains("easemob.apps[0].secrets[0]") && stderr.contains("NOT_SET_ANYWHERE"),
         "{stderr}"
     );
+
+    // Values that would overflow a timer or a pace at run time are refused
+    // at load, naming the key.
+    let app = "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"s\"]\n";
+    for (extra, key) in [
+        ("[http]\nshutdown_grace_seconds = 9223372036854775000\n", "http.shutdown_grace_seconds"),
+        ("[worker]\nshutdown_grace_seconds = 9223372036854775000\n", "worker.shutdown_grace_seconds"),
+        ("[http]\nack_timeout_ms = 9223372036854775000\n", "http.ack_timeout_ms"),
+        (
+            "[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\nrate_per_second = 1e-30\n",
+            "targets.rc.rate_per_second",
+        ),
+        (
+            "[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\n[targets.rc.rate_limit]\nheadroom = 1e-30\n",
+            "targets.rc.rate_limit.headroom",
+        ),
+    ] {
+        let (ok, _, stderr) = check_config(&format!("{app}{extra}"));
+        assert!(!ok, "{extra}");
+        assert!(
+            stderr.contains(&format!("mutebridge.toml: {key}:")),
+            "{extra}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 
     let (ok, _, stderr) = check_config("this is not toml");
     assert!(!ok);
@@ -575,4 +661,263 @@ fn ingest_and_worker_run_against_dev_kafka_with_default_topic_settings() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(kafka);
+}
+
+#[test]
+fn dlq_since_refuses_what_is_not_a_duration_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mutebridge.toml");
+    // Nothing listens there: the filter is refused before Kafka is asked.
+    std::fs::write(&config, "[kafka]\nbrokers = \"127.0.0.1:9\"\n").unwrap();
+    for since in ["5é", "é", "300000000000000d", "-5m", "5w"] {
+        let out = Command::new(BIN)
+            .args(["dlq", "list", "--config"])
+            .arg(&config)
+            .arg(format!("--since={since}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{since}: {stderr}");
+        assert!(
+            stderr.contains("--since") && !stderr.contains("panicked"),
+            "{since}: {stderr}"
+        );
+    }
+}
+
+/// Starts `mutebridge ROLE --config CONFIG` with only `env` in its
+/// environment; returns it with the addresses its banner printed
+/// (`  NAME: http://ADDR` for each NAME: ingest, ops, worker).
+fn spawn_with_env(
+    role: &str,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (
+    Killed,
+    std::collections::HashMap<String, std::net::SocketAddr>,
+) {
+    let mut child = Command::new(BIN)
+        .args([role, "--config", config.to_str().unwrap()])
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addrs = std::collections::HashMap::new();
+    // The ops line, when there is one, comes before the ingest line.
+    let last = if role == "worker" { "worker" } else { "ingest" };
+    for line in lines.by_ref().map_while(Result::ok) {
+        for name in ["ingest", "ops", "worker"] {
+            if let Some(rest) = line.strip_prefix(&format!("  {name}: http://")) {
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                addrs.insert(name.to_owned(), addr);
+            }
+        }
+        if addrs.contains_key(last) {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    (Killed(child), addrs)
+}
+
+/// A free loopback port (released again: a tiny race with other tests).
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+const ROLE_CONFIG: &str = "[[easemob.apps]]\nappkey = \"org#app\"\nsecrets = [\"env:APP_SECRET\"]\n[targets.zego]\nkind = \"zego\"\nbase_url = \"http://127.0.0.1:9\"\napp_id = 1\nserver_secret = \"env:ZEGO_SECRET\"\nfrom_user_id = \"bot\"\n";
+
+#[test]
+fn each_role_starts_with_only_its_own_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mutebridge.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\nlisten = \"127.0.0.1:0\"\n{ROLE_CONFIG}"),
+    )
+    .unwrap();
+    // Ingest: the callback secret, no provider credential.
+    let (_ingest, addrs) = spawn_with_env("ingest", &config, &[("APP_SECRET", "s3cret")]);
+    let ingest = addrs["ingest"];
+    assert!(wait_for_200(ingest, "/readyz", Duration::from_secs(20)));
+    let out = Command::new(BIN)
+        .args([
+            "send",
+            "--url",
+            &format!("http://{ingest}/webhooks/easemob"),
+        ])
+        .args([
+            "--appkey",
+            "org#app",
+            "--secret",
+            "s3cret",
+            "--example",
+            "mute-all",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Worker: the provider credential, no callback secret.
+    let (_worker, addrs) = spawn_with_env("worker", &config, &[("ZEGO_SECRET", "z")]);
+    assert!(wait_for_200(
+        addrs["worker"],
+        "/readyz",
+        Duration::from_secs(20)
+    ));
+    // A role missing a secret it uses says which.
+    let out = Command::new(BIN)
+        .args(["worker", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("APP_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("targets.zego.server_secret") && stderr.contains("ZEGO_SECRET"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn with_an_ops_listener_metrics_leave_the_callback_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n{ROLE_CONFIG}"),
+    )
+    .unwrap();
+    let env = [("APP_SECRET", "s3cret"), ("ZEGO_SECRET", "z")];
+    let (_run, addrs) = spawn_with_env("run", &config, &env);
+    let (callbacks, ops) = (addrs["ingest"], addrs["ops"]);
+    assert_ne!(callbacks, ops);
+    for addr in [callbacks, ops] {
+        assert!(wait_for_200(addr, "/readyz", Duration::from_secs(20)));
+        assert_eq!(http_get(addr, "/healthz").unwrap().0, 200);
+    }
+    let (status, body) = http_get(callbacks, "/metrics").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("mutebridge_"), "{body}");
+    let (status, body) = http_get(ops, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("mutebridge_http_connections_open"), "{body}");
+    assert!(body.contains("mutebridge_worker_events_total"), "{body}");
+    assert_eq!(http_get(ops, "/webhooks/easemob").unwrap().0, 404);
+
+    // A worker-only process listens on the ops address, not http.listen.
+    let (http, ops) = (free_addr(), free_addr());
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\nlisten = \"{http}\"\n[ops]\nlisten = \"{ops}\"\n{ROLE_CONFIG}"),
+    )
+    .unwrap();
+    let (_worker, addrs) = spawn_with_env("worker", &config, &[("ZEGO_SECRET", "z")]);
+    assert_eq!(addrs["worker"], ops);
+    assert!(wait_for_200(ops, "/readyz", Duration::from_secs(20)));
+    assert_eq!(http_get(ops, "/metrics").unwrap().0, 200);
+    assert!(
+        http_get(http, "/healthz").is_none(),
+        "nothing on http.listen"
+    );
+}
+
+/// Starts `mutebridge dev-kafka` (topics a, b, c) and returns it with its
+/// bootstrap list.
+fn dev_kafka() -> (Killed, String) {
+    let mut kafka = Command::new(BIN)
+        .args([
+            "dev-kafka",
+            "--topic",
+            "a",
+            "--dlq-topic",
+            "b",
+            "--state-topic",
+            "c",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = kafka.stdout.take().unwrap();
+    let kafka = Killed(kafka);
+    let mut lines = BufReader::new(stdout).lines();
+    let bootstrap = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("bootstrap.servers=").map(str::to_owned))
+        .expect("dev-kafka printed its address");
+    std::thread::spawn(move || lines.for_each(drop));
+    (kafka, bootstrap)
+}
+
+/// Whether the cluster knows `topic`, asked without creating it.
+fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+#[test]
+fn ingest_refuses_a_missing_topic_instead_of_publishing_to_an_auto_created_one() {
+    let (_kafka, bootstrap) = dev_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |create: bool| {
+        let config = dir.path().join(format!("ingest-{create}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"missing\"\ncreate_topics = {create}\n[[easemob.apps]]\nappkey = \"org#app\"\nsecrets = [\"s\"]\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["ingest", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run(false);
+    assert!(!ok);
+    assert!(
+        stderr.contains("topic missing does not exist")
+            && stderr.contains("12 partitions")
+            && stderr.contains("kafka.create_topics = true"),
+        "{stderr}"
+    );
+    // Asking whether it exists did not create it; nor did trying to create
+    // it on a cluster that cannot (the mock has no CreateTopics).
+    assert!(!topic_exists(&bootstrap, "missing"));
+    let (ok, stderr) = run(true);
+    assert!(!ok);
+    assert!(stderr.contains("cannot create topic missing"), "{stderr}");
+    assert!(!topic_exists(&bootstrap, "missing"));
+    assert!(topic_exists(&bootstrap, "a"), "the check itself works");
 }

@@ -181,8 +181,10 @@ fn promql_metric_name_extraction() {
 
 /// Starts `mutebridge run` (embedded Kafka, a `log` target so the worker's
 /// labelled metrics exist) and waits for /healthz.
+/// Starts `mutebridge run` as deployed: callbacks on one port, `/metrics`
+/// on the `[ops] listen` port (returned).
 fn start_mutebridge(dir: &Path) -> (Server, u16) {
-    let port = free_port();
+    let (port, ops) = (free_port(), free_port());
     let config = dir.join("mutebridge.toml");
     std::fs::write(
         &config,
@@ -190,6 +192,9 @@ fn start_mutebridge(dir: &Path) -> (Server, u16) {
             r#"
 [http]
 listen = "127.0.0.1:{port}"
+
+[ops]
+listen = "127.0.0.1:{ops}"
 
 [[easemob.apps]]
 appkey = "deploy#test"
@@ -253,7 +258,10 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         "{}",
         String::from_utf8_lossy(&sent.stdout)
     );
-    (server, port)
+    // The port Easemob reaches does not serve /metrics.
+    let (status, _) = crate::support::http_get(([127, 0, 0, 1], port).into(), "/metrics").unwrap();
+    assert_eq!(status, 404);
+    (server, ops)
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
@@ -563,6 +571,51 @@ fn kubernetes_settings_agree_with_the_config() {
     let config = parse_config(toml, "deploy/k8s/configmap.yaml");
     config.require_ingest().unwrap();
 
+    // Each role starts with only the secrets of its own Secret.
+    let only = |names: &'static [&'static str]| {
+        move |name: &str| {
+            names
+                .contains(&name)
+                .then(|| "placeholder-secret-value".to_owned())
+        }
+    };
+    for (role, secrets, names) in [
+        (
+            "ingest",
+            mutebridge::config::Secrets::INGEST,
+            INGEST_SECRETS,
+        ),
+        (
+            "worker",
+            mutebridge::config::Secrets::WORKER,
+            WORKER_SECRETS,
+        ),
+    ] {
+        Config::parse_with(
+            toml,
+            Path::new("deploy/k8s/configmap.yaml"),
+            &only(names),
+            secrets,
+        )
+        .unwrap_or_else(|e| panic!("{role} with only {names:?}: {e}"));
+    }
+    let comment = read("k8s/configmap.yaml");
+    for (secret, names) in [
+        ("mutebridge-ingest-secrets", INGEST_SECRETS),
+        ("mutebridge-worker-secrets", WORKER_SECRETS),
+    ] {
+        let command = comment
+            .split(&format!("create secret generic {secret}"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no command for {secret}"));
+        let command = command.split("create secret").next().unwrap();
+        for name in names {
+            assert!(command.contains(&format!("{name}=")), "{secret}: {name}");
+        }
+    }
+    let ops_port = config.ops.listen.expect("[ops] listen is set").port() as u64;
+    assert_ne!(ops_port, config.http.listen.port() as u64);
+
     let ingest = get("Deployment", "mutebridge-ingest");
     let worker = get("Deployment", "mutebridge-worker");
 
@@ -610,16 +663,38 @@ fn kubernetes_settings_agree_with_the_config() {
         );
         assert_eq!(
             c["envFrom"][0]["secretRef"]["name"],
-            Yaml::from("mutebridge-secrets")
+            Yaml::from(format!("mutebridge-{role}-secrets"))
         );
         assert!(c["resources"]["requests"]["cpu"].is_string());
-        let port = c["ports"][0]["containerPort"].as_u64().unwrap();
-        assert_eq!(config.http.listen.port() as u64, port);
+        let ports: HashMap<String, u64> = c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_owned(),
+                    p["containerPort"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        // The ingest has the callback port and the ops port; a worker only
+        // the ops port (its only listener).
+        assert_eq!(ports["ops"], ops_port, "{role}");
+        let probed = if role == "ingest" {
+            assert_eq!(ports["http"], config.http.listen.port() as u64);
+            "http"
+        } else {
+            assert_eq!(ports.len(), 1, "{role}: {ports:?}");
+            "ops"
+        };
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["port"], Yaml::from(probed), "{role}");
+        }
         let annotations = &pod["metadata"]["annotations"];
         assert_eq!(annotations["prometheus.io/scrape"], Yaml::from("true"));
         assert_eq!(
             annotations["prometheus.io/port"],
-            Yaml::from(port.to_string())
+            Yaml::from(ops_port.to_string())
         );
         assert_eq!(
             pod["spec"]["securityContext"]["runAsNonRoot"],
@@ -627,55 +702,106 @@ fn kubernetes_settings_agree_with_the_config() {
         );
     }
 
-    // The ServiceMonitor (no schema in kubernetes-validate) selects both
-    // Services by their labels, on a port name they have.
+    // The ServiceMonitor (no schema in kubernetes-validate) selects the
+    // ops Services of both roles by their labels, on their ops port, and
+    // not the public ingest Service, which has no ops port.
     let monitor = get("ServiceMonitor", "mutebridge");
     let selector = monitor["spec"]["selector"]["matchLabels"]
         .as_mapping()
         .unwrap();
     let port_name = &monitor["spec"]["endpoints"][0]["port"];
-    for service in ["mutebridge-ingest", "mutebridge-worker"] {
+    assert_eq!(port_name, &Yaml::from("ops"));
+    let selected: BTreeSet<&str> = objects
+        .iter()
+        .filter(|((kind, _), s)| {
+            kind == "Service"
+                && selector
+                    .iter()
+                    .all(|(k, v)| &s["metadata"]["labels"][k] == v)
+        })
+        .map(|((_, name), _)| name.as_str())
+        .collect();
+    assert_eq!(
+        selected,
+        BTreeSet::from(["mutebridge-ingest-ops", "mutebridge-worker"])
+    );
+    for service in &selected {
         let s = get("Service", service);
-        for (k, v) in selector {
-            assert_eq!(&s["metadata"]["labels"][k], v, "{service}");
-        }
         assert!(
             s["spec"]["ports"]
                 .as_sequence()
                 .unwrap()
                 .iter()
-                .any(|p| &p["name"] == port_name),
+                .any(|p| &p["name"] == port_name && p["targetPort"] == "ops"),
             "{service}"
+        );
+    }
+    let public = get("Service", "mutebridge-ingest");
+    for p in public["spec"]["ports"].as_sequence().unwrap() {
+        assert_eq!(
+            p["targetPort"],
+            Yaml::from("http"),
+            "the public Service: {p:?}"
         );
     }
 }
 
-#[test]
-fn compose_file_parses_and_agrees_with_its_config() {
-    let mut compose: Yaml = serde_norway::from_str(&read("docker-compose.yml")).unwrap();
-    compose.apply_merge().unwrap();
-    let services = compose["services"].as_mapping().unwrap();
+/// The secrets each role's Kubernetes Secret (and compose env file) holds.
+const INGEST_SECRETS: &[&str] = &["EASEMOB_RULE_SECRET"];
+const WORKER_SECRETS: &[&str] = &["ZEGO_SERVER_SECRET", "RONGCLOUD_APP_SECRET"];
 
-    // The config and env file it mounts are valid together.
-    let env: HashMap<String, String> = read("compose/mutebridge.env")
+/// An env file of deploy/compose as a map.
+fn env_file(path: &str) -> HashMap<String, String> {
+    read(path)
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (k, v) = l.split_once('=').unwrap();
             (k.to_owned(), v.to_owned())
         })
-        .collect();
-    let config = Config::parse_with_env(
-        &read("compose/mutebridge.toml"),
-        Path::new("deploy/compose/mutebridge.toml"),
-        &|name| env.get(name).cloned(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        .collect()
+}
+
+#[test]
+fn compose_file_parses_and_agrees_with_its_config() {
+    use mutebridge::config::Secrets;
+    let mut compose: Yaml = serde_norway::from_str(&read("docker-compose.yml")).unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    let text = read("compose/mutebridge.toml");
+    let file = Path::new("deploy/compose/mutebridge.toml");
+
+    // Each role's env file holds what that role reads, and no more.
+    let ingest_env = env_file("compose/ingest.env");
+    let worker_env = env_file("compose/worker.env");
+    for name in INGEST_SECRETS {
+        assert!(
+            ingest_env.contains_key(*name) && !worker_env.contains_key(*name),
+            "{name}"
+        );
+    }
+    for name in WORKER_SECRETS {
+        assert!(
+            worker_env.contains_key(*name) && !ingest_env.contains_key(*name),
+            "{name}"
+        );
+    }
+    let parse = |text: &str, env: &HashMap<String, String>, secrets| {
+        Config::parse_with(text, file, &|name| env.get(name).cloned(), secrets)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let config = parse(&text, &ingest_env, Secrets::INGEST);
     config.require_ingest().unwrap();
+    parse(&text, &worker_env, Secrets::WORKER);
     assert_eq!(config.kafka.brokers, "kafka:9092");
     assert!(services.contains_key("kafka"));
+    let (port, ops_port) = (
+        config.http.listen.port(),
+        config.ops.listen.expect("[ops] listen is set").port(),
+    );
 
-    // Prometheus scrapes every mutebridge service on the config's port.
+    // Prometheus scrapes every mutebridge service on the ops port; only
+    // the callback port is published to the host.
     let prom: Yaml = serde_norway::from_str(&read("prometheus/prometheus.yml")).unwrap();
     let scraped: BTreeSet<String> = prom["scrape_configs"]
         .as_sequence()
@@ -689,23 +815,64 @@ fn compose_file_parses_and_agrees_with_its_config() {
         })
         .map(|t| t.as_str().unwrap().to_owned())
         .collect();
-    let port = config.http.listen.port();
-    let mutebridge: BTreeSet<String> = services
+    let ours: Vec<(&str, &Yaml)> = services
         .iter()
         .filter(|(_, s)| s["image"] == "mutebridge:local")
-        .map(|(name, _)| format!("{}:{port}", name.as_str().unwrap()))
+        .map(|(name, s)| (name.as_str().unwrap(), s))
+        .collect();
+    let mutebridge: BTreeSet<String> = ours
+        .iter()
+        .map(|(name, _)| format!("{name}:{ops_port}"))
         .collect();
     assert_eq!(mutebridge.len(), 4, "two ingest replicas and two workers");
     assert_eq!(scraped, mutebridge);
+    for (name, service) in &ours {
+        let role = if name.starts_with("ingest") {
+            "ingest"
+        } else {
+            "worker"
+        };
+        assert_eq!(
+            service["env_file"],
+            Yaml::from(format!("compose/{role}.env")),
+            "{name}"
+        );
+        let published: Vec<String> = service["ports"]
+            .as_sequence()
+            .map(|p| p.iter().map(|p| p.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        if role == "ingest" {
+            assert_eq!(published.len(), 1, "{name}: {published:?}");
+            assert!(
+                published[0].ends_with(&format!(":{port}")),
+                "{name}: {published:?}"
+            );
+        } else {
+            assert!(published.is_empty(), "{name}: {published:?}");
+            // The image's health check asks the callback port, which a
+            // worker does not have: the worker's own asks the ops port.
+            let check = service["healthcheck"]["test"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                check.contains(&format!(":{ops_port}/healthz")),
+                "{name}: {check}"
+            );
+        }
+    }
 
     // Topics are created with the config's partition count.
     let init = services["kafka-init"]["command"][0].as_str().unwrap();
     assert!(init.contains(&format!("--partitions {}", config.kafka.partitions)));
     assert!(init.contains(&config.worker.dlq_topic) && init.contains(&config.kafka.topic));
 
-    // The example block for real providers, uncommented, is valid and
-    // keeps its limits in the stack's Redis, which both workers reach.
-    let text = read("compose/mutebridge.toml");
+    // The example block for real providers, uncommented, is valid: the
+    // workers keep its limits in the stack's Redis, which both reach, and
+    // the ingest replicas start without REDIS_URL or any provider secret.
     let example = text
         .split_once("# An example policy for real providers.")
         .unwrap()
@@ -717,22 +884,27 @@ fn compose_file_parses_and_agrees_with_its_config() {
         .filter_map(|l| l.strip_prefix("# ").filter(|l| setting(l)))
         .map(|l| format!("{l}\n"))
         .collect();
+    let real_text = format!("{text}\n{uncommented}");
     let redis_url = services["worker-1"]["environment"]["REDIS_URL"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut with_redis = env.clone();
+    let mut with_redis = worker_env.clone();
     with_redis.insert("REDIS_URL".into(), redis_url.clone());
-    let real = Config::parse_with_env(
-        &format!("{text}\n{uncommented}"),
-        Path::new("deploy/compose/mutebridge.toml (example uncommented)"),
-        &|name| with_redis.get(name).cloned(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let real = parse(&real_text, &with_redis, Secrets::WORKER);
     for name in ["zego", "rc"] {
         let limit = real.targets[name].rate_limit().unwrap();
         assert_eq!(limit.mode, mutebridge::limit::Mode::Redis, "{name}");
         assert_eq!(limit.url.as_ref().unwrap().expose(), redis_url);
+    }
+    parse(&real_text, &ingest_env, Secrets::INGEST)
+        .require_ingest()
+        .unwrap();
+    for ingest in ["ingest-1", "ingest-2"] {
+        assert!(
+            services[ingest]["environment"]["REDIS_URL"].is_null(),
+            "{ingest}"
+        );
     }
     assert!(redis_url.starts_with("redis://redis:"));
     assert!(services.contains_key("redis"));
@@ -759,6 +931,51 @@ fn compose_file_parses_and_agrees_with_its_config() {
         .arg(deploy("docker-compose.yml"))
         .args(["config", "--quiet"]));
     assert!(ok, "{out}");
+}
+
+#[test]
+fn the_docker_build_context_leaves_out_target_and_git() {
+    // BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile, with
+    // patterns relative to the context (the repository root).
+    let patterns: Vec<String> = read("Dockerfile.dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').to_owned())
+        .collect();
+    for excluded in ["target", ".git"] {
+        assert!(
+            patterns.iter().any(|p| p == excluded),
+            "{excluded} is not excluded: {patterns:?}"
+        );
+        assert!(
+            !patterns
+                .iter()
+                .any(|p| p.starts_with('!') && p.contains(excluded)),
+            "{excluded} is included again: {patterns:?}"
+        );
+    }
+    // What the Dockerfile copies is not excluded.
+    let dockerfile = read("Dockerfile");
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for source in line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            let top = source.split('/').next().unwrap();
+            assert!(
+                !patterns.iter().any(|p| p == top || p == *source),
+                "{source} (COPY) is excluded: {patterns:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -366,3 +366,195 @@ async fn too_large_answers_are_final_and_close_the_connection() {
     assert!(reply.contains("connection: close"), "{reply}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_past_max_header_bytes_is_answered_431() {
+    let h = Harness::start_with(|c| c.http.max_header_bytes = 16 * 1024).await;
+    let addr = h.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = open(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n");
+        // 64 KiB of header lines, never finished; the server stops reading
+        // at its limit, so a write may fail once it has answered.
+        let line = format!("x-filler: {}\r\n", "a".repeat(1000));
+        for _ in 0..64 {
+            if s.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+        until_closed(s, Duration::from_secs(5)).1
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+    // A head under the limit is served as before, and the limit is the
+    // head's only: a body three times its size is read whole.
+    let (status, _) = h.get("/healthz").await;
+    assert_eq!(status, 200);
+    let mut b = mute_all("g-large-body");
+    b.insert("padding".into(), "p".repeat(48 * 1024).into());
+    let r = h.post(&b).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    h.stop().await;
+}
+
+/// Sends a callback head announcing `length` bytes and `sent` of them.
+fn trickle(addr: SocketAddr, length: usize, sent: usize) -> TcpStream {
+    let head = format!(
+        "POST /webhooks/easemob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    );
+    let mut s = open(addr, head.as_bytes());
+    s.write_all(&vec![b' '; sent]).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_trickling_their_bodies_are_evicted_at_the_cap_and_past_the_memory_budget() {
+    // At the connection cap: 16 connections each in the middle of a body.
+    let h = Harness::start_with(|c| c.http.max_connections = 16).await;
+    let addr = h.addr;
+    let trickling = tokio::task::spawn_blocking(move || {
+        (0..16)
+            .map(|_| trickle(addr, 60_000, 1000))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        let r = h.post(&mute_all(&format!("g-trickle-{i}"))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert!(
+        h.metric("mutebridge_http_connections_closed_total{reason=\"limit\"}")
+            .await
+            >= 1.0
+    );
+    drop(trickling);
+    h.stop().await;
+
+    // Past the memory budget (the smallest allowed: 1 MiB): the bodies
+    // received longest are closed until the rest fits, callbacks still go.
+    let h = Harness::start_with(|c| {
+        c.http.max_body_bytes = 60_000;
+        c.http.max_buffered_bytes = 1 << 20;
+    })
+    .await;
+    let addr = h.addr;
+    let trickling = tokio::task::spawn_blocking(move || {
+        (0..40)
+            .map(|_| {
+                let s = trickle(addr, 60_000, 50_000);
+                std::thread::sleep(Duration::from_millis(5));
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed = h
+        .metric("mutebridge_http_connections_closed_total{reason=\"memory\"}")
+        .await;
+    // 40 x 50 KB = 2 MB against 1 MiB: about half must go.
+    assert!((15.0..=30.0).contains(&closed), "{closed} closed");
+    // The first ones opened are the ones closed.
+    let first = trickling.into_iter().next().unwrap();
+    let (_, text) =
+        tokio::task::spawn_blocking(move || until_closed(first, Duration::from_secs(2)))
+            .await
+            .unwrap();
+    assert!(text.is_empty(), "closed without a reply: {text:?}");
+    let r = h.post(&mute_all("g-after-memory")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_dated_callbacks_and_control_characters_in_names_are_refused_by_field() {
+    let h = Harness::start().await;
+    // Ten years ahead: refused, naming the field (a signed mute-all dated
+    // so would make every real change after it "stale").
+    let mut b = mute_all("g-future");
+    b.insert(
+        "timestamp".into(),
+        (now_ms() + 10 * 365 * 86_400_000).into(),
+    );
+    let (status, error) = refused(&h, signed(b)).await;
+    assert_eq!(status, 400);
+    assert!(
+        error.contains("`timestamp`") && error.contains("ahead"),
+        "{error}"
+    );
+    // Within the default skew (300 s): accepted.
+    let mut b = mute_all("g-near-future");
+    b.insert("timestamp".into(), (now_ms() + 60_000).into());
+    assert_eq!(h.post_raw(signed(b).to_string()).await.status, 200);
+
+    // Member names, the operation and the operator reach log lines and
+    // targets: control characters are refused like in IDs.
+    let cases: Vec<(serde_json::Map<String, Value>, &str)> = vec![
+        (
+            op_event(
+                "g",
+                "MUTE",
+                json!({"type": "ADD", "member": ["ok", "u\nforged"]}),
+            ),
+            "`payload.member`",
+        ),
+        (
+            op_event(
+                "g",
+                "MUTE",
+                json!({"type": "ADD", "members": "u\u{1b}[31m"}),
+            ),
+            "`payload.members`",
+        ),
+        (
+            op_event("g", "UPD\rATE", json!({"type": "MUTE", "mute": true})),
+            "`operation`",
+        ),
+        (
+            {
+                let mut b = mute_all("g");
+                b.insert("operator".into(), "admin\n2026-01-01 INFO forged".into());
+                b
+            },
+            "`operator`",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, error) = refused(&h, signed(body)).await;
+        assert_eq!(status, 400, "{field}");
+        assert!(
+            error.contains(field) && error.contains("control"),
+            "{error}"
+        );
+    }
+    // The legacy format: the operation, and `to` (the member).
+    let legacy = |operation: &str, to: &str| {
+        let mut b = json!({
+            "callId": format!("{APPKEY}_{}", uuid::Uuid::new_v4()),
+            "appkey": APPKEY,
+            "chat_type": "muc",
+            "group_id": "g-legacy",
+            "from": format!("{APPKEY}_admin@easemob.com"),
+            "to": to,
+            "timestamp": now_ms(),
+            "payload": {"operation": operation, "is_chatroom": false},
+        });
+        signed(b.as_object_mut().unwrap().clone())
+    };
+    let (status, error) = refused(&h, legacy("add\tmute", "u1")).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("`payload.operation`"), "{error}");
+    let (status, error) = refused(&h, legacy("add_mute", "u1\u{0}")).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("`to`"), "{error}");
+    assert_eq!(
+        h.post_raw(legacy("add_mute", "u1").to_string())
+            .await
+            .status,
+        200
+    );
+    h.stop().await;
+}

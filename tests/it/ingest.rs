@@ -35,8 +35,10 @@ async fn signatures() {
     let r = h.post(&body).await;
     assert_eq!(r.status, 401);
     assert!(r.body["error"].as_str().unwrap().contains("appkey"));
-    // Signed over the timestamp's digits: a value above 2^53 still verifies,
-    // and the same number written as a float does not parse.
+    // Signed over the timestamp's digits: a value above 2^53 still verifies
+    // (and is then refused as far in the future, 400, not as a wrong
+    // signature, 401), and the same number written as a float does not
+    // parse.
     let mut body = mute_all("g-sig");
     let call_id = body["callId"].as_str().unwrap().to_owned();
     let digits = "9007199254740993";
@@ -50,7 +52,13 @@ async fn signatures() {
         body["security"].as_str().unwrap(),
         &sign(&call_id, SECRETS[0], digits),
     );
-    assert_eq!(h.post_raw(raw.clone()).await.status, 200);
+    let r = h.post_raw(raw.clone()).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("ahead"),
+        "{:?}",
+        r.body
+    );
     let as_float = raw.replace(
         &format!("\"timestamp\":{digits}"),
         "\"timestamp\":9007199254740993.0",
@@ -473,5 +481,23 @@ async fn full_producer_queue_gives_immediate_503() {
     );
     assert!(h.metric("mutebridge_kafka_produce_errors_total").await >= 1.0);
     h.cluster.embedded().unwrap().broker_up(1).unwrap();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_cannot_be_told_on_a_cluster_without_describe_configs() {
+    // librdkafka's mock cluster does not implement DescribeConfigs: the
+    // answer says so instead of guessing either way.
+    let h = Harness::start().await;
+    let started = Instant::now();
+    let answer = h
+        .cluster
+        .compaction(&h.config.kafka, &h.config.kafka.topic)
+        .await;
+    match answer {
+        mutebridge::Compaction::CannotTell(why) => assert!(!why.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(16));
     h.stop().await;
 }

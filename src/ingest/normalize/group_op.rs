@@ -3,8 +3,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{base, group_id, str_field, user_list};
+use super::{base, group_id, name_field, str_field, user_list};
 use crate::event::{Event, EventKind, Format, Mute, Scope};
+use crate::ingest::verify::check_id;
 use crate::ingest::verify::{millis, BadRequest, Verified};
 
 /// `(operation, payload.type)` of a `group_op_event` to its kind; `None`
@@ -63,13 +64,16 @@ pub(super) fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event,
         }
     };
     e.operation = match body.get("operation") {
-        Some(Value::String(op)) if !op.is_empty() => op.clone(),
+        Some(Value::String(op)) if !op.is_empty() => {
+            check_id("operation", "the operation", op)?;
+            op.clone()
+        }
         Some(Value::String(_)) | None => {
             return Err(BadRequest::new("field `operation` is missing"))
         }
         Some(_) => return Err(BadRequest::new("field `operation` must be a string")),
     };
-    e.operator = str_field(body, "operator").map(str::to_owned);
+    e.operator = name_field(body, "operator", "operator", "the operator")?.map(str::to_owned);
     let empty = Map::new();
     let payload = match body.get("payload") {
         Some(Value::Object(p)) => p,
@@ -116,7 +120,7 @@ pub(super) fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event,
         MuteAll => e.mute = Some(Mute::All { all: true }),
         UnmuteAll => e.mute = Some(Mute::All { all: false }),
         MemberMuted => {
-            e.members = user_list(payload, &["member", "members"]);
+            e.members = user_list(payload, &["member", "members"])?;
             // A non-positive expiry is a permanent mute (-1 means "forever" in
             // Easemob's REST API); what the callback sends for it is unconfirmed.
             // Anything unreadable is refused: guessing "permanent" would turn
@@ -136,14 +140,14 @@ pub(super) fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event,
             copy(attrs, payload, &["expire_timestamp"]);
         }
         AdminAdded | AdminRemoved | SuperAdminAdded | SuperAdminRemoved => {
-            e.members = user_list(payload, &["admin", "super_admin", "member"]);
+            e.members = user_list(payload, &["admin", "super_admin", "member"])?;
         }
         OwnerChanged => {
-            e.members = user_list(payload, &["new_owner", "owner"]);
+            e.members = user_list(payload, &["new_owner", "owner"])?;
             copy(attrs, payload, &["owner", "new_owner"]);
         }
         GroupCreated => {
-            e.members = user_list(payload, &["member"]);
+            e.members = user_list(payload, &["member"])?;
             copy(attrs, payload, &["role", "info"]);
         }
         GroupUpdated => copy(attrs, payload, &["info"]),
@@ -154,7 +158,7 @@ pub(super) fn group_op_event(v: &Verified, received_at_ms: i64) -> Result<Event,
             attrs.insert("payload".into(), Value::Object(payload.clone()));
         }
         _ => {
-            e.members = user_list(payload, &["member", "members"]);
+            e.members = user_list(payload, &["member", "members"])?;
             copy(attrs, payload, &["expire_timestamp", "action", "options"]);
         }
     }

@@ -97,23 +97,43 @@ pub(super) fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'
         .filter(|s| !s.is_empty())
 }
 
-/// A user list that may be an array of strings or a single string.
-pub(super) fn user_list(obj: &Map<String, Value>, keys: &[&str]) -> Vec<String> {
+/// A user list under `payload` that may be an array of strings or a single
+/// string. Each user is checked like an ID ([`check_id`]): user IDs reach
+/// targets, logs and dead letters.
+pub(super) fn user_list(
+    obj: &Map<String, Value>,
+    keys: &[&str],
+) -> Result<Vec<String>, BadRequest> {
     for key in keys {
-        match obj.get(*key) {
-            Some(Value::Array(items)) => {
-                return items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
-            Some(Value::String(s)) if !s.is_empty() => return vec![s.clone()],
-            _ => {}
+        let users: Vec<&str> = match obj.get(*key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Some(Value::String(s)) if !s.is_empty() => vec![s],
+            _ => continue,
+        };
+        for user in &users {
+            check_id(&format!("payload.{key}"), "a member", user)?;
         }
+        return Ok(users.into_iter().map(str::to_owned).collect());
     }
-    Vec::new()
+    Ok(Vec::new())
+}
+
+/// A string field that names something (an operation, a user) and reaches
+/// log lines: checked like an ID when present and not empty.
+pub(super) fn name_field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    shown_as: &str,
+    what: &str,
+) -> Result<Option<&'a str>, BadRequest> {
+    match str_field(obj, key) {
+        Some(name) => check_id(shown_as, what, name).map(|()| Some(name)),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -138,9 +158,10 @@ mod tests {
                 secrets: vec![Secret::new("s")],
             }],
             0,
+            300,
         );
         let u = Unverified::parse(body.to_string().as_bytes()).unwrap();
-        normalize(verifier.verify(u, 0).unwrap(), 1).map(VerifiedEvent::into_event)
+        normalize(verifier.verify(u, 1700000000000).unwrap(), 1).map(VerifiedEvent::into_event)
     }
 
     fn legacy_op(op: &str, chatroom: bool, to: &str) -> Value {

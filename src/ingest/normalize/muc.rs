@@ -3,8 +3,9 @@
 
 use serde_json::Value;
 
-use super::{base, group_id, str_field};
+use super::{base, group_id, name_field, str_field};
 use crate::event::{Event, EventKind, Format, Mute, Scope};
+use crate::ingest::verify::check_id;
 use crate::ingest::verify::{BadRequest, Verified};
 
 /// The user ID inside a legacy JID `{appkey}_{user}@easemob.com/{resource}`;
@@ -77,7 +78,10 @@ pub(super) fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequ
         None => return Err(BadRequest::new("field `payload` is missing")),
     };
     e.operation = match payload.get("operation") {
-        Some(Value::String(op)) if !op.is_empty() => op.clone(),
+        Some(Value::String(op)) if !op.is_empty() => {
+            check_id("payload.operation", "the operation", op)?;
+            op.clone()
+        }
         Some(Value::String(_)) | None => {
             return Err(BadRequest::new("field `payload.operation` is missing"))
         }
@@ -99,8 +103,10 @@ pub(super) fn legacy(v: &Verified, received_at_ms: i64) -> Result<Event, BadRequ
     };
     e.kind = legacy_kind(&e.operation);
 
-    let from = str_field(body, "from");
-    let to = str_field(body, "to").filter(|to| *to != e.group_id);
+    // `from` is the operator's JID and `to` a member (or the group): both
+    // reach targets and log lines, so they are checked like IDs.
+    let from = name_field(body, "from", "from", "the operator's JID")?;
+    let to = name_field(body, "to", "to", "a member")?.filter(|to| *to != e.group_id);
     e.operator = from.and_then(|f| user_from_jid(f, v.appkey()));
     let attrs = &mut e.attributes;
     if let Some(from) = from {
