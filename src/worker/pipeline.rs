@@ -17,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde::Serialize;
@@ -32,6 +33,9 @@ use super::scheduler::{Flow, GroupKey, Job, Scheduler, Work};
 use crate::config::WorkerConfig;
 use crate::event::ReplayScope;
 use crate::time::now_ms;
+
+/// Records taken from the consumer in one pass of the coordinator, at most.
+const BATCH: usize = 256;
 
 /// What a pipeline does with its jobs.
 pub enum Stage {
@@ -262,7 +266,13 @@ impl Run<'_> {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
-                Some(done) = self.done_rx.recv() => self.finished(done),
+                Some(done) = self.done_rx.recv() => {
+                    self.finished(done);
+                    // What else is done, before scheduling again.
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.finished(done);
+                    }
+                }
                 Some(durable) = self.confirms.next() => self.durable(durable),
                 Some(partition) = loaded.recv() => self.partition_loaded(partition),
                 Ok(()) = changed(&mut blocked) => {
@@ -274,7 +284,21 @@ impl Run<'_> {
                 }
                 _ = renew_tick.tick() => self.queue_renewals(),
                 message = p.consumer.recv() => match message {
-                    Ok(msg) => self.received(&msg),
+                    Ok(msg) => {
+                        self.received(&msg);
+                        // A fetch brings many records: take what is there
+                        // already before scheduling again (one pass of this
+                        // loop per record costs more than the record).
+                        for _ in 0..BATCH {
+                            if self.scheduler.flow() == Some(Flow::Pause) {
+                                break;
+                            }
+                            match p.consumer.recv().now_or_never() {
+                                Some(Ok(msg)) => self.received(&msg),
+                                _ => break,
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(pipeline = %p.name, error = %e, "Kafka consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -814,7 +814,10 @@ fn with_an_ops_listener_metrics_leave_the_callback_port() {
     let (status, body) = http_get(ops, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("mutebridge_http_connections_open"), "{body}");
-    assert!(body.contains("mutebridge_worker_events_total"), "{body}");
+    assert!(
+        body.contains("mutebridge_state_events_total"),
+        "the worker's too: {body}"
+    );
     assert_eq!(http_get(ops, "/webhooks/easemob").unwrap().0, 404);
 
     // A worker-only process listens on the ops address, not http.listen.
