@@ -157,6 +157,12 @@ async fn rate_run(
 topic = "{TOPIC}"
 partitions = {PARTITIONS}
 
+# The mock coordinator holds a join for max.poll.interval.ms: keep the
+# second replica's rebalance quick, as the tests do.
+[kafka.client]
+"max.poll.interval.ms" = "7000"
+"session.timeout.ms" = "6000"
+
 [worker]
 group_id = "bench-rate"
 commit_interval_ms = 100

@@ -126,18 +126,34 @@ impl StateReader {
         group_id: &str,
     ) -> anyhow::Result<StateReader> {
         let consumer: BaseConsumer = client_config(kafka, bootstrap)
-            // Never joined (manual assignment) and nothing is committed; it
-            // only reads the group's committed offsets.
-            .set("group.id", group_id)
+            // librdkafka wants a group id even for manual assignment; it is
+            // never joined and nothing is committed. (Not the pipeline's
+            // own: a second client of that group slows its rebalances.)
+            .set("group.id", "mutebridge-state-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create()
             .context(
                 "cannot create the state topic reader (check the [kafka.client] properties)",
             )?;
+        // A target's reader asks its pipeline group for committed offsets
+        // (rewind fences); it is never assigned anything and never joins.
+        let committed = match &sinks {
+            Sinks::Keeper { .. } => None,
+            Sinks::Target { .. } => Some(
+                client_config(kafka, bootstrap)
+                    .set("group.id", group_id)
+                    .set("enable.auto.commit", "false")
+                    .create::<BaseConsumer>()
+                    .context(
+                        "cannot create the state topic reader (check the [kafka.client] properties)",
+                    )?,
+            ),
+        };
         let (tx, rx) = mpsc::channel();
         let mut thread = Thread {
             consumer,
+            committed,
             topic: topic.to_owned(),
             sinks,
             rx,
@@ -211,6 +227,8 @@ struct Batch {
 
 struct Thread {
     consumer: BaseConsumer,
+    /// A client of a target pipeline's group, for its committed offsets.
+    committed: Option<BaseConsumer>,
     topic: String,
     sinks: Sinks,
     rx: mpsc::Receiver<Command>,
@@ -331,14 +349,12 @@ impl Thread {
     /// A target's fence on event partition `p`, if `mutebridge rewind`
     /// left one in the committed offset.
     fn read_fence(&self, p: i32) -> anyhow::Result<()> {
-        let Sinks::Target { fences, .. } = &self.sinks else {
+        let (Sinks::Target { fences, .. }, Some(group)) = (&self.sinks, &self.committed) else {
             return Ok(());
         };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&fences.event_topic, p);
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(5))?;
+        let committed = group.committed_offsets(tpl, Duration::from_secs(5))?;
         let fence = committed
             .find_partition(&fences.event_topic, p)
             .and_then(|e| fence_of(e.metadata()));
