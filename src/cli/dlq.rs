@@ -22,12 +22,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::Config;
-use crate::event::{HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
+use crate::event::{Event, HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
 use crate::ingest::publish::event_headers;
 use crate::kafka::{self, scan::ScannedRecord};
 use crate::time::now_ms;
 use crate::worker::dlq::{
-    Position, Reason, ReplayMarker, StoredDeadLetter, DEAD_LETTER_SCHEMA, REPLAY_SCHEMA,
+    Position, Reason, ReplayMarker, SourceRecord, StoredDeadLetter, DEAD_LETTER_SCHEMA,
+    REPLAY_SCHEMA,
 };
 
 /// Which dead letters a command is about.
@@ -175,6 +176,49 @@ async fn read(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<Entry>> {
         .collect())
 }
 
+/// Reads back, from the event topic, the events of dead letters written
+/// without them (a letter that would not fit in one message keeps only the
+/// event's source position). One the topic no longer holds stays without.
+async fn recover_omitted(
+    config: &Config,
+    bootstrap: &str,
+    entries: &mut [Entry],
+) -> anyhow::Result<()> {
+    let wanted: Vec<(usize, SourceRecord)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.letter.event.is_none() && e.letter.omitted.iter().any(|f| f == "event"))
+        .map(|(i, e)| (i, e.letter.source.clone()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let (kafka, bootstrap) = (config.kafka.clone(), bootstrap.to_owned());
+    let found =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(usize, Option<Event>)>> {
+            let reader = kafka::scan::Reader::new(&kafka, &bootstrap)?;
+            wanted
+                .into_iter()
+                .map(|(i, at)| {
+                    let value = reader.read_one(&at.topic, at.partition, at.offset)?;
+                    Ok((i, value.and_then(|v| serde_json::from_slice(&v).ok())))
+                })
+                .collect()
+        })
+        .await??;
+    for (i, event) in found {
+        if event.is_none() {
+            let at = &entries[i].letter.source;
+            eprintln!(
+                "note: dead letter {}/{} was written without its event and {}/{}@{} no longer holds it",
+                entries[i].at.partition, entries[i].at.offset, at.topic, at.partition, at.offset
+            );
+        }
+        entries[i].letter.event = event;
+    }
+    Ok(())
+}
+
 /// `mutebridge dlq list`: a summary by target and reason, then the records.
 pub async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> anyhow::Result<()> {
     let selection = filters.compile()?;
@@ -269,9 +313,14 @@ pub async fn replay(
 ) -> anyhow::Result<usize> {
     let selection = filters.compile()?;
     let (config, bootstrap) = super::connect(config_file)?;
-    let entries = read(&config, &bootstrap).await?;
+    let mut entries: Vec<Entry> = read(&config, &bootstrap)
+        .await?
+        .into_iter()
+        .filter(|e| selection.matches(&e.letter))
+        .collect();
+    recover_omitted(&config, &bootstrap, &mut entries).await?;
     let (mut chosen, mut done_before, mut unreplayable) = (Vec::new(), 0usize, 0usize);
-    for e in entries.into_iter().filter(|e| selection.matches(&e.letter)) {
+    for e in entries {
         if e.letter.event.is_none() {
             unreplayable += 1;
         } else if e.replays > 0 && !again {

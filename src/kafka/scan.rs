@@ -197,4 +197,41 @@ impl Reader {
         self.consumer.unassign()?;
         Ok(())
     }
+    /// The value of the record at `offset` of `topic`/`partition`; `None`
+    /// when retention or compaction removed it. Blocks.
+    pub fn read_one(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, self.timeout)
+            .with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
+        if offset < low || offset >= high {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        self.consumer.assign(&tpl)?;
+        let found = loop {
+            let message = self
+                .consumer
+                .poll(self.timeout)
+                .ok_or_else(|| {
+                    anyhow!("no record of {topic}/{partition} within {:?}", self.timeout)
+                })?
+                .with_context(|| format!("cannot read {topic}"))?;
+            if message.partition() != partition || message.offset() < offset {
+                continue;
+            }
+            // A compacted topic may have no record at `offset` any more.
+            break (message.offset() == offset)
+                .then(|| message.payload().map(<[u8]>::to_vec))
+                .flatten();
+        };
+        self.consumer.unassign()?;
+        Ok(found)
+    }
 }

@@ -331,6 +331,44 @@ pub fn prune_members<D: MemberDim>(
     before - members.len()
 }
 
+/// Drops member dimensions until at least `bytes` of their JSON are gone,
+/// the ones that matter least first: unmuted members and mutes past their
+/// end (oldest `at_ms` first), then running mutes (oldest first). Returns
+/// how many. For a record that would not fit in one Kafka message: a group
+/// that saw mutes of thousands of members. What is dropped loses its
+/// stale-event guard (a late callback for that member is applied again).
+pub fn shed_members<D: MemberDim + serde::Serialize>(
+    members: &mut Members<D>,
+    bytes: usize,
+    now_ms: i64,
+) -> usize {
+    let running = |d: &D| d.muted() && d.until_ms().is_none_or(|t| t > now_ms);
+    let mut order: Vec<(bool, i64, &str, usize)> = members
+        .iter()
+        .map(|(m, d)| (running(d), d.at_ms(), m, entry_bytes(m, d)))
+        .collect();
+    order.sort_unstable();
+    let mut freed = 0;
+    let mut drop = std::collections::HashSet::new();
+    for (_, _, member, size) in order {
+        if freed >= bytes {
+            break;
+        }
+        freed += size;
+        drop.insert(member.to_owned());
+    }
+    members.retain(|m, _| !drop.contains(m));
+    members.shrink_to_fit();
+    drop.len()
+}
+
+/// What one member takes in the record's JSON: `"id":{...},`.
+fn entry_bytes<D: serde::Serialize>(member: &str, dim: &D) -> usize {
+    let key = serde_json::to_string(member).map_or(member.len() + 2, |k| k.len());
+    let value = serde_json::to_vec(dim).map_or(0, |v| v.len());
+    key + value + 2
+}
+
 /// What became of a dimension a target judged fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -645,6 +683,37 @@ mod tests {
         assert_eq!(prune(&mut s, now, 7 * DAY), 2);
         let left: Vec<&str> = s.members.iter().map(|(m, _)| m).collect();
         assert_eq!(left, ["ended-lately", "new-unmute", "permanent"]);
+    }
+
+    #[test]
+    fn shedding_drops_what_matters_least_first() {
+        let mut s = GroupState::new("org#app", Scope::Group, "g1");
+        let m = |muted, until_ms, at_ms| MemberState {
+            muted,
+            until_ms,
+            at_ms,
+            event_id: "e".into(),
+        };
+        let now = 100 * DAY;
+        s.members.insert("muted-old".into(), m(true, None, 1));
+        s.members.insert("muted-new".into(), m(true, None, 5));
+        s.members.insert("unmuted-new".into(), m(false, None, 4));
+        s.members.insert("unmuted-old".into(), m(false, None, 2));
+        s.members.insert("ended".into(), m(true, Some(now - 1), 3));
+        let size = |s: &GroupState| serde_json::to_vec(s).unwrap().len();
+        let full = size(&s);
+        // One byte: the oldest inactive member goes, and only it.
+        assert_eq!(shed_members(&mut s.members, 1, now), 1);
+        assert!(s.members.get("unmuted-old").is_none());
+        let one = full - size(&s);
+        // The entry estimate is exact (the record's JSON lost that much).
+        let probe = m(false, None, 2);
+        assert_eq!(one, entry_bytes("unmuted-old", &probe));
+        // Enough for three more: the other inactive ones, then the oldest mute.
+        assert_eq!(shed_members(&mut s.members, 2 * one + 1, now), 3);
+        let left: Vec<&str> = s.members.iter().map(|(m, _)| m).collect();
+        assert_eq!(left, ["muted-new"]);
+        assert_eq!(shed_members(&mut s.members, 0, now), 0);
     }
 
     #[test]

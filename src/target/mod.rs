@@ -228,10 +228,18 @@ pub enum Method {
     Post,
 }
 
-/// Query parameters and headers that carry a signature: masked wherever a
-/// request is shown (a signature is valid for minutes and does not cover
-/// what the request does).
-const SIGNATURES: [&str; 3] = ["Signature", "X-Mutebridge-Signature", "Authorization"];
+/// Words that make a query parameter or header name a credential, masked
+/// wherever a request is shown: the providers' signatures (`Signature`,
+/// `X-Mutebridge-Signature`, valid for minutes and not covering what the
+/// request does), `Authorization`, and what a webhook URL may carry
+/// (`?token=`, `access_key`, `api-secret`, ...).
+const CREDENTIAL_WORDS: [&str; 6] = ["token", "secret", "key", "sig", "auth", "pass"];
+
+/// Whether a query parameter or header named `name` is masked when shown.
+fn is_credential(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    CREDENTIAL_WORDS.iter().any(|w| lower.contains(w))
+}
 
 /// Shown in place of a signature.
 const MASK: &str = "<masked>";
@@ -273,11 +281,7 @@ impl fmt::Display for Redacted<'_> {
             Some((base, query)) => {
                 let mut q = form_urlencoded::Serializer::new(String::new());
                 for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-                    let v = if SIGNATURES.contains(&k.as_ref()) {
-                        MASK.into()
-                    } else {
-                        v
-                    };
+                    let v = if is_credential(&k) { MASK.into() } else { v };
                     q.append_pair(&k, &v);
                 }
                 format!("{base}?{}", q.finish())
@@ -285,11 +289,7 @@ impl fmt::Display for Redacted<'_> {
         };
         write!(f, "{method} {url}")?;
         for (name, value) in &r.headers {
-            let value = if SIGNATURES.contains(name) {
-                MASK
-            } else {
-                value
-            };
+            let value = if is_credential(name) { MASK } else { value };
             write!(f, "\n{name}: {value}")?;
         }
         if let Some(body) = &r.body {
@@ -516,4 +516,29 @@ pub(crate) fn nonce() -> String {
 /// Parses `Retry-After` given in seconds (the form APIs use).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_requests_mask_signatures_and_credentials_only() {
+        let request = Request {
+            method: Method::Post,
+            url: "https://hooks.example/in?team=mods&token=t0p&Signature=abc&Access_Key=k".into(),
+            headers: vec![
+                ("X-Mutebridge-Signature", "sha256=ff".into()),
+                ("Content-Type", "application/json".into()),
+            ],
+            body: Some("{}".into()),
+        };
+        let shown = request.redacted().to_string();
+        assert_eq!(
+            shown,
+            "POST https://hooks.example/in?team=mods&token=%3Cmasked%3E&Signature=%3Cmasked%3E&Access_Key=%3Cmasked%3E\n\
+             X-Mutebridge-Signature: <masked>\nContent-Type: application/json\n\n{}"
+        );
+        assert_eq!(request.host(), "hooks.example:443");
+    }
 }

@@ -5,9 +5,12 @@
 //! losing it, so writing one is not allowed to fail: it is retried until
 //! Kafka acknowledges it, holding up only that event's group.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
@@ -90,6 +93,11 @@ pub struct DeadLetter {
     pub event: Option<Event>,
     /// The raw record value, when it could not.
     pub payload: Option<String>,
+    /// Fields left out (`users`, then `event` and `payload`) because the
+    /// whole letter would not fit in one Kafka message; the event is still
+    /// at `source` in the event topic.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<&'static str>,
 }
 
 /// A dead letter as read back from the topic (`dlq list`, `dlq replay`).
@@ -108,6 +116,8 @@ pub struct StoredDeadLetter {
     pub failed_at_ms: i64,
     pub event: Option<Event>,
     pub payload: Option<String>,
+    #[serde(default)]
+    pub omitted: Vec<String>,
 }
 
 /// Value of the `schema` field (and header) of a replay marker.
@@ -155,6 +165,7 @@ impl DeadLetter {
             failed_at_ms: now_ms(),
             event: None,
             payload: payload.map(|p| String::from_utf8_lossy(p).into_owned()),
+            omitted: Vec::new(),
         }
     }
 
@@ -178,8 +189,44 @@ impl DeadLetter {
             failed_at_ms: now_ms(),
             event: Some(event.clone()),
             payload: None,
+            omitted: Vec::new(),
         }
     }
+
+    /// The letter's JSON within `max` bytes: whole when it fits; else
+    /// without the user list (the event names them), then without the
+    /// event and raw payload (the letter keeps its reason, target and
+    /// source position, where the event still is).
+    fn to_json_within(&self, max: usize) -> (Vec<u8>, &'static [&'static str]) {
+        let whole = serde_json::to_vec(self).expect("dead letters always serialize");
+        if whole.len() <= max {
+            return (whole, &[]);
+        }
+        let mut small = self.clone();
+        small.users = Vec::new();
+        small.omitted = vec!["users"];
+        let json = serde_json::to_vec(&small).expect("dead letters always serialize");
+        if json.len() <= max {
+            return (json, &["users"]);
+        }
+        const ALL: &[&str] = &["users", "event", "payload"];
+        small.event = None;
+        small.payload = None;
+        small.omitted = ALL.to_vec();
+        small
+            .error
+            .truncate(floor_char_boundary(&small.error, 1024));
+        let json = serde_json::to_vec(&small).expect("dead letters always serialize");
+        (json, ALL)
+    }
+}
+
+/// The largest index at most `at` that starts a character of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// The dead-letter producer (durable and idempotent, like the event producer).
@@ -187,7 +234,15 @@ impl DeadLetter {
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
+    /// The largest letter written: the producers' `message.max.bytes` less
+    /// room for the key, headers and framing; halved (once per refusal)
+    /// when the broker's limit for the topic is lower.
+    max_letter_bytes: Arc<AtomicUsize>,
 }
+
+/// What a letter needs beside its value in a message (key, headers,
+/// framing).
+const LETTER_FRAMING_BYTES: usize = 2048;
 
 impl DeadLetters {
     pub fn new(cfg: &KafkaConfig, bootstrap: &str, topic: &str) -> anyhow::Result<DeadLetters> {
@@ -197,15 +252,22 @@ impl DeadLetters {
         Ok(DeadLetters {
             producer,
             topic: topic.to_owned(),
+            max_letter_bytes: Arc::new(AtomicUsize::new(
+                kafka::client::max_message_bytes(cfg).saturating_sub(LETTER_FRAMING_BYTES),
+            )),
         })
     }
 
     /// Writes `letter` keyed like its event, retrying until Kafka
     /// acknowledges it.
     pub async fn write(&self, key: &[u8], letter: &DeadLetter) {
-        let payload = serde_json::to_vec(letter).expect("dead letters always serialize");
         let mut wait = Duration::from_millis(100);
         loop {
+            let max = self.max_letter_bytes.load(Ordering::Relaxed);
+            let (payload, omitted) = letter.to_json_within(max);
+            if !omitted.is_empty() {
+                tracing::warn!(topic = %self.topic, max, reason = letter.reason.as_str(), ?omitted, source_partition = letter.source.partition, source_offset = letter.source.offset, "a dead letter would not fit in one Kafka message: written without the fields named (the event is still at its source offset)");
+            }
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
                     key: "reason",
@@ -222,6 +284,12 @@ impl DeadLetters {
             match self.producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => return,
                 Err((e, _)) => {
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                        // The topic's limit is below the producers': keep
+                        // letters to half of what was refused from now on.
+                        self.max_letter_bytes
+                            .fetch_min(payload.len() / 2, Ordering::Relaxed);
+                    }
                     tracing::error!(error = %e, topic = %self.topic, "cannot write a dead letter; retrying (the group waits)");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
@@ -233,5 +301,73 @@ impl DeadLetters {
     /// Waits up to `timeout` for queued dead letters.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, Format, Mute, Scope, Source, SCHEMA_V1};
+
+    fn letter(members: usize) -> DeadLetter {
+        let members: Vec<String> = (0..members).map(|i| format!("member-{i:05}")).collect();
+        let event = Event {
+            schema: SCHEMA_V1.into(),
+            id: "e1".into(),
+            source: Source::Easemob,
+            format: Format::GroupOpEvent,
+            appkey: "org#app".into(),
+            scope: Scope::Group,
+            group_id: "g1".into(),
+            kind: EventKind::MemberMuted,
+            operation: "MUTE".into(),
+            subtype: None,
+            operator: None,
+            members: members.clone(),
+            mute: Some(Mute::Until { until_ms: None }),
+            occurred_at_ms: 1,
+            received_at_ms: 1,
+            attributes: Default::default(),
+        };
+        let source = SourceRecord {
+            topic: "events".into(),
+            partition: 2,
+            offset: 7,
+        };
+        let id = ActionId::new("rule".into(), "zego".into(), "mute_members");
+        let failure = Failure {
+            reason: Reason::PermanentError,
+            error: "ZEGO 660000002: bad parameters".into(),
+            attempts: 1,
+            users: members,
+        };
+        DeadLetter::action(source, &event, &id, failure)
+    }
+
+    fn read(json: &[u8]) -> StoredDeadLetter {
+        serde_json::from_slice(json).unwrap()
+    }
+
+    #[test]
+    fn letters_too_large_for_a_message_lose_users_then_the_event() {
+        let l = letter(2000);
+        let whole = serde_json::to_vec(&l).unwrap();
+        let (json, omitted) = l.to_json_within(whole.len());
+        assert_eq!((json, omitted), (whole.clone(), &[][..]));
+        // Without the user list, the event (which names them) still fits.
+        let (json, omitted) = l.to_json_within(whole.len() - 1);
+        assert_eq!(omitted, ["users"]);
+        let back = read(&json);
+        assert!(back.users.is_empty() && back.event.is_some());
+        assert_eq!(back.omitted, ["users"]);
+        // Not even the event fits: the reason, target and source remain.
+        let (json, omitted) = l.to_json_within(1000);
+        assert_eq!(omitted, ["users", "event", "payload"]);
+        assert!(json.len() < 1000);
+        let back = read(&json);
+        assert!(back.event.is_none());
+        assert_eq!(back.reason, Reason::PermanentError);
+        assert_eq!(back.target.as_deref(), Some("zego"));
+        assert_eq!((back.source.partition, back.source.offset), (2, 7));
     }
 }

@@ -43,6 +43,7 @@ pub struct WorkerMetrics {
     pub state_rebuild: HistogramVec,
     pub state_writes: IntCounterVec,
     pub state_write_errors: IntCounterVec,
+    pub state_members_dropped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub target_lag: GaugeVec,
     pub renewals: IntCounterVec,
@@ -198,6 +199,11 @@ impl WorkerMetrics {
                 "Failed attempts to write a record to the state topic (retried; the offset waits), by pipeline.",
                 &["pipeline"],
             ),
+            state_members_dropped: counter(
+                "mutebridge_worker_state_members_dropped_total",
+                "Member dimensions dropped from a record so that it fits in one Kafka message (`message.max.bytes`), by pipeline: their stale-event guard (and, for a target, their renewal) is gone.",
+                &["pipeline"],
+            ),
             circuit_state: gauge(
                 "mutebridge_target_circuit_state",
                 "Each target's circuit breaker: 0 closed, 1 half-open (a probe is out), 2 open (the target's consumer is paused).",
@@ -240,6 +246,7 @@ impl WorkerMetrics {
             Box::new(self.state_rebuild.clone()),
             Box::new(self.state_writes.clone()),
             Box::new(self.state_write_errors.clone()),
+            Box::new(self.state_members_dropped.clone()),
             Box::new(self.circuit_state.clone()),
             Box::new(self.target_lag.clone()),
             Box::new(self.renewals.clone()),
@@ -314,6 +321,7 @@ impl WorkerMetrics {
                 rebuild: self.state_rebuild.with_label_values(&[name]),
                 writes: self.state_writes.with_label_values(&[name]),
                 write_errors: self.state_write_errors.with_label_values(&[name]),
+                members_dropped: self.state_members_dropped.with_label_values(&[name]),
             },
         }
     }

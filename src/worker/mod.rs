@@ -225,6 +225,7 @@ impl Build<'_> {
                 self.producer.clone(),
                 &w.state_topic,
                 w.state_horizon_days,
+                kafka::client::max_message_bytes(&self.config.kafka),
                 pm.store.clone(),
                 loaded_tx,
             )
@@ -291,6 +292,7 @@ impl Build<'_> {
                 self.producer.clone(),
                 &w.state_topic,
                 w.state_horizon_days,
+                kafka::client::max_message_bytes(&self.config.kafka),
                 pm.store.clone(),
                 loaded_tx,
             ),

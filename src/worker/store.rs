@@ -18,11 +18,13 @@
 //! against the record held here), only the commit does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntGauge};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -38,6 +40,9 @@ pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn key(&self) -> String;
     /// Forgets members past the horizon; how many.
     fn prune(&mut self, now_ms: i64, horizon_ms: i64) -> usize;
+    /// Drops members until `bytes` of JSON are gone; how many
+    /// ([`guard::shed_members`]).
+    fn shed(&mut self, bytes: usize, now_ms: i64) -> usize;
 }
 
 impl Record for GroupState {
@@ -47,6 +52,9 @@ impl Record for GroupState {
     }
     fn prune(&mut self, now_ms: i64, horizon_ms: i64) -> usize {
         guard::prune(self, now_ms, horizon_ms)
+    }
+    fn shed(&mut self, bytes: usize, now_ms: i64) -> usize {
+        guard::shed_members(&mut self.members, bytes, now_ms)
     }
 }
 
@@ -58,7 +66,15 @@ impl Record for AppliedState {
     fn prune(&mut self, now_ms: i64, horizon_ms: i64) -> usize {
         guard::prune_members(&mut self.members, now_ms, horizon_ms)
     }
+    fn shed(&mut self, bytes: usize, now_ms: i64) -> usize {
+        guard::shed_members(&mut self.members, bytes, now_ms)
+    }
 }
+
+/// What a record needs beside its value in a message: the key (a group ID
+/// is at most 256 bytes, with the app key and target name a little more),
+/// the `schema` header and the batch's framing.
+const RECORD_FRAMING_BYTES: usize = 2048;
 
 /// The metric handles of one store.
 #[derive(Clone)]
@@ -67,6 +83,7 @@ pub struct StoreMetrics {
     pub rebuild: Histogram,
     pub writes: IntCounter,
     pub write_errors: IntCounter,
+    pub members_dropped: IntCounter,
 }
 
 /// The records of the assigned partitions; cheap to clone.
@@ -87,6 +104,10 @@ struct Shared<R> {
     producer: FutureProducer,
     topic: String,
     horizon_ms: i64,
+    /// The largest record value written: the producers' `message.max.bytes`
+    /// less room for the key, the header and the batch's framing; lowered
+    /// when the broker refuses a record as too large.
+    max_record_bytes: AtomicUsize,
     metrics: StoreMetrics,
     /// Tells the pipeline a partition's records are read.
     loaded: mpsc::UnboundedSender<i32>,
@@ -112,11 +133,14 @@ pub struct Revoked;
 
 impl<R: Record> Store<R> {
     /// A store writing to `topic` with `producer` (shared by the worker's
-    /// stores); `loaded` hears of each partition read to its end.
+    /// stores), records of at most `max_message_bytes` (the producers'
+    /// `message.max.bytes`); `loaded` hears of each partition read to its
+    /// end.
     pub fn new(
         producer: FutureProducer,
         topic: &str,
         horizon_days: u32,
+        max_message_bytes: usize,
         metrics: StoreMetrics,
         loaded: mpsc::UnboundedSender<i32>,
     ) -> Store<R> {
@@ -126,6 +150,9 @@ impl<R: Record> Store<R> {
                 producer,
                 topic: topic.to_owned(),
                 horizon_ms: i64::from(horizon_days) * 86_400_000,
+                max_record_bytes: AtomicUsize::new(
+                    max_message_bytes.saturating_sub(RECORD_FRAMING_BYTES),
+                ),
                 metrics,
                 loaded,
             }),
@@ -264,9 +291,9 @@ impl<R: Record> Store<R> {
 
     /// Makes `record` its group's record here and hands it to Kafka;
     /// [`Store::confirm`] then waits for the acknowledgement.
-    pub fn stage(&self, part: &Arc<Partition<R>>, record: R) -> Result<Staged<R>, Revoked> {
+    pub fn stage(&self, part: &Arc<Partition<R>>, mut record: R) -> Result<Staged<R>, Revoked> {
         let key = record.key();
-        let payload = serde_json::to_vec(&record).expect("records always serialize");
+        let payload = self.fit(&key, &mut record);
         // Checked and handed over under the lock the revoke takes: after a
         // revoke nothing more is written for the partition.
         let mut inner = part.inner.lock().expect("state lock");
@@ -320,7 +347,12 @@ impl<R: Record> Store<R> {
                         self.shared.metrics.writes.inc();
                         return Ok(());
                     }
-                    Ok(Err((e, _))) => e.to_string(),
+                    Ok(Err((e, message))) => {
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                            self.refused_as_too_large(message.payload().map_or(0, <[u8]>::len));
+                        }
+                        e.to_string()
+                    }
                     Err(_) => "the producer shut down".to_owned(),
                 },
             };
@@ -328,15 +360,48 @@ impl<R: Record> Store<R> {
             tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's record to the state topic; retrying (its offset is not committed meanwhile)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
-            let inner = part.inner.lock().expect("state lock");
+            let mut inner = part.inner.lock().expect("state lock");
             if inner.revoked {
                 return Err(Revoked);
             }
-            let payload = inner
-                .records
-                .get(&key)
-                .map(|r| serde_json::to_vec(r).expect("records always serialize"));
+            let payload = inner.records.get_mut(&key).map(|r| self.fit(&key, r));
             delivery = self.send(part.id, &key, payload.as_deref());
+        }
+    }
+
+    /// The record's JSON, once it fits in a message: members dropped, the
+    /// least important first, until it does (with a metric and a warning),
+    /// so that a record too large is never retried for ever.
+    fn fit(&self, key: &str, record: &mut R) -> Vec<u8> {
+        let max = self.shared.max_record_bytes.load(Ordering::Relaxed);
+        let mut payload = serde_json::to_vec(&*record).expect("records always serialize");
+        let mut dropped = 0;
+        while payload.len() > max {
+            let n = record.shed(payload.len() - max, crate::time::now_ms());
+            if n == 0 {
+                break;
+            }
+            dropped += n;
+            payload = serde_json::to_vec(&*record).expect("records always serialize");
+        }
+        if dropped > 0 {
+            self.shared.metrics.members_dropped.inc_by(dropped as u64);
+            tracing::warn!(key, dropped, bytes = payload.len(), max, topic = %self.shared.topic, "a group's {} record would not fit in one Kafka message: dropped the members that matter least (unmuted and ended first, then the oldest mutes); a late callback for them is no longer refused as stale", R::SCHEMA);
+        }
+        payload
+    }
+
+    /// The broker refused a record as too large: its limit for the topic
+    /// (`max.message.bytes`) is below the producers'. Records from now on
+    /// are kept to half of what was refused.
+    fn refused_as_too_large(&self, refused_bytes: usize) {
+        let half = refused_bytes / 2;
+        let before = self
+            .shared
+            .max_record_bytes
+            .fetch_min(half, Ordering::Relaxed);
+        if half < before {
+            tracing::error!(topic = %self.shared.topic, refused_bytes, max = half, "the broker refused a state record as too large: its max.message.bytes for the topic is below the producers' message.max.bytes; records are kept to {half} bytes from now on (set message.max.bytes in [kafka.client] to the topic's limit)");
         }
     }
 

@@ -558,3 +558,105 @@ async fn future_dated_callbacks_and_control_characters_in_names_are_refused_by_f
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_signatures_stay_out_of_logs_dead_letters_and_the_log_preview() {
+    use crate::providers::{FakeWebhook, FakeZego, Fault, Provider};
+    use crate::worker::{mutebridge, policy, post_ok, zego_target, ZEGO_APP, ZEGO_SECRET};
+    let _turn = HEAVY.lock().await;
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let hook = FakeWebhook::start("hook-secret").await;
+    // A permanent answer from each: the dead letters carry their errors.
+    zego.fault(Fault::Code(660000002));
+    hook.fault(Fault::Status(400));
+    // A port nothing listens on.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tokens = ["HOOK-TOKEN-1", "DOWN-TOKEN-2", "PREVIEW-TOKEN-3"];
+    let text = format!(
+        "{}
+[targets.hook]
+kind = \"webhook\"
+url = \"{}?token={}\"
+secret = \"hook-secret\"
+[targets.down]
+kind = \"webhook\"
+url = \"http://{refused}/in?token={}\"
+secret = \"down-secret\"
+[targets.preview]
+kind = \"log\"
+[targets.preview.as]
+kind = \"webhook\"
+url = \"https://hooks.example/in?token={}\"
+secret = \"preview-secret\"
+[[policy.rules]]
+name = \"everywhere\"
+when = {{ kinds = [\"mute_all\"] }}
+then = [{{ target = \"zego\", group = \"{{group_id}}\" }}, {{ target = \"hook\" }}, {{ target = \"down\" }}, {{ target = \"preview\" }}]
+",
+        zego_target(&zego, "zego"),
+        hook.url(),
+        tokens[0],
+        tokens[1],
+        tokens[2],
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&text, dir.path());
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let _worker = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mutebridge"))
+            .args(["worker", "--config", config.to_str().unwrap()])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    post_ok(&h, &mute_all("g-secret")).await;
+    // ZEGO's and the hook's dead letters; the refused port keeps the
+    // `down` target retrying (an outage is not dead-lettered).
+    let letters = h.dead_letters(2, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 2);
+    let logged = || std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || logged()
+            .contains(&format!("cannot connect ({refused})")))
+        .await,
+        "the host is named:\n{}",
+        logged()
+    );
+    let printed = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        printed.contains("POST https://hooks.example/in?token=%3Cmasked%3E"),
+        "{printed}"
+    );
+    let listed = mutebridge(&[
+        "dlq",
+        "list",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(listed.status.success());
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let raw: Vec<String> = letters.iter().map(|r| r.value.to_string()).collect();
+    for (what, text) in [
+        ("the worker's log", logged()),
+        ("the log preview", printed),
+        ("dlq list --json", listed),
+        ("the dead letters", raw.join("\n")),
+    ] {
+        for secret in tokens
+            .iter()
+            .chain(&[ZEGO_SECRET, "hook-secret", "preview-secret"])
+        {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+        for signed in ["Signature=", "sha256="] {
+            assert!(!text.contains(signed), "{signed} in {what}:\n{text}");
+        }
+    }
+}

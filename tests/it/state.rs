@@ -524,3 +524,214 @@ async fn a_state_topic_partitioned_unlike_the_event_topic_is_refused_at_start() 
         "{e}"
     );
 }
+
+/// `mutebridge state get` of a group: the JSON document, or `None` when the
+/// group has no state.
+fn state_get(path: &str, group: &str) -> Option<Value> {
+    let out = mutebridge(&["state", "get", "--config", path, APPKEY, "group", group]);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no mute state"), "{err}");
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Each pipeline's backlog in Kafka (events not committed), by
+/// `mutebridge targets --json`.
+fn backlogs(path: &str) -> Vec<(String, i64)> {
+    let out = mutebridge(&["targets", "--config", path, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            (
+                row["pipeline"].as_str().unwrap().to_owned(),
+                row["backlog"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// SIGTERM, and how long the process takes to exit (at most 30 s).
+fn terminate(child: &mut std::process::Child) -> Duration {
+    let started = std::time::Instant::now();
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_more_muted_members_than_a_record_holds_keeps_committing() {
+    let _turn = HEAVY.lock().await;
+    let rc = FakeRongCloud::start(crate::worker::RC_KEY, crate::worker::RC_SECRET, 2000.0).await;
+    let text = format!(
+        "{}rate_per_second = 1000
+[[policy.rules]]
+name = \"group member mutes to RongCloud\"
+when = {{ scope = \"group\", kinds = [\"member_muted\", \"member_unmuted\"] }}
+then = [{{ target = \"rc\", group = \"rc-{{group_id}}\" }}]
+",
+        rc_target(&[&rc], "rc")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&text, dir.path());
+    let path = config.to_str().unwrap();
+    let log = dir.path().join("worker.log");
+    let (mut worker, addr) = spawn_role("worker", &config, &log);
+    // 8,000 permanent mutes of 56-character member IDs: about 1.2 MB of
+    // group state, past the 1,000,000 bytes of `message.max.bytes`.
+    let t = now_ms() - 600_000;
+    for batch in 0..80 {
+        let members: Vec<String> = (0..100)
+            .map(|i| format!("member-{:05}-{}", batch * 100 + i, "x".repeat(43)))
+            .collect();
+        post_ok(&h, &at(member_mute("big", &members, None), t + batch)).await;
+    }
+    // And a group after it, in the same partitions' order.
+    post_ok(
+        &h,
+        &at(member_mute("small", &users(&["u1"]), None), t + 100),
+    )
+    .await;
+    let metric = |line: &str| process_metric(addr, line);
+    let dropped = |pipeline: &str| {
+        metric(&format!(
+            "mutebridge_worker_state_members_dropped_total{{pipeline=\"{pipeline}\"}}"
+        ))
+    };
+    let caught_up = || backlogs(path).iter().all(|(_, b)| *b == 0);
+    assert!(
+        wait_until(Duration::from_secs(90), caught_up).await,
+        "{:?}\n{}",
+        backlogs(path),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Every member reached RongCloud; the records were cut to fit, and
+    // written: no write was refused and retried.
+    let gagged: usize = rc
+        .calls()
+        .iter()
+        .filter(|c| c.id == "rc-big")
+        .map(|c| c.users.len())
+        .sum();
+    assert_eq!(gagged, 8000);
+    assert!(dropped("state") > 0.0 && dropped("rc") > 0.0);
+    for pipeline in ["state", "rc"] {
+        let errors = metric(&format!(
+            "mutebridge_worker_state_write_errors_total{{pipeline=\"{pipeline}\"}}"
+        ));
+        assert_eq!(errors, 0.0, "{pipeline}");
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("would not fit in one Kafka message"),
+        "{logged}"
+    );
+    // The records in the topic: the newest mutes, under the limit. (The
+    // embedded cluster keeps only the last 5 MiB of a partition and never
+    // compacts, so of the ~1 MB records only the last few are still there;
+    // on a real broker compaction keeps each key's newest.)
+    let doc = state_get(path, "big").expect("the group has records");
+    let newest = format!("member-07999-{}", "x".repeat(43));
+    let records: Vec<&Value> = [&doc["state"], &doc["applied"]["rc"]]
+        .into_iter()
+        .filter(|r| !r.is_null())
+        .collect();
+    assert!(!records.is_empty(), "{}", &doc.to_string()[..200]);
+    for r in records {
+        let members = r["members"].as_object().unwrap();
+        assert!((3000..8000).contains(&members.len()), "{}", members.len());
+        assert!(members.contains_key(&newest));
+        assert!(serde_json::to_vec(r).unwrap().len() < 1_000_000);
+    }
+    // Nothing holds a stop up.
+    let took = terminate(&mut worker.0);
+    assert!(took < Duration::from_secs(4), "stopped in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroyed_groups_and_tombstones_written_while_running_remove_the_state() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let _turn = HEAVY.lock().await;
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&text, dir.path());
+    let path = config.to_str().unwrap();
+    let (_worker, addr) = spawn_role("worker", &config, &dir.path().join("worker.log"));
+    let t = now_ms() - 600_000;
+    for g in ["gone", "wiped"] {
+        post_ok(&h, &at(mute_all(g), t)).await;
+    }
+    let applied = events_line("zego", "applied");
+    assert!(wait_until(WAIT, || process_metric(addr, &applied) >= 2.0).await);
+    assert!(
+        wait_until(WAIT, || state_get(path, "gone")
+            .is_some_and(|d| !d["applied"]["zego"].is_null()))
+        .await
+    );
+
+    // A destroyed group: its state and what ZEGO applied are deleted.
+    post_ok(&h, &at(op_event("gone", "DELETE", json!({})), t + 1000)).await;
+    assert!(
+        wait_until(WAIT, || state_get(path, "gone").is_none()).await,
+        "{:?}",
+        state_get(path, "gone")
+    );
+
+    // A tombstone written by hand while the worker runs: the next event
+    // does not bring the deleted mute-all back.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let key = format!("{APPKEY}|group|wiped");
+    let partition = java_partition("wiped", h.config.kafka.partitions as i32);
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&h.config.worker.state_topic)
+                .key(&key)
+                .partition(partition),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || state_get(path, "wiped")
+            .is_some_and(|d| d["state"].is_null()))
+        .await
+    );
+    post_ok(
+        &h,
+        &at(member_mute("wiped", &users(&["u1"]), None), t + 2000),
+    )
+    .await;
+    assert!(
+        wait_until(WAIT, || state_get(path, "wiped")
+            .is_some_and(|d| !d["state"].is_null()))
+        .await,
+        "the member mute is recorded"
+    );
+    let doc = state_get(path, "wiped").unwrap();
+    assert_eq!(doc["state"]["mute_all"], Value::Null, "{doc}");
+    assert_eq!(doc["state"]["members"]["u1"]["muted"], true, "{doc}");
+}

@@ -987,3 +987,61 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
     assert_eq!(zego.calls().len(), 1, "replaying again sends nothing");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_written_without_its_event_is_replayed_from_the_source_offset() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let h = Harness::start().await;
+    post_ok(&h, &mute_all("g-big-letter")).await;
+    let source = h.consume(1, WAIT).await.remove(0);
+    // What the worker writes for a letter that would not fit in a message:
+    // reason, target and source position only.
+    let letter = json!({
+        "schema": "mutebridge.dead_letter/v1",
+        "reason": "permanent_error",
+        "error": "ZEGO 660000002: bad parameters",
+        "target": "zego",
+        "rule": "mirror",
+        "action": "mute_all",
+        "users": [],
+        "attempts": 1,
+        "source": {"topic": h.config.kafka.topic, "partition": source.partition, "offset": source.offset},
+        "failed_at_ms": now_ms(),
+        "event": null,
+        "payload": null,
+        "omitted": ["users", "event", "payload"],
+    });
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let payload = letter.to_string();
+    producer
+        .send(
+            FutureRecord::to(&h.config.worker.dlq_topic)
+                .key("g-big-letter")
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "schema",
+                    value: Some("mutebridge.dead_letter/v1"),
+                })),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let file = cli_config(&h, "");
+    let path = file.path().to_str().unwrap();
+    let out = mutebridge(&["dlq", "replay", "--config", path, "--dry-run"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let id = source.value["id"].as_str().unwrap();
+    assert!(
+        stdout.contains(&format!("{id} mute_all group g-big-letter -> target zego")),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("0 undecodable"), "{stderr}");
+}
