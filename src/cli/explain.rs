@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 
 use crate::config::{Config, Secrets};
 use crate::event::{self, Event, EventKind};
-use crate::policy::{Planned, Policy};
+use crate::policy::{Planned, Policy, Step};
 use crate::state::guard::{self, Hold, Verdict};
 use crate::state::{self, GroupState};
 use crate::target::{Target, TargetConfig, Unsendable};
@@ -46,7 +46,7 @@ pub fn run(
         return Ok(());
     }
     let Some(state_file) = state_file else {
-        print!("{}", explain_text(&policy, &config.targets, &event));
+        print!("{}", explain_text(&policy, &config.targets, &event, None));
         return Ok(());
     };
     let text = std::fs::read_to_string(state_file)
@@ -71,21 +71,15 @@ pub fn run(
             "guard: {} is not a mute kind; it is not judged against the state\n",
             event.kind
         );
-        print!("{}", explain_text(&policy, &config.targets, &event));
+        print!("{}", explain_text(&policy, &config.targets, &event, None));
         return Ok(());
     }
     let verdict = guard::judge(Some(&state), &event, false);
     print!("{}", guard_text(&state, &event, &verdict));
-    match &verdict.fresh {
-        Some(fresh) if !verdict.held.is_empty() => {
-            println!("what the rules do with the fresh part (members: {}):\n", fresh.members.join(", "));
-            print!("{}", explain_text(&policy, &config.targets, fresh));
-        }
-        Some(_) => print!("{}", explain_text(&policy, &config.targets, &event)),
-        None => println!(
-            "nothing of it is sent to mute targets; targets that forward whole events (webhook, log) still get it"
-        ),
-    }
+    print!(
+        "{}",
+        explain_text(&policy, &config.targets, &event, Some(&verdict))
+    );
     Ok(())
 }
 
@@ -147,11 +141,15 @@ fn guard_text(state: &GroupState, event: &Event, verdict: &Verdict<'_>) -> Strin
 }
 
 /// The text `mutebridge policy explain` prints: each rule, whether it
-/// matches, and the exact requests its actions would send now.
+/// matches, and the exact requests its actions would send now: the steps
+/// of the worker's own plan ([`Policy::plan`]), so a mute target is shown
+/// the part the guard let through (`verdict`) and a forwarding target the
+/// whole event.
 fn explain_text(
     policy: &Policy,
     targets: &BTreeMap<String, TargetConfig>,
     event: &Event,
+    verdict: Option<&Verdict<'_>>,
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -165,11 +163,10 @@ fn explain_text(
         event.appkey,
         event.members.len()
     );
-    let explanations = policy.explain(event);
+    let explanations = policy.explain(event, verdict);
     if explanations.is_empty() {
         out.push_str("no rules are configured: the event would be committed without action\n");
     }
-    let now = std::time::SystemTime::now();
     for e in explanations {
         match &e.mismatch {
             Some(why) => {
@@ -180,43 +177,63 @@ fn explain_text(
                 let _ = writeln!(out, "\nrule {:?}: matches", &*e.rule);
             }
         }
-        for p in e.planned {
-            match p {
-                Planned::Skip { target, why, .. } => {
-                    let _ = writeln!(out, "  -> {target}: skipped ({why})");
-                }
-                Planned::Unmapped { target, why, .. } => {
-                    let _ = writeln!(out, "  -> {target}: dead-lettered as unmapped ({why})");
-                }
-                Planned::Act(action) => {
-                    let Some(cfg) = targets.get(&*action.target) else {
-                        continue;
-                    };
-                    let target = Target::new(cfg);
-                    let kind = cfg.kind();
-                    for call in target.split(action) {
-                        let _ = write!(out, "  -> {} ({kind}), {}: ", call.target, call.op.name());
-                        match target.render(&call, event, 0, now) {
-                            Ok(Some(request)) => {
-                                let _ = writeln!(out, "would send");
-                                for line in request.redacted().to_string().lines() {
-                                    let _ = writeln!(out, "     {line}");
-                                }
-                            }
-                            Ok(None) => {
-                                let _ = writeln!(out, "nothing is sent ({kind} target)");
-                            }
-                            Err(Unsendable::Moot(why)) => {
-                                let _ = writeln!(out, "nothing to do ({why})");
-                            }
-                            Err(Unsendable::Invalid(why)) => {
-                                let _ = writeln!(out, "would be dead-lettered ({why})");
-                            }
-                        }
-                    }
-                }
-            }
+        for step in e.steps {
+            step_text(&mut out, targets, step);
         }
     }
     out
+}
+
+/// One step of the plan: what it sends, or why nothing.
+fn step_text(out: &mut String, targets: &BTreeMap<String, TargetConfig>, step: Step<'_>) {
+    use std::fmt::Write;
+    let (planned, event) = match step {
+        Step::Held {
+            target,
+            action,
+            hold,
+            ..
+        } => {
+            let _ = writeln!(out, "  -> {target}, {action}: not sent ({})", hold.name());
+            return;
+        }
+        Step::Carry { planned, event } => (planned, event),
+    };
+    let action = match planned {
+        Planned::Skip { target, why, .. } => {
+            let _ = writeln!(out, "  -> {target}: skipped ({why})");
+            return;
+        }
+        Planned::Unmapped { target, why, .. } => {
+            let _ = writeln!(out, "  -> {target}: dead-lettered as unmapped ({why})");
+            return;
+        }
+        Planned::Act(action) => action,
+    };
+    let Some(cfg) = targets.get(&*action.target) else {
+        return;
+    };
+    let target = Target::new(cfg);
+    let kind = cfg.kind();
+    let now = std::time::SystemTime::now();
+    for call in target.split(action) {
+        let _ = write!(out, "  -> {} ({kind}), {}: ", call.target, call.op.name());
+        match target.render(&call, event, 0, now) {
+            Ok(Some(request)) => {
+                let _ = writeln!(out, "would send");
+                for line in request.redacted().to_string().lines() {
+                    let _ = writeln!(out, "     {line}");
+                }
+            }
+            Ok(None) => {
+                let _ = writeln!(out, "nothing is sent ({kind} target)");
+            }
+            Err(Unsendable::Moot(why)) => {
+                let _ = writeln!(out, "nothing to do ({why})");
+            }
+            Err(Unsendable::Invalid(why)) => {
+                let _ = writeln!(out, "would be dead-lettered ({why})");
+            }
+        }
+    }
 }

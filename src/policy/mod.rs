@@ -210,10 +210,10 @@ impl Planned {
 
 /// Why a rule did or did not match, for `policy explain`.
 #[derive(Debug, Clone)]
-pub struct Explanation {
+pub struct Explanation<'e> {
     pub rule: Arc<str>,
     pub mismatch: Option<String>,
-    pub planned: Vec<Planned>,
+    pub steps: Vec<Step<'e>>,
 }
 
 /// A checked, ready-to-use policy.
@@ -299,57 +299,38 @@ impl Policy {
         verdict: Option<&'e Verdict<'e>>,
         replay: Option<&ReplayScope>,
     ) -> Vec<Step<'e>> {
-        // Nothing held: the event is fresh as it is.
-        let verdict = verdict.filter(|v| !v.held.is_empty());
-        let mut steps = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.mismatch(event).is_none()) {
-            for t in &rule.then {
-                if replay.is_some_and(|s| !s.wants(&rule.name, &t.target)) {
-                    continue;
-                }
-                let step = match (verdict, t.forwards) {
-                    (Some(v), false) => match v.fresh.as_deref() {
-                        Some(fresh) => Step::Carry {
-                            planned: rule.plan_one(t, fresh),
-                            event: fresh,
-                        },
-                        None => Step::Held {
-                            rule: rule.name.clone(),
-                            target: t.target.clone(),
-                            action: rule.plan_one(t, event).action(),
-                            hold: v.all_held().cloned().unwrap_or(Hold::Duplicate),
-                        },
-                    },
-                    _ => Step::Carry {
-                        planned: rule.plan_one(t, event),
-                        event,
-                    },
-                };
-                steps.push(step);
-            }
-        }
-        steps
+        self.rules
+            .iter()
+            .filter(|r| r.mismatch(event).is_none())
+            .flat_map(|r| r.steps(event, verdict, replay))
+            .collect()
     }
 
-    /// Every action the policy wants for `event`, in rule order.
+    /// Every action the policy wants for `event` as it is (no guard), in
+    /// rule order.
     pub fn decide(&self, event: &Event) -> Vec<Planned> {
         self.rules
             .iter()
             .filter(|r| r.mismatch(event).is_none())
-            .flat_map(|r| r.plan(event))
+            .flat_map(|r| r.then.iter().map(|t| r.plan_one(t, event)))
             .collect()
     }
 
-    /// Each rule, whether it matches `event` and what it would do.
-    pub fn explain(&self, event: &Event) -> Vec<Explanation> {
+    /// Each rule, whether it matches `event` and, when it does, its steps
+    /// of [`Policy::plan`] (after the guard's `verdict`, when given).
+    pub fn explain<'e>(
+        &self,
+        event: &'e Event,
+        verdict: Option<&'e Verdict<'e>>,
+    ) -> Vec<Explanation<'e>> {
         self.rules
             .iter()
             .map(|r| {
                 let mismatch = r.mismatch(event);
                 Explanation {
                     rule: r.name.clone(),
-                    planned: if mismatch.is_none() {
-                        r.plan(event)
+                    steps: if mismatch.is_none() {
+                        r.steps(event, verdict, None)
                     } else {
                         Vec::new()
                     },
@@ -389,8 +370,38 @@ impl Rule {
         None
     }
 
-    fn plan(&self, e: &Event) -> Vec<Planned> {
-        self.then.iter().map(|t| self.plan_one(t, e)).collect()
+    /// This matching rule's steps of [`Policy::plan`].
+    fn steps<'e>(
+        &self,
+        event: &'e Event,
+        verdict: Option<&'e Verdict<'e>>,
+        replay: Option<&ReplayScope>,
+    ) -> Vec<Step<'e>> {
+        // Nothing held: the event is fresh as it is.
+        let verdict = verdict.filter(|v| !v.held.is_empty());
+        let wanted = |t: &&Then| replay.is_none_or(|s| s.wants(&self.name, &t.target));
+        self.then
+            .iter()
+            .filter(wanted)
+            .map(|t| match (verdict, t.forwards) {
+                (Some(v), false) => match v.fresh.as_deref() {
+                    Some(fresh) => Step::Carry {
+                        planned: self.plan_one(t, fresh),
+                        event: fresh,
+                    },
+                    None => Step::Held {
+                        rule: self.name.clone(),
+                        target: t.target.clone(),
+                        action: self.plan_one(t, event).action(),
+                        hold: v.all_held().cloned().unwrap_or(Hold::Duplicate),
+                    },
+                },
+                _ => Step::Carry {
+                    planned: self.plan_one(t, event),
+                    event,
+                },
+            })
+            .collect()
     }
 
     fn plan_one(&self, t: &Then, e: &Event) -> Planned {
@@ -587,11 +598,88 @@ mod tests {
                 .len(),
             1
         );
-        let why = p.explain(&event(EventKind::MuteAll, Scope::Chatroom, "91", &[]));
+        let room = event(EventKind::MuteAll, Scope::Chatroom, "91", &[]);
+        let why = p.explain(&room, None);
         assert!(why[0].mismatch.as_deref().unwrap().contains("scope"));
         // member_muted without members is skipped, not sent.
         let planned = p.decide(&event(EventKind::MemberMuted, Scope::Group, "91", &[]));
         assert!(matches!(planned[0], Planned::Skip { .. }));
+    }
+
+    #[test]
+    fn a_partly_stale_event_reaches_mute_targets_cut_and_forwarders_whole() {
+        use crate::state::guard::{Held, Verdict};
+        use std::borrow::Cow;
+        let p = build(
+            r#"
+            [[rules]]
+            name = "members"
+            when = { kinds = ["member_muted"] }
+            then = [{ target = "zego", group = "{group_id}" }, { target = "audit" }]
+            "#,
+            "",
+        )
+        .unwrap();
+        let whole = event(EventKind::MemberMuted, Scope::Group, "g", &["u1", "u2"]);
+        let stale = Hold::Stale {
+            newer_at_ms: 5,
+            newer_event: "newer".into(),
+        };
+        let held = vec![Held {
+            dimension: "member:u1".into(),
+            hold: stale.clone(),
+        }];
+        let fresh = event(EventKind::MemberMuted, Scope::Group, "g", &["u2"]);
+        let partly = Verdict {
+            fresh: Some(Cow::Owned(fresh)),
+            held: held.clone(),
+        };
+        let shape = |steps: &[Step<'_>]| -> Vec<(String, Vec<String>)> {
+            steps
+                .iter()
+                .map(|s| match s {
+                    Step::Carry { planned, event } => (
+                        planned.rule_and_target().1.to_owned(),
+                        event.members.clone(),
+                    ),
+                    Step::Held { target, hold, .. } => {
+                        (format!("{target} held {}", hold.name()), Vec::new())
+                    }
+                })
+                .collect()
+        };
+        let s = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        // The mute target gets the fresh member only; the webhook the
+        // whole event, as it was published.
+        let steps = p.plan(&whole, Some(&partly), None);
+        assert_eq!(
+            shape(&steps),
+            [
+                ("zego".into(), s(&["u2"])),
+                ("audit".into(), s(&["u1", "u2"]))
+            ]
+        );
+        // `policy explain` shows the same steps.
+        let explained = p.explain(&whole, Some(&partly));
+        assert_eq!(explained[0].steps, steps);
+        // Nothing fresh: the mute target is held, the webhook still
+        // gets the whole event.
+        let none = Verdict { fresh: None, held };
+        assert_eq!(
+            shape(&p.plan(&whole, Some(&none), None)),
+            [
+                ("zego held stale".into(), Vec::new()),
+                ("audit".into(), s(&["u1", "u2"]))
+            ]
+        );
+        // No verdict (a forwarding-only pipeline, or nothing held): as is.
+        assert_eq!(
+            shape(&p.plan(&whole, None, None)),
+            [
+                ("zego".into(), s(&["u1", "u2"])),
+                ("audit".into(), s(&["u1", "u2"]))
+            ]
+        );
     }
 
     #[test]

@@ -229,16 +229,20 @@ pub enum Method {
 }
 
 /// Words that make a query parameter or header name a credential, masked
-/// wherever a request is shown: the providers' signatures (`Signature`,
-/// `X-Mutebridge-Signature`, valid for minutes and not covering what the
-/// request does), `Authorization`, and what a webhook URL may carry
-/// (`?token=`, `access_key`, `api-secret`, ...).
-const CREDENTIAL_WORDS: [&str; 6] = ["token", "secret", "key", "sig", "auth", "pass"];
+/// wherever a request is shown: `Authorization`, and what a webhook URL may
+/// carry (`?token=`, `access_key`, `api-secret`, `password`, ...).
+const CREDENTIAL_WORDS: [&str; 4] = ["token", "secret", "key", "pass"];
 
-/// Whether a query parameter or header named `name` is masked when shown.
+/// Whether a query parameter or header named `name` is masked when shown:
+/// a credential, or a signature (`Signature`, `X-Mutebridge-Signature`,
+/// `sig`: valid for minutes, and not covering what the request does), but
+/// not ZEGO's `SignatureNonce` and `SignatureVersion`.
 fn is_credential(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    CREDENTIAL_WORDS.iter().any(|w| lower.contains(w))
+    lower.ends_with("signature")
+        || lower.ends_with("sig")
+        || lower.starts_with("auth")
+        || CREDENTIAL_WORDS.iter().any(|w| lower.contains(w))
 }
 
 /// Shown in place of a signature.
@@ -526,7 +530,7 @@ mod tests {
     fn shown_requests_mask_signatures_and_credentials_only() {
         let request = Request {
             method: Method::Post,
-            url: "https://hooks.example/in?team=mods&token=t0p&Signature=abc&Access_Key=k".into(),
+            url: "https://hooks.example/in?team=mods&token=t0p&Signature=abc&SignatureNonce=n&Access_Key=k".into(),
             headers: vec![
                 ("X-Mutebridge-Signature", "sha256=ff".into()),
                 ("Content-Type", "application/json".into()),
@@ -536,7 +540,7 @@ mod tests {
         let shown = request.redacted().to_string();
         assert_eq!(
             shown,
-            "POST https://hooks.example/in?team=mods&token=%3Cmasked%3E&Signature=%3Cmasked%3E&Access_Key=%3Cmasked%3E\n\
+            "POST https://hooks.example/in?team=mods&token=%3Cmasked%3E&Signature=%3Cmasked%3E&SignatureNonce=n&Access_Key=%3Cmasked%3E\n\
              X-Mutebridge-Signature: <masked>\nContent-Type: application/json\n\n{}"
         );
         assert_eq!(request.host(), "hooks.example:443");

@@ -364,11 +364,13 @@ fn policy_explain_with_a_state_shows_what_the_guard_holds() {
         )),
         "{out}"
     );
+    assert!(out.contains("-> zego, mute_all: not sent (stale)"), "{out}");
+    assert!(!out.contains("(zego), mute_all: would send"), "{out}");
+    // The audit webhook is a trail of every event, stale or not.
     assert!(
-        out.contains("nothing of it is sent to mute targets"),
+        out.contains("-> audit (webhook), forward: would send"),
         "{out}"
     );
-    assert!(!out.contains("would send"), "{out}");
 
     // A member mute of u1 (stale) and u2 (fresh): only u2 is sent.
     let mut member: serde_json::Value =
@@ -381,6 +383,8 @@ fn policy_explain_with_a_state_shows_what_the_guard_holds() {
     assert!(out.contains("member:u1: stale"), "{out}");
     assert!(out.contains("UserIds%5B%5D=u2"), "{out}");
     assert!(!out.contains("UserIds%5B%5D=u1"), "{out}");
+    // The audit webhook gets the whole event, as the worker sends it.
+    assert!(out.contains(r#""members":["u1","u2"]"#), "{out}");
 
     // A resync marker is not run through the rules (no webhook "forwards" it).
     let mut marker: serde_json::Value =
