@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::policy::{Capabilities, MapConfig, Policy, PolicyConfig};
-use crate::target::TargetConfig;
+use crate::targets::TargetConfig;
 
 /// The appkey accepted when mutebridge runs without a config file.
 pub const DEMO_APPKEY: &str = "demo#mutebridge";

@@ -11,7 +11,7 @@
 //! - [`state`]: the second contract, each group's mute state, and the guard
 //!   that keeps a late callback from undoing a newer change;
 //! - [`worker`]: consume -> schedule per group -> guard -> [`policy`] decides ->
-//!   deliver to a [`target`] (ZEGO, RongCloud, webhook) -> dead-letter what
+//!   deliver to one of the [`targets`] (ZEGO, RongCloud, webhook) -> dead-letter what
 //!   fails for good -> commit.
 //!
 //! Around them: [`config`] (one TOML file, checked at load), [`kafka`] (the
@@ -34,7 +34,7 @@ mod ops;
 mod policy;
 mod server;
 pub mod state;
-mod target;
+mod targets;
 mod time;
 mod worker;
 
@@ -44,6 +44,6 @@ pub use ingest::verify::sign;
 pub use ingest::Ingest;
 pub use kafka::{key_partition, producer_config, Cluster, Compaction, EmbeddedKafka};
 pub use metrics::Metrics;
-pub use target::zego::signature as zego_signature;
-pub use target::TargetConfig;
+pub use targets::zego::signature as zego_signature;
+pub use targets::TargetConfig;
 pub use worker::Worker;

@@ -13,7 +13,7 @@ use crate::event::{self, Event, EventKind};
 use crate::policy::{Planned, Policy, Step};
 use crate::state::guard::{self, Hold, Verdict};
 use crate::state::{self, GroupState};
-use crate::target::{Target, TargetConfig, Unsendable};
+use crate::targets::{Target, TargetConfig, Unsendable};
 
 /// Prints the explanation of the event in `event_file` under `config`,
 /// judged first against the group state in `state_file` when given.

@@ -505,7 +505,7 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::TargetConfig;
+    use crate::targets::TargetConfig;
     use std::collections::BTreeMap;
     use std::path::Path;
 

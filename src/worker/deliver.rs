@@ -34,7 +34,7 @@ use crate::config::RetryConfig;
 use crate::event::Event;
 use crate::limit::{Limiter, FIRST_PAUSE};
 use crate::policy::{Action, Op, User};
-use crate::target::{
+use crate::targets::{
     log, parse_retry_after, Method, Outcome, Reply, Request, Target, Transient, Unsendable,
 };
 use crate::time::unix_ms;

@@ -47,7 +47,7 @@ use crate::limit::{Limiter, Shares};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::state::applied;
-use crate::target::{Target, TargetConfig};
+use crate::targets::{Target, TargetConfig};
 use deliver::{DeliverMetrics, Deliverer};
 use dlq::DeadLetters;
 use engine::{TargetEngine, TargetState};
