@@ -16,7 +16,8 @@ use crate::event::EventKind;
 pub use crate::worker::metrics::WorkerMetrics;
 
 /// What happened to a callback; the `outcome` label of `mutebridge_webhooks_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum WebhookOutcome {
     Published,
     Duplicate,
@@ -28,32 +29,18 @@ pub enum WebhookOutcome {
 }
 
 impl WebhookOutcome {
-    pub const ALL: [WebhookOutcome; 7] = [
-        WebhookOutcome::Published,
-        WebhookOutcome::Duplicate,
-        WebhookOutcome::BadRequest,
-        WebhookOutcome::Unauthorized,
-        WebhookOutcome::TooLarge,
-        WebhookOutcome::BodyTimeout,
-        WebhookOutcome::Unavailable,
-    ];
+    /// Every variant, in declaration order.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            WebhookOutcome::Published => "published",
-            WebhookOutcome::Duplicate => "duplicate",
-            WebhookOutcome::BadRequest => "bad_request",
-            WebhookOutcome::Unauthorized => "unauthorized",
-            WebhookOutcome::TooLarge => "too_large",
-            WebhookOutcome::BodyTimeout => "body_timeout",
-            WebhookOutcome::Unavailable => "unavailable",
-        }
+        self.into()
     }
 }
 
 /// Why the server closed a connection; the `reason` label of
 /// `mutebridge_http_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum CloseReason {
     /// The request head did not arrive within `http.header_timeout_seconds`.
     HeaderTimeout,
@@ -69,22 +56,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
-        CloseReason::HeaderTimeout,
-        CloseReason::BodyTimeout,
-        CloseReason::Idle,
-        CloseReason::Limit,
-        CloseReason::Memory,
-    ];
+    /// Every variant, in declaration order.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::HeaderTimeout => "header_timeout",
-            CloseReason::BodyTimeout => "body_timeout",
-            CloseReason::Idle => "idle",
-            CloseReason::Limit => "limit",
-            CloseReason::Memory => "memory",
-        }
+        self.into()
     }
 }
 
@@ -93,7 +69,7 @@ impl CloseReason {
 pub struct HttpMetrics {
     pub open: IntGauge,
     pub accept_errors: IntCounter,
-    closed_by: Arc<[IntCounter; 5]>,
+    closed_by: Arc<[IntCounter]>,
 }
 
 impl HttpMetrics {
@@ -115,7 +91,7 @@ pub struct Metrics {
     pub kafka_ready: IntGauge,
     pub http: HttpMetrics,
     pub worker: WorkerMetrics,
-    by_outcome: Arc<[IntCounter; 7]>,
+    by_outcome: Arc<[IntCounter]>,
     by_kind: Arc<Vec<IntCounter>>,
 }
 
@@ -196,9 +172,10 @@ impl Metrics {
         let http = HttpMetrics {
             open: connections_open.clone(),
             accept_errors: accept_errors.clone(),
-            closed_by: Arc::new(
-                CloseReason::ALL.map(|r| connections_closed.with_label_values(&[r.as_str()])),
-            ),
+            closed_by: CloseReason::ALL
+                .iter()
+                .map(|r| connections_closed.with_label_values(&[r.as_str()]))
+                .collect(),
         };
         // process_open_fds, process_max_fds, RSS, CPU: what the fd alert reads.
         registry
@@ -214,7 +191,10 @@ impl Metrics {
 
         // Resolved once: a label lookup hashes and locks on every call,
         // and these are incremented on every request.
-        let by_outcome = WebhookOutcome::ALL.map(|o| webhooks.with_label_values(&[o.as_str()]));
+        let by_outcome: Arc<[IntCounter]> = WebhookOutcome::ALL
+            .iter()
+            .map(|o| webhooks.with_label_values(&[o.as_str()]))
+            .collect();
         let by_kind = EventKind::ALL
             .iter()
             .map(|k| events_published.with_label_values(&[k.as_str()]))
@@ -235,7 +215,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            by_outcome: Arc::new(by_outcome),
+            by_outcome,
             by_kind: Arc::new(by_kind),
             webhooks,
             webhook_duration,

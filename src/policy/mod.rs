@@ -59,7 +59,12 @@ pub enum Addressing {
 const MUTE_KINDS: [EventKind; 4] = EventKind::MUTE;
 
 /// What an action does downstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, strum::EnumDiscriminants)]
+#[strum_discriminants(
+    name(OpName),
+    derive(strum::VariantArray, strum::IntoStaticStr),
+    strum(serialize_all = "snake_case")
+)]
 pub enum Op {
     MuteAll {
         seconds: Option<u64>,
@@ -73,27 +78,23 @@ pub enum Op {
     Forward,
 }
 
+/// The `action` label of a step that has no action: the target has none
+/// for the event's kind.
+pub const NO_ACTION: &str = "none";
+
 impl Op {
-    /// The `action` metric label.
+    /// The `action` metric label: the variant's name in snake_case.
     pub fn name(&self) -> &'static str {
-        match self {
-            Op::MuteAll { .. } => "mute_all",
-            Op::UnmuteAll => "unmute_all",
-            Op::MuteMembers { .. } => "mute_members",
-            Op::UnmuteMembers => "unmute_members",
-            Op::Forward => "forward",
-        }
+        OpName::from(self).into()
     }
 
-    /// Every `action` label (`none`: the target has no action for the kind).
-    pub const NAMES: [&'static str; 6] = [
-        "mute_all",
-        "unmute_all",
-        "mute_members",
-        "unmute_members",
-        "forward",
-        "none",
-    ];
+    /// Every `action` label: each variant's, and [`NO_ACTION`].
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        <OpName as strum::VariantArray>::VARIANTS
+            .iter()
+            .map(|&n| n.into())
+            .chain([NO_ACTION])
+    }
 }
 
 /// How long members stay muted.
@@ -438,7 +439,7 @@ impl Rule {
                 (EventKind::MemberUnmuted, _) => Op::UnmuteMembers,
                 (other, _) => {
                     return skip(
-                        "none",
+                        NO_ACTION,
                         format!("target {} has no action for {}", t.target, other.as_str()),
                     )
                 }
@@ -680,6 +681,23 @@ mod tests {
                 ("audit".into(), s(&["u1", "u2"]))
             ]
         );
+    }
+
+    #[test]
+    fn action_labels_are_the_variants_names() {
+        let names: Vec<&str> = Op::names().collect();
+        assert_eq!(
+            names,
+            [
+                "mute_all",
+                "unmute_all",
+                "mute_members",
+                "unmute_members",
+                "forward",
+                "none"
+            ]
+        );
+        assert_eq!(Op::MuteAll { seconds: None }.name(), "mute_all");
     }
 
     #[test]

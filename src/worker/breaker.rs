@@ -88,8 +88,11 @@ impl BreakerConfig {
 
 /// The breaker's state, as the `mutebridge_target_circuit_state` gauge and
 /// `mutebridge targets` show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, strum::VariantArray, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Circuit {
     Closed,
     /// A probe is out.
@@ -98,7 +101,8 @@ pub enum Circuit {
 }
 
 impl Circuit {
-    pub const ALL: [Circuit; 3] = [Circuit::Closed, Circuit::HalfOpen, Circuit::Open];
+    /// Every variant, in declaration order.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     /// The gauge's value: 0 closed, 1 half-open, 2 open.
     pub fn value(self) -> i64 {
@@ -106,11 +110,7 @@ impl Circuit {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Circuit::Closed => "closed",
-            Circuit::HalfOpen => "half_open",
-            Circuit::Open => "open",
-        }
+        self.into()
     }
 }
 

@@ -20,48 +20,11 @@ use crate::event::Event;
 use crate::kafka;
 use crate::time::now_ms;
 
+pub use super::outcome::Reason;
 use super::outcome::{ActionId, Failure};
 
 /// Value of the `schema` field of a dead letter.
 pub const DEAD_LETTER_SCHEMA: &str = "mutebridge.dead_letter/v1";
-
-/// Why an action was dead-lettered; the `reason` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// The target refused the call in a way retrying cannot fix (bad
-    /// credentials or parameters, no such group, no permission).
-    PermanentError,
-    /// Retryable failures outlasted `[worker.retry]`'s budget.
-    RetriesExhausted,
-    /// The provider kept answering "rate limited" for longer than
-    /// `worker.retry.rate_limited_horizon_seconds`.
-    RateLimited,
-    /// An ID had no mapping and the rule says `on_unmapped = "dead_letter"`.
-    Unmapped,
-    /// The record is not a `mutebridge.event/v1` event.
-    Undecodable,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 5] = [
-        Reason::PermanentError,
-        Reason::RetriesExhausted,
-        Reason::RateLimited,
-        Reason::Unmapped,
-        Reason::Undecodable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::PermanentError => "permanent_error",
-            Reason::RetriesExhausted => "retries_exhausted",
-            Reason::RateLimited => "rate_limited",
-            Reason::Unmapped => "unmapped",
-            Reason::Undecodable => "undecodable",
-        }
-    }
-}
 
 /// Where the failed event was read from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,13 +103,6 @@ pub struct ReplayMarker {
 pub struct Position {
     pub partition: i32,
     pub offset: i64,
-}
-
-impl Reason {
-    /// The reason whose label is `label`.
-    pub fn parse(label: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == label)
-    }
 }
 
 impl DeadLetter {

@@ -272,17 +272,16 @@ impl WorkerMetrics {
     /// at zero, so dashboards and alerts see the series before the first
     /// failure.
     pub fn target(&self, name: &str) -> TargetMetrics {
-        let actions = Op::NAMES
-            .iter()
+        let actions = Op::names()
             .map(|action| {
                 let by_outcome = ActionLabel::ALL
                     .iter()
                     .map(|o| self.actions.with_label_values(&[name, action, o.as_str()]))
                     .collect();
-                (*action, by_outcome)
+                (action, by_outcome)
             })
             .collect();
-        for reason in Reason::ALL {
+        for &reason in Reason::ALL {
             if reason != Reason::Undecodable {
                 self.dead_letters
                     .with_label_values(&[name, reason.as_str()]);

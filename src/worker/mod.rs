@@ -27,6 +27,7 @@ pub mod offsets;
 pub mod outcome;
 pub mod pipeline;
 pub mod reader;
+pub mod rebalance;
 pub mod scheduler;
 pub mod store;
 
@@ -53,9 +54,10 @@ use dlq::DeadLetters;
 use engine::{TargetEngine, TargetState};
 use keeper::Keeper;
 use metrics::{PipelineMetrics, WorkerMetrics, KEEPER};
-use offsets::{Tracker, WorkerContext};
+use offsets::Tracker;
 use pipeline::{Pipeline, Stage, Status};
 use reader::{Fences, Newest, Sinks, StateReader};
+use rebalance::WorkerContext;
 use store::Store;
 
 /// What the worker's pipelines report, for `/targets`.

@@ -1,5 +1,4 @@
-//! Reading the event topic as a consumer group, and deciding which offsets
-//! may be committed.
+//! Which offsets of the event topic may be committed.
 //!
 //! Events of different groups finish out of order, so a partition's commit
 //! position is the lowest offset still in progress (or one past the last
@@ -8,16 +7,8 @@
 //! crash re-delivers from there and never skips.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use prometheus::IntGaugeVec;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
-use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
-
-use super::reader::{Sinks, StateReader};
-use crate::limit::Shares;
+use rdkafka::{Offset, TopicPartitionList};
 
 /// Per-partition progress.
 #[derive(Debug, Default)]
@@ -156,132 +147,6 @@ impl Tracker {
     /// their queued and running work must be dropped.
     pub fn take_revoked(&mut self) -> Vec<(i32, u64)> {
         std::mem::take(&mut self.revoked)
-    }
-}
-
-/// A pipeline consumer's context: commits finished work of partitions
-/// being taken away, rebuilds and drops their records, keeps new
-/// partitions paused while the pipeline is, and turns librdkafka
-/// statistics into the lag gauge.
-pub struct WorkerContext {
-    pub tracker: Arc<Mutex<Tracker>>,
-    pub topic: String,
-    /// The `pipeline` label of the lag gauge.
-    pub pipeline: String,
-    pub lag: IntGaugeVec,
-    /// The pipeline's records and their reader, when `worker.track_state`
-    /// is on (and the pipeline keeps records).
-    pub state: Option<(Sinks, StateReader)>,
-    /// The target's rate-limit share, which follows the assignment.
-    pub shares: Option<Arc<Shares>>,
-    /// True while the pipeline has paused fetching (a full backlog, an
-    /// open circuit breaker): partitions assigned meanwhile start paused.
-    pub paused: Arc<AtomicBool>,
-    /// Events in the assigned partitions not consumed yet (librdkafka's
-    /// statistics), for `mutebridge targets`.
-    pub backlog: Arc<AtomicI64>,
-}
-
-impl WorkerContext {
-    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
-        tpl.elements()
-            .iter()
-            .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition())
-            .collect()
-    }
-}
-
-impl ClientContext for WorkerContext {
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let mut backlog = 0;
-        for (p, stats) in &topic.partitions {
-            // -1 marks librdkafka's internal UA partition; lag -1 = unknown.
-            if *p >= 0 && stats.consumer_lag >= 0 {
-                self.lag
-                    .with_label_values(&[&self.pipeline, &p.to_string()])
-                    .set(stats.consumer_lag);
-                backlog += stats.consumer_lag;
-            }
-        }
-        self.backlog.store(backlog, Ordering::Relaxed);
-    }
-}
-
-impl ConsumerContext for WorkerContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            let partitions = self.partitions(assigned);
-            if partitions.is_empty() {
-                return;
-            }
-            // A pause holds across rebalances: what arrives while the
-            // pipeline is paused waits in Kafka, not in memory.
-            if self.paused.load(Ordering::SeqCst) {
-                if let Err(e) = consumer.pause(assigned) {
-                    tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot pause newly assigned partitions");
-                }
-            }
-            // Only once the partitions are ours does the share grow.
-            if let Some(shares) = &self.shares {
-                shares.assign(&partitions);
-            }
-            if let Some((sinks, reader)) = &self.state {
-                reader.assign(sinks, &partitions);
-            }
-        }
-    }
-
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
-        };
-        // Before the partitions go: the next owner's share grows only after
-        // this one's shrank, so the shares never add up to more than the limit.
-        let partitions = self.partitions(revoked);
-        if let Some(shares) = &self.shares {
-            shares.revoke(&partitions);
-        }
-        if let Some((sinks, reader)) = &self.state {
-            reader.revoke(sinks, &partitions);
-        }
-        let mut tpl = TopicPartitionList::new();
-        {
-            let mut tracker = self.tracker.lock().expect("tracker lock");
-            for elem in revoked.elements() {
-                if let Some(position) = tracker.revoke(elem.partition()) {
-                    let _ = tpl.add_partition_offset(
-                        elem.topic(),
-                        elem.partition(),
-                        Offset::Offset(position),
-                    );
-                }
-                let _ = self
-                    .lag
-                    .remove_label_values(&[&self.pipeline, &elem.partition().to_string()]);
-            }
-        }
-        if tpl.count() > 0 {
-            match consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => tracing::info!(
-                    pipeline = %self.pipeline,
-                    partitions = tpl.count(),
-                    "partitions revoked; finished work committed"
-                ),
-                Err(e) => {
-                    tracing::warn!(pipeline = %self.pipeline, error = %e, "commit on revoke failed; the new owner re-applies from the last commit")
-                }
-            }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next commit");
-        }
     }
 }
 

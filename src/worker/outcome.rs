@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::dlq::Reason;
+use serde::{Deserialize, Serialize};
 
 /// Which action an outcome belongs to: the rule, the target and what it
 /// does there (the `action` label: `mute_all`, ..., `none`).
@@ -46,7 +46,8 @@ pub enum ActionOutcome {
 }
 
 /// How an action ended, without the details: the `outcome` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ActionLabel {
     Ok,
     Skipped,
@@ -58,24 +59,10 @@ pub enum ActionLabel {
 
 impl ActionLabel {
     /// Every label, for creating the series at zero.
-    pub const ALL: [ActionLabel; 6] = [
-        ActionLabel::Ok,
-        ActionLabel::Skipped,
-        ActionLabel::DeadLettered,
-        ActionLabel::Stale,
-        ActionLabel::Duplicate,
-        ActionLabel::Superseded,
-    ];
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            ActionLabel::Ok => "ok",
-            ActionLabel::Skipped => "skipped",
-            ActionLabel::DeadLettered => "dead_lettered",
-            ActionLabel::Stale => "stale",
-            ActionLabel::Duplicate => "duplicate",
-            ActionLabel::Superseded => "superseded",
-        }
+        self.into()
     }
 }
 
@@ -127,7 +114,8 @@ impl Failure {
 
 /// What happened to one event at one target; the `outcome` label of
 /// `mutebridge_worker_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum EventOutcome {
     /// At least one action succeeded and none was dead-lettered.
     Applied,
@@ -149,32 +137,18 @@ pub enum EventOutcome {
 }
 
 impl EventOutcome {
-    pub const ALL: [EventOutcome; 7] = [
-        EventOutcome::Applied,
-        EventOutcome::Skipped,
-        EventOutcome::NoMatch,
-        EventOutcome::DeadLettered,
-        EventOutcome::Stale,
-        EventOutcome::Duplicate,
-        EventOutcome::Superseded,
-    ];
+    /// Every variant, in declaration order.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventOutcome::Applied => "applied",
-            EventOutcome::Skipped => "skipped",
-            EventOutcome::NoMatch => "no_match",
-            EventOutcome::DeadLettered => "dead_lettered",
-            EventOutcome::Stale => "stale",
-            EventOutcome::Duplicate => "duplicate",
-            EventOutcome::Superseded => "superseded",
-        }
+        self.into()
     }
 }
 
 /// What the state keeper did with one event; the `outcome` label of
 /// `mutebridge_state_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum KeeperOutcome {
     /// The group's newest state changed and was written.
     Recorded,
@@ -191,23 +165,55 @@ pub enum KeeperOutcome {
 }
 
 impl KeeperOutcome {
-    pub const ALL: [KeeperOutcome; 6] = [
-        KeeperOutcome::Recorded,
-        KeeperOutcome::Unchanged,
-        KeeperOutcome::Stale,
-        KeeperOutcome::NotMute,
-        KeeperOutcome::Removed,
-        KeeperOutcome::Undecodable,
-    ];
+    /// Every variant, in declaration order.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            KeeperOutcome::Recorded => "recorded",
-            KeeperOutcome::Unchanged => "unchanged",
-            KeeperOutcome::Stale => "stale",
-            KeeperOutcome::NotMute => "not_mute",
-            KeeperOutcome::Removed => "removed",
-            KeeperOutcome::Undecodable => "undecodable",
-        }
+        self.into()
+    }
+}
+
+/// Why an action was dead-lettered; the `reason` metric label.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Reason {
+    /// The target refused the call in a way retrying cannot fix (bad
+    /// credentials or parameters, no such group, no permission).
+    PermanentError,
+    /// Retryable failures outlasted `[worker.retry]`'s budget.
+    RetriesExhausted,
+    /// The provider kept answering "rate limited" for longer than
+    /// `worker.retry.rate_limited_horizon_seconds`.
+    RateLimited,
+    /// An ID had no mapping and the rule says `on_unmapped = "dead_letter"`.
+    Unmapped,
+    /// The record is not a `mutebridge.event/v1` event.
+    Undecodable,
+}
+
+impl Reason {
+    /// Every variant, in declaration order.
+    pub const ALL: &'static [Self] = <Self as strum::VariantArray>::VARIANTS;
+
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Reason {
+    /// The reason whose label is `label`.
+    pub fn parse(label: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == label)
     }
 }
