@@ -104,6 +104,7 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         worker
             .metrics
             .worker
+            .events
             .state_events
             .with_label_values(&["recorded"])
             .get()

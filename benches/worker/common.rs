@@ -192,6 +192,7 @@ pub fn committed_total(reader: &StreamConsumer) -> anyhow::Result<i64> {
 pub fn events(metrics: &Metrics, target: &str, outcome: &str) -> u64 {
     metrics
         .worker
+        .events
         .target_events
         .with_label_values(&[target, outcome])
         .get()

@@ -200,6 +200,7 @@ then = [{{ target = "zego", group = "{{group_id}}" }}]
         let s = w
             .metrics
             .worker
+            .limits
             .rate_limit_share
             .with_label_values(&["zego"])
             .get();

@@ -142,8 +142,16 @@ async fn rebuild_run(n: usize) -> anyhow::Result<RebuildRun> {
     let worker = RunningWorker::start(&config, &cluster).await?;
     let metrics = worker.metrics.clone();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let held = metrics.worker.state_groups.with_label_values(&["state"]);
-    let rebuilt = metrics.worker.state_rebuild.with_label_values(&["state"]);
+    let held = metrics
+        .worker
+        .pipelines
+        .state_groups
+        .with_label_values(&["state"]);
+    let rebuilt = metrics
+        .worker
+        .pipelines
+        .state_rebuild
+        .with_label_values(&["state"]);
     while held.get() < n as i64 || rebuilt.get_sample_count() == 0 {
         ensure_before(deadline, "the worker did not rebuild every state")?;
         tokio::time::sleep(Duration::from_millis(5)).await;

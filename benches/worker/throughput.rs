@@ -170,7 +170,14 @@ pub async fn worker_pass(
             "undecodable",
         ]
         .iter()
-        .map(|o| metrics.worker.state_events.with_label_values(&[o]).get())
+        .map(|o| {
+            metrics
+                .worker
+                .events
+                .state_events
+                .with_label_values(&[o])
+                .get()
+        })
         .sum()
     };
     while kept() < total {
@@ -210,6 +217,7 @@ pub async fn worker_pass(
     }
     let written = metrics
         .worker
+        .pipelines
         .state_writes
         .with_label_values(&["state"])
         .get();
@@ -219,7 +227,12 @@ pub async fn worker_pass(
             .map(|o| {
                 format!(
                     "{o} {}",
-                    metrics.worker.state_events.with_label_values(&[o]).get()
+                    metrics
+                        .worker
+                        .events
+                        .state_events
+                        .with_label_values(&[o])
+                        .get()
                 )
             })
             .collect();

@@ -510,8 +510,14 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&config_path);
+    print_medians(&servers, &rows);
+    Ok(())
+}
+
+/// Each server's median run, and its median ratio to its round's floor.
+fn print_medians(servers: &[Server], rows: &[Row]) {
     println!("# median run by throughput; of floor: the median of each round's ratio to that round's floor");
-    for server in &servers {
+    for server in servers {
         let name = server.name();
         let mut runs: Vec<&Row> = rows.iter().filter(|r| r.name == name).collect();
         runs.sort_by(|a, b| a.report.rate().total_cmp(&b.report.rate()));
@@ -531,7 +537,6 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
         let ratio = ratios.get(ratios.len() / 2).copied();
         print_row_ratio(&format!("{name} (median)"), median, ratio);
     }
-    Ok(())
 }
 
 /// A server the bench measures.

@@ -60,22 +60,7 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
         }
     };
 
-    println!("mutebridge {}", env!("CARGO_PKG_VERSION"));
-    match &origin {
-        Origin::File(path) => println!("  config: {}", path.display()),
-        Origin::Demo => println!("  config: none given, using the built-in demo config"),
-    }
-    if cluster.embedded().is_some() {
-        println!("  kafka: EMBEDDED in-process cluster (in memory; its data is gone when mutebridge exits)");
-    } else {
-        println!("  kafka: external cluster");
-    }
-    println!(
-        "  bootstrap.servers={}  topic={} ({} partitions)",
-        cluster.bootstrap_servers(),
-        config.kafka.topic,
-        config.kafka.partitions
-    );
+    banner(&origin, &cluster, &config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -135,20 +120,7 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
             "  ingest: http://{addr}  (POST /webhooks/easemob, GET {metrics_here}/healthz /readyz)"
         );
         if matches!(origin, Origin::Demo) {
-            println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
-            let exe = std::env::args()
-                .next()
-                .unwrap_or_else(|| "mutebridge".into());
-            println!("  send a sample callback:");
-            println!(
-                "    {exe} send --url http://{addr}/webhooks/easemob --appkey '{DEMO_APPKEY}' --secret {DEMO_SECRET} --example mute-all"
-            );
-            println!("  read the topic:");
-            println!(
-                "    kcat -b {} -t {} -C -o beginning -f '%k %h %s\\n'",
-                cluster.bootstrap_servers(),
-                config.kafka.topic
-            );
+            demo_hints(addr, &cluster, &config);
         }
         tasks.spawn(ingest.serve(stopped(stop_rx.clone())));
     }
@@ -183,6 +155,44 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What runs where: the version, the config and the cluster.
+fn banner(origin: &Origin, cluster: &Cluster, config: &Config) {
+    println!("mutebridge {}", env!("CARGO_PKG_VERSION"));
+    match origin {
+        Origin::File(path) => println!("  config: {}", path.display()),
+        Origin::Demo => println!("  config: none given, using the built-in demo config"),
+    }
+    if cluster.embedded().is_some() {
+        println!("  kafka: EMBEDDED in-process cluster (in memory; its data is gone when mutebridge exits)");
+    } else {
+        println!("  kafka: external cluster");
+    }
+    println!(
+        "  bootstrap.servers={}  topic={} ({} partitions)",
+        cluster.bootstrap_servers(),
+        config.kafka.topic,
+        config.kafka.partitions
+    );
+}
+
+/// The demo's next steps: a signed sample callback and a topic reader.
+fn demo_hints(addr: std::net::SocketAddr, cluster: &Cluster, config: &Config) {
+    println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
+    let exe = std::env::args()
+        .next()
+        .unwrap_or_else(|| "mutebridge".into());
+    println!("  send a sample callback:");
+    println!(
+        "    {exe} send --url http://{addr}/webhooks/easemob --appkey '{DEMO_APPKEY}' --secret {DEMO_SECRET} --example mute-all"
+    );
+    println!("  read the topic:");
+    println!(
+        "    kcat -b {} -t {} -C -o beginning -f '%k %h %s\\n'",
+        cluster.bootstrap_servers(),
+        config.kafka.topic
+    );
 }
 
 fn report(result: Result<anyhow::Result<()>, tokio::task::JoinError>, failed: &mut bool) {

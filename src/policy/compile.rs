@@ -95,66 +95,17 @@ fn compile_then(
 ) -> Result<Then, Invalid> {
     let Some(caps) = targets.get(t.target.as_str()) else {
         let known: Vec<&str> = targets.keys().copied().collect();
-        return Err(Invalid::new(
-            "target",
-            format!(
-                "no [targets.{}]; defined: {}",
-                t.target,
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        ));
+        let known = if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        };
+        let why = format!("no [targets.{}]; defined: {known}", t.target);
+        return Err(Invalid::new("target", why));
     };
-    let (name, kind) = (&t.target, caps.kind);
-    let template = |key: &str, text: &Option<String>| {
-        text.as_deref()
-            .map(Template::parse)
-            .transpose()
-            .map_err(|m| Invalid::new(key, m))
-    };
-    let group = template("group", &t.group)?;
-    let chatroom = template("chatroom", &t.chatroom)?;
-    let dest = match (caps.addressing, group, chatroom) {
-        (Addressing::Group, Some(g), None) => DestTemplate::Group(g),
-        (Addressing::Group, _, _) => {
-            return Err(Invalid::new(
-                "group",
-                format!(
-                "target {name} ({kind}) needs `group` (e.g. \"{{group_id}}\") and no `chatroom`"
-            ),
-            ))
-        }
-        (Addressing::GroupOrChatroom, Some(g), None) => DestTemplate::Group(g),
-        (Addressing::GroupOrChatroom, None, Some(c)) => DestTemplate::Chatroom(c),
-        (Addressing::GroupOrChatroom, _, _) => {
-            return Err(Invalid::new(
-                "group",
-                format!("target {name} ({kind}) needs exactly one of `group` or `chatroom`"),
-            ))
-        }
-        (Addressing::Event, None, None) => DestTemplate::Event,
-        (Addressing::Event, _, _) => {
-            return Err(Invalid::new(
-                "group",
-                format!("target {name} ({kind}) takes the whole event; remove `group`/`chatroom`"),
-            ))
-        }
-    };
+    let dest = destination(t, caps)?;
     let forwards = caps.addressing == Addressing::Event;
-    if !forwards {
-        if let Some(k) = r.when.kinds.iter().find(|k| !MUTE_KINDS.contains(k)) {
-            return Err(Invalid::new(
-                "target",
-                format!(
-                    "target {name} ({kind}) has no action for `{}`; it applies mute_all, unmute_all, member_muted and member_unmuted (use a webhook target to forward other kinds)",
-                    k.as_str()
-                ),
-            ));
-        }
-    }
+    check_kinds(r, t, caps, forwards)?;
     let chatroom_dest = matches!(dest, DestTemplate::Chatroom(_));
     if (t.need_notify.is_some() || t.extra.is_some()) && !(caps.chatroom_notify && chatroom_dest) {
         return Err(Invalid::new(
@@ -163,25 +114,7 @@ fn compile_then(
         ));
     }
     if let Some(s) = t.mute_seconds {
-        if forwards {
-            return Err(Invalid::new(
-                "mute_seconds",
-                format!("target {name} forwards events; it has no mute length"),
-            ));
-        }
-        let max = caps.max_mute_seconds;
-        if s == 0 || s > max {
-            return Err(Invalid::new(
-                "mute_seconds",
-                format!("{s} is not between 1 and {max} (the target's longest mute)"),
-            ));
-        }
-        if !caps.timed_mute_all && r.when.kinds.contains(&EventKind::MuteAll) {
-            return Err(Invalid::new(
-                "mute_seconds",
-                format!("{kind} mute-all has no duration; mute_seconds would only apply to member_muted, so put it on a rule for member_muted only"),
-            ));
-        }
+        check_mute_seconds(r, t, caps, forwards, s)?;
     }
     let map = |key: &str, name: &Option<String>| match name {
         None => Ok(None),
@@ -201,6 +134,85 @@ fn compile_then(
         group_map: map("group_map", &t.group_map)?,
         user_map: map("user_map", &t.user_map)?,
     })
+}
+
+/// Where the entry's actions go, as the target addresses them: a group, a
+/// chatroom, or (a forwarding target) the whole event.
+fn destination(t: &ThenConfig, caps: &Capabilities) -> Result<DestTemplate, Invalid> {
+    let (name, kind) = (&t.target, caps.kind);
+    let template = |key: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(|m| Invalid::new(key, m))
+    };
+    let group = template("group", &t.group)?;
+    let chatroom = template("chatroom", &t.chatroom)?;
+    let needs = match (caps.addressing, group, chatroom) {
+        (Addressing::Group, Some(g), None) => return Ok(DestTemplate::Group(g)),
+        (Addressing::GroupOrChatroom, Some(g), None) => return Ok(DestTemplate::Group(g)),
+        (Addressing::GroupOrChatroom, None, Some(c)) => return Ok(DestTemplate::Chatroom(c)),
+        (Addressing::Event, None, None) => return Ok(DestTemplate::Event),
+        (Addressing::Group, _, _) => "needs `group` (e.g. \"{group_id}\") and no `chatroom`",
+        (Addressing::GroupOrChatroom, _, _) => "needs exactly one of `group` or `chatroom`",
+        (Addressing::Event, _, _) => "takes the whole event; remove `group`/`chatroom`",
+    };
+    Err(Invalid::new(
+        "group",
+        format!("target {name} ({kind}) {needs}"),
+    ))
+}
+
+/// A mute target acts on the mute kinds only.
+fn check_kinds(
+    r: &RuleConfig,
+    t: &ThenConfig,
+    caps: &Capabilities,
+    forwards: bool,
+) -> Result<(), Invalid> {
+    if forwards {
+        return Ok(());
+    }
+    match r.when.kinds.iter().find(|k| !MUTE_KINDS.contains(k)) {
+        None => Ok(()),
+        Some(k) => Err(Invalid::new(
+            "target",
+            format!(
+                "target {} ({}) has no action for `{}`; it applies mute_all, unmute_all, member_muted and member_unmuted (use a webhook target to forward other kinds)",
+                t.target,
+                caps.kind,
+                k.as_str()
+            ),
+        )),
+    }
+}
+
+/// `mute_seconds`: for mute targets, within the target's longest mute,
+/// and not on a mute-all the target cannot time.
+fn check_mute_seconds(
+    r: &RuleConfig,
+    t: &ThenConfig,
+    caps: &Capabilities,
+    forwards: bool,
+    s: u64,
+) -> Result<(), Invalid> {
+    let invalid = |why: String| Err(Invalid::new("mute_seconds", why));
+    if forwards {
+        return invalid(format!(
+            "target {} forwards events; it has no mute length",
+            t.target
+        ));
+    }
+    let max = caps.max_mute_seconds;
+    if s == 0 || s > max {
+        return invalid(format!(
+            "{s} is not between 1 and {max} (the target's longest mute)"
+        ));
+    }
+    if !caps.timed_mute_all && r.when.kinds.contains(&EventKind::MuteAll) {
+        return invalid(format!("{} mute-all has no duration; mute_seconds would only apply to member_muted, so put it on a rule for member_muted only", caps.kind));
+    }
+    Ok(())
 }
 
 /// One `[maps.NAME]`: its inline `ids` or its `file`; keys relative to it.

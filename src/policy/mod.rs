@@ -421,75 +421,27 @@ impl Rule {
                 why,
             },
         };
-        let op = if t.forwards {
-            Op::Forward
-        } else {
-            match (e.kind, e.mute) {
-                (EventKind::MuteAll, _) => Op::MuteAll {
-                    seconds: t.mute_seconds,
-                },
-                (EventKind::UnmuteAll, _) => Op::UnmuteAll,
-                (EventKind::MemberMuted, mute) => Op::MuteMembers {
-                    length: match (mute, t.mute_seconds) {
-                        (Some(Mute::Until { until_ms: Some(ms) }), _) => MuteLength::UntilMs(ms),
-                        (_, Some(s)) => MuteLength::Seconds(s),
-                        _ => MuteLength::Permanent,
-                    },
-                },
-                (EventKind::MemberUnmuted, _) => Op::UnmuteMembers,
-                (other, _) => {
-                    return skip(
-                        NO_ACTION,
-                        format!("target {} has no action for {}", t.target, other.as_str()),
-                    )
-                }
-            }
+        let Some(op) = t.op(e) else {
+            let why = format!("target {} has no action for {}", t.target, e.kind.as_str());
+            return skip(NO_ACTION, why);
         };
         let per_user = matches!(op, Op::MuteMembers { .. } | Op::UnmuteMembers);
         if per_user && e.members.is_empty() {
             return skip(op.name(), "the event names no members".into());
         }
-        let group_id = match &t.group_map {
-            None => e.group_id.clone(),
-            Some(m) => match m.get(&e.group_id) {
-                Some(id) => id.clone(),
-                None => {
-                    return unmapped(
-                        op.name(),
-                        format!("group {} has no entry in the group map", e.group_id),
-                    )
-                }
-            },
+        let group_id = match t.map_group(&e.group_id) {
+            Ok(id) => id,
+            Err(why) => return unmapped(op.name(), why),
+        };
+        let users = match per_user.then(|| t.map_users(&e.members)) {
+            None => Vec::new(),
+            Some(Ok(users)) => users,
+            Some(Err(why)) => return unmapped(op.name(), why),
         };
         let dest = match &t.dest {
             DestTemplate::Group(tpl) => Dest::Group(tpl.fill(&group_id, e)),
             DestTemplate::Chatroom(tpl) => Dest::Chatroom(tpl.fill(&group_id, e)),
             DestTemplate::Event => Dest::Event,
-        };
-        let users = if !per_user {
-            Vec::new()
-        } else {
-            match &t.user_map {
-                None => e.members.iter().map(|m| User::same(m)).collect(),
-                Some(m) => {
-                    let mut users = Vec::with_capacity(e.members.len());
-                    for u in &e.members {
-                        match m.get(u) {
-                            Some(id) => users.push(User {
-                                id: id.clone(),
-                                member: u.clone(),
-                            }),
-                            None => {
-                                return unmapped(
-                                    op.name(),
-                                    format!("member {u} has no entry in the user map"),
-                                )
-                            }
-                        }
-                    }
-                    users
-                }
-            }
         };
         Planned::Act(Action {
             rule: self.name.clone(),
@@ -500,6 +452,61 @@ impl Rule {
             need_notify: t.need_notify,
             extra: t.extra.clone(),
         })
+    }
+}
+
+impl Then {
+    /// What this entry does with an event of `e`'s kind; `None` when its
+    /// target has no action for it.
+    fn op(&self, e: &Event) -> Option<Op> {
+        if self.forwards {
+            return Some(Op::Forward);
+        }
+        Some(match e.kind {
+            EventKind::MuteAll => Op::MuteAll {
+                seconds: self.mute_seconds,
+            },
+            EventKind::UnmuteAll => Op::UnmuteAll,
+            EventKind::MemberMuted => Op::MuteMembers {
+                length: match (e.mute, self.mute_seconds) {
+                    (Some(Mute::Until { until_ms: Some(ms) }), _) => MuteLength::UntilMs(ms),
+                    (_, Some(s)) => MuteLength::Seconds(s),
+                    _ => MuteLength::Permanent,
+                },
+            },
+            EventKind::MemberUnmuted => Op::UnmuteMembers,
+            _ => return None,
+        })
+    }
+
+    /// The target's ID of the group, through the group map when there is
+    /// one; `Err` names the group missing from it.
+    fn map_group(&self, group_id: &str) -> Result<String, String> {
+        match &self.group_map {
+            None => Ok(group_id.to_owned()),
+            Some(m) => m
+                .get(group_id)
+                .cloned()
+                .ok_or_else(|| format!("group {group_id} has no entry in the group map")),
+        }
+    }
+
+    /// The target's users for the members, through the user map when there
+    /// is one; `Err` names the first member missing from it.
+    fn map_users(&self, members: &[String]) -> Result<Vec<User>, String> {
+        members
+            .iter()
+            .map(|u| match &self.user_map {
+                None => Ok(User::same(u)),
+                Some(m) => m
+                    .get(u)
+                    .map(|id| User {
+                        id: id.clone(),
+                        member: u.clone(),
+                    })
+                    .ok_or_else(|| format!("member {u} has no entry in the user map")),
+            })
+            .collect()
     }
 }
 

@@ -101,6 +101,31 @@ pub struct Deliverer {
 }
 
 /// How much of a call's budget is spent.
+/// What one call has come to so far.
+struct Progress {
+    budget: Budget,
+    /// Users that failed for good, with the provider's reason.
+    failed: Vec<(String, String)>,
+    /// Users the provider took.
+    accepted: Vec<User>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            budget: Budget {
+                attempts: 0,
+                started: Instant::now(),
+                waited: Duration::ZERO,
+                limited_since: None,
+                group_strikes: 0,
+            },
+            failed: Vec::new(),
+            accepted: Vec::new(),
+        }
+    }
+}
+
 struct Budget {
     /// Attempts that failed with an outage while the breaker was closed.
     attempts: u32,
@@ -162,42 +187,15 @@ impl Deliverer {
         event: &Event,
         current: &dyn Currency,
     ) -> Delivered {
-        let mut budget = Budget {
-            attempts: 0,
-            started: Instant::now(),
-            waited: Duration::ZERO,
-            limited_since: None,
-            group_strikes: 0,
-        };
-        let mut failed: Vec<(String, String)> = Vec::new();
-        let mut accepted: Vec<User> = Vec::new();
-        let finish =
-            |call: Action, failed: Vec<(String, String)>, accepted, last, budget: &Budget| {
-                let mut outcomes = Vec::new();
-                if !failed.is_empty() {
-                    outcomes.push(partial_failure(failed, budget.attempts));
-                }
-                let at_ms = unix_ms(SystemTime::now());
-                let lapses_at_ms = matches!(last, ActionOutcome::Ok)
-                    .then(|| self.target.lapses(&call, SystemTime::now()))
-                    .flatten();
-                outcomes.push(last);
-                Delivered {
-                    call,
-                    outcomes,
-                    accepted,
-                    at_ms,
-                    lapses_at_ms,
-                }
-            };
+        let mut progress = Progress::default();
         loop {
             let (permit, waited) = self.breaker.admit().await;
-            budget.waited += waited;
+            progress.budget.waited += waited;
             if !drop_superseded(&mut call, current) {
-                return finish(call, failed, accepted, ActionOutcome::Superseded, &budget);
+                return self.finish(call, progress, ActionOutcome::Superseded);
             }
             if let Some(limiter) = &self.limiter {
-                budget.waited += limiter.acquire().await;
+                progress.budget.waited += limiter.acquire().await;
             }
             // The breaker opened while this call waited for its slot.
             if !permit.is_probe() && self.breaker.circuit() != super::breaker::Circuit::Closed {
@@ -207,32 +205,19 @@ impl Deliverer {
             let outcome = match self.attempt(&call, event).await {
                 Ok(o) => o,
                 Err(Unsendable::Moot(why)) => {
-                    return finish(
-                        call,
-                        failed,
-                        accepted,
-                        ActionOutcome::Skipped(why.into()),
-                        &budget,
-                    )
+                    return self.finish(call, progress, ActionOutcome::Skipped(why.into()))
                 }
                 Err(Unsendable::Invalid(error)) => {
-                    let f = Failure::whole(Reason::PermanentError, error, budget.attempts);
-                    return finish(call, failed, accepted, f, &budget);
+                    let attempts = progress.budget.attempts;
+                    let f = Failure::whole(Reason::PermanentError, error, attempts);
+                    return self.finish(call, progress, f);
                 }
             };
             match self
-                .settle(
-                    outcome,
-                    permit,
-                    sent,
-                    &mut call,
-                    &mut failed,
-                    &mut accepted,
-                    &mut budget,
-                )
+                .settle(outcome, permit, sent, &mut call, &mut progress)
                 .await
             {
-                Next::Done(last) => return finish(call, failed, accepted, last, &budget),
+                Next::Done(last) => return self.finish(call, progress, last),
                 Next::Again(wait) => {
                     self.metrics.retries.inc();
                     tokio::time::sleep(wait).await;
@@ -241,126 +226,181 @@ impl Deliverer {
         }
     }
 
+    /// The call's result: the users that failed for good (a partial
+    /// failure), then how it ended, and until when the provider holds it.
+    fn finish(&self, call: Action, progress: Progress, last: ActionOutcome) -> Delivered {
+        let mut outcomes = Vec::new();
+        if !progress.failed.is_empty() {
+            outcomes.push(partial_failure(progress.failed, progress.budget.attempts));
+        }
+        let now = SystemTime::now();
+        let lapses_at_ms = matches!(last, ActionOutcome::Ok)
+            .then(|| self.target.lapses(&call, now))
+            .flatten();
+        outcomes.push(last);
+        Delivered {
+            call,
+            outcomes,
+            accepted: progress.accepted,
+            at_ms: unix_ms(now),
+            lapses_at_ms,
+        }
+    }
+
     /// What an attempt's outcome means for the call, the breaker and the
     /// limiter.
-    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         outcome: Outcome,
         permit: Permit<'_>,
         sent: Instant,
         call: &mut Action,
-        failed: &mut Vec<(String, String)>,
-        accepted: &mut Vec<User>,
-        budget: &mut Budget,
+        progress: &mut Progress,
     ) -> Next {
-        let admitted = || {
-            if let Some(l) = &self.limiter {
-                l.admitted();
-            }
-        };
         match outcome {
             Outcome::Done => {
                 permit.answered();
-                admitted();
-                accepted.append(&mut call.users.clone());
+                self.admitted();
+                progress.accepted.append(&mut call.users.clone());
                 Next::Done(ActionOutcome::Ok)
             }
             Outcome::Permanent { error } => {
                 permit.answered();
-                Next::Done(Failure::whole(
-                    Reason::PermanentError,
-                    error,
-                    budget.attempts + 1,
-                ))
+                let attempts = progress.budget.attempts + 1;
+                Next::Done(Failure::whole(Reason::PermanentError, error, attempts))
             }
-            Outcome::Partial {
-                retry,
-                failed: gave_up,
-            } => {
+            Outcome::Partial { retry, failed } => {
                 permit.answered();
-                admitted();
-                let settled =
-                    |u: &User| !retry.contains(&u.id) && !gave_up.iter().any(|(id, _)| *id == u.id);
-                accepted.extend(call.users.iter().filter(|u| settled(u)).cloned());
-                failed.extend(gave_up);
-                if retry.is_empty() {
-                    return Next::Done(ActionOutcome::Ok);
-                }
-                call.users.retain(|u| retry.contains(&u.id));
-                let error = format!("failed for {} user(s), retrying them", retry.len());
-                self.failed_attempt(budget, error, Duration::ZERO, false)
+                self.admitted();
+                self.partial(call, progress, retry, failed)
             }
             Outcome::Retry {
                 error,
-                kind: Transient::RateLimited,
-                after,
-                ..
-            } => {
-                permit.neutral();
-                if let Some(dead) = self.past_horizon(budget, sent, &error) {
-                    return Next::Done(dead);
-                }
-                match &self.limiter {
-                    Some(l) => {
-                        l.rate_limited(sent, after).await;
-                    }
-                    // Only `log`/`discard` have none, and they never get here.
-                    None => tokio::time::sleep(after.unwrap_or(FIRST_PAUSE)).await,
-                }
-                tracing::debug!(target = %self.name, rule = %call.rule, %error, "rate limited; retrying after the target's pause");
-                Next::Again(Duration::ZERO)
-            }
-            Outcome::Retry {
-                error,
-                kind: Transient::GroupLimited,
-                after,
-                ..
-            } => {
-                permit.neutral();
-                if let Some(dead) = self.past_horizon(budget, sent, &error) {
-                    return Next::Done(dead);
-                }
-                budget.group_strikes += 1;
-                let wait = FIRST_PAUSE
-                    .saturating_mul(1 << (budget.group_strikes - 1).min(16))
-                    .min(Duration::from_millis(self.retry.max_backoff_ms).max(FIRST_PAUSE))
-                    .max(after.unwrap_or_default());
-                budget.waited += wait;
-                tracing::debug!(target = %self.name, rule = %call.rule, %error, ?wait, "the group's own limit; only this group backs off");
-                Next::Again(wait)
-            }
-            Outcome::Retry {
-                error,
-                kind: Transient::Outage,
+                kind,
                 switch_host,
                 after,
             } => {
-                budget.limited_since = None;
-                let probe = permit.is_probe();
-                permit.failed();
-                let hosts = self.target.hosts();
-                let switched = switch_host && hosts > 1;
-                if switched {
-                    let host = self.host.load(Ordering::Relaxed);
-                    let _ = self.host.compare_exchange(
-                        host,
-                        (host + 1) % hosts,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                if kind == Transient::Outage {
+                    return self.outage(permit, progress, error, switch_host, after);
                 }
-                if probe {
-                    // A failed probe reopened the breaker; the call waits
-                    // for the next one without spending its budget.
-                    tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
-                    return Next::Again(Duration::ZERO);
+                permit.neutral();
+                if let Some(dead) = self.past_horizon(&mut progress.budget, sent, &error) {
+                    return Next::Done(dead);
                 }
-                // A fresh host is tried at once; a full round of hosts backs off.
-                let at_once = switched && !((budget.attempts + 1) as usize).is_multiple_of(hosts);
-                self.failed_attempt(budget, error, after.unwrap_or_default(), at_once)
+                if kind == Transient::GroupLimited {
+                    self.group_limited(call, progress, &error, after)
+                } else {
+                    self.rate_limited(call, sent, &error, after).await
+                }
             }
         }
+    }
+
+    /// The provider took the call: the limiter learns of it.
+    fn admitted(&self) {
+        if let Some(l) = &self.limiter {
+            l.admitted();
+        }
+    }
+
+    /// Some users were refused: those that may succeed later are tried
+    /// again, the rest have failed for good.
+    fn partial(
+        &self,
+        call: &mut Action,
+        progress: &mut Progress,
+        retry: Vec<String>,
+        gave_up: Vec<(String, String)>,
+    ) -> Next {
+        let settled =
+            |u: &User| !retry.contains(&u.id) && !gave_up.iter().any(|(id, _)| *id == u.id);
+        let done = call.users.iter().filter(|u| settled(u)).cloned();
+        progress.accepted.extend(done);
+        progress.failed.extend(gave_up);
+        if retry.is_empty() {
+            return Next::Done(ActionOutcome::Ok);
+        }
+        call.users.retain(|u| retry.contains(&u.id));
+        let error = format!("failed for {} user(s), retrying them", retry.len());
+        self.failed_attempt(&mut progress.budget, error, Duration::ZERO, false)
+    }
+
+    /// The target's own limit: the shared limiter pauses the whole target.
+    async fn rate_limited(
+        &self,
+        call: &Action,
+        sent: Instant,
+        error: &str,
+        after: Option<Duration>,
+    ) -> Next {
+        match &self.limiter {
+            Some(l) => {
+                l.rate_limited(sent, after).await;
+            }
+            // Only `log`/`discard` have none, and they never get here.
+            None => tokio::time::sleep(after.unwrap_or(FIRST_PAUSE)).await,
+        }
+        tracing::debug!(target = %self.name, rule = %call.rule, %error, "rate limited; retrying after the target's pause");
+        Next::Again(Duration::ZERO)
+    }
+
+    /// One group's own limit (ZEGO 660300006): only this call backs off,
+    /// doubling while it lasts.
+    fn group_limited(
+        &self,
+        call: &Action,
+        progress: &mut Progress,
+        error: &str,
+        after: Option<Duration>,
+    ) -> Next {
+        let budget = &mut progress.budget;
+        budget.group_strikes += 1;
+        let wait = FIRST_PAUSE
+            .saturating_mul(1 << (budget.group_strikes - 1).min(16))
+            .min(Duration::from_millis(self.retry.max_backoff_ms).max(FIRST_PAUSE))
+            .max(after.unwrap_or_default());
+        budget.waited += wait;
+        tracing::debug!(target = %self.name, rule = %call.rule, %error, ?wait, "the group's own limit; only this group backs off");
+        Next::Again(wait)
+    }
+
+    /// An outage answer (connection error, timeout, 5xx, a system error
+    /// code): the breaker counts it, a multi-host target moves on, and
+    /// the call backs off; a failed probe spends no budget.
+    fn outage(
+        &self,
+        permit: Permit<'_>,
+        progress: &mut Progress,
+        error: String,
+        switch_host: bool,
+        after: Option<Duration>,
+    ) -> Next {
+        progress.budget.limited_since = None;
+        let probe = permit.is_probe();
+        permit.failed();
+        let hosts = self.target.hosts();
+        let switched = switch_host && hosts > 1;
+        if switched {
+            let host = self.host.load(Ordering::Relaxed);
+            let next = (host + 1) % hosts;
+            let _ = self
+                .host
+                .compare_exchange(host, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        if probe {
+            // A failed probe reopened the breaker; the call waits for the
+            // next one without spending its budget.
+            tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
+            return Next::Again(Duration::ZERO);
+        }
+        // A fresh host is tried at once; a full round of hosts backs off.
+        let at_once = switched && !((progress.budget.attempts + 1) as usize).is_multiple_of(hosts);
+        self.failed_attempt(
+            &mut progress.budget,
+            error,
+            after.unwrap_or_default(),
+            at_once,
+        )
     }
 
     /// An attempt failed: the next one after a backoff (never sooner than

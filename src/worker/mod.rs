@@ -262,31 +262,7 @@ impl Build<'_> {
     ) -> anyhow::Result<Pipeline> {
         let w = &self.config.worker;
         let pm = self.metrics.pipeline(name);
-        let limiter = match cfg.limit_spec(name) {
-            Some(spec) => {
-                let handles = self
-                    .metrics
-                    .limit_metrics(name, spec.rate_per_second.is_some());
-                let max_pause = Duration::from_millis(w.retry.max_backoff_ms);
-                Some(Arc::new(Limiter::new(spec, max_pause, handles)?))
-            }
-            None => None,
-        };
-        let shares = limiter
-            .clone()
-            .map(|l| Arc::new(Shares::new(vec![l], self.partitions)));
-        let deliverer = Deliverer::new(
-            name,
-            Target::new(cfg),
-            client,
-            w.retry.clone(),
-            limiter,
-            w.circuit_breaker.clone(),
-            DeliverMetrics {
-                duration: self.metrics.action_duration.with_label_values(&[name]),
-                retries: self.metrics.action_retries.with_label_values(&[name]),
-            },
-        );
+        let (deliverer, shares) = self.deliverer(name, cfg, client)?;
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
         // Targets that take whole events keep no records.
         let state = (w.track_state && !cfg.forwards()).then(|| TargetState {
@@ -332,6 +308,45 @@ impl Build<'_> {
             pm,
             tracker,
         )
+    }
+
+    /// Target `name`'s deliverer, and its rate-limit share (when it has a
+    /// limit), which follows the pipeline's assignment.
+    fn deliverer(
+        &self,
+        name: &str,
+        cfg: &TargetConfig,
+        client: reqwest::Client,
+    ) -> anyhow::Result<(Deliverer, Option<Arc<Shares>>)> {
+        let w = &self.config.worker;
+        let limiter = match cfg.limit_spec(name) {
+            Some(spec) => {
+                let handles = self
+                    .metrics
+                    .limit_metrics(name, spec.rate_per_second.is_some());
+                let max_pause = Duration::from_millis(w.retry.max_backoff_ms);
+                Some(Arc::new(Limiter::new(spec, max_pause, handles)?))
+            }
+            None => None,
+        };
+        let shares = limiter
+            .clone()
+            .map(|l| Arc::new(Shares::new(vec![l], self.partitions)));
+        let events = &self.metrics.events;
+        let metrics = DeliverMetrics {
+            duration: events.action_duration.with_label_values(&[name]),
+            retries: events.action_retries.with_label_values(&[name]),
+        };
+        let deliverer = Deliverer::new(
+            name,
+            Target::new(cfg),
+            client,
+            w.retry.clone(),
+            limiter,
+            w.circuit_breaker.clone(),
+            metrics,
+        );
+        Ok((deliverer, shares))
     }
 
     #[allow(clippy::too_many_arguments)]
