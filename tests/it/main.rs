@@ -9,6 +9,7 @@
 
 mod cli;
 mod deploy;
+mod docs;
 mod fixtures;
 mod hardening;
 mod ingest;
