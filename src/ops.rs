@@ -17,10 +17,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus::IntGauge;
+use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+
+/// `[ops]`: the operators' listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// `HOST:PORT` serving `/metrics`, `/healthz` and `/readyz`. When set,
+    /// `/metrics` is served only here (the callback port answers 404 for
+    /// it), so the port exposed to the internet does not tell the fd limit,
+    /// open connections and close reasons; a worker-only process listens
+    /// here instead of `http.listen`.
+    pub listen: Option<SocketAddr>,
+}
 
 /// How often the readiness probe asks Kafka for metadata.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);

@@ -208,7 +208,8 @@ pub struct RunningWorker {
 impl RunningWorker {
     pub async fn start(config: &Config, cluster: &Cluster) -> anyhow::Result<RunningWorker> {
         let metrics = Metrics::new();
-        let worker = Worker::start(config, cluster, &metrics).await?;
+        let checked = mutebridge::config::Checked::new(config.clone())?;
+        let worker = Worker::start(&checked, cluster, &metrics).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run(async move {
             let _ = stopped.await;

@@ -24,7 +24,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     // The targets' secrets, to sign the requests it prints; no Kafka.
     let (config, _) = Config::load(config, Secrets::TARGETS)?;
-    let policy = config.policy()?;
+    let policy = config.policy();
     let text = std::fs::read_to_string(event_file)
         .with_context(|| format!("cannot read {}", event_file.display()))?;
     let event: Event = serde_json::from_str(&text).with_context(|| {
@@ -46,7 +46,7 @@ pub fn run(
         return Ok(());
     }
     let Some(state_file) = state_file else {
-        print!("{}", explain_text(&policy, &config.targets, &event, None));
+        print!("{}", explain_text(policy, &config.targets, &event, None));
         return Ok(());
     };
     let text = std::fs::read_to_string(state_file)
@@ -71,14 +71,14 @@ pub fn run(
             "guard: {} is not a mute kind; it is not judged against the state\n",
             event.kind
         );
-        print!("{}", explain_text(&policy, &config.targets, &event, None));
+        print!("{}", explain_text(policy, &config.targets, &event, None));
         return Ok(());
     }
     let verdict = guard::judge(Some(&state), &event, false);
     print!("{}", guard_text(&state, &event, &verdict));
     print!(
         "{}",
-        explain_text(&policy, &config.targets, &event, Some(&verdict))
+        explain_text(policy, &config.targets, &event, Some(&verdict))
     );
     Ok(())
 }

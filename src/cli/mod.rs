@@ -14,13 +14,13 @@ pub mod targets;
 
 use std::path::Path;
 
-use crate::config::{Config, Secrets};
+use crate::config::{Checked, Config, Secrets};
 use crate::kafka::EmbeddedKafka;
 
 /// Loads the config of a command that reads the cluster the services use
 /// (`dlq`, `state`, `resync`), with only the Kafka client's secrets;
 /// returns it with the bootstrap list.
-fn connect(config_file: Option<&Path>) -> anyhow::Result<(Config, String)> {
+fn connect(config_file: Option<&Path>) -> anyhow::Result<(Checked, String)> {
     let (config, _) = Config::load(config_file, Secrets::KAFKA)?;
     if config.kafka.is_embedded() {
         anyhow::bail!(

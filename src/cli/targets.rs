@@ -104,7 +104,7 @@ async fn from_worker(url: &str) -> anyhow::Result<Vec<Row>> {
 /// committed offsets, and the age of the oldest of them.
 async fn from_kafka(config_file: Option<&Path>) -> anyhow::Result<Vec<Row>> {
     let (config, bootstrap) = super::connect(config_file)?;
-    let policy = config.policy()?;
+    let policy = config.policy();
     let mut groups = vec![(KEEPER.to_owned(), config.worker.group_id.clone())];
     for name in config.targets.keys() {
         if !policy.only(name).is_empty() {

@@ -10,6 +10,7 @@
 //! accepting, let in-flight requests finish (each waits for its own ack),
 //! then flush the producer so late acks are not lost either.
 
+pub mod config;
 pub mod dedup;
 pub mod http;
 pub mod normalize;

@@ -18,10 +18,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use crate::config::KafkaConfig;
 use crate::event::{Event, SCHEMA_V1};
 use crate::ingest::normalize::VerifiedEvent;
 use crate::kafka;
+use crate::kafka::config::KafkaConfig;
 
 /// Why a record was not handed to Kafka or not acknowledged.
 #[derive(Debug, thiserror::Error)]

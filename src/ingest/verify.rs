@@ -13,7 +13,9 @@ use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
-use crate::config::{EasemobApp, Secret};
+use crate::ingest::config::EasemobApp;
+
+use crate::config::secret::Secret;
 
 /// Why a body could not be read as a callback (answered 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

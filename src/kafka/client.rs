@@ -4,33 +4,7 @@
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::KafkaConfig;
-
-/// librdkafka properties mutebridge sets itself; overriding them would break
-/// a promise the service makes (durable 200s, Java-compatible partitioning).
-pub const PINNED: &[(&str, &str)] = &[
-    (
-        "acks",
-        "a 200 promises the record is on every in-sync replica (acks=all)",
-    ),
-    (
-        "request.required.acks",
-        "a 200 promises the record is on every in-sync replica (acks=all)",
-    ),
-    (
-        "enable.idempotence",
-        "retries must not duplicate or reorder records of a group",
-    ),
-    (
-        "partitioner",
-        "records are placed with murmur2 so Java clients agree on the partition",
-    ),
-    ("bootstrap.servers", "set kafka.brokers instead"),
-    (
-        "allow.auto.create.topics",
-        "a topic the broker creates on a metadata request gets the broker's defaults (partition count, no compaction); mutebridge creates its topics itself (kafka.create_topics) or refuses to start without them",
-    ),
-];
+use crate::kafka::config::KafkaConfig;
 
 /// The settings every mutebridge client shares: the bootstrap list, the
 /// user's `[kafka.client]` pass-through properties, and no topic created

@@ -5,6 +5,7 @@
 //! [`client`] holds the settings of every client.
 
 pub mod client;
+pub mod config;
 pub mod embedded;
 pub mod partition;
 pub mod scan;
@@ -16,7 +17,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 pub use client::{client_config, consumer_config, producer_config};
 pub use embedded::EmbeddedKafka;
 pub use partition::key_partition;

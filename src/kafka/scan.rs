@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_config;
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 
 /// One record as the scan hands it out.
 #[derive(Debug, Clone)]

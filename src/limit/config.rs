@@ -3,7 +3,9 @@
 
 use serde::Deserialize;
 
-use crate::config::{Invalid, Secret};
+use crate::config::error::Invalid;
+
+use crate::config::secret::Secret;
 
 /// The smallest `headroom`.
 pub const MIN_HEADROOM: f64 = 0.1;

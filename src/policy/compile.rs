@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::config::{MapConfig, PolicyConfig, RuleConfig, ThenConfig};
 use super::template::Template;
 use super::{Addressing, Capabilities, DestTemplate, Policy, Rule, Then, MUTE_KINDS};
-use crate::config::Invalid;
+use crate::config::error::Invalid;
 use crate::event::EventKind;
 
 type Map = Arc<HashMap<String, String>>;

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{Request, TargetConfig};
-use crate::config::Invalid;
+use crate::config::error::Invalid;
 use crate::event::Event;
 use crate::policy::Action;
 

@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::config::{Invalid, Secret};
+use crate::config::error::Invalid;
+
+use crate::config::secret::Secret;
 use crate::event::Event;
 use crate::limit::{RateLimitConfig, Spec};
 use crate::policy::{Action, Addressing, Capabilities, Dest, MuteLength, Op};

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use sha1::{Digest, Sha1};
 
 use super::{cut_short, remaining_seconds, Method, Outcome, Reply, Request, Transient, Unsendable};
-use crate::config::{Invalid, Secret};
+use crate::config::error::Invalid;
+use crate::config::secret::Secret;
 use crate::limit::RateLimitConfig;
 use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
 use crate::time::unix_ms;

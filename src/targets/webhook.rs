@@ -12,7 +12,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{Method, Outcome, Reply, Request, Transient, Unsendable};
-use crate::config::{Invalid, Secret};
+use crate::config::error::Invalid;
+use crate::config::secret::Secret;
 use crate::event::Event;
 use crate::limit::RateLimitConfig;
 use crate::policy::Action;

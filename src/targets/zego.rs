@@ -11,7 +11,8 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 
 use super::{cut_short, remaining_seconds, Outcome, Reply, Request, Transient, Unsendable};
-use crate::config::{Invalid, Secret};
+use crate::config::error::Invalid;
+use crate::config::secret::Secret;
 use crate::limit::RateLimitConfig;
 use crate::policy::{Action, Addressing, Capabilities, Dest, Op};
 use crate::time::unix_ms;

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::Invalid;
+use crate::config::error::Invalid;
 
 /// `[worker.circuit_breaker]`.
 #[derive(Debug, Clone, Deserialize)]

@@ -30,7 +30,6 @@ use tokio::time::Instant;
 use super::breaker::{Breaker, BreakerConfig, Permit};
 use super::dlq::Reason;
 use super::outcome::{ActionOutcome, Failure};
-use crate::config::RetryConfig;
 use crate::event::Event;
 use crate::limit::{Limiter, FIRST_PAUSE};
 use crate::policy::{Action, Op, User};
@@ -38,6 +37,7 @@ use crate::targets::{
     log, parse_retry_after, Method, Outcome, Reply, Request, Target, Transient, Unsendable,
 };
 use crate::time::unix_ms;
+use crate::worker::config::RetryConfig;
 
 /// Whether a call planned a while ago is still worth sending: a newer
 /// event of the group may have set what it would change since.

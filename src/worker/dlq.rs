@@ -15,9 +15,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 
-use crate::config::KafkaConfig;
 use crate::event::Event;
 use crate::kafka;
+use crate::kafka::config::KafkaConfig;
 use crate::time::now_ms;
 
 pub use super::outcome::Reason;

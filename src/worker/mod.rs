@@ -18,6 +18,7 @@
 //! breaker; [`outcome`] names the results and [`metrics`] counts them.
 
 pub mod breaker;
+pub mod config;
 pub mod deliver;
 pub mod dlq;
 pub mod engine;
@@ -42,13 +43,17 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, KafkaConfig, WorkerConfig};
+use crate::config::{Checked, Config};
+
+use crate::kafka::config::KafkaConfig;
+
 use crate::kafka::{self, scan::Reader, Cluster};
 use crate::limit::{Limiter, Shares};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::state::applied;
 use crate::targets::{Target, TargetConfig};
+use crate::worker::config::WorkerConfig;
 use deliver::{DeliverMetrics, Deliverer};
 use dlq::DeadLetters;
 use engine::{TargetEngine, TargetState};
@@ -81,11 +86,11 @@ impl Worker {
     /// Checks the policy, creates the dead-letter and state topics, gives
     /// each new target group its starting offsets, and joins every group.
     pub async fn start(
-        config: &Config,
+        config: &Checked,
         cluster: &Cluster,
         metrics: &Metrics,
     ) -> anyhow::Result<Worker> {
-        let policy = config.policy()?;
+        let policy = config.policy().clone();
         if policy.is_empty() {
             tracing::warn!(
                 "no [[policy.rules]]: events are consumed and committed without any action"

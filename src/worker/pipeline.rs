@@ -31,9 +31,9 @@ use super::metrics::PipelineMetrics;
 use super::offsets::Tracker;
 use super::rebalance::WorkerContext;
 use super::scheduler::{Flow, GroupKey, Job, Scheduler, Work};
-use crate::config::WorkerConfig;
 use crate::event::ReplayScope;
 use crate::time::now_ms;
+use crate::worker::config::WorkerConfig;
 
 /// Records taken from the consumer in one pass of the coordinator, at most.
 const BATCH: usize = 256;

@@ -23,8 +23,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::{fence_of, Tracker};
 use super::store::{Record, Store};
-use crate::config::KafkaConfig;
 use crate::kafka::client_config;
+use crate::kafka::config::KafkaConfig;
 use crate::state::applied::AppliedState;
 use crate::state::GroupState;
 use crate::time::now_ms;

@@ -467,11 +467,13 @@ async fn a_worker_without_its_event_topic_says_what_to_do() {
     let mut config = h.config.clone();
     config.kafka.topic = "im.group-events.never-created".into();
     config.worker.track_state = false;
-    let e = match mutebridge::Worker::start(&config, &h.cluster, &mutebridge::Metrics::new()).await
-    {
-        Ok(_) => panic!("a worker started without its event topic"),
-        Err(e) => format!("{e:#}"),
-    };
+    let e =
+        match mutebridge::Worker::start(&checked(&config), &h.cluster, &mutebridge::Metrics::new())
+            .await
+        {
+            Ok(_) => panic!("a worker started without its event topic"),
+            Err(e) => format!("{e:#}"),
+        };
     assert!(
         e.contains("im.group-events.never-created (kafka.topic)")
             && e.contains("kafka.create_topics = true"),

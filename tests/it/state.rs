@@ -514,11 +514,13 @@ async fn a_state_topic_partitioned_unlike_the_event_topic_is_refused_at_start() 
         .unwrap()
         .create_topic(&config.worker.state_topic, 3)
         .unwrap();
-    let e = match mutebridge::Worker::start(&config, &h.cluster, &mutebridge::Metrics::new()).await
-    {
-        Ok(_) => panic!("a worker started with a mispartitioned state topic"),
-        Err(e) => format!("{e:#}"),
-    };
+    let e =
+        match mutebridge::Worker::start(&checked(&config), &h.cluster, &mutebridge::Metrics::new())
+            .await
+        {
+            Ok(_) => panic!("a worker started with a mispartitioned state topic"),
+            Err(e) => format!("{e:#}"),
+        };
     assert!(
         e.contains("has 3 partitions") && e.contains("has 12") && e.contains("worker.state_topic"),
         "{e}"

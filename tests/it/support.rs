@@ -343,7 +343,7 @@ impl Harness {
     /// Starts a worker with `config` against the harness's cluster.
     pub async fn start_worker_with(&self, config: &Config) -> WorkerHandle {
         let metrics = Metrics::new();
-        let worker = mutebridge::Worker::start(config, &self.cluster, &metrics)
+        let worker = mutebridge::Worker::start(&checked(config), &self.cluster, &metrics)
             .await
             .expect("worker starts");
         let (tx, rx) = oneshot::channel::<()>();
@@ -502,4 +502,9 @@ pub fn spawn_role(
     // Keep draining stdout so the process never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (Killed(child), addr)
+}
+
+/// `config`, as changed in code, checked and compiled like a loaded file.
+pub fn checked(config: &Config) -> mutebridge::config::Checked {
+    mutebridge::config::Checked::new(config.clone()).expect("the test config checks")
 }

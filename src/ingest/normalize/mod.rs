@@ -139,8 +139,9 @@ pub(super) fn name_field<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EasemobApp, Secret};
+    use crate::config::secret::Secret;
     use crate::event::Mute;
+    use crate::ingest::config::EasemobApp;
     use crate::ingest::verify::{sign, Unverified, Verifier};
 
     fn run(mut body: Value) -> Result<Event, BadRequest> {

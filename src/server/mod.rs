@@ -36,6 +36,8 @@
 //! longest is closed (`memory`). Bytes are counted as the socket is read
 //! (one relaxed add per read) and released when the reply is sent.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -53,8 +55,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
-use crate::config::HttpConfig;
 use crate::metrics::{CloseReason, HttpMetrics};
+use crate::server::config::HttpConfig;
 
 /// File descriptors kept free for everything but HTTP connections: Kafka
 /// sockets (one per broker per client), the listener, logs, `/proc` reads.
