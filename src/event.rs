@@ -55,7 +55,8 @@ pub struct Event {
     pub id: String,
     /// Which IM platform sent the callback.
     pub source: Source,
-    /// Which callback format it arrived in.
+    /// Which callback format it arrived in (or `reconciled`: read from
+    /// Easemob's REST API, not called back).
     pub format: Format,
     /// The sender's application key (`org#app`).
     pub appkey: String,
@@ -106,10 +107,16 @@ pub enum Format {
     /// Not a callback: a marker `mutebridge resync` published, or a mute
     /// state the worker re-applies for it.
     Resync,
+    /// Not a callback: a correction `mutebridge reconcile` published after
+    /// reading Easemob's REST API (a callback that never arrived);
+    /// `occurred_at_ms` is the server time of the read.
+    Reconciled,
 }
 
 /// Whether the event concerns a group or a chatroom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Group,

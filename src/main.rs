@@ -113,6 +113,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Compare the groups' mute state with Easemob's own (its REST API) and
+    /// publish a correction for each difference: callbacks that never
+    /// came. Without --once: the role, a pass every
+    /// reconcile.interval_seconds.
+    Reconcile {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One pass, progress on stderr, a summary, then exit (the first
+        /// sync of a deployment); exits 1 if some groups could not be read.
+        #[arg(long)]
+        once: bool,
+        /// Only groups whose ID matches this pattern (`*` matches any run
+        /// of characters).
+        #[arg(long)]
+        groups: Option<String>,
+        /// Print the differences; publish nothing (implies --once).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Each target's circuit breaker, lag and backlog: from a running
     /// worker (--url, its ops address) or from Kafka (--config).
     Targets {
@@ -351,6 +370,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => cli::resync::run(config.as_deref(), &target, &selection, dry_run)
             .await
             .map(|_| ExitCode::SUCCESS),
+        Command::Reconcile {
+            config,
+            once,
+            groups,
+            dry_run,
+        } => {
+            let args = cli::reconcile::Args {
+                once,
+                groups,
+                dry_run,
+            };
+            cli::reconcile::run(config.as_deref(), args).await
+        }
         Command::Schema { contract } => {
             print!(
                 "{}",

@@ -1,5 +1,6 @@
 //! Prometheus metrics, served at `GET /metrics`: the ingest role's here,
-//! the worker's in [`crate::worker::metrics`], all in one registry.
+//! the worker's in [`crate::worker::metrics`], the reconciler's in
+//! [`crate::reconcile::metrics`], all in one registry.
 //!
 //! Labels are closed sets (outcomes, event kinds); nothing the sender
 //! controls (callId, group ID, appkey) becomes a label, so cardinality is
@@ -13,6 +14,7 @@ use prometheus::{
 use std::sync::Arc;
 
 use crate::event::EventKind;
+pub use crate::reconcile::metrics::ReconcileMetrics;
 pub use crate::worker::metrics::WorkerMetrics;
 
 /// What happened to a callback; the `outcome` label of `mutebridge_webhooks_total`.
@@ -91,6 +93,7 @@ pub struct Metrics {
     pub kafka_ready: IntGauge,
     pub http: HttpMetrics,
     pub worker: WorkerMetrics,
+    pub reconcile: ReconcileMetrics,
     by_outcome: Arc<[IntCounter]>,
     by_kind: Arc<Vec<IntCounter>>,
 }
@@ -188,6 +191,10 @@ impl Metrics {
         for c in worker.collectors() {
             registry.register(c).expect("metric names are unique");
         }
+        let reconcile = ReconcileMetrics::new();
+        for c in reconcile.collectors() {
+            registry.register(c).expect("metric names are unique");
+        }
 
         // Resolved once: a label lookup hashes and locks on every call,
         // and these are incremented on every request.
@@ -225,6 +232,7 @@ impl Metrics {
             kafka_ready,
             http,
             worker,
+            reconcile,
         }
     }
 

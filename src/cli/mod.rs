@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dlq;
 pub mod explain;
 pub mod health;
+pub mod reconcile;
 pub mod resync;
 pub mod rewind;
 pub mod run;
@@ -38,7 +39,9 @@ pub enum Resolve {
     Ingest,
     /// What `mutebridge worker` reads: the targets' secrets, Redis URLs and `[kafka.client]`'s.
     Worker,
-    /// Every secret, as `mutebridge run` reads them.
+    /// What `mutebridge reconcile` reads: the apps' REST credentials and `[kafka.client]`'s.
+    Reconcile,
+    /// Every secret (`mutebridge run` reads ingest's and the worker's).
     All,
 }
 
@@ -47,6 +50,7 @@ impl Resolve {
         match self {
             Resolve::Ingest => Secrets::INGEST,
             Resolve::Worker => Secrets::WORKER,
+            Resolve::Reconcile => Secrets::RECONCILE,
             Resolve::All => Secrets::ALL,
         }
     }
@@ -62,6 +66,7 @@ pub fn check_config(file: &Path, resolve: Option<Resolve>) -> anyhow::Result<()>
         None => "secrets not read; --resolve ROLE reads them",
         Some(Resolve::Ingest) => "the ingest role's secrets read",
         Some(Resolve::Worker) => "the worker role's secrets read",
+        Some(Resolve::Reconcile) => "the reconcile role's secrets read",
         Some(Resolve::All) => "every secret read",
     };
     println!(

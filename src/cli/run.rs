@@ -20,7 +20,7 @@ pub enum Roles {
     Worker,
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     tracing_subscriber::fmt()
@@ -35,7 +35,7 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
     init_logging();
     // Each role reads only the secrets it uses.
     let secrets = match roles {
-        Roles::Both => Secrets::ALL,
+        Roles::Both => Secrets::RUN,
         Roles::Ingest => Secrets::INGEST,
         Roles::Worker => Secrets::WORKER,
     };

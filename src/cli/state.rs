@@ -29,7 +29,7 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn matches(&self, s: &GroupState) -> bool {
+    pub(crate) fn matches(&self, s: &GroupState) -> bool {
         self.appkey.as_deref().is_none_or(|a| a == s.appkey)
             && self.groups.as_deref().is_none_or(|p| glob(p, &s.group_id))
     }
@@ -136,67 +136,21 @@ pub(crate) async fn for_each_state(
     config: &Config,
     bootstrap: &str,
     selection: &Selection,
-    mut each: impl FnMut(GroupState) -> bool,
+    each: impl FnMut(GroupState) -> bool,
 ) -> anyhow::Result<usize> {
-    let (kafka, topic) = (config.kafka.clone(), config.worker.state_topic.clone());
-    let bootstrap = bootstrap.to_owned();
-    let selection = selection.clone();
-    let (count, unreadable) = tokio::task::block_in_place(move || {
-        let reader = Reader::new(&kafka, &bootstrap)?;
-        let partitions: Vec<i32> = (0..reader.partition_count(&topic)? as i32).collect();
-        let mut count = 0usize;
-        let mut unreadable = 0usize;
-        let mut open = true;
-        for p in partitions {
-            if !open {
-                break;
-            }
-            // Newest record per key; compaction keeps only that one, but
-            // the head of the log is not compacted yet.
-            let mut newest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-            reader.read(
-                &topic,
-                &[p],
-                |r| match (r.key, r.payload) {
-                    // What a target applied, beside the group states.
-                    (Some(k), _) if k.first() == Some(&b'@') => {}
-                    (Some(k), Some(v)) => {
-                        newest.insert(k, v);
-                    }
-                    // A tombstone: the group's state was deleted.
-                    (Some(k), None) => {
-                        newest.remove(&k);
-                    }
-                    (None, _) => {}
-                },
-                |_| {},
-            )?;
-            let mut states: Vec<GroupState> = newest
-                .into_values()
-                .filter_map(|v| match serde_json::from_slice::<GroupState>(&v) {
-                    Ok(s) => Some(s),
-                    Err(_) => {
-                        unreadable += 1;
-                        None
-                    }
-                })
-                .filter(|s| selection.matches(s))
-                .collect();
-            states.sort_by_cached_key(GroupState::key);
-            for s in states {
-                if !open {
-                    break;
-                }
-                open = each(s);
-                count += usize::from(open);
-            }
-        }
-        anyhow::Ok((count, unreadable))
+    let topic = &config.worker.state_topic;
+    let (count, unreadable) = tokio::task::block_in_place(|| {
+        crate::kafka::scan::states(
+            &config.kafka,
+            bootstrap,
+            topic,
+            |s| selection.matches(s),
+            each,
+        )
     })?;
     if unreadable > 0 {
         eprintln!(
-            "note: {unreadable} record(s) in {} are not {} states; skipped",
-            config.worker.state_topic,
+            "note: {unreadable} record(s) in {topic} are not {} states; skipped",
             state::STATE_SCHEMA_V1
         );
     }

@@ -16,6 +16,7 @@ pub mod secret;
 pub use crate::ingest::config::{EasemobApp, EasemobConfig};
 pub use crate::kafka::config::KafkaConfig;
 pub use crate::ops::OpsConfig;
+pub use crate::reconcile::config::{Reach, ReconcileConfig, RestConfig};
 pub use crate::server::config::HttpConfig;
 pub use crate::worker::config::{RetryConfig, WorkerConfig};
 pub use error::{ConfigError, Invalid};
@@ -40,6 +41,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub easemob: EasemobConfig,
     pub worker: WorkerConfig,
+    pub reconcile: ReconcileConfig,
     /// `[targets.NAME]`: downstream APIs the policy's actions go to.
     pub targets: BTreeMap<String, TargetConfig>,
     pub policy: PolicyConfig,
@@ -233,6 +235,10 @@ impl Config {
                 resolve(secret, env, secrets.apps)
                     .map_err(|e| e.under(&format!("easemob.apps[{i}].secrets[{j}]")))?;
             }
+            for (key, secret) in app.rest.iter_mut().flat_map(RestConfig::secrets_mut) {
+                resolve(secret, env, secrets.rest)
+                    .map_err(|e| e.under(&format!("easemob.apps[{i}].rest.{key}")))?;
+            }
         }
         for (name, target) in self.targets.iter_mut() {
             for (key, secret) in target.secrets_mut() {
@@ -275,6 +281,9 @@ impl Config {
             );
         }
         self.easemob.validate().map_err(|e| e.under("easemob"))?;
+        self.reconcile
+            .validate()
+            .map_err(|e| e.under("reconcile"))?;
         self.worker
             .validate(&self.kafka)
             .map_err(|e| e.under("worker"))?;
@@ -517,7 +526,7 @@ mod tests {
 
     /// The demo app, a ZEGO target with a Redis limit and a SASL password,
     /// every secret from the environment.
-    const ROLES: &str = "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:APP\"]\n[kafka.client]\n\"sasl.password\" = \"env:SASL\"\n[targets.zego]\nkind = \"zego\"\napp_id = 1\nserver_secret = \"env:ZEGO\"\nfrom_user_id = \"b\"\n[targets.zego.rate_limit]\nmode = \"redis\"\nurl = \"env:REDIS\"\n";
+    const ROLES: &str = "[[easemob.apps]]\nappkey = \"a#b\"\nsecrets = [\"env:APP\"]\n[easemob.apps.rest]\nbase_url = \"https://a1.easemob.com\"\nclient_id = \"env:CID\"\nclient_secret = \"env:CSECRET\"\n[kafka.client]\n\"sasl.password\" = \"env:SASL\"\n[targets.zego]\nkind = \"zego\"\napp_id = 1\nserver_secret = \"env:ZEGO\"\nfrom_user_id = \"b\"\n[targets.zego.rate_limit]\nmode = \"redis\"\nurl = \"env:REDIS\"\n";
 
     fn parse_roles(secrets: Secrets, set: &[&str]) -> Result<Config, ConfigError> {
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
@@ -558,10 +567,23 @@ mod tests {
         assert_eq!(e.key, "targets.zego.rate_limit.url", "{e}");
         let e = parse_roles(Secrets::INGEST, &["APP"]).unwrap_err();
         assert_eq!(e.key, "kafka.client.\"sasl.password\"", "{e}");
-        let e = parse_roles(Secrets::ALL, &["APP", "SASL", "REDIS"]).unwrap_err();
+        let e = parse_roles(Secrets::RUN, &["APP", "SASL", "REDIS"]).unwrap_err();
         assert_eq!(e.key, "targets.zego.server_secret", "{e}");
-        // The resolved SASL password is not printed with the config.
-        let c = parse_roles(Secrets::ALL, &["APP", "SASL", "ZEGO", "REDIS"]).unwrap();
+        // Only the reconciler holds the REST credentials, and nothing else.
+        let e = parse_roles(Secrets::RECONCILE, &["SASL", "CID"]).unwrap_err();
+        assert_eq!(e.key, "easemob.apps[0].rest.client_secret", "{e}");
+        let c = parse_roles(Secrets::RECONCILE, &["SASL", "CID", "CSECRET"]).unwrap();
+        let rest = c.easemob.apps[0].rest.as_ref().unwrap();
+        assert_eq!(rest.client_secret.expose(), "value-of-CSECRET");
+        assert_eq!(rest.names("a#b"), ("a", "b"));
+        assert!(!c.easemob.apps[0].secrets[0].is_resolved());
+        assert!(parse_roles(Secrets::RUN, &["APP", "SASL", "ZEGO", "REDIS"]).is_ok());
+        // The resolved secrets are not printed with the config.
+        let c = parse_roles(
+            Secrets::ALL,
+            &["APP", "SASL", "ZEGO", "REDIS", "CID", "CSECRET"],
+        )
+        .unwrap();
         let printed = format!("{c:?}");
         assert!(!printed.contains("value-of-"), "{printed}");
         // `env:` with no name is a mistake even unresolved.
@@ -587,6 +609,9 @@ mod tests {
             ("[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\nrate_per_second = 1e-30\n", "targets.rc.rate_per_second"),
             ("[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\n[targets.rc.rate_limit]\nheadroom = 1e-30\n", "targets.rc.rate_limit.headroom"),
             ("[ops]\nlisten = \"127.0.0.1:8080\"\n", "ops.listen"),
+            ("[reconcile]\ninterval_seconds = 9223372036854775000\n", "reconcile.interval_seconds"),
+            ("[easemob.apps.rest]\nbase_url = \"https://a1.easemob.com/org/app\"\nclient_id = \"i\"\nclient_secret = \"s\"\n", "easemob.apps[0].rest.base_url"),
+            ("[easemob.apps.rest]\nbase_url = \"https://a1.easemob.com\"\nclient_id = \"i\"\nclient_secret = \"s\"\nrate_per_second = 500\n", "easemob.apps[0].rest.rate_per_second"),
         ] {
             let e = parse(&format!("{APP}{extra}")).unwrap_err();
             assert_eq!(e.key, key, "{extra}: {e}");

@@ -76,6 +76,8 @@ pub struct Secrets {
     pub targets: bool,
     /// `env:` values in `[kafka.client]` (a SASL password): every client.
     pub kafka: bool,
+    /// `easemob.apps[].rest` (Client ID and Secret): the reconcile role.
+    pub rest: bool,
 }
 
 impl Secrets {
@@ -84,36 +86,56 @@ impl Secrets {
         apps: false,
         targets: false,
         kafka: false,
+        rest: false,
     };
     /// What `mutebridge ingest` uses.
     pub const INGEST: Secrets = Secrets {
         apps: true,
         targets: false,
         kafka: true,
+        rest: false,
     };
     /// What `mutebridge worker` uses.
     pub const WORKER: Secrets = Secrets {
         apps: false,
         targets: true,
         kafka: true,
+        rest: false,
     };
     /// Kafka's only: the commands that read or write topics.
     pub const KAFKA: Secrets = Secrets {
         apps: false,
         targets: false,
         kafka: true,
+        rest: false,
     };
     /// The targets' only: `policy explain` signs requests, talks to no one.
     pub const TARGETS: Secrets = Secrets {
         apps: false,
         targets: true,
         kafka: false,
+        rest: false,
     };
-    /// Everything: `mutebridge run`.
+    /// What `mutebridge reconcile` uses.
+    pub const RECONCILE: Secrets = Secrets {
+        apps: false,
+        targets: false,
+        kafka: true,
+        rest: true,
+    };
+    /// What `mutebridge run` uses: ingest's and the worker's.
+    pub const RUN: Secrets = Secrets {
+        apps: true,
+        targets: true,
+        kafka: true,
+        rest: false,
+    };
+    /// Everything (`check-config --resolve all`).
     pub const ALL: Secrets = Secrets {
         apps: true,
         targets: true,
         kafka: true,
+        rest: true,
     };
 }
 

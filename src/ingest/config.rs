@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::config::error::{invalid, within, Invalid, DAY};
 use crate::config::secret::Secret;
+use crate::reconcile::config::RestConfig;
 
 /// `[easemob]`: which apps may call, and how callbacks are deduplicated.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +51,10 @@ pub struct EasemobApp {
     /// One secret per callback rule (Easemob allows up to 4), so rules can be
     /// rotated without downtime. `env:NAME` reads the environment variable.
     pub secrets: Vec<Secret>,
+    /// `[easemob.apps.rest]`: the app's REST API, which `mutebridge
+    /// reconcile` reads the mute state from; no REST table, no reconciling.
+    #[serde(default)]
+    pub rest: Option<RestConfig>,
 }
 
 impl EasemobConfig {
@@ -117,6 +122,10 @@ impl EasemobConfig {
                 .position(|s| s.is_resolved() && s.expose().is_empty())
             {
                 return invalid(&format!("{at}.secrets[{j}]"), "is empty");
+            }
+            if let Some(rest) = &app.rest {
+                rest.validate(&app.appkey)
+                    .map_err(|e| e.under(&format!("{at}.rest")))?;
             }
         }
         Ok(())

@@ -268,6 +268,7 @@ mod tests {
             &[EasemobApp {
                 appkey: "org#app".into(),
                 secrets: vec![Secret::new("rule-1"), Secret::new("rule-2")],
+                rest: None,
             }],
             window,
             // Some timestamps here are far ahead of the `now` passed.
@@ -387,6 +388,7 @@ mod tests {
         let apps = [EasemobApp {
             appkey: "org#app".into(),
             secrets: vec![Secret::new("rule-1")],
+            rest: None,
         }];
         let v = Verifier::new(&apps, 0, 300);
         let now = 1_800_000_000_000i64;

@@ -14,6 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_config;
 use crate::kafka::config::KafkaConfig;
+use crate::state::GroupState;
 
 /// One record as the scan hands it out.
 #[derive(Debug, Clone)]
@@ -234,4 +235,62 @@ impl Reader {
         self.consumer.unassign()?;
         Ok(found)
     }
+}
+
+/// Calls `each` with the newest group state of every key in the state
+/// topic `topic` that `keep` selects, partition by partition (only one
+/// partition's states are held); stops early when `each` returns false.
+/// Returns how many were handed out and how many records were not states.
+/// Blocks: call it from a blocking thread.
+pub fn states(
+    cfg: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    keep: impl Fn(&GroupState) -> bool,
+    mut each: impl FnMut(GroupState) -> bool,
+) -> anyhow::Result<(usize, usize)> {
+    let reader = Reader::new(cfg, bootstrap)?;
+    let partitions: Vec<i32> = (0..reader.partition_count(topic)? as i32).collect();
+    let (mut count, mut unreadable) = (0usize, 0usize);
+    for p in partitions {
+        // Newest record per key; compaction keeps only that one, but the
+        // head of the log is not compacted yet.
+        let mut newest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        reader.read(
+            topic,
+            &[p],
+            |r| match (r.key, r.payload) {
+                // What a target applied, beside the group states.
+                (Some(k), _) if k.first() == Some(&b'@') => {}
+                (Some(k), Some(v)) => {
+                    newest.insert(k, v);
+                }
+                // A tombstone: the group's state was deleted.
+                (Some(k), None) => {
+                    newest.remove(&k);
+                }
+                (None, _) => {}
+            },
+            |_| {},
+        )?;
+        let mut states: Vec<GroupState> = newest
+            .into_values()
+            .filter_map(|v| match serde_json::from_slice::<GroupState>(&v) {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    unreadable += 1;
+                    None
+                }
+            })
+            .filter(|s| keep(s))
+            .collect();
+        states.sort_by_cached_key(GroupState::key);
+        for s in states {
+            if !each(s) {
+                return Ok((count, unreadable));
+            }
+            count += 1;
+        }
+    }
+    Ok((count, unreadable))
 }

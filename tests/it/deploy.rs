@@ -590,6 +590,11 @@ fn kubernetes_settings_agree_with_the_config() {
             mutebridge::config::Secrets::WORKER,
             WORKER_SECRETS,
         ),
+        (
+            "reconcile",
+            mutebridge::config::Secrets::RECONCILE,
+            RECONCILE_SECRETS,
+        ),
     ] {
         Config::parse_with(
             toml,
@@ -603,6 +608,7 @@ fn kubernetes_settings_agree_with_the_config() {
     for (secret, names) in [
         ("mutebridge-ingest-secrets", INGEST_SECRETS),
         ("mutebridge-worker-secrets", WORKER_SECRETS),
+        ("mutebridge-reconcile-secrets", RECONCILE_SECRETS),
     ] {
         let command = comment
             .split(&format!("create secret generic {secret}"))
@@ -618,6 +624,14 @@ fn kubernetes_settings_agree_with_the_config() {
 
     let ingest = get("Deployment", "mutebridge-ingest");
     let worker = get("Deployment", "mutebridge-worker");
+    let reconcile = get("Deployment", "mutebridge-reconcile");
+    // One reconciler, never two at once (each would read every group).
+    assert_eq!(reconcile["spec"]["replicas"].as_i64(), Some(1));
+    assert_eq!(
+        reconcile["spec"]["strategy"]["type"],
+        Yaml::from("Recreate")
+    );
+    assert!(config.reconcile.interval_seconds > 0);
 
     // Workers beyond the partition count would sit idle.
     let replicas = worker["spec"]["replicas"].as_i64().unwrap();
@@ -649,7 +663,11 @@ fn kubernetes_settings_agree_with_the_config() {
             > config.worker.shutdown_grace_seconds + 5
     );
 
-    for (deployment, role) in [(ingest, "ingest"), (worker, "worker")] {
+    for (deployment, role) in [
+        (ingest, "ingest"),
+        (worker, "worker"),
+        (reconcile, "reconcile"),
+    ] {
         let pod = &deployment["spec"]["template"];
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["args"][0], Yaml::from(role));
@@ -677,8 +695,8 @@ fn kubernetes_settings_agree_with_the_config() {
                 )
             })
             .collect();
-        // The ingest has the callback port and the ops port; a worker only
-        // the ops port (its only listener).
+        // The ingest has the callback port and the ops port; a worker and
+        // the reconciler only the ops port (their only listener).
         assert_eq!(ports["ops"], ops_port, "{role}");
         let probed = if role == "ingest" {
             assert_eq!(ports["http"], config.http.listen.port() as u64);
@@ -723,7 +741,11 @@ fn kubernetes_settings_agree_with_the_config() {
         .collect();
     assert_eq!(
         selected,
-        BTreeSet::from(["mutebridge-ingest-ops", "mutebridge-worker"])
+        BTreeSet::from([
+            "mutebridge-ingest-ops",
+            "mutebridge-reconcile",
+            "mutebridge-worker"
+        ])
     );
     for service in &selected {
         let s = get("Service", service);
@@ -749,6 +771,7 @@ fn kubernetes_settings_agree_with_the_config() {
 /// The secrets each role's Kubernetes Secret (and compose env file) holds.
 const INGEST_SECRETS: &[&str] = &["EASEMOB_RULE_SECRET"];
 const WORKER_SECRETS: &[&str] = &["ZEGO_SERVER_SECRET", "RONGCLOUD_APP_SECRET"];
+const RECONCILE_SECRETS: &[&str] = &["EASEMOB_CLIENT_ID", "EASEMOB_CLIENT_SECRET"];
 
 /// An env file of deploy/compose as a map.
 fn env_file(path: &str) -> HashMap<String, String> {

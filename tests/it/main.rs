@@ -10,11 +10,13 @@
 mod cli;
 mod deploy;
 mod docs;
+mod easemob_rest;
 mod fixtures;
 mod hardening;
 mod ingest;
 mod providers;
 mod ratelimit;
+mod reconcile;
 mod seeds;
 mod state;
 mod support;

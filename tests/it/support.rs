@@ -44,10 +44,12 @@ pub fn test_config() -> Config {
         EasemobApp {
             appkey: APPKEY.into(),
             secrets: SECRETS.iter().map(|s| Secret::new(*s)).collect(),
+            rest: None,
         },
         EasemobApp {
             appkey: SEED_APPKEY.into(),
             secrets: vec![Secret::new(SEED_SECRET)],
+            rest: None,
         },
     ];
     config

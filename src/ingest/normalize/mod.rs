@@ -157,6 +157,7 @@ mod tests {
             &[EasemobApp {
                 appkey: "org#app".into(),
                 secrets: vec![Secret::new("s")],
+                rest: None,
             }],
             0,
             300,

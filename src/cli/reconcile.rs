@@ -1,0 +1,152 @@
+//! `mutebridge reconcile`: compare the groups' mute state with Easemob's
+//! own and publish corrections for what differs ([`crate::reconcile`]).
+//! `--once` (the first sync of a deployment, or a repair on demand) runs
+//! one pass with progress on stderr and a summary; without it, the role
+//! passes every `reconcile.interval_seconds` and serves its metrics.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use crate::config::{Config, Secrets};
+use crate::kafka::Cluster;
+use crate::metrics::Metrics;
+use crate::reconcile::{describe, Options, Reconciler};
+
+/// What the command line asks for.
+pub struct Args {
+    pub once: bool,
+    pub groups: Option<String>,
+    pub dry_run: bool,
+}
+
+pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    let Some(file) = config_file else {
+        bail!("reconcile needs --config: the app's [easemob.apps.rest] and the cluster the workers use");
+    };
+    let (config, _) = Config::load(Some(file), Secrets::RECONCILE)?;
+    if config.kafka.is_embedded() {
+        bail!("kafka.brokers is \"embedded\": the embedded cluster lives inside a running mutebridge; point --config at the cluster the workers use");
+    }
+    let once = args.once || args.dry_run;
+    if !once && config.reconcile.interval_seconds == 0 {
+        bail!("reconcile.interval_seconds is 0 (only on demand): run `mutebridge reconcile --once`, or set an interval to run the role");
+    }
+    if !once {
+        super::run::init_logging();
+    }
+    let metrics = Metrics::new();
+    let cluster = Cluster::connect(&config.kafka).await?;
+    let reconciler = Reconciler::start(&config, &cluster, &metrics).await?;
+    let options = Options {
+        groups: args.groups,
+        dry_run: args.dry_run,
+        progress: once,
+    };
+    if once {
+        return one_pass(&reconciler, &options, &config.kafka.topic).await;
+    }
+    serve(reconciler, options, &config, &metrics).await
+}
+
+/// `--once` and `--dry-run`: one pass, the differences (dry run) on stdout,
+/// the summary on stderr; fails when some groups could not be read.
+async fn one_pass(
+    reconciler: &Reconciler,
+    options: &Options,
+    topic: &str,
+) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "reading Easemob's mute state{}",
+        if options.dry_run {
+            " (dry run: nothing is published)"
+        } else {
+            ""
+        }
+    );
+    let (summary, events) = reconciler.pass(options).await?;
+    if options.dry_run {
+        for e in &events {
+            let what = match (&e.mute, e.members.is_empty()) {
+                (Some(crate::event::Mute::Until { until_ms: Some(u) }), _) => {
+                    format!(" {} until {u}", e.members.join(","))
+                }
+                (_, false) => format!(" {}", e.members.join(",")),
+                (_, true) => String::new(),
+            };
+            println!(
+                "would publish {} {} {} {}{what} (read at {})",
+                e.kind,
+                e.appkey,
+                e.scope.as_str(),
+                e.group_id,
+                e.occurred_at_ms
+            );
+        }
+    }
+    for line in describe(&summary, options.dry_run, topic) {
+        eprintln!("{line}");
+    }
+    if summary.unread > 0 {
+        eprintln!(
+            "{} group(s) could not be read (see REST errors); running reconcile again reads them",
+            summary.unread
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The role: passes until SIGTERM, `/metrics` `/healthz` `/readyz` on
+/// `ops.listen` (or `http.listen`: the role has no other port).
+async fn serve(
+    reconciler: Reconciler,
+    options: Options,
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<ExitCode> {
+    let (listen, key) = match config.ops.listen {
+        Some(l) => (l, "ops.listen"),
+        None => (config.http.listen, "http.listen"),
+    };
+    let listener = crate::ops::bind(listen, key).await?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    println!("mutebridge {}", env!("CARGO_PKG_VERSION"));
+    println!("  reconcile: http://{bound}  (GET /metrics /healthz /readyz)");
+    println!(
+        "  every {} s, scope {:?}; corrections to {}",
+        config.reconcile.interval_seconds, config.reconcile.scope, config.kafka.topic
+    );
+    let ready = Arc::new(AtomicBool::new(true));
+    let router = crate::ops::router(metrics.clone(), ready, || {}).fallback(crate::ops::not_found);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let limits = crate::server::Limits::new(&config.http, crate::server::raise_fd_limit());
+    let http = tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        limits,
+        metrics.http.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let mut passes = tokio::spawn(reconciler.run(options, stopped(stop_rx)));
+    let ended = tokio::select! {
+        _ = crate::ops::shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            passes.await
+        }
+        ended = &mut passes => ended,
+    };
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    match ended {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e),
+        Err(e) => bail!("the reconcile task failed: {e}"),
+    }
+}

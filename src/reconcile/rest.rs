@@ -1,0 +1,489 @@
+//! Easemob's REST API, as far as reading the mirrored state needs it: an app
+//! token, group and chat-room details (mute-all), their mute lists, and the
+//! list of the app's groups.
+//!
+//! Every read goes through the app's [`Limiter`] at `rate_per_second` (the
+//! App Key's 100/s is shared with the client SDKs); a 429 pauses every read
+//! of the app, for `Retry-After` when sent, else doubling from 1 s. The app
+//! token is fetched once and kept until shortly before `expires_in`; a 401
+//! renews it once for all the reads that drew it, and a token that is
+//! refused before it ever worked is not renewed again for a while: Easemob
+//! bans accounts that fetch tokens too often. Errors name the app and the
+//! call, never the URL, the token or the credentials.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::config::RestConfig;
+use super::metrics::{Call, ReconcileMetrics, Renewal};
+use crate::config::Secret;
+use crate::event::Scope;
+use crate::limit::Limiter;
+
+/// Ids per details call, Easemob's maximum.
+pub const DETAILS_BATCH: usize = 100;
+/// Groups per page of `GET /chatgroups` (Easemob allows up to 1000).
+pub const LIST_PAGE: usize = 1000;
+/// A token is renewed this long before `expires_in` says it ends.
+const RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// A token refused before it ever worked is not replaced sooner than this.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(60);
+/// Rate-limited answers one read may draw before it counts as failed.
+const MAX_RATE_LIMITED: u32 = 10;
+/// Attempts of a read that fails with a 5xx or on the network.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Why a read has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestError {
+    /// 404: the group or chat room does not exist (any more).
+    #[error("not found")]
+    NotFound,
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("the token is refused (401) and was renewed too recently to renew again; check client_id and client_secret")]
+    Unauthorized,
+    #[error("no token: {0}")]
+    Token(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("the answer is not the documented JSON: {0}")]
+    Body(String),
+}
+
+impl RestError {
+    /// The `status` label of a failed call.
+    pub fn label(&self) -> String {
+        match self {
+            RestError::NotFound => "404".into(),
+            RestError::Status(s) => s.to_string(),
+            RestError::Unauthorized => "401".into(),
+            RestError::Token(_) => "token".into(),
+            RestError::Transport(_) => "transport".into(),
+            RestError::Body(_) => "body".into(),
+        }
+    }
+}
+
+/// The envelope of every answer: `data` and the server's clock.
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    data: T,
+    /// Server time (ms): the only clock on a read.
+    timestamp: i64,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// One group's or chat room's details, as far as the mute goes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Details {
+    pub id: String,
+    /// Mute-all is on.
+    #[serde(default)]
+    pub mute: bool,
+}
+
+/// A muted member: `expire` is the end in epoch ms (-1, 0 or a far-future
+/// value for a permanent mute).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MutedMember {
+    pub user: String,
+    pub expire: i64,
+}
+
+/// A group as `GET /chatgroups` lists it.
+#[derive(Debug, Clone, Deserialize)]
+struct Listed {
+    groupid: String,
+}
+
+/// A read's result with the server time it was taken at.
+#[derive(Debug, Clone)]
+pub struct Read<T> {
+    pub data: T,
+    pub at_ms: i64,
+}
+
+/// The app token and what the renewal rules need to know about it.
+#[derive(Default)]
+struct TokenSlot {
+    token: Option<String>,
+    renew_at: Option<Instant>,
+    /// Bumped by every fetch: a 401 on an older token is already handled.
+    generation: u64,
+    fetched_at: Option<Instant>,
+    /// A read succeeded with the current token.
+    proven: bool,
+    /// The last fetch failed, when and why: no other is tried before
+    /// [`MIN_RENEWAL_GAP`] has passed.
+    failed: Option<(Instant, String)>,
+}
+
+/// One app's REST client.
+pub struct Rest {
+    appkey: String,
+    /// `{base_url}/{org}/{app}`.
+    root: String,
+    client_id: Secret,
+    client_secret: Secret,
+    http: reqwest::Client,
+    limiter: Limiter,
+    token: tokio::sync::Mutex<TokenSlot>,
+    /// Answers other than success since the last [`Rest::take_errors`].
+    errors: std::sync::Mutex<BTreeMap<String, usize>>,
+    metrics: ReconcileMetrics,
+}
+
+impl Rest {
+    pub fn new(
+        appkey: &str,
+        config: &RestConfig,
+        timeout: Duration,
+        limiter: Limiter,
+        metrics: ReconcileMetrics,
+    ) -> anyhow::Result<Rest> {
+        let (org, app) = config.names(appkey);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()?;
+        // One caller: the whole limit is ours (Redis mode shares it exactly).
+        limiter.set_share(1, 1);
+        Ok(Rest {
+            appkey: appkey.to_owned(),
+            root: format!("{}/{org}/{app}", config.base_url.trim_end_matches('/')),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            http,
+            limiter,
+            token: tokio::sync::Mutex::new(TokenSlot::default()),
+            errors: Default::default(),
+            metrics,
+        })
+    }
+
+    pub fn appkey(&self) -> &str {
+        &self.appkey
+    }
+
+    /// The answers other than success (by status, or `transport`) since
+    /// the last call, retried ones included.
+    pub fn take_errors(&self) -> BTreeMap<String, usize> {
+        std::mem::take(&mut *self.errors.lock().expect("errors lock"))
+    }
+
+    /// Counts one call, and one error unless it succeeded.
+    fn answered(&self, call: Call, status: &str) {
+        self.metrics.call(call, status);
+        if !status.starts_with('2') {
+            *self
+                .errors
+                .lock()
+                .expect("errors lock")
+                .entry(status.to_owned())
+                .or_default() += 1;
+        }
+    }
+
+    /// Mute-all of up to [`DETAILS_BATCH`] groups or chat rooms. Ids the
+    /// answer leaves out are not in `data`; a 404 is [`RestError::NotFound`].
+    pub async fn details(
+        &self,
+        scope: Scope,
+        ids: &[&str],
+    ) -> Result<Read<Vec<Details>>, RestError> {
+        let (path, sep) = match scope {
+            Scope::Group => ("chatgroups", ","),
+            // The chat-room page asks for the commas escaped.
+            Scope::Chatroom => ("chatrooms", "%2C"),
+        };
+        let joined: Vec<String> = ids.iter().map(|id| escape(id)).collect();
+        let page: Envelope<Vec<Details>> = self
+            .get(
+                Call::Details,
+                &format!("/{path}/{}", joined.join(sep)),
+                None,
+            )
+            .await?;
+        Ok(Read {
+            data: page.data,
+            at_ms: page.timestamp,
+        })
+    }
+
+    /// The muted members of one group or chat room.
+    pub async fn mute_list(
+        &self,
+        scope: Scope,
+        id: &str,
+    ) -> Result<Read<Vec<MutedMember>>, RestError> {
+        let path = match scope {
+            Scope::Group => "chatgroups",
+            Scope::Chatroom => "chatrooms",
+        };
+        let page: Envelope<Vec<MutedMember>> = self
+            .get(
+                Call::MuteList,
+                &format!("/{path}/{}/mute", escape(id)),
+                None,
+            )
+            .await?;
+        Ok(Read {
+            data: page.data,
+            at_ms: page.timestamp,
+        })
+    }
+
+    /// One page of the app's groups: their ids and the cursor of the next
+    /// page (`None` at the end).
+    pub async fn list_groups(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), RestError> {
+        let mut query = vec![("limit", LIST_PAGE.to_string())];
+        if let Some(c) = cursor {
+            query.push(("cursor", c.to_owned()));
+        }
+        let page: Envelope<Vec<Listed>> = self.get(Call::List, "/chatgroups", Some(&query)).await?;
+        let next = page.cursor.filter(|c| !c.is_empty());
+        Ok((page.data.into_iter().map(|g| g.groupid).collect(), next))
+    }
+
+    /// A GET under the app, through the limiter, with the token; retried on
+    /// 429 (after the app-wide pause), once after a 401 renewal, and on 5xx
+    /// or network errors a few times.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        call: Call,
+        path: &str,
+        query: Option<&[(&str, String)]>,
+    ) -> Result<T, RestError> {
+        let (mut rate_limited, mut failures) = (0u32, 0u32);
+        loop {
+            // The token first: without one, fail before taking a slot.
+            let (token, generation) = self.token().await?;
+            self.limiter.acquire().await;
+            let sent = Instant::now();
+            let mut request = self
+                .http
+                .get(format!("{}{path}", self.root))
+                .bearer_auth(&token);
+            if let Some(q) = query {
+                request = request.query(q);
+            }
+            let answer = request.send().await;
+            let response = match answer {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = e.without_url();
+                    self.answered(call, "transport");
+                    failures += 1;
+                    if failures >= MAX_ATTEMPTS {
+                        return Err(RestError::Transport(e.to_string()));
+                    }
+                    tokio::time::sleep(backoff(failures)).await;
+                    continue;
+                }
+            };
+            let status = response.status();
+            self.answered(call, status.as_str());
+            match status {
+                s if s.is_success() => {
+                    self.limiter.admitted();
+                    self.token.lock().await.proven = true;
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_err(|e| RestError::Transport(e.without_url().to_string()))?;
+                    return serde_json::from_slice(&body)
+                        .map_err(|e| RestError::Body(e.to_string()));
+                }
+                StatusCode::UNAUTHORIZED => {
+                    if !self.unauthorized(generation).await? {
+                        return Err(RestError::Unauthorized);
+                    }
+                }
+                StatusCode::NOT_FOUND => return Err(RestError::NotFound),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    self.limiter.rate_limited(sent, retry_after).await;
+                    rate_limited += 1;
+                    if rate_limited >= MAX_RATE_LIMITED {
+                        return Err(RestError::Status(429));
+                    }
+                }
+                s if s.is_server_error() => {
+                    failures += 1;
+                    if failures >= MAX_ATTEMPTS {
+                        return Err(RestError::Status(s.as_u16()));
+                    }
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+                s => return Err(RestError::Status(s.as_u16())),
+            }
+        }
+    }
+
+    /// The current token and its generation; fetches one when there is
+    /// none or it is about to expire.
+    async fn token(&self) -> Result<(String, u64), RestError> {
+        let mut slot = self.token.lock().await;
+        if let Some((at, why)) = &slot.failed {
+            if at.elapsed() < MIN_RENEWAL_GAP {
+                return Err(RestError::Token(why.clone()));
+            }
+        }
+        let fresh = slot.renew_at.is_some_and(|at| Instant::now() < at);
+        match (&slot.token, fresh) {
+            (Some(t), true) => Ok((t.clone(), slot.generation)),
+            (Some(_), false) => self.fetch(&mut slot, Renewal::Expiry).await,
+            (None, _) => self.fetch(&mut slot, Renewal::Start).await,
+        }
+    }
+
+    /// A read with the token of `generation` drew a 401: whether to try
+    /// again (a newer token exists, or one was fetched now).
+    async fn unauthorized(&self, generation: u64) -> Result<bool, RestError> {
+        let mut slot = self.token.lock().await;
+        if slot.generation != generation {
+            return Ok(true);
+        }
+        let recent = slot
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < MIN_RENEWAL_GAP);
+        if recent && !slot.proven {
+            tracing::warn!(app = %self.appkey, "Easemob refuses a token it issued moments ago; not fetching another (check client_id and client_secret)");
+            return Ok(false);
+        }
+        tracing::info!(app = %self.appkey, "Easemob answered 401: renewing the app token");
+        self.fetch(&mut slot, Renewal::Unauthorized).await?;
+        Ok(true)
+    }
+
+    /// Whether reads cannot go now because the last token fetch failed
+    /// (a pass stops reading the app then, instead of trying every group).
+    pub async fn token_failure(&self) -> Option<String> {
+        let slot = self.token.lock().await;
+        slot.failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < MIN_RENEWAL_GAP)
+            .map(|(_, why)| why.clone())
+    }
+
+    /// `POST /token` with the client credentials; a failure is remembered.
+    async fn fetch(&self, slot: &mut TokenSlot, why: Renewal) -> Result<(String, u64), RestError> {
+        let fetched = self.fetch_once(slot, why).await;
+        slot.failed = match &fetched {
+            Err(RestError::Token(e)) => Some((Instant::now(), e.clone())),
+            _ => None,
+        };
+        fetched
+    }
+
+    async fn fetch_once(
+        &self,
+        slot: &mut TokenSlot,
+        why: Renewal,
+    ) -> Result<(String, u64), RestError> {
+        #[derive(Deserialize)]
+        struct Token {
+            access_token: String,
+            #[serde(default)]
+            expires_in: u64,
+        }
+        self.metrics.renewed(why);
+        let body = serde_json::json!({
+            "grant_type": "client_credentials",
+            "client_id": self.client_id.expose(),
+            "client_secret": self.client_secret.expose(),
+        });
+        let answer = self
+            .http
+            .post(format!("{}/token", self.root))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| RestError::Token(e.without_url().to_string()))?;
+        let status = answer.status();
+        self.answered(Call::Token, status.as_str());
+        if !status.is_success() {
+            return Err(RestError::Token(format!(
+                "POST /token answered {status}; check client_id and client_secret"
+            )));
+        }
+        let token: Token = answer
+            .json()
+            .await
+            .map_err(|e| RestError::Token(format!("not a token: {}", e.without_url())))?;
+        let now = Instant::now();
+        // 0 = no expiry; otherwise renew ahead of the end (at half the
+        // lifetime for short-lived tokens).
+        let life = Duration::from_secs(if token.expires_in == 0 {
+            365 * 86_400
+        } else {
+            token.expires_in
+        });
+        let ahead = RENEW_BEFORE.min(life / 2);
+        slot.token = Some(token.access_token.clone());
+        slot.renew_at = Some(now + life - ahead);
+        slot.generation += 1;
+        slot.fetched_at = Some(now);
+        slot.proven = false;
+        Ok((token.access_token, slot.generation))
+    }
+}
+
+/// The pause before the `n`th retry of a failed read.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(500 << n.min(5))
+}
+
+/// An id as one URL path segment: everything but unreserved characters
+/// percent-encoded (ids with `,` or `/` must not split the path).
+fn escape(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The end of a member mute as the state keeps it: `None` for permanent
+/// (-1, 0, or anything past the year 2100, `i64::MAX` included).
+pub fn until(expire: i64) -> Option<i64> {
+    const YEAR_2100_MS: i64 = 4_102_444_800_000;
+    (expire > 0 && expire < YEAR_2100_MS).then_some(expire)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_single_path_segments() {
+        assert_eq!(escape("123456"), "123456");
+        assert_eq!(escape("a,b/c d"), "a%2Cb%2Fc%20d");
+    }
+
+    #[test]
+    fn permanent_mutes_have_no_end() {
+        for permanent in [-1, 0, i64::MAX, 4_102_444_800_000] {
+            assert_eq!(until(permanent), None, "{permanent}");
+        }
+        assert_eq!(until(1_700_000_000_000), Some(1_700_000_000_000));
+    }
+}
