@@ -90,10 +90,11 @@ async fn one_pass(
     for line in describe(&summary, options.dry_run, topic) {
         eprintln!("{line}");
     }
-    if summary.unread > 0 {
+    if !summary.complete() {
         eprintln!(
-            "{} group(s) could not be read (see REST errors); running reconcile again reads them",
-            summary.unread
+            "{} group(s) could not be read, {} app(s) not listed (see REST errors); running reconcile again reads them",
+            summary.unread,
+            summary.unlisted.len()
         );
         return Ok(ExitCode::FAILURE);
     }

@@ -137,7 +137,7 @@ impl ReconcileMetrics {
             .expect("valid metric"),
             last_pass_end: Gauge::new(
                 "mutebridge_reconcile_last_pass_timestamp_seconds",
-                "When the last pass finished (seconds since the epoch); 0 before the first.",
+                "When the last pass finished (seconds since the epoch); while the role's first pass runs, when the role started; 0 where none runs.",
             )
             .expect("valid metric"),
             interval: IntGauge::new(

@@ -78,6 +78,9 @@ pub struct Summary {
     pub listed: usize,
     /// States of apps without `[easemob.apps.rest]`: not compared.
     pub without_rest: usize,
+    /// Apps whose group listing (`scope = "all"`) failed, and why: only
+    /// their known groups were compared.
+    pub unlisted: Vec<String>,
     /// By kind of difference (one per dimension).
     pub differences: BTreeMap<&'static str, usize>,
     /// Corrective events published (0 in a dry run).
@@ -88,6 +91,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Every group in scope was read (and, with `scope = "all"`, listed).
+    pub fn complete(&self) -> bool {
+        self.unread == 0 && self.unlisted.is_empty()
+    }
+
     fn differences_total(&self) -> usize {
         self.differences.values().sum()
     }
@@ -175,6 +183,8 @@ impl Reconciler {
     /// Passes every `interval_seconds`, the first at once, until `stop`.
     pub async fn run(self, options: Options, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let interval = Duration::from_secs(self.config.reconcile.interval_seconds.max(1));
+        // Stalled is measured from here until the first pass ends.
+        self.metrics.last_pass_end.set(now_ms() as f64 / 1000.0);
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -221,7 +231,7 @@ impl Reconciler {
         }
         summary.without_rest = known.values().map(Vec::len).sum();
         summary.seconds = started.elapsed().as_secs_f64();
-        self.metrics.passed(if summary.unread == 0 {
+        self.metrics.passed(if summary.complete() {
             PassOutcome::Complete
         } else {
             PassOutcome::Incomplete
@@ -420,6 +430,13 @@ fn summary_of_app(summary: &Summary, before: usize) -> usize {
     summary.groups - before
 }
 
+/// One id's details: gone (Easemob answered 404 for it alone, at this
+/// server time), or there, with its mute-all (`None`: not reported).
+enum Detail {
+    Gone(i64),
+    Here(Read<Option<bool>>),
+}
+
 /// Reads one batch: `None` for a subject whose read failed.
 async fn read_batch(app: &Rest, scope: Scope, batch: &[&Subject]) -> Vec<Option<Found>> {
     let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
@@ -440,16 +457,17 @@ async fn read_members(
     app: &Rest,
     scope: Scope,
     id: &str,
-    details: Result<Option<Read<bool>>, RestError>,
+    details: Result<Detail, RestError>,
 ) -> Option<Found> {
-    let (at_ms, muted) = match details {
+    let read = match details {
         Err(_) => return None,
-        Ok(None) => return Some(Found::Gone { at_ms: now_ms() }),
-        Ok(Some(read)) => (read.at_ms, read.data),
+        Ok(Detail::Gone(at_ms)) => return Some(Found::Gone { at_ms }),
+        Ok(Detail::Here(read)) => read,
     };
     let list = match app.mute_list(scope, id).await {
-        Err(RestError::NotFound) => return Some(Found::Gone { at_ms: now_ms() }),
         Err(e) => {
+            // A 404 here, right after the details found it, is not taken
+            // as gone: only a details read of the id alone decides that.
             tracing::warn!(app = app.appkey(), group = id, error = %e, "cannot read the mute list; its members are compared next pass");
             None
         }
@@ -462,68 +480,67 @@ async fn read_members(
                 .collect(),
         }),
     };
+    let at_ms = read.at_ms;
     Some(Found::Read {
-        mute_all: Some(Read { data: muted, at_ms }),
+        mute_all: read.data.map(|data| Read { data, at_ms }),
         muted: list,
     })
 }
 
-/// Mute-all of each id: `Ok(None)` when it is gone. Ids a batch answer
-/// leaves out, or all of a batch answered 404 (how Easemob reports a
-/// missing id among others is unconfirmed), are asked one by one.
-async fn mute_all(
-    app: &Rest,
-    scope: Scope,
-    ids: &[&str],
-) -> Vec<Result<Option<Read<bool>>, RestError>> {
-    let batch = app.details(scope, ids).await;
-    let mut out = Vec::with_capacity(ids.len());
-    match batch {
-        Err(RestError::NotFound) if ids.len() > 1 => {}
-        Err(RestError::NotFound) => return vec![Ok(None)],
+/// The details of each id. Ids a batch answer leaves out, or all of a
+/// batch answered 404 (how Easemob reports a missing id among others is
+/// unconfirmed), are asked one by one: only a 404 for an id asked alone
+/// makes it gone.
+async fn mute_all(app: &Rest, scope: Scope, ids: &[&str]) -> Vec<Result<Detail, RestError>> {
+    match app.details(scope, ids).await {
+        Err(RestError::NotFound(at)) if ids.len() == 1 => {
+            vec![Ok(Detail::Gone(at.unwrap_or_else(now_ms)))]
+        }
+        Err(RestError::NotFound(_)) => {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(single(app, scope, id).await);
+            }
+            out
+        }
         Err(e) => {
             tracing::warn!(app = app.appkey(), scope = scope.as_str(), ids = ids.len(), error = %e, "cannot read group details; these groups are compared next pass");
-            return ids.iter().map(|_| Err(e.clone())).collect();
+            ids.iter().map(|_| Err(e.clone())).collect()
         }
         Ok(read) => {
-            let by_id: HashMap<&str, bool> =
+            let by_id: HashMap<&str, Option<bool>> =
                 read.data.iter().map(|d| (d.id.as_str(), d.mute)).collect();
-            let mut missing = Vec::new();
-            for (i, id) in ids.iter().enumerate() {
-                match by_id.get(id) {
-                    Some(mute) => out.push(Ok(Some(Read {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(match by_id.get(id) {
+                    Some(mute) => Ok(Detail::Here(Read {
                         data: *mute,
                         at_ms: read.at_ms,
-                    }))),
-                    None => {
-                        missing.push(i);
-                        out.push(Err(RestError::NotFound));
-                    }
-                }
+                    })),
+                    None if ids.len() > 1 => single(app, scope, id).await,
+                    None => Err(RestError::Body(format!(
+                        "the answer for {id} alone does not list it"
+                    ))),
+                });
             }
-            for i in missing {
-                out[i] = single(app, scope, ids[i]).await;
-            }
-            return out;
+            out
         }
     }
-    for id in ids {
-        out.push(single(app, scope, id).await);
-    }
-    out
 }
 
-/// Mute-all of one id, asked alone: a 404 means it is gone.
-async fn single(app: &Rest, scope: Scope, id: &str) -> Result<Option<Read<bool>>, RestError> {
+/// The details of one id, asked alone.
+async fn single(app: &Rest, scope: Scope, id: &str) -> Result<Detail, RestError> {
     match app.details(scope, &[id]).await {
         Ok(read) => match read.data.iter().find(|d| d.id == id) {
-            Some(d) => Ok(Some(Read {
+            Some(d) => Ok(Detail::Here(Read {
                 data: d.mute,
                 at_ms: read.at_ms,
             })),
-            None => Ok(None),
+            None => Err(RestError::Body(format!(
+                "the answer for {id} alone does not list it"
+            ))),
         },
-        Err(RestError::NotFound) => Ok(None),
+        Err(RestError::NotFound(at)) => Ok(Detail::Gone(at.unwrap_or_else(now_ms))),
         Err(e) => Err(e),
     }
 }
@@ -565,6 +582,9 @@ pub fn describe(s: &Summary, dry_run: bool, topic: &str) -> Vec<String> {
             .collect();
         format!("REST errors: {} (429 and 401 are retried)", e.join(", "))
     });
+    for app in &s.unlisted {
+        lines.push(format!("not listed (only known groups compared): {app}"));
+    }
     if s.without_rest > 0 {
         lines.push(format!(
             "{} state(s) of apps without [easemob.apps.rest] not compared",

@@ -30,7 +30,8 @@ pub const DETAILS_BATCH: usize = 100;
 pub const LIST_PAGE: usize = 1000;
 /// A token is renewed this long before `expires_in` says it ends.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
-/// A token refused before it ever worked is not replaced sooner than this.
+/// At most one renewal a 401 causes, and one fetch after a failed one, in
+/// this long: whatever Easemob answers, tokens are never fetched in a loop.
 const MIN_RENEWAL_GAP: Duration = Duration::from_secs(60);
 /// Rate-limited answers one read may draw before it counts as failed.
 const MAX_RATE_LIMITED: u32 = 10;
@@ -40,9 +41,10 @@ const MAX_ATTEMPTS: u32 = 3;
 /// Why a read has no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestError {
-    /// 404: the group or chat room does not exist (any more).
+    /// 404: the group or chat room does not exist (any more); the
+    /// answer's server time, when it has one.
     #[error("not found")]
-    NotFound,
+    NotFound(Option<i64>),
     #[error("HTTP {0}")]
     Status(u16),
     #[error("the token is refused (401) and was renewed too recently to renew again; check client_id and client_secret")]
@@ -59,7 +61,7 @@ impl RestError {
     /// The `status` label of a failed call.
     pub fn label(&self) -> String {
         match self {
-            RestError::NotFound => "404".into(),
+            RestError::NotFound(_) => "404".into(),
             RestError::Status(s) => s.to_string(),
             RestError::Unauthorized => "401".into(),
             RestError::Token(_) => "token".into(),
@@ -83,9 +85,10 @@ struct Envelope<T> {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Details {
     pub id: String,
-    /// Mute-all is on.
+    /// Mute-all is on; `None` when the answer has no `mute` field (it is
+    /// then not compared, never taken as off).
     #[serde(default)]
-    pub mute: bool,
+    pub mute: Option<bool>,
 }
 
 /// A muted member: `expire` is the end in epoch ms (-1, 0 or a far-future
@@ -116,9 +119,8 @@ struct TokenSlot {
     renew_at: Option<Instant>,
     /// Bumped by every fetch: a 401 on an older token is already handled.
     generation: u64,
-    fetched_at: Option<Instant>,
-    /// A read succeeded with the current token.
-    proven: bool,
+    /// The last renewal a 401 caused: at most one per [`MIN_RENEWAL_GAP`].
+    renewed_for_401: Option<Instant>,
     /// The last fetch failed, when and why: no other is tried before
     /// [`MIN_RENEWAL_GAP`] has passed.
     failed: Option<(Instant, String)>,
@@ -180,7 +182,8 @@ impl Rest {
     /// Counts one call, and one error unless it succeeded.
     fn answered(&self, call: Call, status: &str) {
         self.metrics.call(call, status);
-        if !status.starts_with('2') {
+        // A 404 is an answer (the group is gone), not a failure.
+        if !status.starts_with('2') && status != "404" {
             *self
                 .errors
                 .lock()
@@ -263,7 +266,7 @@ impl Rest {
         path: &str,
         query: Option<&[(&str, String)]>,
     ) -> Result<T, RestError> {
-        let (mut rate_limited, mut failures) = (0u32, 0u32);
+        let (mut rate_limited, mut failures, mut renewed) = (0u32, 0u32, false);
         loop {
             // The token first: without one, fail before taking a slot.
             let (token, generation) = self.token().await?;
@@ -295,7 +298,6 @@ impl Rest {
             match status {
                 s if s.is_success() => {
                     self.limiter.admitted();
-                    self.token.lock().await.proven = true;
                     let body = response
                         .bytes()
                         .await
@@ -303,12 +305,20 @@ impl Rest {
                     return serde_json::from_slice(&body)
                         .map_err(|e| RestError::Body(e.to_string()));
                 }
+                // One renewal per read: a second 401 is the answer.
                 StatusCode::UNAUTHORIZED => {
-                    if !self.unauthorized(generation).await? {
+                    if renewed || !self.unauthorized(generation).await? {
                         return Err(RestError::Unauthorized);
                     }
+                    renewed = true;
                 }
-                StatusCode::NOT_FOUND => return Err(RestError::NotFound),
+                StatusCode::NOT_FOUND => {
+                    let body = response.bytes().await.unwrap_or_default();
+                    let at_ms = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("timestamp").and_then(serde_json::Value::as_i64));
+                    return Err(RestError::NotFound(at_ms));
+                }
                 StatusCode::TOO_MANY_REQUESTS => {
                     let retry_after = response
                         .headers()
@@ -358,14 +368,15 @@ impl Rest {
         if slot.generation != generation {
             return Ok(true);
         }
-        let recent = slot
-            .fetched_at
-            .is_some_and(|at| at.elapsed() < MIN_RENEWAL_GAP);
-        if recent && !slot.proven {
-            tracing::warn!(app = %self.appkey, "Easemob refuses a token it issued moments ago; not fetching another (check client_id and client_secret)");
+        if slot
+            .renewed_for_401
+            .is_some_and(|at| at.elapsed() < MIN_RENEWAL_GAP)
+        {
+            tracing::warn!(app = %self.appkey, "Easemob refuses a token renewed after a 401 less than a minute ago; not fetching another (check client_id and client_secret)");
             return Ok(false);
         }
         tracing::info!(app = %self.appkey, "Easemob answered 401: renewing the app token");
+        slot.renewed_for_401 = Some(Instant::now());
         self.fetch(&mut slot, Renewal::Unauthorized).await?;
         Ok(true)
     }
@@ -428,17 +439,16 @@ impl Rest {
         let now = Instant::now();
         // 0 = no expiry; otherwise renew ahead of the end (at half the
         // lifetime for short-lived tokens).
+        const YEAR: u64 = 365 * 86_400;
         let life = Duration::from_secs(if token.expires_in == 0 {
-            365 * 86_400
+            YEAR
         } else {
-            token.expires_in
+            token.expires_in.min(YEAR)
         });
         let ahead = RENEW_BEFORE.min(life / 2);
         slot.token = Some(token.access_token.clone());
         slot.renew_at = Some(now + life - ahead);
         slot.generation += 1;
-        slot.fetched_at = Some(now);
-        slot.proven = false;
         Ok((token.access_token, slot.generation))
     }
 }
@@ -477,6 +487,14 @@ mod tests {
     fn ids_are_single_path_segments() {
         assert_eq!(escape("123456"), "123456");
         assert_eq!(escape("a,b/c d"), "a%2Cb%2Fc%20d");
+    }
+
+    #[test]
+    fn a_details_item_without_mute_says_nothing_about_mute_all() {
+        let d: Details = serde_json::from_str(r#"{"id":"g1","name":"n"}"#).unwrap();
+        assert_eq!(d.mute, None);
+        let d: Details = serde_json::from_str(r#"{"id":"g1","mute":true}"#).unwrap();
+        assert_eq!(d.mute, Some(true));
     }
 
     #[test]
