@@ -35,9 +35,9 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitC
     if !once && config.reconcile.interval_seconds == 0 {
         bail!("reconcile.interval_seconds is 0 (only on demand): run `mutebridge reconcile --once`, or set an interval to run the role");
     }
-    if !once {
-        super::run::init_logging();
-    }
+    // Warnings (a group left unread, a token refused) reach stderr in
+    // --once too, beside the progress lines.
+    super::run::init_logging();
     let metrics = Metrics::new();
     let cluster = Cluster::connect(&config.kafka).await?;
     let reconciler = Reconciler::start(&config, &cluster, &metrics).await?;

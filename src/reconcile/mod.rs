@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::stream::{self, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde::Serialize;
 use strum::VariantArray;
 
 use crate::config::{Checked, Reach};
@@ -64,7 +63,7 @@ pub struct Options {
 }
 
 /// What a pass found and did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// Groups and chat rooms in scope.
     pub groups: usize,
@@ -324,7 +323,7 @@ impl Reconciler {
             let of_scope: Vec<&Subject> = subjects.iter().filter(|s| s.scope == scope).collect();
             for batch in of_scope.chunks(DETAILS_BATCH) {
                 if let Some(why) = app.token_failure().await {
-                    let left = subjects.len() - summary_of_app(summary, before);
+                    let left = subjects.len() - (summary.groups - before);
                     tracing::warn!(app = app.appkey(), left, error = %why, "no Easemob token: the app's remaining groups are compared next pass");
                     summary.groups += left;
                     summary.unread += left;
@@ -353,7 +352,7 @@ impl Reconciler {
                         "[{:.0?}] {}: {} of {} read, {} differed, {} gone, {} unread, {} event(s) published",
                         started.elapsed(),
                         app.appkey(),
-                        summary_of_app(summary, before),
+                        summary.groups - before,
                         subjects.len(),
                         summary.differed,
                         summary.gone,
@@ -423,11 +422,6 @@ impl Reconciler {
         }
         Ok(events.len())
     }
-}
-
-/// How many groups of the app the pass has compared so far.
-fn summary_of_app(summary: &Summary, before: usize) -> usize {
-    summary.groups - before
 }
 
 /// One id's details: gone (Easemob answered 404 for it alone, at this

@@ -151,12 +151,7 @@ async fn callbacks_that_never_came_are_repaired_on_zego_and_rongcloud_within_one
         let _ = stop_rx.await;
     }));
     let passes = "mutebridge_reconcile_passes_total{outcome=\"complete\"}";
-    let seen = |m: &mutebridge::Metrics, line: &str| -> f64 {
-        m.render()
-            .lines()
-            .find_map(|l| l.strip_prefix(line).map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0.0)
-    };
+    let seen = metric_of;
     assert!(wait_until(WAIT, || seen(&metrics, passes) >= 1.0).await);
     assert_eq!(
         seen(&metrics, "mutebridge_reconcile_last_pass_differences"),

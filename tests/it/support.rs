@@ -310,15 +310,20 @@ impl WorkerHandle {
 
     /// The value of a metric line starting with `line_prefix`, or 0.
     pub fn metric(&self, line_prefix: &str) -> f64 {
-        self.metrics
-            .render()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(line_prefix)
-                    .map(|v| v.trim().parse::<f64>().unwrap())
-            })
-            .unwrap_or(0.0)
+        metric_of(&self.metrics, line_prefix)
     }
+}
+
+/// The value in `metrics` of the line starting with `line_prefix`, or 0.
+pub fn metric_of(metrics: &Metrics, line_prefix: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(line_prefix)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or(0.0)
 }
 
 /// The metric line of `target`'s events that ended with `outcome`.
