@@ -17,7 +17,8 @@ pub const APP_KEY_READS_PER_SECOND: f64 = 100.0;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    /// Seconds between two passes of the role; 0 = only on demand
+    /// Seconds from the end of one pass of the role to the start of the
+    /// next; 0 = only on demand
     /// (`mutebridge reconcile --once`).
     pub interval_seconds: u64,
     /// Which groups a pass reads: `known` (those in the state topic) or

@@ -179,7 +179,8 @@ impl Reconciler {
         })
     }
 
-    /// Passes every `interval_seconds`, the first at once, until `stop`.
+    /// A pass at once, then one `interval_seconds` after each ends, until
+    /// `stop` (a long pass delays the next rather than overlapping it).
     pub async fn run(self, options: Options, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let interval = Duration::from_secs(self.config.reconcile.interval_seconds.max(1));
         // Stalled is measured from here until the first pass ends.

@@ -257,6 +257,8 @@ async fn a_first_sync_of_1000_groups_reaches_the_targets_under_the_read_rate() {
     let started = Instant::now();
     let (summary, events) = r.pass(&Options::default()).await.unwrap();
     let took = started.elapsed();
+    // The figure benches/README.md quotes for a pass's pace.
+    eprintln!("first sync: {} reads in {took:.2?}", e.reads());
     assert_eq!(
         (
             summary.groups,
