@@ -186,6 +186,12 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// A real Apache Kafka cluster on this machine (from Maven Central's
+    /// jars): start, stop, kill, pause, resume and restart its nodes.
+    Kafka(cli::kafka::KafkaArgs),
+    /// Create the event, state and dead-letter topics as mutebridge needs
+    /// them, or check an existing cluster's and say what is wrong.
+    Topics(cli::topics::TopicsArgs),
     /// Load generators and benchmarks.
     Bench {
         #[command(subcommand)]
@@ -412,6 +418,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let healthy = cli::health::run(&url, Duration::from_secs(timeout)).await?;
             Ok(exit(healthy))
         }
+        Command::Kafka(args) => tokio::task::spawn_blocking(move || cli::kafka::run(args))
+            .await?
+            .map(ok),
+        Command::Topics(args) => cli::topics::run(args).await,
         Command::Bench { command } => bench::run(command).await.map(ok),
     }
 }

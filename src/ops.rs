@@ -1,6 +1,7 @@
 //! What operators and orchestrators talk to, for either role: `/metrics`,
-//! `/healthz` (the process is alive) and `/readyz` (Kafka answers), the
-//! one readiness probe loop behind `/readyz`, and binding the listeners.
+//! `/healthz` (the process is alive) and `/readyz` (Kafka answers and
+//! acknowledges, and if not, why: [`Readiness`]), the one readiness probe
+//! loop behind `/readyz`, and binding the listeners.
 //!
 //! With `[ops] listen` set, `/metrics` is served only on that listener
 //! ([`router`]); the callback port keeps `/healthz` and `/readyz`
@@ -8,8 +9,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::http::{header, StatusCode};
@@ -21,7 +22,95 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::kafka::client::Watched;
 use crate::metrics::Metrics;
+
+/// Whether a role should get traffic and, when not, why: what `/readyz`
+/// answers. Not ready while Kafka's metadata cannot be read, while the
+/// role's producers have had records waiting for an acknowledgement past
+/// the deadline with none acknowledged since (brokers down, too few
+/// in-sync replicas), and for good after a producer's fatal error.
+#[derive(Default)]
+pub struct Readiness {
+    /// The last metadata probe was answered.
+    reachable: AtomicBool,
+    producers: Mutex<Vec<Watched>>,
+    /// Since when records wait past their deadline with no ack since.
+    unacknowledged_since: Mutex<Option<Instant>>,
+}
+
+impl Readiness {
+    /// Ready as long as Kafka answers (a role without producers to watch:
+    /// set by [`probe_kafka`]).
+    pub fn new() -> Arc<Readiness> {
+        Arc::new(Readiness::default())
+    }
+
+    /// Ready from the start, with nothing to probe (the reconcile role).
+    pub fn ready() -> Arc<Readiness> {
+        let r = Readiness::default();
+        r.reachable.store(true, Ordering::Relaxed);
+        Arc::new(r)
+    }
+
+    /// Follows `producer` too (its fatal error, unreachable brokers).
+    pub fn watch(&self, producer: &Watched) {
+        self.producers
+            .lock()
+            .expect("readiness lock")
+            .push(producer.clone());
+    }
+
+    /// The producers followed.
+    pub fn watches(&self) -> Vec<Watched> {
+        self.producers.lock().expect("readiness lock").clone()
+    }
+
+    fn set_reachable(&self, ok: bool) -> bool {
+        self.reachable.swap(ok, Ordering::Relaxed)
+    }
+
+    /// A record was not acknowledged within its deadline.
+    pub fn unacknowledged(&self) {
+        self.unacknowledged_since
+            .lock()
+            .expect("readiness lock")
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// A record was acknowledged, or none waits any more.
+    pub fn acknowledged(&self) {
+        *self.unacknowledged_since.lock().expect("readiness lock") = None;
+    }
+
+    /// `None` when ready; why not otherwise.
+    pub fn why_not(&self) -> Option<String> {
+        let producers = self.producers.lock().expect("readiness lock").clone();
+        if let Some(fatal) = producers.iter().find_map(Watched::fatal) {
+            return Some(format!("{fatal}; the process is stopping"));
+        }
+        let unreachable: Vec<String> = producers.iter().flat_map(Watched::unreachable).collect();
+        let brokers = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!("; brokers not reachable: {}", unreachable.join(", "))
+        };
+        if let Some(since) = *self.unacknowledged_since.lock().expect("readiness lock") {
+            return Some(format!(
+                "Kafka has acknowledged no record for {} s (too few brokers or in-sync replicas?){brokers}",
+                since.elapsed().as_secs()
+            ));
+        }
+        if !self.reachable.load(Ordering::Relaxed) {
+            return Some(format!("Kafka metadata is not reachable{brokers}"));
+        }
+        None
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.why_not().is_none()
+    }
+}
 
 /// `[ops]`: the operators' listener.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,7 +146,7 @@ pub async fn bind(listen: SocketAddr, key: &str) -> anyhow::Result<TcpListener> 
 /// each `/metrics` rendering, for gauges that are read rather than kept.
 pub fn router(
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     before_scrape: impl Fn() + Clone + Send + Sync + 'static,
 ) -> Router {
     health_router(ready).merge(metrics_router(metrics, before_scrape))
@@ -87,9 +176,10 @@ pub fn metrics_router(
     )
 }
 
-/// `/healthz` (alive) and `/readyz` (`ready`: Kafka answers), served on
-/// every listener: load balancers probe the port they send traffic to.
-pub fn health_router(ready: Arc<AtomicBool>) -> Router {
+/// `/healthz` (alive) and `/readyz` (`ready`: Kafka answers and
+/// acknowledges; the 503 says why not), served on every listener: load
+/// balancers probe the port they send traffic to.
+pub fn health_router(ready: Arc<Readiness>) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -98,15 +188,11 @@ pub fn health_router(ready: Arc<AtomicBool>) -> Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(Ordering::Relaxed);
+                let why_not = ready.why_not();
                 async move {
-                    if ready {
-                        reply(StatusCode::OK, json!({"status": "ready"}))
-                    } else {
-                        error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "Kafka metadata is not reachable",
-                        )
+                    match why_not {
+                        None => reply(StatusCode::OK, json!({"status": "ready"})),
+                        Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
                     }
                 }
             }),
@@ -150,31 +236,34 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     reply(status, json!({"status": "error", "error": message}))
 }
 
-/// Keeps `ready` (and `gauge`, if given) equal to whether Kafka answers a
-/// metadata request, asking every [`PROBE_INTERVAL`]. `ask` runs on a
-/// blocking thread (librdkafka's metadata call blocks) and returns `None`
-/// once its client is gone, which ends the loop; so does aborting it.
+/// Keeps `ready`'s reachability equal to whether Kafka answers a
+/// metadata request, asking every [`PROBE_INTERVAL`], and `gauge` (if
+/// given) to whether the role is ready. `ask` runs on a blocking thread
+/// (librdkafka's metadata call blocks) and returns `None` once its client
+/// is gone, which ends the loop; so does aborting it.
 pub async fn probe_kafka(
     role: &'static str,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     gauge: Option<IntGauge>,
     ask: impl Fn(Duration) -> Option<bool> + Clone + Send + 'static,
 ) {
+    let mut was_ready = false;
     loop {
         let ask = ask.clone();
         let answer = tokio::task::spawn_blocking(move || ask(PROBE_INTERVAL))
             .await
             .unwrap_or(Some(false));
         let Some(ok) = answer else { return };
-        if ok != ready.swap(ok, Ordering::Relaxed) {
-            if ok {
-                tracing::info!(role, "Kafka is reachable; ready");
-            } else {
-                tracing::warn!(role, "Kafka metadata is not reachable; /readyz answers 503");
-            }
+        ready.set_reachable(ok);
+        let why_not = ready.why_not();
+        match (&why_not, was_ready) {
+            (None, false) => tracing::info!(role, "Kafka is reachable and acknowledges; ready"),
+            (Some(why), true) => tracing::warn!(role, why, "not ready; /readyz answers 503"),
+            _ => {}
         }
+        was_ready = why_not.is_none();
         if let Some(g) = &gauge {
-            g.set(ok as i64);
+            g.set(was_ready as i64);
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
     }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dlq;
 pub mod explain;
 pub mod health;
+pub mod kafka;
 pub mod reconcile;
 pub mod resync;
 pub mod rewind;
@@ -12,6 +13,7 @@ pub mod run;
 pub mod send;
 pub mod state;
 pub mod targets;
+pub mod topics;
 
 use std::path::Path;
 

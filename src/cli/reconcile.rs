@@ -6,8 +6,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::bail;
 
@@ -121,7 +119,7 @@ async fn serve(
         "  every {} s, scope {:?}; corrections to {}",
         config.reconcile.interval_seconds, config.reconcile.scope, config.kafka.topic
     );
-    let ready = Arc::new(AtomicBool::new(true));
+    let ready = crate::ops::Readiness::ready();
     let router = crate::ops::router(metrics.clone(), ready, || {}).fallback(crate::ops::not_found);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

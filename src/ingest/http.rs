@@ -61,10 +61,9 @@ pub fn ops_router(ingestor: &Arc<Ingestor>) -> Router {
     let scrape = {
         let ingestor = ingestor.clone();
         move || {
-            ingestor
-                .metrics
-                .dedup_entries
-                .set(ingestor.dedup.len() as i64)
+            let m = &ingestor.metrics;
+            m.dedup_entries.set(ingestor.dedup.len() as i64);
+            m.kafka_ready.set(ingestor.kafka_ready.is_ready() as i64);
         }
     };
     crate::ops::router(

@@ -19,7 +19,6 @@ pub mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::event::EventKind;
 use crate::metrics::{Metrics, WebhookOutcome};
+use crate::ops::Readiness;
 use dedup::{Claim, Dedup};
 use normalize::{normalize, VerifiedEvent};
 use publish::{Delivered, PublishError, Publisher};
@@ -39,8 +39,9 @@ pub struct Ingestor {
     pub dedup: Dedup,
     pub publisher: Publisher,
     pub metrics: Metrics,
-    /// Set by the readiness probe loop.
-    pub kafka_ready: Arc<AtomicBool>,
+    /// What `/readyz` answers: kept by the probe loop, the delivery
+    /// reports and the producer's watch.
+    pub kafka_ready: Arc<Readiness>,
     /// How long a callback waits for Kafka's acknowledgement.
     pub ack_timeout: Duration,
     pub max_body_bytes: usize,
@@ -158,6 +159,7 @@ async fn publish(ingestor: &Ingestor, event: &VerifiedEvent) -> Answer {
         pending: Some(pending),
         ticket: Some(ticket),
         metrics: ingestor.metrics.clone(),
+        readiness: ingestor.kafka_ready.clone(),
         kind: event.event().kind,
     };
     let report = awaiting.pending.as_mut().expect("set above");
@@ -165,16 +167,19 @@ async fn publish(ingestor: &Ingestor, event: &VerifiedEvent) -> Answer {
         Ok(result) => {
             awaiting.pending = None;
             let ticket = awaiting.ticket.take().expect("set above");
-            record(&awaiting.metrics, awaiting.kind, ticket, &result);
+            record(&awaiting, ticket, &result);
             match result {
                 Ok(delivered) => Answer::Published(delivered),
                 Err(e) => Answer::Unavailable(e.to_string()),
             }
         }
-        Err(_) => Answer::Unavailable(format!(
-            "Kafka did not acknowledge within {} ms",
-            ingestor.ack_timeout.as_millis()
-        )),
+        Err(_) => {
+            ingestor.kafka_ready.unacknowledged();
+            Answer::Unavailable(format!(
+                "Kafka did not acknowledge within {} ms",
+                ingestor.ack_timeout.as_millis()
+            ))
+        }
     }
 }
 
@@ -184,6 +189,7 @@ struct Awaiting {
     pending: Option<publish::Pending>,
     ticket: Option<dedup::Ticket>,
     metrics: Metrics,
+    readiness: Arc<Readiness>,
     kind: EventKind,
 }
 
@@ -197,29 +203,32 @@ impl Drop for Awaiting {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (metrics, kind) = (self.metrics.clone(), self.kind);
+        let rest = Awaiting {
+            pending: None,
+            ticket: None,
+            metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
+            kind: self.kind,
+        };
         runtime.spawn(async move {
             let result = pending.await;
-            record(&metrics, kind, ticket, &result);
+            record(&rest, ticket, &result);
         });
     }
 }
 
-/// Counts a delivery report and resolves the callback's dedup ticket.
-fn record(
-    metrics: &Metrics,
-    kind: EventKind,
-    ticket: dedup::Ticket,
-    result: &Result<Delivered, PublishError>,
-) {
+/// Counts a delivery report, resolves the callback's dedup ticket, and
+/// tells readiness that Kafka acknowledges again.
+fn record(awaiting: &Awaiting, ticket: dedup::Ticket, result: &Result<Delivered, PublishError>) {
     match result {
         Ok(_) => {
-            metrics.published(kind);
+            awaiting.metrics.published(awaiting.kind);
+            awaiting.readiness.acknowledged();
             ticket.resolve(true);
         }
         Err(e) => {
             tracing::warn!(error = %e, "Kafka did not acknowledge an event");
-            metrics.produce_errors.inc();
+            awaiting.metrics.produce_errors.inc();
             ticket.resolve(false);
         }
     }
@@ -254,7 +263,7 @@ impl Ingest {
             ),
             publisher,
             metrics,
-            kafka_ready: Default::default(),
+            kafka_ready: Readiness::new(),
             ack_timeout: Duration::from_millis(config.http.ack_timeout_ms),
             max_body_bytes: config.http.max_body_bytes,
             body_timeout: Duration::from_secs(config.http.body_timeout_seconds),
@@ -295,15 +304,26 @@ impl Ingest {
             metrics_here,
         } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        ingestor.kafka_ready.watch(ingestor.publisher.watched());
         let probe = {
             let publisher = ingestor.publisher.clone();
+            let readiness = ingestor.kafka_ready.clone();
             tokio::spawn(crate::ops::probe_kafka(
                 "ingest",
                 ingestor.kafka_ready.clone(),
                 Some(ingestor.metrics.kafka_ready.clone()),
-                move |timeout| Some(publisher.probe(timeout)),
+                move |timeout| {
+                    let ok = publisher.probe(timeout);
+                    // Nothing waits any more: whatever was not
+                    // acknowledged has failed; new callbacks tell again.
+                    if publisher.in_flight() == 0 {
+                        readiness.acknowledged();
+                    }
+                    Some(ok)
+                },
             ))
         };
+        let fatal = ingestor.publisher.watched().clone();
         let app = http::router(ingestor.clone(), metrics_here);
         let signalled = async move {
             shutdown.await;
@@ -317,13 +337,20 @@ impl Ingest {
             ingestor.metrics.http.clone(),
             signalled,
         );
-        tokio::select! {
-            () = server => {}
+        let failed = tokio::select! {
+            () = server => None,
             _ = async { let _ = stop_rx.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+                None
             }
-        }
+            // Nothing can be published any more: better restarted (a new
+            // producer) than answering 503 for ever.
+            why = fatal.fatal_error() => Some(why),
+        };
         probe.abort();
+        if let Some(why) = failed {
+            anyhow::bail!("{why}; ingest stopped (a restart creates a new producer)");
+        }
         let publisher = ingestor.publisher.clone();
         let left = publisher.in_flight();
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(grace)).await;

@@ -16,11 +16,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 
 use crate::event::{Event, SCHEMA_V1};
 use crate::ingest::normalize::VerifiedEvent;
 use crate::kafka;
+use crate::kafka::client::{Producer, Watched};
 use crate::kafka::config::KafkaConfig;
 
 /// Why a record was not handed to Kafka or not acknowledged.
@@ -71,7 +72,8 @@ impl std::future::Future for Pending {
 /// The Kafka producer for normalized events.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Producer,
+    watched: Watched,
     topic: Arc<str>,
     /// librdkafka's `message.max.bytes` for this producer.
     max_message_bytes: usize,
@@ -81,11 +83,11 @@ impl Publisher {
     /// Creates the producer; mutebridge's delivery guarantees are pinned.
     pub fn new(cfg: &KafkaConfig, bootstrap: &str) -> anyhow::Result<Publisher> {
         let config = kafka::producer_config(cfg, bootstrap);
-        let producer: FutureProducer = config
-            .create()
+        let watched = Watched::create(config, "event")
             .context("cannot create the Kafka producer (check the [kafka.client] properties)")?;
         Ok(Publisher {
-            producer,
+            producer: watched.producer.clone(),
+            watched,
             topic: cfg.topic.as_str().into(),
             max_message_bytes: kafka::client::max_message_bytes(cfg),
         })
@@ -141,6 +143,38 @@ impl Publisher {
     /// Records queued in librdkafka and not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+
+    /// The producer, for readiness (fatal error, brokers).
+    pub fn watched(&self) -> &Watched {
+        &self.watched
+    }
+
+    /// Makes librdkafka raise a fatal error on this producer, as a fenced
+    /// or unauthorized idempotent producer would (librdkafka's own test
+    /// hook: there is no practical way to cause a real one on purpose).
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self, reason: &str) {
+        inject_fatal_error(self.producer.client(), reason);
+    }
+}
+
+/// `rd_kafka_test_fatal_error` on `client`: an OUT_OF_ORDER_SEQUENCE_NUMBER
+/// fatal error, as the idempotent producer raises when it cannot recover.
+#[doc(hidden)]
+pub fn inject_fatal_error<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    reason: &str,
+) {
+    let reason = std::ffi::CString::new(reason).unwrap_or_default();
+    // SAFETY: a live client handle and a NUL-terminated string that
+    // outlives the call (librdkafka copies it).
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            client.native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
     }
 }
 

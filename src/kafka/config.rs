@@ -43,9 +43,19 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Partition count used when mutebridge creates the topic.
     pub partitions: i32,
-    /// Replication factor used when mutebridge creates the topic; unset means
-    /// the broker's `default.replication.factor`.
+    /// Replication factor of the topics mutebridge creates; unset: 3, or
+    /// the broker count on a smaller cluster.
     pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of the topics mutebridge creates: a 200 means
+    /// the record is on this many brokers. Unset: 2 with 3 or more
+    /// replicas (one broker may fail without losing a record or stopping
+    /// writes), else 1.
+    pub min_insync_replicas: Option<i32>,
+    /// How long the event topic keeps records (`retention.ms` when
+    /// mutebridge creates it; `topics check` warns below it): the longest
+    /// a target can be down, or behind, without losing events it has not
+    /// read.
+    pub retention_hours: u64,
     /// Create the topic at startup when it does not exist.
     pub create_topics: bool,
     /// Extra librdkafka properties, passed through as they are; a string
@@ -64,6 +74,8 @@ impl Default for KafkaConfig {
             topic: "im.group-events".into(),
             partitions: 12,
             replication_factor: None,
+            min_insync_replicas: None,
+            retention_hours: 168,
             create_topics: true,
             client: BTreeMap::new(),
             resolved_client: BTreeMap::new(),
@@ -71,7 +83,22 @@ impl Default for KafkaConfig {
     }
 }
 
+/// Client settings librdkafka refuses under the new consumer group
+/// protocol (KIP-848): the broker decides them (`group.consumer.*`).
+pub const NOT_WITH_CONSUMER_PROTOCOL: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "group.protocol.type",
+];
+
 impl KafkaConfig {
+    /// Whether `[kafka.client]` chooses the new consumer group protocol
+    /// (`group.protocol = "consumer"`, KIP-848; Kafka 4 brokers).
+    pub fn consumer_protocol(&self) -> bool {
+        matches!(self.client.get("group.protocol"), Some(toml::Value::String(p)) if p.trim() == "consumer")
+    }
+
     /// True when the in-process cluster should be started.
     pub fn is_embedded(&self) -> bool {
         self.brokers.trim() == "embedded"
@@ -113,6 +140,28 @@ impl KafkaConfig {
         if self.replication_factor.is_some_and(|rf| rf < 1) {
             return invalid("replication_factor", "must be at least 1");
         }
+        if let Some(isr) = self.min_insync_replicas {
+            if isr < 1 {
+                return invalid("min_insync_replicas", "must be at least 1");
+            }
+            if let Some(rf) = self.replication_factor.filter(|rf| isr > *rf) {
+                return invalid(
+                    "min_insync_replicas",
+                    format!(
+                        "{isr} is above replication_factor ({rf}): every write would be refused"
+                    ),
+                );
+            }
+        }
+        if !(1..=876_000).contains(&self.retention_hours) {
+            return invalid(
+                "retention_hours",
+                format!(
+                    "{} is not between 1 and 876000 (100 years)",
+                    self.retention_hours
+                ),
+            );
+        }
         if let Some(v) = self.client.get("message.max.bytes") {
             let n = match v {
                 toml::Value::Integer(n) => Some(*n),
@@ -123,6 +172,25 @@ impl KafkaConfig {
                 return invalid(
                     "client.\"message.max.bytes\"",
                     format!("{v} is not a number of bytes between 1000 and 1000000000"),
+                );
+            }
+        }
+        if let Some(v) = self.client.get("group.protocol") {
+            if !matches!(v, toml::Value::String(p) if p == "classic" || p == "consumer") {
+                return invalid(
+                    "client.\"group.protocol\"",
+                    format!("{v} is not \"classic\" (the default) or \"consumer\" (KIP-848, Kafka 4 brokers)"),
+                );
+            }
+        }
+        if self.consumer_protocol() {
+            if let Some(key) = NOT_WITH_CONSUMER_PROTOCOL
+                .iter()
+                .find(|k| self.client.contains_key(**k))
+            {
+                return invalid(
+                    &format!("client.\"{key}\""),
+                    "cannot be set with group.protocol = \"consumer\": the broker decides it (group.consumer.* broker settings); remove it",
                 );
             }
         }

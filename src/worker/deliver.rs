@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerConfig, Permit};
 use super::dlq::Reason;
+use super::lease::Lease;
 use super::outcome::{ActionOutcome, Failure};
 use crate::event::Event;
 use crate::limit::{Limiter, FIRST_PAUSE};
@@ -98,6 +99,9 @@ pub struct Deliverer {
     pub breaker: Arc<Breaker>,
     host: AtomicUsize,
     metrics: DeliverMetrics,
+    /// The pipeline's standing in its consumer group: no call goes out
+    /// while it is in doubt (see [`super::lease`]).
+    lease: Lease,
 }
 
 /// How much of a call's budget is spent.
@@ -153,6 +157,7 @@ impl Deliverer {
         limiter: Option<Arc<Limiter>>,
         breaker: BreakerConfig,
         metrics: DeliverMetrics,
+        lease: Lease,
     ) -> Deliverer {
         Deliverer {
             name: Arc::from(name),
@@ -163,6 +168,7 @@ impl Deliverer {
             breaker: Arc::new(Breaker::new(breaker)),
             host: AtomicUsize::new(0),
             metrics,
+            lease,
         }
     }
 
@@ -201,6 +207,9 @@ impl Deliverer {
             if !permit.is_probe() && self.breaker.circuit() != super::breaker::Circuit::Closed {
                 continue;
             }
+            // After a stall: not before the group says the partition is
+            // still ours (a revoke aborts this call instead).
+            progress.budget.waited += self.lease.wait().await;
             let sent = Instant::now();
             let outcome = match self.attempt(&call, event).await {
                 Ok(o) => o,

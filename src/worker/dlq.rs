@@ -12,11 +12,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::kafka;
+use crate::kafka::client::{Producer, Watched};
 use crate::kafka::config::KafkaConfig;
 use crate::time::now_ms;
 
@@ -188,7 +189,8 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 /// The dead-letter producer (durable and idempotent, like the event producer).
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: Producer,
+    watched: Watched,
     topic: String,
     /// The largest letter written: the producers' `message.max.bytes` less
     /// room for the key, headers and framing; halved (once per refusal)
@@ -202,16 +204,23 @@ const LETTER_FRAMING_BYTES: usize = 2048;
 
 impl DeadLetters {
     pub fn new(cfg: &KafkaConfig, bootstrap: &str, topic: &str) -> anyhow::Result<DeadLetters> {
-        let producer: FutureProducer = kafka::producer_config(cfg, bootstrap).create().context(
-            "cannot create the dead-letter producer (check the [kafka.client] properties)",
-        )?;
+        let watched = Watched::create(kafka::producer_config(cfg, bootstrap), "dead-letter")
+            .context(
+                "cannot create the dead-letter producer (check the [kafka.client] properties)",
+            )?;
         Ok(DeadLetters {
-            producer,
+            producer: watched.producer.clone(),
+            watched,
             topic: topic.to_owned(),
             max_letter_bytes: Arc::new(AtomicUsize::new(
                 kafka::client::max_message_bytes(cfg).saturating_sub(LETTER_FRAMING_BYTES),
             )),
         })
+    }
+
+    /// The producer, for readiness (a fatal error).
+    pub fn watched(&self) -> &Watched {
+        &self.watched
     }
 
     /// Writes `letter` keyed like its event, retrying until Kafka

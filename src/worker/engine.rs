@@ -161,6 +161,7 @@ impl TargetEngine {
                 let key = key();
                 if part.get(&key).is_some() {
                     self.finish(EventOutcome::NoMatch);
+                    s.store.member().await;
                     let staged = s.store.stage_delete(part, &key).ok();
                     return Processed {
                         staged,
@@ -197,9 +198,12 @@ impl TargetEngine {
         // The record follows the actions it vouches for: a crash before
         // this line re-applies the event, never loses it.
         let mut processed = Processed::default();
-        if let (Some(part), Some(fresh)) =
-            (guarded, verdict.as_ref().and_then(|v| v.fresh.as_deref()))
-        {
+        if let (Some(part), Some(fresh), Some(s)) = (
+            guarded,
+            verdict.as_ref().and_then(|v| v.fresh.as_deref()),
+            &self.state,
+        ) {
+            s.store.member().await;
             processed = self.write(part, applied, fresh, &tally, &key);
         }
         let held = verdict.as_ref().and_then(Verdict::all_held);
@@ -425,6 +429,7 @@ impl TargetEngine {
             let steps = self.policy.plan(&e, Some(&verdict), None);
             let tally = self.carry_out(&job.key, source, job.partition, steps).await;
             if let Some(fresh) = verdict.fresh.as_deref() {
+                state.store.member().await;
                 let written = self.write(part, applied.clone(), fresh, &tally, &key);
                 if written.staged.is_some() {
                     applied = part.get(&key);
@@ -476,6 +481,7 @@ impl TargetEngine {
         }
         applied.updated_at_ms = now;
         let lapse = applied.next_lapse_ms();
+        state.store.member().await;
         Processed {
             staged: state.store.stage(&part, applied).ok(),
             lapse: Some((key.to_owned(), lapse)),

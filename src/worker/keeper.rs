@@ -70,6 +70,7 @@ impl Keeper {
             }
             tracing::info!(group = %event.group_id, scope = event.scope.as_str(), "group destroyed: its mute state is deleted");
             self.count(KeeperOutcome::Removed);
+            store.member().await;
             return store.stage_delete(&part, &key).ok();
         }
         if !event.kind.is_mute() {
@@ -91,6 +92,7 @@ impl Keeper {
         match guard::record(current, fresh, now_ms(), store.horizon_ms()) {
             Some(next) => {
                 self.count(KeeperOutcome::Recorded);
+                store.member().await;
                 // Revoked: the new owner records the event again.
                 store.stage(&part, next).ok()
             }

@@ -60,6 +60,8 @@ pub struct PipelineMetrics {
     pub in_flight: IntGauge,
     pub buffered: IntGauge,
     pub consumer_lag: IntGaugeVec,
+    pub commit_failures: IntCounter,
+    pub offsets_skipped: IntCounter,
     pub store: StoreMetrics,
 }
 
@@ -183,6 +185,8 @@ impl LimitVecs {
 #[derive(Clone)]
 pub struct PipelineVecs {
     pub consumer_lag: IntGaugeVec,
+    pub commit_failures: IntCounterVec,
+    pub offsets_skipped: IntCounterVec,
     pub groups_in_flight: IntGaugeVec,
     pub buffered_events: IntGaugeVec,
     pub state_groups: IntGaugeVec,
@@ -201,6 +205,16 @@ impl PipelineVecs {
             "mutebridge_consumer_lag",
             "Messages between the committed offset and the end of each assigned partition, by pipeline (a target, or `state`: the state keeper) and partition (librdkafka statistics).",
             &["pipeline", "partition"],
+        ),
+        commit_failures: counter(
+            "mutebridge_worker_commit_failures_total",
+            "Offset commits Kafka refused or did not answer (the group coordinator moved, a rebalance), by pipeline; each is issued again, and nothing counts as committed until Kafka acknowledges it.",
+            &["pipeline"],
+        ),
+        offsets_skipped: counter(
+            "mutebridge_worker_offsets_skipped_total",
+            "Events a pipeline never read because retention deleted them first (librdkafka reset its position past them), by pipeline: the event topic's retention is shorter than the pipeline's lag was.",
+            &["pipeline"],
         ),
         groups_in_flight: gauge(
             "mutebridge_worker_groups_in_flight",
@@ -277,6 +291,8 @@ impl WorkerMetrics {
             Box::new(self.events.action_retries.clone()),
             Box::new(self.events.dead_letters.clone()),
             Box::new(self.pipelines.consumer_lag.clone()),
+            Box::new(self.pipelines.commit_failures.clone()),
+            Box::new(self.pipelines.offsets_skipped.clone()),
             Box::new(self.limits.rate_limit_wait.clone()),
             Box::new(self.limits.rate_limit_share.clone()),
             Box::new(self.limits.rate_limit_exact.clone()),
@@ -367,6 +383,8 @@ impl WorkerMetrics {
             in_flight: self.pipelines.groups_in_flight.with_label_values(&[name]),
             buffered: self.pipelines.buffered_events.with_label_values(&[name]),
             consumer_lag: self.pipelines.consumer_lag.clone(),
+            commit_failures: self.pipelines.commit_failures.with_label_values(&[name]),
+            offsets_skipped: self.pipelines.offsets_skipped.with_label_values(&[name]),
             store: StoreMetrics {
                 held: self.pipelines.state_groups.with_label_values(&[name]),
                 rebuild: self.pipelines.state_rebuild.with_label_values(&[name]),

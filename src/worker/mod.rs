@@ -23,6 +23,7 @@ pub mod deliver;
 pub mod dlq;
 pub mod engine;
 pub mod keeper;
+pub mod lease;
 pub mod metrics;
 pub mod offsets;
 pub mod outcome;
@@ -39,7 +40,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -47,9 +47,12 @@ use crate::config::{Checked, Config};
 
 use crate::kafka::config::KafkaConfig;
 
+use crate::kafka::client::{Producer, Watched};
+use crate::kafka::topics::{Plan, Role};
 use crate::kafka::{self, scan::Reader, Cluster};
 use crate::limit::{Limiter, Shares};
 use crate::metrics::Metrics;
+use crate::ops::Readiness;
 use crate::policy::Policy;
 use crate::state::applied;
 use crate::targets::{Target, TargetConfig};
@@ -58,6 +61,7 @@ use deliver::{DeliverMetrics, Deliverer};
 use dlq::DeadLetters;
 use engine::{TargetEngine, TargetState};
 use keeper::Keeper;
+use lease::Lease;
 use metrics::{PipelineMetrics, WorkerMetrics, KEEPER};
 use offsets::Tracker;
 use pipeline::{Pipeline, Stage, Status};
@@ -72,7 +76,7 @@ pub type Statuses = Arc<Vec<Arc<Mutex<Status>>>>;
 pub struct Worker {
     pipelines: Vec<Pipeline>,
     dlq: DeadLetters,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     statuses: Statuses,
     topic: String,
 }
@@ -97,22 +101,29 @@ impl Worker {
             );
         }
         let w = &config.worker;
+        // The dead-letter and state topics, created or checked; a state
+        // topic that is not compacted, or also deletes, is refused.
+        let roles: &[Role] = if w.track_state {
+            &[Role::DeadLetters, Role::State]
+        } else {
+            &[Role::DeadLetters]
+        };
         cluster
-            .create_extra_topic(&config.kafka, &w.dlq_topic)
-            .await
-            .with_context(|| format!("the dead-letter topic {} (worker.dlq_topic)", w.dlq_topic))?;
+            .prepare(&config.kafka, |brokers| Plan::new(config, roles, brokers))
+            .await?;
         let bootstrap = cluster.bootstrap_servers().to_owned();
         let partitions = event_partitions(config, cluster).await?;
-        if w.track_state {
-            open_state(config, cluster, partitions).await?;
-        }
         let dlq = DeadLetters::new(&config.kafka, &bootstrap, &w.dlq_topic)?;
-        let producer: FutureProducer = kafka::producer_config(&config.kafka, &bootstrap)
-            // Nobody waits on a state record but the offset commit, so
-            // records are batched: far fewer requests for broker and client.
-            .set("linger.ms", "5")
-            .create()
+        let mut state_config = kafka::producer_config(&config.kafka, &bootstrap);
+        // Nobody waits on a state record but the offset commit, so
+        // records are batched: far fewer requests for broker and client.
+        state_config.set("linger.ms", "5");
+        let state_producer = Watched::create(state_config, "state")
             .context("cannot create the state producer (check the [kafka.client] properties)")?;
+        let producer = state_producer.producer.clone();
+        let ready = Readiness::new();
+        ready.watch(&state_producer);
+        ready.watch(dlq.watched());
         let client = http_client(w)?;
         let build = Build {
             config,
@@ -157,16 +168,16 @@ impl Worker {
         Ok(Worker {
             pipelines,
             dlq,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready,
             statuses,
             topic: config.kafka.topic.clone(),
         })
     }
 
-    /// True while the last Kafka metadata probe succeeded (for `/readyz` of
-    /// a worker-only process). A provider outage does not make the worker
-    /// unready.
-    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+    /// What `/readyz` of a worker-only process answers: ready while Kafka
+    /// answers and its producers have not failed fatally. A provider
+    /// outage does not make the worker unready.
+    pub fn ready_flag(&self) -> Arc<Readiness> {
         self.ready.clone()
     }
 
@@ -200,12 +211,29 @@ impl Worker {
                 let _ = rx.wait_for(|s| *s).await;
             }));
         }
-        shutdown.await;
+        // A producer that failed fatally can write no state record or dead
+        // letter again: nothing could be committed, so stop (and let the
+        // orchestrator restart with new producers) instead of stalling.
+        let fatal = async {
+            let waits = self
+                .ready
+                .watches()
+                .into_iter()
+                .map(|w| Box::pin(async move { w.fatal_error().await }));
+            futures_util::future::select_all(waits).await.0
+        };
+        let failed = tokio::select! {
+            () = shutdown => None,
+            why = fatal => Some(why),
+        };
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
         probe.abort();
         let _ = probe.await;
         self.dlq.flush(Duration::from_secs(5));
+        if let Some(why) = failed {
+            anyhow::bail!("{why}; the worker stopped (a restart creates new producers; what was not committed is applied again)");
+        }
         tracing::info!("worker stopped; finished offsets committed");
         Ok(())
     }
@@ -217,7 +245,7 @@ struct Build<'a> {
     bootstrap: &'a str,
     metrics: &'a WorkerMetrics,
     dlq: &'a DeadLetters,
-    producer: &'a FutureProducer,
+    producer: &'a Producer,
     partitions: usize,
 }
 
@@ -227,6 +255,7 @@ impl Build<'_> {
         let w = &self.config.worker;
         let pm = self.metrics.pipeline(KEEPER);
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
+        let lease = Lease::new();
         let state = w.track_state.then(|| {
             Store::new(
                 self.producer.clone(),
@@ -235,6 +264,7 @@ impl Build<'_> {
                 kafka::client::max_message_bytes(&self.config.kafka),
                 pm.store.clone(),
                 loaded_tx,
+                lease.clone(),
             )
         });
         let keeper = Arc::new(Keeper {
@@ -254,6 +284,7 @@ impl Build<'_> {
             loaded_rx,
             pm,
             tracker,
+            lease,
         )
     }
 
@@ -267,7 +298,8 @@ impl Build<'_> {
     ) -> anyhow::Result<Pipeline> {
         let w = &self.config.worker;
         let pm = self.metrics.pipeline(name);
-        let (deliverer, shares) = self.deliverer(name, cfg, client)?;
+        let lease = Lease::new();
+        let (deliverer, shares) = self.deliverer(name, cfg, client, lease.clone())?;
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
         // Targets that take whole events keep no records.
         let state = (w.track_state && !cfg.forwards()).then(|| TargetState {
@@ -278,6 +310,7 @@ impl Build<'_> {
                 kafka::client::max_message_bytes(&self.config.kafka),
                 pm.store.clone(),
                 loaded_tx,
+                lease.clone(),
             ),
             newest: Arc::new(Newest::default()),
         });
@@ -312,6 +345,7 @@ impl Build<'_> {
             loaded_rx,
             pm,
             tracker,
+            lease,
         )
     }
 
@@ -322,6 +356,7 @@ impl Build<'_> {
         name: &str,
         cfg: &TargetConfig,
         client: reqwest::Client,
+        lease: Lease,
     ) -> anyhow::Result<(Deliverer, Option<Arc<Shares>>)> {
         let w = &self.config.worker;
         let limiter = match cfg.limit_spec(name) {
@@ -350,6 +385,7 @@ impl Build<'_> {
             limiter,
             w.circuit_breaker.clone(),
             metrics,
+            lease,
         );
         Ok((deliverer, shares))
     }
@@ -365,6 +401,7 @@ impl Build<'_> {
         loaded: mpsc::UnboundedReceiver<i32>,
         metrics: PipelineMetrics,
         tracker: Arc<Mutex<Tracker>>,
+        lease: Lease,
     ) -> anyhow::Result<Pipeline> {
         let kafka = &self.config.kafka;
         let state = match sinks {
@@ -387,6 +424,7 @@ impl Build<'_> {
             shares,
             paused: paused.clone(),
             backlog: backlog.clone(),
+            commit_failures: metrics.commit_failures.clone(),
         };
         let consumer: StreamConsumer<WorkerContext> =
             kafka::consumer_config(kafka, self.bootstrap, group_id)
@@ -406,6 +444,7 @@ impl Build<'_> {
             backlog,
             stage,
             loaded,
+            lease,
             config: self.config.worker.clone(),
             metrics,
             topic: kafka.topic.clone(),
@@ -457,11 +496,8 @@ pub fn inherit_offsets(
             .create()
             .context("cannot create a Kafka consumer (check the [kafka.client] properties)")
     };
-    let timeout = Duration::from_secs(15);
     let target = group(to)?;
-    let own = target
-        .committed_offsets(all(), timeout)
-        .with_context(|| format!("cannot read the committed offsets of consumer group {to}"))?;
+    let own = committed(&target, all(), to)?;
     if own
         .elements()
         .iter()
@@ -469,9 +505,7 @@ pub fn inherit_offsets(
     {
         return Ok(());
     }
-    let theirs = group(from)?
-        .committed_offsets(all(), timeout)
-        .with_context(|| format!("cannot read the committed offsets of consumer group {from}"))?;
+    let theirs = committed(&group(from)?, all(), from)?;
     let mut start = TopicPartitionList::new();
     for e in theirs.elements() {
         if let Offset::Offset(o) = e.offset() {
@@ -490,6 +524,44 @@ pub fn inherit_offsets(
         .with_context(|| format!("cannot commit the starting offsets of consumer group {to}"))?;
     tracing::info!(group = to, from, partitions = start.count(), "new consumer group starts where {from} is (an upgrade from one consumer group, or a target added since)");
     Ok(())
+}
+
+/// The offsets consumer group `group` committed for `partitions`. A new
+/// cluster has no group coordinator until the first group asks for one
+/// (its offsets topic is created then): that is waited for, up to a minute.
+fn committed(
+    consumer: &BaseConsumer,
+    partitions: TopicPartitionList,
+    group: &str,
+) -> anyhow::Result<TopicPartitionList> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.committed_offsets(partitions.clone(), Duration::from_secs(15)) {
+            Ok(tpl) => return Ok(tpl),
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            Code::CoordinatorNotAvailable
+                                | Code::NotCoordinator
+                                | Code::CoordinatorLoadInProgress
+                                | Code::OperationTimedOut
+                                | Code::RequestTimedOut
+                        )
+                    ) =>
+            {
+                tracing::info!(group, error = %e, "the group coordinator is not ready yet; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)).with_context(|| {
+                    format!("cannot read the committed offsets of consumer group {group}")
+                })
+            }
+        }
+    }
 }
 
 /// The event topic's partition count (the whole that rate-limit shares
@@ -519,47 +591,4 @@ async fn partition_count(config: &Config, cluster: &Cluster, topic: &str) -> any
         Reader::new(&kafka_cfg, &bootstrap)?.partition_count(&topic)
     })
     .await?
-}
-
-/// Creates the state topic and checks that it is partitioned like the
-/// event topic (a group's records live in its events' partition number).
-async fn open_state(config: &Config, cluster: &Cluster, events: usize) -> anyhow::Result<()> {
-    let (kafka, w) = (&config.kafka, &config.worker);
-    cluster
-        .create_compacted_topic(kafka, &w.state_topic)
-        .await
-        .with_context(|| format!("the state topic {} (worker.state_topic)", w.state_topic))?;
-    // A state topic that is not compacted loses each group's state with
-    // retention (and the guard with it): refused. Clusters that cannot say
-    // (librdkafka's mock cluster) are trusted.
-    match cluster.compaction(kafka, &w.state_topic).await {
-        crate::kafka::Compaction::Compacted => {}
-        crate::kafka::Compaction::NotCompacted(policy) => anyhow::bail!(
-            "the state topic {} (worker.state_topic) has cleanup.policy={policy}: its records would expire with retention and every group's mute state with them. Make it compacted (kafka-configs --bootstrap-server ... --alter --entity-type topics --entity-name {} --add-config cleanup.policy=compact), or set worker.state_topic to a new topic (mutebridge creates it compacted)",
-            w.state_topic,
-            w.state_topic
-        ),
-        // The embedded cluster never answers (and never compacts).
-        crate::kafka::Compaction::CannotTell(why) if cluster.embedded().is_none() => tracing::warn!(
-            topic = %w.state_topic,
-            why,
-            "cannot tell whether the state topic is compacted; make sure it is (cleanup.policy=compact)"
-        ),
-        crate::kafka::Compaction::CannotTell(_) => {}
-    }
-    let states = partition_count(config, cluster, &w.state_topic).await.with_context(|| {
-        format!(
-            "the state topic {} (worker.state_topic) cannot be read: create it with cleanup.policy=compact and {events} partitions, or let mutebridge create it (kafka.create_topics = true), or set worker.track_state = false",
-            w.state_topic
-        )
-    })?;
-    if events != states {
-        anyhow::bail!(
-            "the state topic {} has {states} partitions and the event topic {} has {events}: they must match, because a group's state is kept in its events' partition number. Recreate {} with {events} partitions (its contents are rebuilt from new events), or set worker.state_topic to a new topic",
-            w.state_topic,
-            kafka.topic,
-            w.state_topic
-        );
-    }
-    Ok(())
 }

@@ -5,6 +5,13 @@
 //! received when none is). Committing only up to there is what makes "a
 //! committed offset means the actions ran or were dead-lettered" true; a
 //! crash re-delivers from there and never skips.
+//!
+//! A position counts as committed only once Kafka acknowledged the commit
+//! ([`Tracker::commit_answered`]): a commit that failed (the coordinator
+//! moved, a rebalance was in progress) is issued again with the next one.
+//! And when librdkafka reset a partition's position because retention had
+//! deleted the records there ([`Tracker::reset_at`]), the records it skipped
+//! are counted ([`Tracker::take_skipped`]), never silently lost.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,6 +27,21 @@ pub struct Tracker {
     /// events are applied again (judged as replays, so that what the
     /// target applied before is sent again).
     fences: HashMap<i32, i64>,
+    /// Where librdkafka reset a partition's position from (the first
+    /// offset it could not fetch), until the next record shows where to.
+    resets: HashMap<i32, i64>,
+    /// Records skipped by resets since the last [`Tracker::take_skipped`].
+    skipped: Vec<Skipped>,
+}
+
+/// Records of one partition that were never read: retention deleted them
+/// before this pipeline got to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    pub partition: i32,
+    /// The first offset that could not be read, and the one read instead.
+    pub from: i64,
+    pub to: i64,
 }
 
 /// The commit metadata that carries a rewind's fence until it is passed:
@@ -39,7 +61,10 @@ struct Part {
     /// Unfinished offsets, with their records' timestamps (ms).
     pending: BTreeMap<i64, i64>,
     next: i64,
+    /// The last position Kafka acknowledged as committed.
     committed: i64,
+    /// The last position a commit was issued for (acknowledged or not).
+    issued: i64,
 }
 
 impl Part {
@@ -63,8 +88,18 @@ impl Tracker {
                 pending: BTreeMap::new(),
                 next: offset,
                 committed: -1,
+                issued: -1,
             }
         });
+        if let Some(from) = self.resets.remove(&partition) {
+            if offset > from {
+                self.skipped.push(Skipped {
+                    partition,
+                    from,
+                    to: offset,
+                });
+            }
+        }
         part.pending.insert(offset, timestamp_ms);
         part.next = part.next.max(offset + 1);
         part.generation
@@ -107,16 +142,17 @@ impl Tracker {
         self.parts.get(&partition).map(Part::position)
     }
 
-    /// Positions that moved since the last call, for committing; a
-    /// rewind's fence goes with them until it is passed (so a restart in
-    /// the middle still re-applies the rest).
+    /// Positions to commit: those that moved since the last call, and
+    /// those whose last commit failed; a rewind's fence goes with them
+    /// until it is passed (so a restart in the middle still re-applies the
+    /// rest).
     pub fn take_commits(&mut self, topic: &str) -> Option<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (p, part) in self.parts.iter_mut() {
             let position = part.position();
-            if position > part.committed {
+            if position > part.committed && position != part.issued {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(position));
-                part.committed = position;
+                part.issued = position;
                 match self.fences.get(p) {
                     Some(f) if position < *f => {
                         if let Some(mut e) = tpl.find_partition(topic, *p) {
@@ -133,10 +169,48 @@ impl Tracker {
         (tpl.count() > 0).then_some(tpl)
     }
 
+    /// Every partition's position, moved or not: committing it again is a
+    /// no-op for Kafka, and only a current member may do it.
+    pub fn positions(&self, topic: &str) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (p, part) in &self.parts {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(part.position()));
+        }
+        tpl
+    }
+
+    /// Kafka answered a commit of `position` for `partition`: acknowledged
+    /// (`ok`), or refused, in which case the position is issued again with
+    /// the next commit. Answers about an older assignment change nothing
+    /// that matters: an acknowledged position is true whoever committed it.
+    pub fn commit_answered(&mut self, partition: i32, position: i64, ok: bool) {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
+        if ok {
+            part.committed = part.committed.max(position);
+        } else if part.issued == position {
+            part.issued = part.committed;
+        }
+    }
+
+    /// librdkafka reset `partition`'s position after failing to fetch
+    /// `from` (retention deleted it): the next record received there shows
+    /// how many were skipped.
+    pub fn reset_at(&mut self, partition: i32, from: i64) {
+        self.resets.entry(partition).or_insert(from);
+    }
+
+    /// Records skipped by resets since the last call.
+    pub fn take_skipped(&mut self) -> Vec<Skipped> {
+        std::mem::take(&mut self.skipped)
+    }
+
     /// Forgets a revoked partition; returns its final position when that
-    /// is past what was already committed (else there is nothing to commit).
+    /// is past what Kafka acknowledged (else there is nothing to commit).
     pub fn revoke(&mut self, partition: i32) -> Option<i64> {
         self.fences.remove(&partition);
+        self.resets.remove(&partition);
         let part = self.parts.remove(&partition)?;
         self.revoked.push((partition, part.generation));
         let position = part.position();
@@ -172,7 +246,57 @@ mod tests {
             tpl.find_partition("t", 0).unwrap().offset(),
             Offset::Offset(13)
         );
+        t.commit_answered(0, 13, true);
         assert!(t.take_commits("t").is_none(), "nothing moved");
+    }
+
+    #[test]
+    fn a_refused_commit_is_issued_again_and_never_counts_as_done() {
+        let mut t = Tracker::default();
+        let g = t.received(0, 10, 0);
+        t.finished(0, 10, g);
+        let first = t.take_commits("t").unwrap();
+        assert_eq!(
+            first.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(11)
+        );
+        assert!(t.take_commits("t").is_none(), "in flight: not issued twice");
+        // The coordinator moved: the commit failed.
+        t.commit_answered(0, 11, false);
+        assert_eq!(t.revoke(0), Some(11), "a revoke still commits it");
+        let g = t.received(0, 11, 0);
+        t.finished(0, 11, g);
+        t.take_commits("t").unwrap();
+        t.commit_answered(0, 12, false);
+        let again = t.take_commits("t").expect("retried with the next commit");
+        assert_eq!(
+            again.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(12)
+        );
+        t.commit_answered(0, 12, true);
+        assert!(t.take_commits("t").is_none());
+        assert_eq!(t.revoke(0), None, "acknowledged: nothing left to commit");
+    }
+
+    #[test]
+    fn records_skipped_by_a_reset_are_counted_once() {
+        let mut t = Tracker::default();
+        t.reset_at(4, 100);
+        t.received(4, 250, 0);
+        t.received(4, 251, 0);
+        assert_eq!(
+            t.take_skipped(),
+            vec![Skipped {
+                partition: 4,
+                from: 100,
+                to: 250
+            }]
+        );
+        assert!(t.take_skipped().is_empty());
+        // A reset that lands where it was (nothing deleted) skips nothing.
+        t.reset_at(4, 252);
+        t.received(4, 252, 0);
+        assert!(t.take_skipped().is_empty());
     }
 
     #[test]
@@ -219,6 +343,7 @@ mod tests {
         let g = t.received(2, 7, 0);
         t.finished(2, 7, g);
         assert!(t.take_commits("t").is_some());
+        t.commit_answered(2, 8, true);
         // At shutdown the final commit ran before the unsubscribe: the
         // revoke must not block on committing the same position again.
         assert_eq!(t.revoke(2), None);

@@ -27,6 +27,7 @@ use tokio::task::AbortHandle;
 use super::breaker::Circuit;
 use super::engine::{Processed, TargetEngine};
 use super::keeper::Keeper;
+use super::lease::Lease;
 use super::metrics::PipelineMetrics;
 use super::offsets::Tracker;
 use super::rebalance::WorkerContext;
@@ -73,6 +74,8 @@ pub struct Pipeline {
     pub stage: Stage,
     /// Partitions whose records are read, from the pipeline's store.
     pub loaded: mpsc::UnboundedReceiver<i32>,
+    /// Whether this process still holds its partitions after a stall.
+    pub lease: Lease,
     pub config: WorkerConfig,
     pub metrics: PipelineMetrics,
     pub topic: String,
@@ -181,7 +184,25 @@ struct Run<'p> {
     circuit_open: bool,
     paused_since: Option<i64>,
     renewals: Renewals,
+    membership: Membership,
 }
+
+/// Confirming, after a stall, that the pipeline still holds its partitions.
+#[derive(Default)]
+struct Membership {
+    /// The synchronous commit asking the coordinator, with the stall it is for.
+    asking: Option<(
+        u64,
+        tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
+    )>,
+    /// Since when there was nothing to commit (then only time tells).
+    idle_since: Option<tokio::time::Instant>,
+}
+
+/// With nothing to commit after a stall, a member that was expelled hears
+/// of it within a heartbeat or two (the rebalance callback then revokes
+/// what it lost): after this long without that, it is still a member.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(10);
 
 impl Pipeline {
     /// Runs until `shutdown` completes, then lets running work finish (up
@@ -202,6 +223,7 @@ impl Pipeline {
             circuit_open: false,
             paused_since: None,
             renewals: Renewals::default(),
+            membership: Membership::default(),
         };
         run.consume(shutdown, loaded).await;
         run.drain().await;
@@ -218,10 +240,18 @@ impl Pipeline {
             .lock()
             .expect("tracker lock")
             .take_commits(&self.topic);
-        if let Some(tpl) = tpl {
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
-                tracing::warn!(pipeline = %self.name, error = %e, "offset commit failed; retried with the next commit");
-            }
+        let Some(tpl) = tpl else { return };
+        let result = self.consumer.commit(&tpl, mode);
+        // An async commit's answer comes through the context's callback.
+        if matches!(mode, CommitMode::Sync) || result.is_err() {
+            super::rebalance::answered(
+                &self.tracker,
+                &self.topic,
+                &self.name,
+                &self.metrics.commit_failures,
+                result,
+                &tpl,
+            );
         }
     }
 
@@ -258,6 +288,8 @@ impl Run<'_> {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew_tick = tokio::time::interval(Duration::from_secs(1));
         renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_tick = tokio::time::interval(Duration::from_millis(250));
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut blocked = p.blocked();
         tokio::pin!(shutdown);
         loop {
@@ -284,6 +316,7 @@ impl Run<'_> {
                     self.report();
                 }
                 _ = renew_tick.tick() => self.queue_renewals(),
+                _ = lease_tick.tick() => self.confirm_membership(),
                 message = p.consumer.recv() => match message {
                     Ok(msg) => {
                         self.received(&msg);
@@ -307,6 +340,57 @@ impl Run<'_> {
                 },
             }
         }
+    }
+
+    /// After a stall (see [`super::lease`]): asks the group coordinator,
+    /// with a synchronous commit of the current positions, whether this
+    /// pipeline is still a member; the coordinator refuses it from a member
+    /// it expelled, whose rebalance callback then revokes what it lost.
+    fn confirm_membership(&mut self) {
+        let p = self.p;
+        let Some(epoch) = p.lease.pending() else {
+            self.membership = Membership::default();
+            return;
+        };
+        match self.membership.asking.take() {
+            Some((asked, handle)) if handle.is_finished() => {
+                let answer = handle
+                    .now_or_never()
+                    .and_then(Result::ok)
+                    .unwrap_or(Err(rdkafka::error::KafkaError::Canceled));
+                match answer {
+                    Ok(()) => {
+                        tracing::info!(pipeline = %p.name, "after the stall the group coordinator accepted this worker's commit: its partitions are still its own; calls go on");
+                        p.lease.confirm(asked);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pipeline = %p.name, error = %e, "after the stall the group coordinator refused this worker's commit: calls wait until the group settles (what was lost is revoked)");
+                    }
+                }
+                return;
+            }
+            Some(running) => {
+                self.membership.asking = Some(running);
+                return;
+            }
+            None => {}
+        }
+        let positions = p.tracker.lock().expect("tracker lock").positions(&p.topic);
+        if positions.count() == 0 {
+            let since = *self
+                .membership
+                .idle_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= MEMBERSHIP_SETTLE {
+                tracing::info!(pipeline = %p.name, "after the stall no rebalance took anything away: calls go on");
+                p.lease.confirm(epoch);
+            }
+            return;
+        }
+        let consumer = p.consumer.clone();
+        let handle =
+            tokio::task::spawn_blocking(move || consumer.commit(&positions, CommitMode::Sync));
+        self.membership.asking = Some((epoch, handle));
     }
 
     /// Phase two: nothing new starts; running jobs get the grace period,
@@ -520,11 +604,20 @@ impl Run<'_> {
         }
     }
 
-    /// Updates the lag gauge and the status `/targets` shows.
+    /// Updates the lag gauge and the status `/targets` shows, and says
+    /// which events retention deleted before this pipeline read them.
     fn report(&self) {
         let p = self.p;
         let now = now_ms();
-        let oldest = p.tracker.lock().expect("tracker lock").oldest_pending_ms();
+        let (oldest, skipped) = {
+            let mut tracker = p.tracker.lock().expect("tracker lock");
+            (tracker.oldest_pending_ms(), tracker.take_skipped())
+        };
+        for s in skipped {
+            let lost = s.to - s.from;
+            p.metrics.offsets_skipped.inc_by(lost as u64);
+            tracing::error!(pipeline = %p.name, partition = s.partition, from = s.from, to = s.to, lost, "{lost} event(s) of {} were deleted by retention before this pipeline read them (its consumer was reset past them): they are not applied here; keep the event topic's records longer than the longest outage (kafka.retention_hours), and run `mutebridge resync` for this target", p.topic);
+        }
         let backlog = p.backlog.load(Ordering::Relaxed);
         let lag_ms = match (oldest, self.paused_since) {
             (Some(t), _) => now - t,

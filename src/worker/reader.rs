@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::{fence_of, Tracker};
-use super::store::{Record, Store};
+use super::store::{Record, Store, WRITER_HEADER};
 use crate::kafka::client_config;
 use crate::kafka::config::KafkaConfig;
 use crate::state::applied::AppliedState;
@@ -384,8 +384,14 @@ impl Thread {
         };
         let p = message.partition();
         let loading = self.loading.contains_key(&p);
+        let writer = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == WRITER_HEADER)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        });
         if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
-            self.record(p, key, message.payload(), loading);
+            self.record(p, key, message.payload(), writer, loading);
         }
         let done = self
             .loading
@@ -426,15 +432,23 @@ impl Thread {
         }
     }
 
-    /// One record of partition `p`; `loading` while the rebuild runs.
-    fn record(&self, p: i32, key: &str, payload: Option<&[u8]>, loading: bool) {
+    /// One record of partition `p`, written by `writer`; `loading` while
+    /// the rebuild runs.
+    fn record(
+        &self,
+        p: i32,
+        key: &str,
+        payload: Option<&[u8]>,
+        writer: Option<&str>,
+        loading: bool,
+    ) {
         let now = now_ms();
         match &self.sinks {
             Sinks::Keeper(store) => {
                 if key.starts_with('@') {
                     return;
                 }
-                own(store, p, key, payload, loading, now);
+                own(store, p, key, payload, writer, loading, now);
             }
             Sinks::Target {
                 store,
@@ -443,7 +457,7 @@ impl Thread {
                 ..
             } => {
                 if key.starts_with(prefix.as_str()) {
-                    own(store, p, key, payload, loading, now);
+                    own(store, p, key, payload, writer, loading, now);
                 } else if !key.starts_with('@') {
                     newest.put(p, key, payload.and_then(decode::<GroupState>));
                 }
@@ -452,14 +466,15 @@ impl Thread {
     }
 }
 
-/// A record of the pipeline's own kind: taken while loading; afterwards
-/// only a tombstone counts (anything else is this pipeline's own write
-/// coming back).
+/// A record of the pipeline's own kind: taken while loading; afterwards a
+/// tombstone deletes, this pipeline's own write coming back changes
+/// nothing, and another writer's record is overwritten with this owner's.
 fn own<R: Record>(
     store: &Store<R>,
     p: i32,
     key: &str,
     payload: Option<&[u8]>,
+    writer: Option<&str>,
     loading: bool,
     now: i64,
 ) {
@@ -475,7 +490,8 @@ fn own<R: Record>(
                 R::SCHEMA
             ),
         },
-        (Some(_), false) => {}
+        (Some(_), false) if store.is_own(writer) => {}
+        (Some(_), false) => store.foreign(p, key),
     }
 }
 

@@ -7,7 +7,8 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::IntGaugeVec;
+use prometheus::{IntCounter, IntGaugeVec};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
@@ -37,6 +38,7 @@ pub struct WorkerContext {
     /// Events in the assigned partitions not consumed yet (librdkafka's
     /// statistics), for `mutebridge targets`.
     pub backlog: Arc<AtomicI64>,
+    pub commit_failures: IntCounter,
 }
 
 impl WorkerContext {
@@ -50,6 +52,21 @@ impl WorkerContext {
 }
 
 impl ClientContext for WorkerContext {
+    /// librdkafka's log, as every client's goes (through `log` to the
+    /// subscriber); a reset of the event topic's position because the
+    /// records there are gone is also noted, to count what was skipped.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "OFFSET" {
+            if let Some((partition, from)) = offset_reset(&self.topic, log_message) {
+                self.tracker
+                    .lock()
+                    .expect("tracker lock")
+                    .reset_at(partition, from);
+            }
+        }
+        rdkafka::client::DefaultClientContext.log(level, fac, log_message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
@@ -135,9 +152,81 @@ impl ConsumerContext for WorkerContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next commit");
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        answered(
+            &self.tracker,
+            &self.topic,
+            &self.pipeline,
+            &self.commit_failures,
+            result,
+            offsets,
+        );
+    }
+}
+
+/// Tells the tracker what Kafka answered to a commit of `offsets`: each
+/// partition's position is committed only if acknowledged; a refused one
+/// is issued again with the next commit.
+pub fn answered(
+    tracker: &Mutex<Tracker>,
+    topic: &str,
+    pipeline: &str,
+    failures: &IntCounter,
+    result: KafkaResult<()>,
+    offsets: &TopicPartitionList,
+) {
+    let mut refused = 0;
+    {
+        let mut tracker = tracker.lock().expect("tracker lock");
+        for e in offsets.elements().iter().filter(|e| e.topic() == topic) {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let ok = result.is_ok() && e.error().is_ok();
+            refused += usize::from(!ok);
+            tracker.commit_answered(e.partition(), position, ok);
         }
+    }
+    if let Err(e) = result {
+        failures.inc();
+        tracing::warn!(pipeline, error = %e, "offset commit failed; it is issued again with the next commit (nothing counts as committed until Kafka acknowledges it)");
+    } else if refused > 0 {
+        failures.inc();
+        tracing::warn!(
+            pipeline,
+            partitions = refused,
+            "offset commit refused for some partitions; issued again with the next commit"
+        );
+    }
+}
+
+/// `(partition, offset)` of librdkafka's warning that it reset `topic`'s
+/// position after a fetch error, e.g. `im.group-events [3]: offset reset
+/// (at offset 17 (leader epoch 0), broker 2) to offset BEGINNING (leader
+/// epoch -1): fetch failed due to requested offset not available on the
+/// broker: Broker: Offset out of range`.
+fn offset_reset(topic: &str, message: &str) -> Option<(i32, i64)> {
+    let rest = message.strip_prefix(topic)?.strip_prefix(" [")?;
+    let (partition, rest) = rest.split_once(']')?;
+    let rest = rest.strip_prefix(": offset reset (at offset ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((partition.parse().ok()?, digits.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offset_reset;
+
+    #[test]
+    fn librdkafkas_reset_warning_names_partition_and_offset() {
+        let m = "im.group-events [3]: offset reset (at offset 17 (leader epoch 0), broker 2) to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the broker: Broker: Offset out of range";
+        assert_eq!(offset_reset("im.group-events", m), Some((3, 17)));
+        assert_eq!(offset_reset("other", m), None);
+        let logical = "im.group-events [0]: offset reset (at offset INVALID (leader epoch -1), broker -1) to offset BEGINNING (leader epoch -1): no previously committed offset available: Local: No offset stored";
+        assert_eq!(
+            offset_reset("im.group-events", logical),
+            None,
+            "a new group's start is no reset"
+        );
     }
 }

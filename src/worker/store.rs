@@ -16,6 +16,12 @@
 //! between re-applies the event (at-least-once), never skips it. The
 //! group's next event does not wait for that acknowledgement (it is judged
 //! against the record held here), only the commit does.
+//!
+//! Every record carries its writer (a `writer` header, one ID per store
+//! and process). A record of an owned partition written by anyone else
+//! after it loaded (a former owner that froze past its session timeout and
+//! woke with records still queued) is answered by writing this store's
+//! record again ([`Store::foreign`]), so the owner's newest is what stays.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,13 +31,18 @@ use std::time::Duration;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use super::lease::Lease;
+use crate::kafka::client::Producer;
 use crate::state::applied::{AppliedState, APPLIED_SCHEMA_V1};
 use crate::state::{guard, GroupState, STATE_SCHEMA_V1};
+
+/// The header naming a record's writer.
+pub const WRITER_HEADER: &str = "writer";
 
 /// A kind of record a pipeline keeps.
 pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -101,7 +112,7 @@ impl<R> Clone for Store<R> {
 
 struct Shared<R> {
     parts: Mutex<HashMap<i32, Arc<Partition<R>>>>,
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     horizon_ms: i64,
     /// The largest record value written: the producers' `message.max.bytes`
@@ -111,6 +122,11 @@ struct Shared<R> {
     metrics: StoreMetrics,
     /// Tells the pipeline a partition's records are read.
     loaded: mpsc::UnboundedSender<i32>,
+    /// This store's `writer` header value.
+    writer: String,
+    /// The pipeline's standing in its consumer group: nothing is written
+    /// while it is in doubt.
+    lease: Lease,
 }
 
 /// One assigned partition's records.
@@ -137,12 +153,13 @@ impl<R: Record> Store<R> {
     /// `message.max.bytes`); `loaded` hears of each partition read to its
     /// end.
     pub fn new(
-        producer: FutureProducer,
+        producer: Producer,
         topic: &str,
         horizon_days: u32,
         max_message_bytes: usize,
         metrics: StoreMetrics,
         loaded: mpsc::UnboundedSender<i32>,
+        lease: Lease,
     ) -> Store<R> {
         Store {
             shared: Arc::new(Shared {
@@ -155,8 +172,43 @@ impl<R: Record> Store<R> {
                 ),
                 metrics,
                 loaded,
+                writer: format!("{:016x}", fastrand::u64(..)),
+                lease,
             }),
         }
+    }
+
+    /// Waits until the pipeline may write (see [`super::lease`]): call it
+    /// right before staging.
+    pub async fn member(&self) {
+        self.shared.lease.wait().await;
+    }
+
+    /// Whether `writer` (a record's header) is this store.
+    pub fn is_own(&self, writer: Option<&str>) -> bool {
+        writer == Some(self.shared.writer.as_str())
+    }
+
+    /// Someone else wrote `key` of partition `id` after it loaded here (a
+    /// former owner, frozen past its session timeout, waking up): this
+    /// store's record (or its absence, as a tombstone) is written again so
+    /// that it stays the newest. The owner re-applies every event whose
+    /// offset is not committed, so what it holds is never older than what
+    /// a former owner wrote.
+    pub fn foreign(&self, id: i32, key: &str) {
+        let Some(part) = self.part(id) else { return };
+        let inner = part.inner.lock().expect("state lock");
+        if inner.revoked || !*part.loaded.borrow() {
+            return;
+        }
+        let payload = inner.records.get(key).map(|r| {
+            let mut r = r.clone();
+            self.fit(key, &mut r)
+        });
+        tracing::warn!(partition = id, key, topic = %self.shared.topic, "a record of a partition owned here was written by another writer (a former owner that woke up late?); writing this owner's record again");
+        // Not awaited: the pipeline's own writes wait for theirs; this one
+        // only has to land after the stray record.
+        drop(self.send(id, key, payload.as_deref()));
     }
 
     /// How long unmuted members are remembered, in milliseconds.
@@ -360,6 +412,7 @@ impl<R: Record> Store<R> {
             tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's record to the state topic; retrying (its offset is not committed meanwhile)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
+            self.member().await;
             let mut inner = part.inner.lock().expect("state lock");
             if inner.revoked {
                 return Err(Revoked);
@@ -408,10 +461,15 @@ impl<R: Record> Store<R> {
     /// Hands one record (or tombstone) to librdkafka (`None`: its queue is
     /// full).
     fn send(&self, partition: i32, key: &str, payload: Option<&[u8]>) -> Option<DeliveryFuture> {
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: "schema",
-            value: Some(R::SCHEMA),
-        });
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: "schema",
+                value: Some(R::SCHEMA),
+            })
+            .insert(Header {
+                key: WRITER_HEADER,
+                value: Some(self.shared.writer.as_str()),
+            });
         let mut record = FutureRecord::<str, [u8]>::to(&self.shared.topic)
             .partition(partition)
             .key(key)

@@ -485,19 +485,31 @@ async fn full_producer_queue_gives_immediate_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_cannot_be_told_on_a_cluster_without_describe_configs() {
+async fn topic_settings_cannot_be_checked_on_a_cluster_without_describe_configs() {
     // librdkafka's mock cluster does not implement DescribeConfigs: the
-    // answer says so instead of guessing either way.
+    // check says so instead of guessing either way.
+    use mutebridge::topics::{Plan, Severity, Topics};
     let h = Harness::start().await;
     let started = Instant::now();
-    let answer = h
-        .cluster
-        .compaction(&h.config.kafka, &h.config.kafka.topic)
-        .await;
-    match answer {
-        mutebridge::Compaction::CannotTell(why) => assert!(!why.is_empty()),
-        other => panic!("{other:?}"),
-    }
+    let topics = Topics::connect(&h.config.kafka, h.cluster.bootstrap_servers()).unwrap();
+    let plan = Plan::events(&h.config.kafka, 1);
+    let findings = topics.check(&plan).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.severity == Severity::Unchecked && f.text.contains("DescribeConfigs")),
+        "{findings:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(16));
+    // Asked once: a second check does not wait for it again.
+    let again = Instant::now();
+    let observed = topics
+        .observe(&h.config.kafka.topic)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(observed.partitions, 12);
+    assert!(observed.configs.is_none());
+    assert!(again.elapsed() < Duration::from_secs(2));
     h.stop().await;
 }

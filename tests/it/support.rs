@@ -34,6 +34,7 @@ pub struct Harness {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
+    publisher: Publisher,
 }
 
 /// The configuration tests start from.
@@ -83,7 +84,7 @@ impl Harness {
             .expect("embedded cluster starts");
         let publisher =
             Publisher::new(&config.kafka, cluster.bootstrap_servers()).expect("producer");
-        let ingest = Ingest::bind(&config, publisher, metrics.clone())
+        let ingest = Ingest::bind(&config, publisher.clone(), metrics.clone())
             .await
             .expect("bind");
         let addr = ingest.local_addr();
@@ -99,6 +100,7 @@ impl Harness {
             shutdown: Some(tx),
             server: Some(server),
             http: reqwest::Client::new(),
+            publisher,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while h.get("/readyz").await.0 != 200 {
@@ -106,6 +108,23 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         h
+    }
+
+    /// The event producer ingest publishes with.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Waits (up to `limit`) for the server to stop by itself, and returns
+    /// the error it stopped with.
+    pub async fn server_error(&mut self, limit: Duration) -> String {
+        let server = self.server.take().expect("the server runs");
+        match tokio::time::timeout(limit, server).await {
+            Ok(Ok(Err(e))) => format!("{e:#}"),
+            Ok(Ok(Ok(()))) => panic!("the server stopped without an error"),
+            Ok(Err(e)) => panic!("the server task failed: {e}"),
+            Err(_) => panic!("the server did not stop within {limit:?}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -230,6 +249,15 @@ pub fn read_topic(
                         .expect("record is JSON"),
                 });
             }
+            // A broker the tests took down: the client reconnects.
+            Some(Err(e))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                            | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                    )
+                ) => {}
             Some(Err(e)) => panic!("consumer error: {e}"),
             None => {}
         }
