@@ -28,8 +28,9 @@ use crate::kafka::config::KafkaConfig;
 use crate::policy::glob;
 use crate::state::GroupState;
 
-/// States handed to the pass ahead of its reads.
-const CHANNEL: usize = 256;
+/// States read ahead of the pass (which holds a batch of 100 besides):
+/// Kafka is read far faster than Easemob, so a few are enough.
+const CHANNEL: usize = 16;
 /// The consumer's prefetch, in KiB (raised to fit the largest record).
 const PREFETCH_KIB: usize = 4096;
 /// A partition that yields nothing for this long is unreadable.
