@@ -232,8 +232,7 @@ impl AppSummary {
         if self.unread_groups.len() < NAMED {
             self.unread_groups.push(subject.name());
         }
-        let why = if self.unread_because.len() < REASONS || self.unread_because.contains_key(&why)
-        {
+        let why = if self.unread_because.len() < REASONS || self.unread_because.contains_key(&why) {
             why
         } else {
             "other reasons".to_owned()
@@ -335,9 +334,7 @@ impl Reconciler {
                 metrics.reconcile.clone(),
             )?);
             // The app's series exist before its first pass ends.
-            metrics
-                .reconcile
-                .app_passed(&app.appkey, |_| 0, |_| false);
+            metrics.reconcile.app_passed(&app.appkey, |_| 0, |_| false);
         }
         if apps.is_empty() {
             anyhow::bail!("no [easemob.apps.rest] in the config: reconciling reads each app's REST API; add base_url, client_id and client_secret under the app");
@@ -408,8 +405,9 @@ impl Reconciler {
             let (kafka, bootstrap) = (self.config.kafka.clone(), self.bootstrap.clone());
             let topic = self.config.worker.state_topic.clone();
             let appkeys: Vec<String> = self.apps.iter().map(|a| a.appkey().to_owned()).collect();
+            let pattern = options.groups.clone();
             tokio::task::spawn_blocking(move || {
-                states::count_others(&kafka, &bootstrap, &topic, &appkeys)
+                states::count_others(&kafka, &bootstrap, &topic, &appkeys, pattern.as_deref())
             })
         };
         let passes = self
@@ -418,8 +416,19 @@ impl Reconciler {
             .map(|app| self.app_pass(app, options, seen, started));
         let results = join_all(passes).await;
         let mut summary = Summary::default();
+        let mut failed = None;
         for (app, result) in self.apps.iter().zip(results) {
-            summary.add(app.appkey(), result?, app.take_errors());
+            // Taken whatever happened: the next pass counts its own.
+            let errors = app.take_errors();
+            match result {
+                Ok(a) => summary.add(app.appkey(), a, errors),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         summary.without_rest = match others.await? {
             Ok(n) => n,
@@ -493,7 +502,8 @@ impl Reconciler {
                         self.batch(&mut pass, batch).await?;
                     }
                 }
-                states::Item::Unreadable(scope, id) => pass.summary.unread(
+                states::Item::Unreadable(scope, id) => self.unread(
+                    &mut pass,
                     &Subject {
                         scope,
                         id,
@@ -607,15 +617,17 @@ impl Reconciler {
     /// Reads, compares and corrects up to 100 groups of one scope.
     async fn batch(&self, pass: &mut AppPass<'_>, subjects: Vec<Subject>) -> anyhow::Result<()> {
         let app = pass.app;
+        let Some(scope) = subjects.first().map(|s| s.scope) else {
+            return Ok(());
+        };
         if let Some(why) = app.token_failure().await {
             tracing::warn!(app = app.appkey(), groups = subjects.len(), error = %why, "no Easemob token: these groups are compared next pass");
             for s in &subjects {
-                pass.summary.unread(s, format!("no token: {why}"));
+                self.unread(pass, s, format!("no token: {why}"));
             }
             pass.progress();
             return Ok(());
         }
-        let scope = subjects[0].scope;
         let ids: Vec<&str> = subjects.iter().map(|s| s.id.as_str()).collect();
         let found = read::batch(app, scope, &ids).await;
         let share = self.config.reconcile.confirm_unmute_share;
@@ -624,8 +636,7 @@ impl Reconciler {
             let found = match found {
                 Ok(found) => found,
                 Err(why) => {
-                    pass.summary.unread(&subject, why);
-                    self.metrics.group(GroupOutcome::Unread);
+                    self.unread(pass, &subject, why);
                     continue;
                 }
             };
@@ -668,9 +679,7 @@ impl Reconciler {
                 Ok(muted) => muted,
                 Err(e) => {
                     tracing::warn!(app = app.appkey(), group = subject.id, error = %e, "cannot read the mute list again to confirm its unmutes; the group is compared next pass");
-                    pass.summary
-                        .unread(&subject, format!("second read of the mute list: {e}"));
-                    self.metrics.group(GroupOutcome::Unread);
+                    self.unread(pass, &subject, format!("second read of the mute list: {e}"));
                     continue;
                 }
             };
@@ -689,6 +698,12 @@ impl Reconciler {
         }
         pass.progress();
         Ok(())
+    }
+
+    /// Counts a group left for the next pass, and why.
+    fn unread(&self, pass: &mut AppPass<'_>, subject: &Subject, why: String) {
+        pass.summary.unread(subject, why);
+        self.metrics.group(GroupOutcome::Unread);
     }
 
     fn compare(&self, app: &Rest, subject: &Subject, found: &Found) -> Corrections {
@@ -729,7 +744,11 @@ impl Reconciler {
         self.metrics.group(outcome);
         if let Found::Gone { .. } = found {
             if subject.state.is_some() {
-                tracing::info!(app = pass.app.appkey(), group = subject.id, "Easemob says twice that the group does not exist: destroying its state");
+                tracing::info!(
+                    app = pass.app.appkey(),
+                    group = subject.id,
+                    "Easemob says twice that the group does not exist: destroying its state"
+                );
             }
         }
         for e in &c.events {

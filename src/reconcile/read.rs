@@ -59,7 +59,10 @@ pub async fn batch(app: &Rest, scope: Scope, ids: &[&str]) -> Vec<Result<Found, 
         .zip(details)
         .map(|(id, d)| complete(app, scope, id, d))
         .collect();
-    stream::iter(reads).buffered(CONCURRENT_READS).collect().await
+    stream::iter(reads)
+        .buffered(CONCURRENT_READS)
+        .collect()
+        .await
 }
 
 /// Completes one group's read with its mute list.
@@ -182,7 +185,11 @@ async fn alone(app: &Rest, scope: Scope, id: &str, mut named: Option<Missing>) -
             Err(RestError::NotFound(m)) if m.names(id) => match named {
                 // Said twice: gone, as of the later answer.
                 Some(first) => {
-                    tracing::info!(app = app.appkey(), group = id, "Easemob says twice that the group does not exist");
+                    tracing::info!(
+                        app = app.appkey(),
+                        group = id,
+                        "Easemob says twice that the group does not exist"
+                    );
                     return Detail::Gone(Missing {
                         at_ms: m.at_ms.or(first.at_ms),
                         ..m

@@ -608,7 +608,14 @@ mod tests {
         assert_eq!(m.at_ms, Some(1_700_000_000_000));
         assert!(m.names("262246968131585"));
         // Not a prefix, a suffix or another word of it.
-        for other in ["26224696813158", "62246968131585", "grpID", "", "does", "exist"] {
+        for other in [
+            "26224696813158",
+            "62246968131585",
+            "grpID",
+            "",
+            "does",
+            "exist",
+        ] {
             assert!(!m.names(other), "{other:?}");
         }
         let quoted = Missing {

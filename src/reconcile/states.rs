@@ -3,8 +3,9 @@
 //! A pass may cover hundreds of thousands of groups, so it never holds
 //! their states together: each partition is read twice, once to find the
 //! newest record of each of the app's keys (a 16-byte digest of the key and
-//! an offset each, not the state), then again to hand out exactly those
-//! records, parsed one at a time, through a bounded channel that the pass
+//! an offset each, not the state), then again to hand out those records
+//! (or the next of the key, where compaction removed one meanwhile), parsed
+//! one at a time, through a bounded channel that the pass
 //! drains as it reads Easemob. The consumer's prefetch is capped as well
 //! (librdkafka would otherwise queue up to 64 MiB of records ahead).
 //! What stays per group is the digest of its key: for the partition being
@@ -96,12 +97,14 @@ pub fn stream(cfg: &KafkaConfig, bootstrap: &str, topic: &str, select: Select) -
 }
 
 /// Counts the live group states in `topic` whose appkey is not one of
-/// `appkeys` (apps a pass does not read). Blocks.
+/// `appkeys` (apps a pass does not read) and whose ID `pattern` selects.
+/// Blocks.
 pub fn count_others(
     cfg: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
     appkeys: &[String],
+    pattern: Option<&str>,
 ) -> anyhow::Result<usize> {
     let prefixes: Vec<Vec<u8>> = appkeys.iter().map(|a| format!("{a}|").into()).collect();
     let reader = Reader::new(cfg, bootstrap)?;
@@ -109,7 +112,13 @@ pub fn count_others(
     for p in 0..reader.partitions(topic)? {
         let mut newest: HashMap<KeyDigest, bool> = HashMap::new();
         reader.read_records(topic, p, |_, key, value| {
-            if !prefixes.iter().any(|pre| key.starts_with(pre)) {
+            let other = !prefixes.iter().any(|pre| key.starts_with(pre));
+            // `{appkey}|{scope}|{id}`: the ID is what follows the second `|`.
+            let id = key
+                .splitn(3, |b| *b == b'|')
+                .nth(2)
+                .map(String::from_utf8_lossy);
+            if other && id.is_some_and(|id| pattern.is_none_or(|p| glob(p, &id))) {
                 newest.insert(digest(key), value.is_some());
             }
             true
@@ -169,24 +178,32 @@ impl Reader {
     }
 
     /// Hands the app's newest states to `tx`, partition by partition.
-    fn app(&self, topic: &str, select: &Select, tx: &mpsc::Sender<Item>) -> anyhow::Result<Scanned> {
+    fn app(
+        &self,
+        topic: &str,
+        select: &Select,
+        tx: &mpsc::Sender<Item>,
+    ) -> anyhow::Result<Scanned> {
         let prefix = format!("{}|", select.appkey).into_bytes();
         let pattern = select.pattern.as_deref();
         let mut scanned = Scanned::default();
         let partitions = self.partitions(topic)?;
         for p in 0..partitions {
-            // The offset of each key's newest record, and whether it holds
-            // a state (a tombstone deletes it).
-            let mut newest: HashMap<KeyDigest, (i64, bool)> = HashMap::new();
+            // The offset of each key's newest record, while it holds a
+            // state (a tombstone deletes it).
+            let mut newest: HashMap<KeyDigest, i64> = HashMap::new();
             self.read_records(topic, p, |offset, key, value| {
-                let live = value.is_some();
                 if let Some((scope, _)) = selected(key, &prefix, pattern) {
                     let d = digest(key);
-                    newest.insert(d, (offset, live));
-                    if select.known_groups && scope == Scope::Group {
-                        if live {
+                    let known = select.known_groups && scope == Scope::Group;
+                    if value.is_some() {
+                        newest.insert(d, offset);
+                        if known {
                             scanned.known_groups.insert(d);
-                        } else {
+                        }
+                    } else {
+                        newest.remove(&d);
+                        if known {
                             scanned.known_groups.remove(&d);
                         }
                     }
@@ -199,12 +216,18 @@ impl Reader {
                     let Some((scope, id)) = selected(key, &prefix, pattern) else {
                         return true;
                     };
-                    if newest.get(&digest(key)) != Some(&(offset, true)) {
-                        return true;
-                    }
+                    // The newest record of the first read, or (compaction
+                    // may have removed it since) the first one after it.
+                    let d = digest(key);
+                    match newest.get(&d) {
+                        Some(&newest_at) if offset >= newest_at => newest.remove(&d),
+                        _ => return true,
+                    };
                     let item = match payload.map(serde_json::from_slice::<GroupState>) {
                         Some(Ok(s)) => Item::State(Box::new(s)),
-                        _ => Item::Unreadable(scope, id.to_owned()),
+                        Some(Err(_)) => Item::Unreadable(scope, id.to_owned()),
+                        // Deleted since the first read.
+                        None => return true,
                     };
                     // The pass stopped listening: stop reading.
                     open = tx.blocking_send(item).is_ok();

@@ -689,13 +689,7 @@ fn redirect_to(base: &str, uri: &Uri) -> Response {
         .into_response()
 }
 
-async fn read(
-    s: &Shared,
-    route: Route,
-    headers: &HeaderMap,
-    uri: &Uri,
-    at: Instant,
-) -> Response {
+async fn read(s: &Shared, route: Route, headers: &HeaderMap, uri: &Uri, at: Instant) -> Response {
     let query = uri.query();
     let (delay, truncate) = {
         let mut inner = s.lock();
@@ -1297,7 +1291,8 @@ mod tests {
 
         // The token request redirected keeps its method and its secret.
         fake.redirect_token_to(Some("http://127.0.0.2:9".into()));
-        let body = json!({"grant_type": "client_credentials", "client_id": ID, "client_secret": SECRET});
+        let body =
+            json!({"grant_type": "client_credentials", "client_id": ID, "client_secret": SECRET});
         let reply = no_redirects
             .post(url(&fake, "/token"))
             .json(&body)
