@@ -44,25 +44,32 @@ enum Asked {
 /// Reads the groups `ids` of one scope: for each, what was found, or why
 /// it is unread.
 pub async fn batch(app: &Rest, scope: Scope, ids: &[&str]) -> Vec<Result<Found, String>> {
-    let mut details = Vec::with_capacity(ids.len());
-    // The suspects last: their reads alone come after the batch's.
-    for (id, asked) in ids.iter().zip(mute_all(app, scope, ids).await) {
-        details.push(match asked {
-            Asked::Answered(d) => d,
-            Asked::Suspect(named) => alone(app, scope, id, named).await,
-        });
+    let asked = mute_all(app, scope, ids).await;
+    let mut suspects = Vec::new();
+    let mut answered = Vec::new();
+    for (i, (id, asked)) in ids.iter().zip(asked).enumerate() {
+        match asked {
+            Asked::Answered(d) => answered.push((i, complete(app, scope, id, d))),
+            Asked::Suspect(named) => suspects.push((i, *id, named)),
+        }
     }
-    // Collected first: a stream built from a closure that borrows would
-    // not be `Send` for every lifetime (rust-lang/rust#102211).
-    let reads: Vec<_> = ids
-        .iter()
-        .zip(details)
-        .map(|(id, d)| complete(app, scope, id, d))
-        .collect();
-    stream::iter(reads)
+    let (at, reads): (Vec<usize>, Vec<_>) = answered.into_iter().unzip();
+    let done: Vec<_> = stream::iter(reads)
         .buffered(CONCURRENT_READS)
         .collect()
-        .await
+        .await;
+    let mut out: Vec<Option<Result<Found, String>>> = ids.iter().map(|_| None).collect();
+    for (i, found) in at.into_iter().zip(done) {
+        out[i] = Some(found);
+    }
+    // The suspects after the batch's other reads, each asked alone.
+    for (i, id, named) in suspects {
+        let detail = alone(app, scope, id, named).await;
+        out[i] = Some(complete(app, scope, id, detail).await);
+    }
+    out.into_iter()
+        .map(|found| found.expect("every id read"))
+        .collect()
 }
 
 /// Completes one group's read with its mute list.
