@@ -121,7 +121,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// One pass, progress on stderr, a summary, then exit (the first
-        /// sync of a deployment); exits 1 if some groups could not be read.
+        /// sync of a deployment); exits 1 if some groups or apps could not
+        /// be read, or were held back (the summary names them).
         #[arg(long)]
         once: bool,
         /// Only groups whose ID matches this pattern (`*` matches any run

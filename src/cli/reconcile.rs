@@ -51,7 +51,8 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitC
 }
 
 /// `--once` and `--dry-run`: one pass, the differences (dry run) on stdout,
-/// the summary on stderr; fails when some groups could not be read.
+/// the summary on stderr; exits 1 when some groups or apps could not be
+/// read or were held back (the summary names them).
 async fn one_pass(
     reconciler: &Reconciler,
     options: &Options,
@@ -65,34 +66,49 @@ async fn one_pass(
             ""
         }
     );
-    let (summary, events) = reconciler.pass(options).await?;
-    if options.dry_run {
-        for e in &events {
-            let what = match (&e.mute, e.members.is_empty()) {
-                (Some(crate::event::Mute::Until { until_ms: Some(u) }), _) => {
-                    format!(" {} until {u}", e.members.join(","))
-                }
-                (_, false) => format!(" {}", e.members.join(",")),
-                (_, true) => String::new(),
-            };
-            println!(
-                "would publish {} {} {} {}{what} (read at {})",
-                e.kind,
-                e.appkey,
-                e.scope.as_str(),
-                e.group_id,
-                e.occurred_at_ms
-            );
+    // A dry run prints each difference as it is found: a first sync may
+    // find one per group, more than is worth holding.
+    let print = |e: &crate::event::Event| {
+        if !options.dry_run {
+            return;
         }
-    }
+        let what = match (&e.mute, e.members.is_empty()) {
+            (Some(crate::event::Mute::Until { until_ms: Some(u) }), _) => {
+                format!(" {} until {u}", e.members.join(","))
+            }
+            (_, false) => format!(" {}", e.members.join(",")),
+            (_, true) => String::new(),
+        };
+        println!(
+            "would publish {} {} {} {}{what} (read at {})",
+            e.kind,
+            e.appkey,
+            e.scope.as_str(),
+            e.group_id,
+            e.occurred_at_ms
+        );
+    };
+    let summary = reconciler.pass_with(options, &print).await?;
     for line in describe(&summary, options.dry_run, topic) {
         eprintln!("{line}");
     }
     if !summary.complete() {
+        let failed: Vec<&str> = summary
+            .apps
+            .iter()
+            .filter(|(_, a)| !a.failures.is_empty())
+            .map(|(app, _)| app.as_str())
+            .collect();
         eprintln!(
-            "{} group(s) could not be read, {} app(s) not listed (see REST errors); running reconcile again reads them",
+            "incomplete: {} group(s) not read, {} held back, {} app(s) not read to the end{}; running reconcile again reads them",
             summary.unread,
-            summary.unlisted.len()
+            summary.held_back,
+            failed.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failed.join(", "))
+            }
         );
         return Ok(ExitCode::FAILURE);
     }

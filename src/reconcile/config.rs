@@ -26,6 +26,11 @@ pub struct ReconcileConfig {
     pub scope: Reach,
     /// Per REST call; past it the call counts as failed and is retried.
     pub request_timeout_ms: u64,
+    /// A pass that would unmute more than this share of a group's muted
+    /// members reads the group's mute list a second time and unmutes only
+    /// if both reads agree; otherwise the group is held back (nothing
+    /// published) until the next pass. 0 = always confirm, 1 = never.
+    pub confirm_unmute_share: f64,
 }
 
 impl Default for ReconcileConfig {
@@ -34,6 +39,7 @@ impl Default for ReconcileConfig {
             interval_seconds: 3600,
             scope: Reach::Known,
             request_timeout_ms: 10_000,
+            confirm_unmute_share: 0.5,
         }
     }
 }
@@ -62,7 +68,17 @@ impl ReconcileConfig {
             self.request_timeout_ms,
             100..=120_000,
             "milliseconds",
-        )
+        )?;
+        if !(0.0..=1.0).contains(&self.confirm_unmute_share) {
+            return invalid(
+                "confirm_unmute_share",
+                format!(
+                    "{} is not a share between 0 (always confirm) and 1 (never)",
+                    self.confirm_unmute_share
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -73,7 +89,8 @@ impl ReconcileConfig {
 #[serde(deny_unknown_fields)]
 pub struct RestConfig {
     /// The app's REST host, e.g. `https://a1.easemob.com` (the console shows
-    /// it; it depends on the app's data centre).
+    /// it; it depends on the app's data centre). `https`: the Client Secret
+    /// and the token go over it (`http` only to a loopback host).
     pub base_url: String,
     /// `{org_name}`; defaults to the part of the appkey before `#`.
     #[serde(default)]
@@ -108,6 +125,16 @@ pub(crate) fn is_name(part: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// `localhost`, 127.0.0.0/8 or ::1: traffic that never leaves the machine.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl RestConfig {
     /// `org` and `app`, from the appkey when not given.
     pub fn names<'a>(&'a self, appkey: &'a str) -> (&'a str, &'a str) {
@@ -127,6 +154,12 @@ impl RestConfig {
                     return invalid(
                         "base_url",
                         "is the host only (https://a1.easemob.com); org and app are separate keys",
+                    );
+                }
+                if u.scheme() == "http" && !is_loopback(&u) {
+                    return invalid(
+                        "base_url",
+                        format!("{url:?} is plain http: the Client Secret and the app token would cross the network unencrypted; use https:// (http only reaches a loopback host)"),
                     );
                 }
             }
@@ -178,5 +211,54 @@ impl RestConfig {
         ];
         all.extend(self.rate_limit.secrets_mut());
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest(base_url: &str) -> RestConfig {
+        toml::from_str(&format!(
+            "base_url = \"{base_url}\"\nclient_id = \"i\"\nclient_secret = \"s\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn credentials_go_over_https_or_stay_on_the_machine() {
+        for ok in [
+            "https://a1.easemob.com",
+            "https://10.0.0.1:8443/",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://localhost:1",
+            "http://[::1]:80",
+        ] {
+            assert_eq!(rest(ok).validate("o#a"), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://a1.easemob.com",
+            "http://10.0.0.1",
+            "http://[::2]",
+            "http://localhost.example.com",
+        ] {
+            let e = rest(bad).validate("o#a").unwrap_err();
+            assert_eq!(e.key, "base_url", "{bad}");
+            assert!(e.message.contains("use https://"), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn the_unmute_share_is_a_share() {
+        let mut c = ReconcileConfig::default();
+        for ok in [0.0, 0.5, 1.0] {
+            c.confirm_unmute_share = ok;
+            assert_eq!(c.validate(), Ok(()));
+        }
+        for bad in [-0.1, 1.5, f64::NAN] {
+            c.confirm_unmute_share = bad;
+            assert_eq!(c.validate().unwrap_err().key, "confirm_unmute_share");
+        }
     }
 }

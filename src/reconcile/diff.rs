@@ -13,8 +13,10 @@
 //!   more than [`UNTIL_TOLERANCE_MS`]): `member_muted` with Easemob's end;
 //! - a member muted here (and not past its end) but absent from Easemob's
 //!   list: `member_unmuted` (the mute was lifted, or the member removed);
-//! - a group Easemob no longer has, with a state here: `group_destroyed`,
-//!   which removes the state.
+//!   when that is more than a share of the group's muted members,
+//!   [`unmutes_need_confirmation`] asks for a second read first;
+//! - a group Easemob says it no longer has (its own answer, read twice),
+//!   with a state here: `group_destroyed`, which removes the state.
 
 use super::metrics::Difference;
 use super::rest::Read;
@@ -35,12 +37,14 @@ pub type MuteList = Vec<(String, Option<i64>)>;
 /// What a pass read of one group or chat room.
 #[derive(Debug, Clone)]
 pub enum Found {
-    /// Easemob answered 404 for it at this server time.
+    /// Easemob answered that it does not exist, twice, the last time at
+    /// this server time.
     Gone { at_ms: i64 },
-    /// Its dimensions; a part whose read failed is `None` and not compared.
+    /// Its dimensions; mute-all is `None` when the answer did not report
+    /// it (then it is not compared).
     Read {
         mute_all: Option<Read<bool>>,
-        muted: Option<Read<MuteList>>,
+        muted: Read<MuteList>,
     },
 }
 
@@ -98,10 +102,42 @@ pub fn compare(
             out.events.push(e);
         }
     }
-    if let Some(read) = muted {
-        members(group, state, read, now_ms, id, &mut out);
-    }
+    members(group, state, muted, now_ms, id, &mut out);
     out
+}
+
+impl Corrections {
+    /// The members these corrections unmute.
+    pub fn unmuted(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::MemberUnmuted)
+            .flat_map(|e| e.members.iter().map(String::as_str))
+            .collect();
+        users.sort_unstable();
+        users
+    }
+}
+
+/// Whether `c`, found by one read of the mute list at `at_ms`, unmutes more
+/// than `share` of the members `state` has muted then: a read that misses
+/// many members at once is more likely a bad answer than a mass unmute,
+/// so it waits for a second read that agrees.
+pub fn unmutes_need_confirmation(
+    state: Option<&GroupState>,
+    at_ms: i64,
+    c: &Corrections,
+    share: f64,
+) -> bool {
+    let unmuted = c.unmuted().len();
+    let muted_here = state.map_or(0, |s| {
+        s.members
+            .iter()
+            .filter(|(_, m)| m.muted && m.until_ms.is_none_or(|u| u > at_ms))
+            .count()
+    });
+    unmuted > 0 && unmuted as f64 > share * muted_here as f64
 }
 
 /// The member dimensions of [`compare`].
@@ -204,10 +240,10 @@ mod tests {
                 data: mute_all,
                 at_ms: AT,
             }),
-            muted: Some(Read {
+            muted: Read {
                 data: muted.iter().map(|(u, e)| (u.to_string(), *e)).collect(),
                 at_ms: AT + 5,
-            }),
+            },
         }
     }
 
@@ -297,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_group_with_a_state_is_destroyed_and_an_unread_part_is_not_compared() {
+    fn a_gone_group_with_a_state_is_destroyed_and_an_unreported_mute_all_is_not_compared() {
         let c = run(Some(&state()), &Found::Gone { at_ms: AT });
         assert_eq!(c.differences, [Difference::Gone]);
         assert_eq!(c.events[0].kind, EventKind::GroupDestroyed);
@@ -306,15 +342,48 @@ mod tests {
             Corrections::default()
         );
         let mut s = state();
+        s.mute_all = Some(MuteAllState {
+            muted: true,
+            at_ms: AT - 1,
+            event_id: "cb".into(),
+        });
         s.members.insert("u1".into(), member(true, None));
         let partial = Found::Read {
-            mute_all: Some(Read {
-                data: false,
+            mute_all: None,
+            muted: Read {
+                data: vec![("u1".into(), None)],
                 at_ms: AT,
-            }),
-            muted: None,
+            },
         };
         assert_eq!(run(Some(&s), &partial), Corrections::default());
+    }
+
+    #[test]
+    fn unmuting_more_than_the_share_of_muted_members_needs_confirmation() {
+        let mut s = state();
+        for u in ["u1", "u2", "u3", "u4"] {
+            s.members.insert(u.into(), member(true, None));
+        }
+        // Ended and unmuted members are not muted members.
+        s.members.insert("ended".into(), member(true, Some(AT - 1)));
+        s.members.insert("off".into(), member(false, None));
+        let needs = |listed: &[(&str, Option<i64>)], share: f64| {
+            let found = read(false, listed);
+            let c = run(Some(&s), &found);
+            unmutes_need_confirmation(Some(&s), AT + 5, &c, share)
+        };
+        // 2 of 4 is not more than half; 3 of 4 is.
+        assert!(!needs(&[("u1", None), ("u2", None)], 0.5));
+        assert!(needs(&[("u1", None)], 0.5));
+        assert!(needs(&[], 0.5));
+        // 0: any unmute is confirmed; 1: none is.
+        assert!(needs(&[("u1", None), ("u2", None), ("u3", None)], 0.0));
+        assert!(!needs(&[], 1.0));
+        // Nothing to unmute: nothing to confirm, whatever the share.
+        let all = [("u1", None), ("u2", None), ("u3", None), ("u4", None)];
+        assert!(!needs(&all, 0.0));
+        let c = run(Some(&s), &read(false, &[("u2", None)]));
+        assert_eq!(c.unmuted(), ["u1", "u3", "u4"]);
     }
 
     #[test]
@@ -323,10 +392,10 @@ mod tests {
             (0..250).map(|i| (format!("u{i:03}"), None)).collect();
         let found = Found::Read {
             mute_all: None,
-            muted: Some(Read {
+            muted: Read {
                 data: users,
                 at_ms: AT,
-            }),
+            },
         };
         let c = run(None, &found);
         assert_eq!(c.differences.len(), 250);

@@ -4,7 +4,7 @@
 //! `mutebridge reconcile` runs.
 
 use prometheus::core::Collector;
-use prometheus::{Gauge, IntCounterVec, IntGauge, Opts};
+use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use strum::VariantArray;
 
 use crate::event::EventKind;
@@ -59,10 +59,28 @@ pub enum GroupOutcome {
     Corrected,
     /// Read, it differed, nothing was published (`--dry-run`).
     Differed,
-    /// Easemob says it does not exist.
+    /// Easemob says it does not exist (twice).
     Gone,
-    /// A read failed: compared next pass.
+    /// A read failed or said nothing about it: compared next pass.
     Unread,
+    /// It would unmute more than `confirm_unmute_share` of its muted
+    /// members and a second read did not agree: nothing published,
+    /// compared next pass.
+    HeldBack,
+}
+
+/// What stopped part of an app's pass, the `stage` label.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum AppFailure {
+    /// `GET /chatgroups` failed or its cursor cycled (`scope = "all"`):
+    /// the groups it did not list were not compared.
+    Listing,
+    /// The state topic could not be read to its end: the app's remaining
+    /// known groups were not compared.
+    StateTopic,
 }
 
 /// How a pass ended, the `outcome` label of the passes.
@@ -71,7 +89,8 @@ pub enum GroupOutcome {
 pub enum PassOutcome {
     /// Every group in scope was read.
     Complete,
-    /// Some reads failed: those groups wait for the next pass.
+    /// Some groups were not read, or held back, or an app's listing or
+    /// state failed: they wait for the next pass.
     Incomplete,
 }
 
@@ -84,6 +103,8 @@ pub struct ReconcileMetrics {
     differences: IntCounterVec,
     corrections: IntCounterVec,
     passes: IntCounterVec,
+    last_pass_groups: IntGaugeVec,
+    last_pass_failures: IntGaugeVec,
     pub last_pass_differences: IntGauge,
     pub last_pass_end: Gauge,
     pub interval: IntGauge,
@@ -127,9 +148,25 @@ impl ReconcileMetrics {
             ),
             passes: counter(
                 "mutebridge_reconcile_passes_total",
-                "Reconcile passes, by outcome (complete; incomplete: some reads failed).",
+                "Reconcile passes, by outcome (complete; incomplete: some groups or an app's listing were not read).",
                 "outcome",
             ),
+            last_pass_groups: IntGaugeVec::new(
+                Opts::new(
+                    "mutebridge_reconcile_last_pass_groups",
+                    "Groups and chat rooms the last finished pass compared, by app and outcome (unread and held_back: compared next pass).",
+                ),
+                &["app", "outcome"],
+            )
+            .expect("valid metric"),
+            last_pass_failures: IntGaugeVec::new(
+                Opts::new(
+                    "mutebridge_reconcile_last_pass_failures",
+                    "1 when the app's group listing (stage listing) or its part of the state topic (stage state_topic) failed in the last finished pass.",
+                ),
+                &["app", "stage"],
+            )
+            .expect("valid metric"),
             last_pass_differences: IntGauge::new(
                 "mutebridge_reconcile_last_pass_differences",
                 "Differences the last finished pass found (callbacks that never arrived).",
@@ -173,6 +210,8 @@ impl ReconcileMetrics {
             Box::new(self.differences.clone()),
             Box::new(self.corrections.clone()),
             Box::new(self.passes.clone()),
+            Box::new(self.last_pass_groups.clone()),
+            Box::new(self.last_pass_failures.clone()),
             Box::new(self.last_pass_differences.clone()),
             Box::new(self.last_pass_end.clone()),
             Box::new(self.interval.clone()),
@@ -203,6 +242,26 @@ impl ReconcileMetrics {
 
     pub fn corrected(&self, kind: EventKind) {
         self.corrections.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// What the last finished pass made of `app`'s groups, and which of
+    /// its stages failed.
+    pub fn app_passed(
+        &self,
+        app: &str,
+        groups: impl Fn(GroupOutcome) -> usize,
+        failed: impl Fn(AppFailure) -> bool,
+    ) {
+        for o in GroupOutcome::VARIANTS {
+            self.last_pass_groups
+                .with_label_values(&[app, <&str>::from(*o)])
+                .set(groups(*o) as i64);
+        }
+        for f in AppFailure::VARIANTS {
+            self.last_pass_failures
+                .with_label_values(&[app, <&str>::from(*f)])
+                .set(failed(*f) as i64);
+        }
     }
 
     pub fn passed(&self, outcome: PassOutcome) {

@@ -13,21 +13,30 @@
 //! than the read wins), and every target the policy routes it to applies
 //! it, in the group's order, under its own limits.
 //!
-//! Pass by pass: the state topic is read once; `scope = "all"` adds the
-//! groups `GET /chatgroups` lists; reads go through each app's rate
-//! limiter; a group whose read fails is left for the next pass (counted,
-//! never guessed). One replica is enough; two would each read everything.
+//! Pass by pass: each app on its own (one app's failures never stop
+//! another's), its states streamed from the state topic ([`states`]) and
+//! read from Easemob 100 groups at a time ([`read`]), so a pass holds a
+//! batch of states, not all of them; `scope = "all"` then adds the groups
+//! `GET /chatgroups` lists, page by page. Reads go through each app's rate
+//! limiter. Only evidence changes anything: a group whose read fails is
+//! left for the next pass (counted and named, never guessed), "gone" takes
+//! Easemob's own answer twice, and unmuting more than
+//! `confirm_unmute_share` of a group's muted members takes a second read
+//! that agrees. One replica is enough; two would each read everything.
 
 pub mod config;
 pub mod diff;
 pub mod metrics;
+pub mod read;
 pub mod rest;
+pub mod states;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use strum::VariantArray;
@@ -42,13 +51,15 @@ use crate::policy::glob;
 use crate::state::GroupState;
 use crate::time::now_ms;
 use diff::{Corrections, Found};
-use metrics::{Difference, GroupOutcome, PassOutcome, ReconcileMetrics};
-use rest::{Read, Rest, RestError, DETAILS_BATCH};
+use metrics::{AppFailure, Difference, GroupOutcome, PassOutcome, ReconcileMetrics};
+use rest::{Read, Rest, DETAILS_BATCH};
 
-/// Mute lists read at once (each is one call; the limiter spaces them).
-const CONCURRENT_READS: usize = 8;
 /// The longest app-wide pause after 429s without `Retry-After`.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
+/// Groups a summary names per app and list (the log names every one).
+pub const NAMED: usize = 20;
+/// Distinct reasons a summary keeps per app; the rest are counted together.
+const REASONS: usize = 10;
 
 /// What one pass is asked to do.
 #[derive(Debug, Clone, Default)]
@@ -58,11 +69,11 @@ pub struct Options {
     /// Compare and report; publish nothing.
     pub dry_run: bool,
     /// Print progress to stderr (after a batch of 100 groups, at most once
-    /// a second).
+    /// a second per app).
     pub progress: bool,
 }
 
-/// What a pass found and did.
+/// What a pass found and did: the totals, and each app's part.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// Groups and chat rooms in scope.
@@ -71,32 +82,170 @@ pub struct Summary {
     /// Differed (and were corrected, unless a dry run).
     pub differed: usize,
     pub gone: usize,
-    /// A read failed: compared next pass.
+    /// A read failed or proved nothing: compared next pass.
     pub unread: usize,
+    /// Would have unmuted more than `confirm_unmute_share` of their muted
+    /// members, and a second read did not agree: compared next pass.
+    pub held_back: usize,
     /// Groups `GET /chatgroups` listed (`scope = "all"`).
     pub listed: usize,
     /// States of apps without `[easemob.apps.rest]`: not compared.
     pub without_rest: usize,
-    /// Apps whose group listing (`scope = "all"`) failed, and why: only
-    /// their known groups were compared.
-    pub unlisted: Vec<String>,
     /// By kind of difference (one per dimension).
     pub differences: BTreeMap<&'static str, usize>,
     /// Corrective events published (0 in a dry run).
     pub published: usize,
     /// Easemob answers other than success, by status (retried ones too).
     pub rest_errors: BTreeMap<String, usize>,
+    /// Each app with `[easemob.apps.rest]`, by appkey.
+    pub apps: BTreeMap<String, AppSummary>,
     pub seconds: f64,
 }
 
+/// One app's part of a pass.
+#[derive(Debug, Clone, Default)]
+pub struct AppSummary {
+    pub groups: usize,
+    pub agreed: usize,
+    pub differed: usize,
+    pub gone: usize,
+    pub unread: usize,
+    pub held_back: usize,
+    pub listed: usize,
+    pub published: usize,
+    pub differences: BTreeMap<&'static str, usize>,
+    /// What stopped a part of the app's pass (its listing, its states),
+    /// and why: those groups were not compared at all.
+    pub failures: BTreeMap<AppFailure, String>,
+    /// The first [`NAMED`] groups not read, as `group:ID` or `chatroom:ID`.
+    pub unread_groups: Vec<String>,
+    /// Why groups were not read, with how many each.
+    pub unread_because: BTreeMap<String, usize>,
+    /// The first [`NAMED`] groups held back.
+    pub held_back_groups: Vec<String>,
+}
+
 impl Summary {
-    /// Every group in scope was read (and, with `scope = "all"`, listed).
+    /// Every group in scope was read (and, with `scope = "all"`, listed)
+    /// and nothing was held back.
     pub fn complete(&self) -> bool {
-        self.unread == 0 && self.unlisted.is_empty()
+        self.apps.values().all(AppSummary::complete)
     }
 
     fn differences_total(&self) -> usize {
         self.differences.values().sum()
+    }
+
+    fn add(&mut self, appkey: &str, a: AppSummary, rest_errors: BTreeMap<String, usize>) {
+        self.groups += a.groups;
+        self.agreed += a.agreed;
+        self.differed += a.differed;
+        self.gone += a.gone;
+        self.unread += a.unread;
+        self.held_back += a.held_back;
+        self.listed += a.listed;
+        self.published += a.published;
+        for (d, n) in &a.differences {
+            *self.differences.entry(d).or_default() += n;
+        }
+        for (status, n) in rest_errors {
+            *self.rest_errors.entry(status).or_default() += n;
+        }
+        self.apps.insert(appkey.to_owned(), a);
+    }
+
+    /// One line per app and thing not read, naming the groups.
+    pub fn not_read(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (app, a) in &self.apps {
+            for (stage, why) in &a.failures {
+                lines.push(match stage {
+                    AppFailure::Listing => {
+                        format!("{app}: not every group listed, the unlisted ones not compared: {why}")
+                    }
+                    AppFailure::StateTopic => format!(
+                        "{app}: the state topic not read to its end, the app's remaining known groups not compared: {why}"
+                    ),
+                });
+            }
+            if a.unread > 0 {
+                let why: Vec<String> = a
+                    .unread_because
+                    .iter()
+                    .map(|(why, n)| format!("{why} x{n}"))
+                    .collect();
+                lines.push(format!(
+                    "{app}: {} group(s) not read: {}; because: {}",
+                    a.unread,
+                    named(&a.unread_groups, a.unread),
+                    why.join(", ")
+                ));
+            }
+            if a.held_back > 0 {
+                lines.push(format!(
+                    "{app}: {} group(s) held back (a second read of the mute list did not confirm unmuting more than reconcile.confirm_unmute_share of the muted members): {}",
+                    a.held_back,
+                    named(&a.held_back_groups, a.held_back)
+                ));
+            }
+        }
+        lines
+    }
+}
+
+/// `a, b, c and 7 more`.
+fn named(names: &[String], total: usize) -> String {
+    let mut text = names.join(", ");
+    if total > names.len() {
+        text.push_str(&format!(" and {} more", total - names.len()));
+    }
+    text
+}
+
+impl AppSummary {
+    /// Every group of the app in scope was read and settled.
+    pub fn complete(&self) -> bool {
+        self.unread == 0 && self.held_back == 0 && self.failures.is_empty()
+    }
+
+    /// The groups of `outcome` (a dry run's differences are `differed`,
+    /// a pass's `corrected`).
+    fn count(&self, outcome: GroupOutcome, dry_run: bool) -> usize {
+        match outcome {
+            GroupOutcome::Agreed => self.agreed,
+            GroupOutcome::Corrected if !dry_run => self.differed,
+            GroupOutcome::Differed if dry_run => self.differed,
+            GroupOutcome::Corrected | GroupOutcome::Differed => 0,
+            GroupOutcome::Gone => self.gone,
+            GroupOutcome::Unread => self.unread,
+            GroupOutcome::HeldBack => self.held_back,
+        }
+    }
+
+    fn failed(&mut self, stage: AppFailure, why: String) {
+        self.failures.insert(stage, why);
+    }
+
+    fn unread(&mut self, subject: &Subject, why: String) {
+        self.groups += 1;
+        self.unread += 1;
+        if self.unread_groups.len() < NAMED {
+            self.unread_groups.push(subject.name());
+        }
+        let why = if self.unread_because.len() < REASONS || self.unread_because.contains_key(&why) {
+            why
+        } else {
+            "other reasons".to_owned()
+        };
+        *self.unread_because.entry(why).or_default() += 1;
+    }
+
+    fn held_back(&mut self, subject: &Subject) {
+        self.groups += 1;
+        self.held_back += 1;
+        if self.held_back_groups.len() < NAMED {
+            self.held_back_groups.push(subject.name());
+        }
     }
 }
 
@@ -107,6 +256,19 @@ struct Subject {
     state: Option<GroupState>,
 }
 
+impl Subject {
+    fn name(&self) -> String {
+        format!("{}:{}", self.scope.as_str(), self.id)
+    }
+}
+
+/// A group whose unmutes wait for a second read of its mute list.
+struct ToConfirm {
+    subject: Subject,
+    mute_all: Option<Read<bool>>,
+    unmuted: Vec<String>,
+}
+
 /// The reconcile role: one REST client per app with a `rest` table.
 pub struct Reconciler {
     config: Checked,
@@ -114,6 +276,21 @@ pub struct Reconciler {
     apps: Vec<Rest>,
     producer: FutureProducer,
     metrics: ReconcileMetrics,
+}
+
+/// Where a corrective event goes besides Kafka: `--dry-run` prints it.
+pub type Seen<'a> = &'a (dyn Fn(&Event) + Sync);
+
+/// One app's pass in progress.
+struct AppPass<'a> {
+    app: &'a Rest,
+    options: &'a Options,
+    seen: Seen<'a>,
+    started: Instant,
+    last_report: Instant,
+    /// State partitions handed out so far, of how many.
+    partitions: (usize, usize),
+    summary: AppSummary,
 }
 
 impl Reconciler {
@@ -156,6 +333,8 @@ impl Reconciler {
                 limiter,
                 metrics.reconcile.clone(),
             )?);
+            // The app's series exist before its first pass ends.
+            metrics.reconcile.app_passed(&app.appkey, |_| 0, |_| false);
         }
         if apps.is_empty() {
             anyhow::bail!("no [easemob.apps.rest] in the config: reconciling reads each app's REST API; add base_url, client_id and client_secret under the app");
@@ -190,11 +369,16 @@ impl Reconciler {
             tokio::select! {
                 _ = &mut stop => break,
                 done = self.pass(&options) => match done {
-                    Ok((s, _)) => tracing::info!(
-                        groups = s.groups, agreed = s.agreed, differed = s.differed, gone = s.gone,
-                        unread = s.unread, published = s.published, seconds = format!("{:.1}", s.seconds),
-                        "reconcile pass finished"
-                    ),
+                    Ok(s) => {
+                        tracing::info!(
+                            groups = s.groups, agreed = s.agreed, differed = s.differed, gone = s.gone,
+                            unread = s.unread, held_back = s.held_back, published = s.published,
+                            seconds = format!("{:.1}", s.seconds), "reconcile pass finished"
+                        );
+                        for line in s.not_read() {
+                            tracing::warn!("reconcile pass incomplete: {line}; compared next pass");
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "reconcile pass failed; trying again next interval"),
                 },
             }
@@ -207,30 +391,60 @@ impl Reconciler {
         Ok(())
     }
 
-    /// One pass over every app; returns what it found, and the corrective
-    /// events (published unless `dry_run`).
-    pub async fn pass(&self, options: &Options) -> anyhow::Result<(Summary, Vec<Event>)> {
+    /// One pass over every app.
+    pub async fn pass(&self, options: &Options) -> anyhow::Result<Summary> {
+        self.pass_with(options, &|_| {}).await
+    }
+
+    /// One pass over every app, each on its own; `seen` gets every
+    /// corrective event (published unless `dry_run`). Fails only when Kafka
+    /// does not take a correction; an app's failures are in its summary.
+    pub async fn pass_with(&self, options: &Options, seen: Seen<'_>) -> anyhow::Result<Summary> {
         let started = Instant::now();
+        let others = {
+            let (kafka, bootstrap) = (self.config.kafka.clone(), self.bootstrap.clone());
+            let topic = self.config.worker.state_topic.clone();
+            let appkeys: Vec<String> = self.apps.iter().map(|a| a.appkey().to_owned()).collect();
+            let pattern = options.groups.clone();
+            tokio::task::spawn_blocking(move || {
+                states::count_others(&kafka, &bootstrap, &topic, &appkeys, pattern.as_deref())
+            })
+        };
+        let passes = self
+            .apps
+            .iter()
+            .map(|app| self.app_pass(app, options, seen, started));
+        let results = join_all(passes).await;
         let mut summary = Summary::default();
-        let mut events = Vec::new();
-        let mut known = self.known(options).await?;
-        for app in &self.apps {
-            let subjects = self
-                .subjects(
-                    app,
-                    known.remove(app.appkey()).unwrap_or_default(),
-                    options,
-                    &mut summary,
-                )
-                .await?;
-            self.reconcile_app(app, subjects, options, &mut summary, &mut events, started)
-                .await?;
-            for (status, n) in app.take_errors() {
-                *summary.rest_errors.entry(status).or_default() += n;
+        let mut failed = None;
+        for (app, result) in self.apps.iter().zip(results) {
+            // Taken whatever happened: the next pass counts its own.
+            let errors = app.take_errors();
+            match result {
+                Ok(a) => summary.add(app.appkey(), a, errors),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        summary.without_rest = known.values().map(Vec::len).sum();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        summary.without_rest = match others.await? {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot count the states of apps without [easemob.apps.rest]");
+                0
+            }
+        };
         summary.seconds = started.elapsed().as_secs_f64();
+        for (appkey, a) in &summary.apps {
+            self.metrics.app_passed(
+                appkey,
+                |o| a.count(o, options.dry_run),
+                |f| a.failures.contains_key(&f),
+            );
+        }
         self.metrics.passed(if summary.complete() {
             PassOutcome::Complete
         } else {
@@ -240,131 +454,256 @@ impl Reconciler {
             .last_pass_differences
             .set(summary.differences_total() as i64);
         self.metrics.last_pass_end.set(now_ms() as f64 / 1000.0);
-        Ok((summary, events))
+        Ok(summary)
     }
 
-    /// The states in the state topic, by appkey, that `options` selects.
-    async fn known(&self, options: &Options) -> anyhow::Result<HashMap<String, Vec<GroupState>>> {
-        let (kafka, topic) = (
-            self.config.kafka.clone(),
-            self.config.worker.state_topic.clone(),
-        );
-        let (bootstrap, pattern) = (self.bootstrap.clone(), options.groups.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut known: HashMap<String, Vec<GroupState>> = HashMap::new();
-            crate::kafka::scan::states(
-                &kafka,
-                &bootstrap,
-                &topic,
-                |s| pattern.as_deref().is_none_or(|p| glob(p, &s.group_id)),
-                |s| {
-                    known.entry(s.appkey.clone()).or_default().push(s);
-                    true
-                },
-            )
-            .with_context(|| format!("cannot read the state topic {topic}"))?;
-            anyhow::Ok(known)
-        })
-        .await?
-    }
-
-    /// The groups of `app` in scope: its states, and with `scope = "all"`
-    /// every group it lists.
-    async fn subjects(
+    /// One app: its known groups as the state topic streams them, then
+    /// (`scope = "all"`) the groups it lists that have no state.
+    async fn app_pass(
         &self,
         app: &Rest,
-        states: Vec<GroupState>,
         options: &Options,
-        summary: &mut Summary,
-    ) -> anyhow::Result<Vec<Subject>> {
-        let mut subjects: BTreeMap<(Scope, String), Option<GroupState>> = states
-            .into_iter()
-            .map(|s| ((s.scope, s.group_id.clone()), Some(s)))
-            .collect();
-        if self.config.reconcile.scope == Reach::All {
-            let mut cursor: Option<String> = None;
-            loop {
-                let (ids, next) = app.list_groups(cursor.as_deref()).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: cannot list the app's groups (GET /chatgroups): {e}",
-                        app.appkey()
-                    )
-                })?;
-                summary.listed += ids.len();
-                for id in ids {
-                    if options.groups.as_deref().is_none_or(|p| glob(p, &id)) {
-                        subjects.entry((Scope::Group, id)).or_insert(None);
+        seen: Seen<'_>,
+        started: Instant,
+    ) -> anyhow::Result<AppSummary> {
+        let all = self.config.reconcile.scope == Reach::All;
+        let mut pass = AppPass {
+            app,
+            options,
+            seen,
+            started,
+            last_report: Instant::now(),
+            partitions: (0, 0),
+            summary: AppSummary::default(),
+        };
+        let mut stream = states::stream(
+            &self.config.kafka,
+            &self.bootstrap,
+            &self.config.worker.state_topic,
+            states::Select {
+                appkey: app.appkey().to_owned(),
+                pattern: options.groups.clone(),
+                known_groups: all,
+            },
+        );
+        let mut pending: [Vec<Subject>; 2] = [Vec::new(), Vec::new()];
+        while let Some(item) = stream.items.recv().await {
+            match item {
+                states::Item::State(s) => {
+                    let s = *s;
+                    let batch = &mut pending[scope_slot(s.scope)];
+                    batch.push(Subject {
+                        scope: s.scope,
+                        id: s.group_id.clone(),
+                        state: Some(s),
+                    });
+                    if batch.len() == DETAILS_BATCH {
+                        let batch = std::mem::take(batch);
+                        self.batch(&mut pass, batch).await?;
                     }
                 }
-                match next {
-                    Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
-                    _ => break,
+                states::Item::Unreadable(scope, id) => self.unread(
+                    &mut pass,
+                    &Subject {
+                        scope,
+                        id,
+                        state: None,
+                    },
+                    "its state record is not a mutebridge.state/v1 group state".into(),
+                ),
+                states::Item::Partition { done, of } => {
+                    pass.partitions = (done, of);
+                    pass.progress();
                 }
             }
         }
-        Ok(subjects
-            .into_iter()
-            .map(|((scope, id), state)| Subject { scope, id, state })
-            .collect())
+        for batch in pending {
+            if !batch.is_empty() {
+                self.batch(&mut pass, batch).await?;
+            }
+        }
+        let known = match stream.scan.await {
+            Ok(Ok(scanned)) => Some(scanned.known_groups),
+            Ok(Err(e)) => {
+                tracing::warn!(app = app.appkey(), error = %format!("{e:#}"), "cannot read the app's states to the end; its remaining groups are compared next pass");
+                pass.summary
+                    .failed(AppFailure::StateTopic, format!("{e:#}"));
+                None
+            }
+            Err(e) => {
+                pass.summary.failed(
+                    AppFailure::StateTopic,
+                    format!("the state topic reader failed: {e}"),
+                );
+                None
+            }
+        };
+        if all {
+            match known {
+                Some(known) => self.listed(&mut pass, &known).await?,
+                // Without the known groups, a listed group with a state
+                // would be compared as one without.
+                None => pass.summary.failed(
+                    AppFailure::Listing,
+                    "not listed: the app's states could not be read".into(),
+                ),
+            }
+        }
+        pass.progress_now();
+        Ok(pass.summary)
     }
 
-    /// Reads, compares and corrects the `subjects` of one app, 100 at a time.
-    async fn reconcile_app(
+    /// `GET /chatgroups` page by page; each listed group without a state
+    /// is compared (those with one were, from the state topic). A failed
+    /// page, or a cursor given before (the listing would loop), ends the
+    /// listing for this pass.
+    async fn listed(
         &self,
-        app: &Rest,
-        subjects: Vec<Subject>,
-        options: &Options,
-        summary: &mut Summary,
-        events: &mut Vec<Event>,
-        started: Instant,
+        pass: &mut AppPass<'_>,
+        known: &HashSet<states::KeyDigest>,
     ) -> anyhow::Result<()> {
-        let mut last_report = Instant::now();
-        let before = summary.groups;
-        for scope in [Scope::Group, Scope::Chatroom] {
-            let of_scope: Vec<&Subject> = subjects.iter().filter(|s| s.scope == scope).collect();
-            for batch in of_scope.chunks(DETAILS_BATCH) {
-                if let Some(why) = app.token_failure().await {
-                    let left = subjects.len() - (summary.groups - before);
-                    tracing::warn!(app = app.appkey(), left, error = %why, "no Easemob token: the app's remaining groups are compared next pass");
-                    summary.groups += left;
-                    summary.unread += left;
-                    for _ in 0..left {
-                        self.metrics.group(GroupOutcome::Unread);
-                    }
-                    return Ok(());
-                }
-                let found = read_batch(app, scope, batch).await;
-                for (subject, found) in batch.iter().zip(found) {
-                    summary.groups += 1;
-                    let Some(found) = found else {
-                        summary.unread += 1;
-                        self.metrics.group(GroupOutcome::Unread);
-                        continue;
-                    };
-                    let c = self.compare(app, subject, &found);
-                    self.count(&c, &found, options, summary);
-                    if !c.events.is_empty() && !options.dry_run {
-                        summary.published += self.publish(&c.events).await?;
-                    }
-                    events.extend(c.events);
-                }
-                if options.progress && last_report.elapsed() >= Duration::from_secs(1) {
-                    eprintln!(
-                        "[{:.0?}] {}: {} of {} read, {} differed, {} gone, {} unread, {} event(s) published",
-                        started.elapsed(),
-                        app.appkey(),
-                        summary.groups - before,
-                        subjects.len(),
-                        summary.differed,
-                        summary.gone,
-                        summary.unread,
-                        summary.published
+        let app = pass.app;
+        let mut cursor: Option<String> = None;
+        let mut cursors: HashSet<String> = HashSet::new();
+        let mut batch = Vec::new();
+        let mut pages = 0usize;
+        loop {
+            let (ids, next) = match app.list_groups(cursor.as_deref()).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(app = app.appkey(), pages, error = %e, "cannot list the app's groups; the unlisted ones are compared next pass");
+                    pass.summary.failed(
+                        AppFailure::Listing,
+                        format!("GET /chatgroups failed after {pages} page(s): {e}"),
                     );
-                    last_report = Instant::now();
+                    break;
+                }
+            };
+            pages += 1;
+            pass.summary.listed += ids.len();
+            for id in ids {
+                let key = crate::state::key(app.appkey(), Scope::Group, &id);
+                let selected = pass.options.groups.as_deref().is_none_or(|p| glob(p, &id));
+                if selected && !known.contains(&states::digest(key.as_bytes())) {
+                    batch.push(Subject {
+                        scope: Scope::Group,
+                        id,
+                        state: None,
+                    });
+                    if batch.len() == DETAILS_BATCH {
+                        self.batch(pass, std::mem::take(&mut batch)).await?;
+                    }
                 }
             }
+            match next {
+                None => break,
+                Some(c) if !cursors.insert(c.clone()) => {
+                    tracing::warn!(app = app.appkey(), pages, "GET /chatgroups gave back a cursor it gave before: the listing loops; it ends here");
+                    pass.summary.failed(
+                        AppFailure::Listing,
+                        format!("GET /chatgroups gave back, after {pages} page(s), a cursor it gave before: the listing loops and was ended there"),
+                    );
+                    break;
+                }
+                Some(c) => cursor = Some(c),
+            }
+        }
+        if !batch.is_empty() {
+            self.batch(pass, batch).await?;
         }
         Ok(())
+    }
+
+    /// Reads, compares and corrects up to 100 groups of one scope.
+    async fn batch(&self, pass: &mut AppPass<'_>, subjects: Vec<Subject>) -> anyhow::Result<()> {
+        let app = pass.app;
+        let Some(scope) = subjects.first().map(|s| s.scope) else {
+            return Ok(());
+        };
+        if let Some(why) = app.token_failure().await {
+            tracing::warn!(app = app.appkey(), groups = subjects.len(), error = %why, "no Easemob token: these groups are compared next pass");
+            for s in &subjects {
+                self.unread(pass, s, format!("no token: {why}"));
+            }
+            pass.progress();
+            return Ok(());
+        }
+        let ids: Vec<&str> = subjects.iter().map(|s| s.id.as_str()).collect();
+        let found = read::batch(app, scope, &ids).await;
+        let share = self.config.reconcile.confirm_unmute_share;
+        let mut confirm = Vec::new();
+        for (subject, found) in subjects.into_iter().zip(found) {
+            let found = match found {
+                Ok(found) => found,
+                Err(why) => {
+                    self.unread(pass, &subject, why);
+                    continue;
+                }
+            };
+            let c = self.compare(app, &subject, &found);
+            match found {
+                Found::Read { mute_all, muted }
+                    if diff::unmutes_need_confirmation(
+                        subject.state.as_ref(),
+                        muted.at_ms,
+                        &c,
+                        share,
+                    ) =>
+                {
+                    let unmuted = c.unmuted().into_iter().map(str::to_owned).collect();
+                    confirm.push(ToConfirm {
+                        subject,
+                        mute_all,
+                        unmuted,
+                    });
+                }
+                found => self.settle(pass, &subject, &found, c).await?,
+            }
+        }
+        // Second reads of the mute lists, after the batch's first ones.
+        let reads: Vec<_> = confirm
+            .iter()
+            .map(|t| read::mute_list(app, scope, &t.subject.id))
+            .collect();
+        let again: Vec<_> = stream::iter(reads)
+            .buffered(read::CONCURRENT_READS)
+            .collect()
+            .await;
+        for (t, again) in confirm.into_iter().zip(again) {
+            let ToConfirm {
+                subject,
+                mute_all,
+                unmuted,
+            } = t;
+            let muted = match again {
+                Ok(muted) => muted,
+                Err(e) => {
+                    tracing::warn!(app = app.appkey(), group = subject.id, error = %e, "cannot read the mute list again to confirm its unmutes; the group is compared next pass");
+                    self.unread(pass, &subject, format!("second read of the mute list: {e}"));
+                    continue;
+                }
+            };
+            let found = Found::Read { mute_all, muted };
+            let c = self.compare(app, &subject, &found);
+            if c.unmuted() == unmuted {
+                self.settle(pass, &subject, &found, c).await?;
+            } else {
+                tracing::warn!(
+                    app = app.appkey(), group = subject.id, first = unmuted.len(), second = c.unmuted().len(),
+                    "two reads of the mute list disagree on which members to unmute; nothing published, the group is compared next pass"
+                );
+                pass.summary.held_back(&subject);
+                self.metrics.group(GroupOutcome::HeldBack);
+            }
+        }
+        pass.progress();
+        Ok(())
+    }
+
+    /// Counts a group left for the next pass, and why.
+    fn unread(&self, pass: &mut AppPass<'_>, subject: &Subject, why: String) {
+        pass.summary.unread(subject, why);
+        self.metrics.group(GroupOutcome::Unread);
     }
 
     fn compare(&self, app: &Rest, subject: &Subject, found: &Found) -> Corrections {
@@ -377,23 +716,48 @@ impl Reconciler {
         )
     }
 
-    fn count(&self, c: &Corrections, found: &Found, options: &Options, summary: &mut Summary) {
+    /// Counts what a read group came to, and publishes its corrections.
+    async fn settle(
+        &self,
+        pass: &mut AppPass<'_>,
+        subject: &Subject,
+        found: &Found,
+        c: Corrections,
+    ) -> anyhow::Result<()> {
+        let a = &mut pass.summary;
         for d in &c.differences {
-            *summary.differences.entry(<&str>::from(*d)).or_default() += 1;
+            *a.differences.entry(<&str>::from(*d)).or_default() += 1;
             self.metrics.difference(*d);
         }
         let outcome = match (found, c.differences.is_empty()) {
             (Found::Gone { .. }, _) => GroupOutcome::Gone,
             (_, true) => GroupOutcome::Agreed,
-            (_, false) if options.dry_run => GroupOutcome::Differed,
+            (_, false) if pass.options.dry_run => GroupOutcome::Differed,
             (_, false) => GroupOutcome::Corrected,
         };
+        a.groups += 1;
         match outcome {
-            GroupOutcome::Gone => summary.gone += 1,
-            GroupOutcome::Agreed => summary.agreed += 1,
-            _ => summary.differed += 1,
+            GroupOutcome::Gone => a.gone += 1,
+            GroupOutcome::Agreed => a.agreed += 1,
+            _ => a.differed += 1,
         }
         self.metrics.group(outcome);
+        if let Found::Gone { .. } = found {
+            if subject.state.is_some() {
+                tracing::info!(
+                    app = pass.app.appkey(),
+                    group = subject.id,
+                    "Easemob says twice that the group does not exist: destroying its state"
+                );
+            }
+        }
+        for e in &c.events {
+            (pass.seen)(e);
+        }
+        if !c.events.is_empty() && !pass.options.dry_run {
+            a.published += self.publish(&c.events).await?;
+        }
+        Ok(())
     }
 
     /// Publishes one group's corrections in order and waits for Kafka's
@@ -425,131 +789,59 @@ impl Reconciler {
     }
 }
 
-/// One id's details: gone (Easemob answered 404 for it alone, at this
-/// server time), or there, with its mute-all (`None`: not reported).
-enum Detail {
-    Gone(i64),
-    Here(Read<Option<bool>>),
-}
-
-/// Reads one batch: `None` for a subject whose read failed.
-async fn read_batch(app: &Rest, scope: Scope, batch: &[&Subject]) -> Vec<Option<Found>> {
-    let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
-    let details = mute_all(app, scope, &ids).await;
-    let reads: Vec<_> = ids
-        .iter()
-        .zip(details)
-        .map(|(id, details)| read_members(app, scope, id, details))
-        .collect();
-    stream::iter(reads)
-        .buffered(CONCURRENT_READS)
-        .collect()
-        .await
-}
-
-/// Completes one group's read with its mute list.
-async fn read_members(
-    app: &Rest,
-    scope: Scope,
-    id: &str,
-    details: Result<Detail, RestError>,
-) -> Option<Found> {
-    let read = match details {
-        Err(_) => return None,
-        Ok(Detail::Gone(at_ms)) => return Some(Found::Gone { at_ms }),
-        Ok(Detail::Here(read)) => read,
-    };
-    let list = match app.mute_list(scope, id).await {
-        Err(e) => {
-            // A 404 here, right after the details found it, is not taken
-            // as gone: only a details read of the id alone decides that.
-            tracing::warn!(app = app.appkey(), group = id, error = %e, "cannot read the mute list; its members are compared next pass");
-            None
-        }
-        Ok(read) => Some(Read {
-            at_ms: read.at_ms,
-            data: read
-                .data
-                .into_iter()
-                .map(|m| (m.user, rest::until(m.expire)))
-                .collect(),
-        }),
-    };
-    let at_ms = read.at_ms;
-    Some(Found::Read {
-        mute_all: read.data.map(|data| Read { data, at_ms }),
-        muted: list,
-    })
-}
-
-/// The details of each id. Ids a batch answer leaves out, or all of a
-/// batch answered 404 (how Easemob reports a missing id among others is
-/// unconfirmed), are asked one by one: only a 404 for an id asked alone
-/// makes it gone.
-async fn mute_all(app: &Rest, scope: Scope, ids: &[&str]) -> Vec<Result<Detail, RestError>> {
-    match app.details(scope, ids).await {
-        Err(RestError::NotFound(at)) if ids.len() == 1 => {
-            vec![Ok(Detail::Gone(at.unwrap_or_else(now_ms)))]
-        }
-        Err(RestError::NotFound(_)) => {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.push(single(app, scope, id).await);
-            }
-            out
-        }
-        Err(e) => {
-            tracing::warn!(app = app.appkey(), scope = scope.as_str(), ids = ids.len(), error = %e, "cannot read group details; these groups are compared next pass");
-            ids.iter().map(|_| Err(e.clone())).collect()
-        }
-        Ok(read) => {
-            let by_id: HashMap<&str, Option<bool>> =
-                read.data.iter().map(|d| (d.id.as_str(), d.mute)).collect();
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.push(match by_id.get(id) {
-                    Some(mute) => Ok(Detail::Here(Read {
-                        data: *mute,
-                        at_ms: read.at_ms,
-                    })),
-                    None if ids.len() > 1 => single(app, scope, id).await,
-                    None => Err(RestError::Body(format!(
-                        "the answer for {id} alone does not list it"
-                    ))),
-                });
-            }
-            out
-        }
+/// The pending batch of a scope.
+fn scope_slot(scope: Scope) -> usize {
+    match scope {
+        Scope::Group => 0,
+        Scope::Chatroom => 1,
     }
 }
 
-/// The details of one id, asked alone.
-async fn single(app: &Rest, scope: Scope, id: &str) -> Result<Detail, RestError> {
-    match app.details(scope, &[id]).await {
-        Ok(read) => match read.data.iter().find(|d| d.id == id) {
-            Some(d) => Ok(Detail::Here(Read {
-                data: d.mute,
-                at_ms: read.at_ms,
-            })),
-            None => Err(RestError::Body(format!(
-                "the answer for {id} alone does not list it"
-            ))),
-        },
-        Err(RestError::NotFound(at)) => Ok(Detail::Gone(at.unwrap_or_else(now_ms))),
-        Err(e) => Err(e),
+impl AppPass<'_> {
+    /// A progress line on stderr, at most once a second.
+    fn progress(&mut self) {
+        if self.last_report.elapsed() >= Duration::from_secs(1) {
+            self.progress_now();
+        }
+    }
+
+    fn progress_now(&mut self) {
+        if !self.options.progress {
+            return;
+        }
+        let a = &self.summary;
+        let (done, of) = self.partitions;
+        let listed = if a.listed > 0 {
+            format!(", {} listed", a.listed)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "[{:.0?}] {}: {} compared (state partitions {done} of {of}{listed}), {} differed, {} gone, {} unread, {} held back, {} event(s) published",
+            self.started.elapsed(),
+            self.app.appkey(),
+            a.groups,
+            a.differed,
+            a.gone,
+            a.unread,
+            a.held_back,
+            a.published
+        );
+        self.last_report = Instant::now();
     }
 }
 
 /// The summary lines `mutebridge reconcile` prints.
 pub fn describe(s: &Summary, dry_run: bool, topic: &str) -> Vec<String> {
     let mut lines = vec![format!(
-        "{} group(s) compared in {:.1} s: {} agreed, {} differed, {} gone, {} unread{}",
+        "{} group(s) compared in {:.1} s: {} agreed, {} differed, {} gone, {} unread, {} held back{}",
         s.groups,
         s.seconds,
         s.agreed,
         s.differed,
         s.gone,
         s.unread,
+        s.held_back,
         if s.listed > 0 {
             format!(" ({} listed by Easemob)", s.listed)
         } else {
@@ -577,9 +869,7 @@ pub fn describe(s: &Summary, dry_run: bool, topic: &str) -> Vec<String> {
             .collect();
         format!("REST errors: {} (429 and 401 are retried)", e.join(", "))
     });
-    for app in &s.unlisted {
-        lines.push(format!("not listed (only known groups compared): {app}"));
-    }
+    lines.extend(s.not_read());
     if s.without_rest > 0 {
         lines.push(format!(
             "{} state(s) of apps without [easemob.apps.rest] not compared",

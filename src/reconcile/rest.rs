@@ -10,6 +10,12 @@
 //! refused before it ever worked is not renewed again for a while: Easemob
 //! bans accounts that fetch tokens too often. Errors name the app and the
 //! call, never the URL, the token or the credentials.
+//!
+//! Redirects are never followed: the token request carries the Client
+//! Secret and every read the token, and a redirect to another host would
+//! hand them over. A 404 means "does not exist" only with Easemob's own
+//! error body ([`Missing`]); a maintenance page or a proxy's 404 is an
+//! answer like any other failure.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,10 +47,18 @@ const MAX_ATTEMPTS: u32 = 3;
 /// Why a read has no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestError {
-    /// 404: the group or chat room does not exist (any more); the
-    /// answer's server time, when it has one.
-    #[error("not found")]
-    NotFound(Option<i64>),
+    /// 404 with Easemob's `resource_not_found` body: what its description
+    /// names does not exist ([`Missing::names`] says whether that is the
+    /// group asked for).
+    #[error("404 resource_not_found ({})", .0.description)]
+    NotFound(Missing),
+    /// A 404 without Easemob's `resource_not_found` body (an HTML page, a
+    /// proxy's answer, another error): says nothing about the group.
+    #[error("HTTP 404 that is not Easemob's answer for a missing group ({0})")]
+    Undocumented404(String),
+    /// A redirect (3xx), not followed.
+    #[error("HTTP {0}: a redirect, not followed (calls go to base_url only)")]
+    Redirected(u16),
     #[error("HTTP {0}")]
     Status(u16),
     #[error("the token is refused (401) and was renewed too recently to renew again; check client_id and client_secret")]
@@ -61,12 +75,65 @@ impl RestError {
     /// The `status` label of a failed call.
     pub fn label(&self) -> String {
         match self {
-            RestError::NotFound(_) => "404".into(),
-            RestError::Status(s) => s.to_string(),
+            RestError::NotFound(_) | RestError::Undocumented404(_) => "404".into(),
+            RestError::Redirected(s) | RestError::Status(s) => s.to_string(),
             RestError::Unauthorized => "401".into(),
             RestError::Token(_) => "token".into(),
             RestError::Transport(_) => "transport".into(),
             RestError::Body(_) => "body".into(),
+        }
+    }
+}
+
+/// Easemob's answer that something does not exist: a 404 whose body is
+/// `{"error": "resource_not_found", "error_description": "grpID 42 does
+/// not exist!", "timestamp": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub description: String,
+    /// The answer's server time, when it has one.
+    pub at_ms: Option<i64>,
+}
+
+impl Missing {
+    /// Whether the description names `id`: in Easemob's documented
+    /// "grpID {id} does not exist!" the word before "does not exist", in
+    /// any other wording (unconfirmed, e.g. for chat rooms) a whole word
+    /// (`g1` is not named by "g10"). An answer naming none, or another, is
+    /// no evidence about `id`.
+    pub fn names(&self, id: &str) -> bool {
+        let words: Vec<&str> = self
+            .description
+            .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .map(|w| w.trim_end_matches(['!', '.', ',', ':', ';', '?']))
+            .filter(|w| !w.is_empty())
+            .collect();
+        match words.windows(3).position(|w| w == ["does", "not", "exist"]) {
+            Some(at) => at > 0 && words[at - 1] == id,
+            None => words.contains(&id),
+        }
+    }
+
+    /// A 404's body, if it is Easemob's `resource_not_found`; otherwise
+    /// what it is instead, in a few words.
+    fn from_body(body: &[u8]) -> Result<Missing, String> {
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            error: String,
+            #[serde(default)]
+            error_description: String,
+            #[serde(default)]
+            timestamp: Option<i64>,
+        }
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(e) if e.error == "resource_not_found" => Ok(Missing {
+                description: e.error_description,
+                at_ms: e.timestamp,
+            }),
+            Ok(e) => Err(format!("error {:?}", e.error)),
+            Err(_) if body.trim_ascii_start().starts_with(b"<") => Err("an HTML page".into()),
+            Err(_) if body.is_empty() => Err("no body".into()),
+            Err(_) => Err("not Easemob's JSON error".into()),
         }
     }
 }
@@ -151,6 +218,9 @@ impl Rest {
     ) -> anyhow::Result<Rest> {
         let (org, app) = config.names(appkey);
         let http = reqwest::Client::builder()
+            // A redirect would carry the token (or the Client Secret) to
+            // wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()?;
@@ -179,22 +249,39 @@ impl Rest {
         std::mem::take(&mut *self.errors.lock().expect("errors lock"))
     }
 
-    /// Counts one call, and one error unless it succeeded.
+    /// Counts one call, and one error unless it succeeded (a 404 is
+    /// counted by [`Rest::not_found`], which reads its body).
     fn answered(&self, call: Call, status: &str) {
         self.metrics.call(call, status);
-        // A 404 is an answer (the group is gone), not a failure.
         if !status.starts_with('2') && status != "404" {
-            *self
-                .errors
-                .lock()
-                .expect("errors lock")
-                .entry(status.to_owned())
-                .or_default() += 1;
+            self.error(status);
+        }
+    }
+
+    fn error(&self, what: &str) {
+        *self
+            .errors
+            .lock()
+            .expect("errors lock")
+            .entry(what.to_owned())
+            .or_default() += 1;
+    }
+
+    /// A 404: Easemob's answer that something does not exist (not an
+    /// error), or anything else (an error).
+    fn not_found(&self, body: &[u8]) -> RestError {
+        match Missing::from_body(body) {
+            Ok(missing) => RestError::NotFound(missing),
+            Err(what) => {
+                self.error("404 (not Easemob's error body)");
+                RestError::Undocumented404(what)
+            }
         }
     }
 
     /// Mute-all of up to [`DETAILS_BATCH`] groups or chat rooms. Ids the
-    /// answer leaves out are not in `data`; a 404 is [`RestError::NotFound`].
+    /// answer leaves out are not in `data`; Easemob's 404 is
+    /// [`RestError::NotFound`].
     pub async fn details(
         &self,
         scope: Scope,
@@ -283,11 +370,10 @@ impl Rest {
             let response = match answer {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = e.without_url();
                     self.answered(call, "transport");
                     failures += 1;
                     if failures >= MAX_ATTEMPTS {
-                        return Err(RestError::Transport(e.to_string()));
+                        return Err(RestError::Transport(transport(e)));
                     }
                     tokio::time::sleep(backoff(failures)).await;
                     continue;
@@ -301,7 +387,7 @@ impl Rest {
                     let body = response
                         .bytes()
                         .await
-                        .map_err(|e| RestError::Transport(e.without_url().to_string()))?;
+                        .map_err(|e| RestError::Transport(transport(e)))?;
                     return serde_json::from_slice(&body)
                         .map_err(|e| RestError::Body(e.to_string()));
                 }
@@ -314,11 +400,9 @@ impl Rest {
                 }
                 StatusCode::NOT_FOUND => {
                     let body = response.bytes().await.unwrap_or_default();
-                    let at_ms = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v.get("timestamp").and_then(serde_json::Value::as_i64));
-                    return Err(RestError::NotFound(at_ms));
+                    return Err(self.not_found(&body));
                 }
+                s if s.is_redirection() => return Err(RestError::Redirected(s.as_u16())),
                 StatusCode::TOO_MANY_REQUESTS => {
                     let retry_after = response
                         .headers()
@@ -424,9 +508,14 @@ impl Rest {
             .json(&body)
             .send()
             .await
-            .map_err(|e| RestError::Token(e.without_url().to_string()))?;
+            .map_err(|e| RestError::Token(transport(e)))?;
         let status = answer.status();
         self.answered(Call::Token, status.as_str());
+        if status.is_redirection() {
+            return Err(RestError::Token(format!(
+                "POST /token answered {status}, a redirect: not followed (the Client Secret goes to base_url only); check base_url"
+            )));
+        }
         if !status.is_success() {
             return Err(RestError::Token(format!(
                 "POST /token answered {status}; check client_id and client_secret"
@@ -451,6 +540,21 @@ impl Rest {
         slot.generation += 1;
         Ok((token.access_token, slot.generation))
     }
+}
+
+/// A failed request in words, with its causes and without its URL.
+fn transport(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out (reconcile.request_timeout_ms)".into();
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// The pause before the `n`th retry of a failed read.
@@ -495,6 +599,46 @@ mod tests {
         assert_eq!(d.mute, None);
         let d: Details = serde_json::from_str(r#"{"id":"g1","mute":true}"#).unwrap();
         assert_eq!(d.mute, Some(true));
+    }
+
+    #[test]
+    fn only_easemob_s_own_not_found_naming_the_id_is_about_the_id() {
+        let body = br#"{"error":"resource_not_found","exception":"EasemobResourceNotFoundException","timestamp":1700000000000,"duration":0,"error_description":"grpID 262246968131585 does not exist!"}"#;
+        let m = Missing::from_body(body).unwrap();
+        assert_eq!(m.at_ms, Some(1_700_000_000_000));
+        assert!(m.names("262246968131585"));
+        // Not a prefix, a suffix or another word of it.
+        for other in [
+            "26224696813158",
+            "62246968131585",
+            "grpID",
+            "",
+            "does",
+            "exist",
+        ] {
+            assert!(!m.names(other), "{other:?}");
+        }
+        let quoted = Missing {
+            description: "chatroom 'r-1' does not exist.".into(),
+            at_ms: None,
+        };
+        assert!(quoted.names("r-1"));
+        let reworded = Missing {
+            description: "The chat room r-2 was not found".into(),
+            at_ms: None,
+        };
+        assert!(reworded.names("r-2") && !reworded.names("r-1"));
+        let html = b"<!DOCTYPE html><html><body>404 Not Found</body></html>";
+        assert_eq!(Missing::from_body(html), Err("an HTML page".into()));
+        assert_eq!(
+            Missing::from_body(br#"{"error":"service_resource_not_found"}"#),
+            Err("error \"service_resource_not_found\"".into())
+        );
+        assert_eq!(Missing::from_body(b""), Err("no body".into()));
+        assert_eq!(
+            Missing::from_body(b"Not Found"),
+            Err("not Easemob's JSON error".into())
+        );
     }
 
     #[test]

@@ -23,9 +23,12 @@
 //! one-second window of `per_second` calls, refused with 429 `reach_limit`
 //! and no `Retry-After`, as documented; the token endpoint is not limited.
 //! A test can also script the next reads to fail (429 with or without
-//! `Retry-After`, a given status, a slow reply), and reads back every call
-//! with its status, how many went through, the busiest second and the
-//! refusals.
+//! `Retry-After`, a given status with Easemob's error body, a 404 naming
+//! another group, what a proxy or a maintenance window answers instead of
+//! Easemob (an HTML 404 page, a redirect), a mute list missing members, a
+//! slow reply), make every group listing fail or its cursor come back
+//! (A -> B -> A), redirect the token request, and read back every call with
+//! its status, how many went through, the busiest second and the refusals.
 
 #![allow(dead_code)]
 
@@ -72,15 +75,32 @@ pub enum MissingInBatch {
 
 /// A scripted misbehaviour for the next read (token requests never take
 /// one); consumed one per request, in the order pushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestFault {
     /// 429 `reach_limit`, with `Retry-After: <secs>` when given.
     TooMany { retry_after: Option<u64> },
-    /// This HTTP status, with an Easemob error body.
+    /// This HTTP status, with an Easemob error body (a 404 is
+    /// `resource_not_found` described as "injected": it names no group).
     Status(u16),
+    /// 404 `resource_not_found` for this group id ("grpID ID does not
+    /// exist!"), whatever was asked.
+    NotFoundNaming(String),
+    /// 404 with another Easemob error (e.g. `service_resource_not_found`).
+    Error404(&'static str),
+    /// 404 with an HTML page, as a load balancer or a maintenance window
+    /// answers, not Easemob.
+    Html404,
+    /// 307 to this URL (the path and query are appended).
+    Redirect(String),
+    /// The next mute list answered with only its first `n` members (other
+    /// reads pass it by and take the faults behind it).
+    Truncate(usize),
     /// Wait this long, then answer as usual.
     Delay(Duration),
 }
+
+/// The page an HTML 404 carries.
+pub const HTML_404: &str = "<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1><p>The service is under maintenance.</p></body></html>";
 
 /// One request the stand-in answered (token requests included).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +173,13 @@ struct Inner {
     clock_offset_ms: i64,
     missing: MissingInBatch,
     faults: VecDeque<RestFault>,
+    /// Every `GET /chatgroups` answers this status.
+    list_status: Option<u16>,
+    /// From this page on (1 = the first), the list gives back the first
+    /// cursor it gave: a cycle.
+    list_cycle_at: Option<usize>,
+    /// `POST /token` answers 307 to this URL.
+    token_redirect: Option<String>,
     groups: BTreeMap<String, Group>,
     rooms: BTreeMap<String, Group>,
     /// When each endpoint admitted its calls in the last second.
@@ -274,6 +301,9 @@ impl FakeEasemobRest {
                 clock_offset_ms: 0,
                 missing: MissingInBatch::default(),
                 faults: VecDeque::new(),
+                list_status: None,
+                list_cycle_at: None,
+                token_redirect: None,
                 groups: BTreeMap::new(),
                 rooms: BTreeMap::new(),
                 windows: HashMap::new(),
@@ -318,6 +348,29 @@ impl FakeEasemobRest {
     /// Queues a misbehaviour for the next read.
     pub fn push_fault(&self, fault: RestFault) {
         self.state.lock().faults.push_back(fault);
+    }
+
+    /// Every group listing answers `status` (with Easemob's error body),
+    /// or as usual again with `None`.
+    pub fn set_list_status(&self, status: Option<u16>) {
+        self.state.lock().list_status = status;
+    }
+
+    /// From page `page` on (1 = the first), the group list answers with the
+    /// cursor its first page gave, even on its last page (A -> B -> A with
+    /// 3); `None`: as usual.
+    pub fn set_list_cycle_at(&self, page: Option<usize>) {
+        self.state.lock().list_cycle_at = page;
+    }
+
+    /// `POST /token` answers 307 to `url` (`None`: a token as usual).
+    pub fn redirect_token_to(&self, url: Option<String>) {
+        self.state.lock().token_redirect = url;
+    }
+
+    /// Faults pushed and not yet taken by a read.
+    pub fn faults_left(&self) -> usize {
+        self.state.lock().faults.len()
     }
 
     /// Creates a group or chat room (no muted members), or sets the
@@ -553,9 +606,11 @@ async fn handler(
         _ => Route::Unknown,
     };
     let ids = route.ids();
-    let response = match route {
-        Route::Token => token(&s, &body),
-        route => read(&s, route, &headers, uri.query(), at).await,
+    let redirect = s.lock().token_redirect.clone();
+    let response = match (route, redirect) {
+        (Route::Token, Some(url)) => redirect_to(&url, &uri),
+        (Route::Token, None) => token(&s, &body),
+        (route, _) => read(&s, route, &headers, &uri, at).await,
     };
     s.lock().calls.push(RestCall {
         method: method.to_string(),
@@ -618,14 +673,25 @@ fn token(s: &Shared, body: &[u8]) -> Response {
     )
 }
 
-async fn read(
-    s: &Shared,
-    route: Route,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    at: Instant,
-) -> Response {
-    let fault = {
+/// 307 to `base` with the request's path and query: a redirect keeps the
+/// method and the body (the Client Secret of a token request).
+fn redirect_to(base: &str, uri: &Uri) -> Response {
+    let location = format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [("location", location)],
+        "Temporary Redirect",
+    )
+        .into_response()
+}
+
+async fn read(s: &Shared, route: Route, headers: &HeaderMap, uri: &Uri, at: Instant) -> Response {
+    let query = uri.query();
+    let (delay, truncate) = {
         let mut inner = s.lock();
         inner.arrivals.push(at);
         let now_ms = inner.server_ms();
@@ -637,8 +703,15 @@ async fn read(
                 "Service resource not found",
             );
         }
-        let fault = inner.faults.pop_front();
-        match fault {
+        let waits_for_a_mute_list = matches!(inner.faults.front(), Some(RestFault::Truncate(_)))
+            && !matches!(route, Route::Mute(..));
+        let fault = if waits_for_a_mute_list {
+            None
+        } else {
+            inner.faults.pop_front()
+        };
+        let mut truncate = None;
+        let delay = match fault {
             Some(RestFault::TooMany { retry_after }) => {
                 inner.refused_for_rate += 1;
                 let mut response = rate_limited(now_ms);
@@ -655,11 +728,29 @@ async fn read(
                 }
                 return injected(now_ms, status);
             }
+            Some(RestFault::NotFoundNaming(id)) => return not_found(now_ms, &id),
+            Some(RestFault::Error404(name)) => {
+                return error(now_ms, 404, name, "Service resource not found")
+            }
+            Some(RestFault::Html404) => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    [("content-type", "text/html; charset=utf-8")],
+                    HTML_404,
+                )
+                    .into_response()
+            }
+            Some(RestFault::Redirect(url)) => return redirect_to(&url, uri),
+            Some(RestFault::Truncate(n)) => {
+                truncate = Some(n);
+                None
+            }
             Some(RestFault::Delay(d)) => Some(d),
             None => None,
-        }
+        };
+        (delay, truncate)
     };
-    if let Some(delay) = fault {
+    if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     let mut inner = s.lock();
@@ -679,8 +770,11 @@ async fn read(
     }
     match route {
         Route::Details(scope, ids) => details(&mut inner, now_ms, scope, &ids),
-        Route::Mute(scope, id) => mute_list(&mut inner, now_ms, scope, &id),
-        Route::List => list(&inner, now_ms, query),
+        Route::Mute(scope, id) => mute_list(&mut inner, now_ms, scope, &id, truncate),
+        Route::List => match inner.list_status {
+            Some(status) => injected(now_ms, status),
+            None => list(&inner, now_ms, query),
+        },
         Route::Token | Route::Unknown => unreachable!("not a read"),
     }
 }
@@ -730,7 +824,13 @@ fn details(inner: &mut Inner, now_ms: i64, scope: ChatScope, ids: &[String]) -> 
     )
 }
 
-fn mute_list(inner: &mut Inner, now_ms: i64, scope: ChatScope, id: &str) -> Response {
+fn mute_list(
+    inner: &mut Inner,
+    now_ms: i64,
+    scope: ChatScope,
+    id: &str,
+    truncate: Option<usize>,
+) -> Response {
     let Some(group) = inner.table(scope).get(id) else {
         return not_found(now_ms, id);
     };
@@ -739,6 +839,7 @@ fn mute_list(inner: &mut Inner, now_ms: i64, scope: ChatScope, id: &str) -> Resp
         .iter()
         .filter(|(_, expire)| **expire == -1 || **expire > now_ms)
         .map(|(user, expire)| json!({"user": user, "expire": expire}))
+        .take(truncate.unwrap_or(usize::MAX))
         .collect();
     reply(
         200,
@@ -779,7 +880,11 @@ fn list(inner: &Inner, now_ms: i64, query: Option<&str>) -> Response {
             None => return error(now_ms, 400, "illegal_argument", "cursor is invalid"),
         },
     };
-    let page: Vec<(&String, &Group)> = inner.groups.range(start..).take(limit + 1).collect();
+    let page: Vec<(&String, &Group)> = inner
+        .groups
+        .range(start.clone()..)
+        .take(limit + 1)
+        .collect();
     let data: Vec<Value> = page
         .iter()
         .take(limit)
@@ -802,7 +907,13 @@ fn list(inner: &Inner, now_ms: i64, query: Option<&str>) -> Response {
         "duration": 0,
         "count": data.len(),
     });
-    if let Some((next, _)) = page.get(limit) {
+    let number = inner.groups.range(..start).count() / limit + 1;
+    let next = match (inner.list_cycle_at, inner.groups.keys().nth(limit)) {
+        // A broken cursor: back to the second page, even from the last.
+        (Some(at), Some(second)) if number >= at => Some(second),
+        _ => page.get(limit).map(|(next, _)| *next),
+    };
+    if let Some(next) = next {
         body["cursor"] = json!(hex::encode(next.as_bytes()));
     }
     reply(200, body)
@@ -1091,5 +1202,107 @@ mod tests {
             assert_eq!(status, 400, "{bad}");
             assert_eq!(body["error"], "illegal_argument");
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_proxy_answers_instead_and_broken_listings() {
+        let fake = fake(100).await;
+        for id in ["g1", "g2", "g3", "g4", "g5"] {
+            fake.add_group(ChatScope::Group, id, false);
+        }
+        for u in ["u1", "u2", "u3"] {
+            fake.mute_member(ChatScope::Group, "g1", u, -1);
+        }
+        let t = token(&fake).await;
+        let no_redirects = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        fake.push_fault(RestFault::Html404);
+        fake.push_fault(RestFault::NotFoundNaming("g9".into()));
+        fake.push_fault(RestFault::Error404("service_resource_not_found"));
+        fake.push_fault(RestFault::Status(404));
+        fake.push_fault(RestFault::Truncate(1));
+        fake.push_fault(RestFault::Redirect("http://127.0.0.2:9".into()));
+
+        let reply = no_redirects
+            .get(url(&fake, "/chatgroups/g1"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 404);
+        assert!(reply.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert_eq!(reply.text().await.unwrap(), HTML_404);
+        let (status, _, body) = get(&fake, &t, "/chatgroups/g1").await;
+        assert_eq!(status, 404);
+        assert_eq!(body["error"], "resource_not_found");
+        assert_eq!(body["error_description"], "grpID g9 does not exist!");
+        let (status, _, body) = get(&fake, &t, "/chatgroups/g1").await;
+        assert_eq!(status, 404);
+        assert_eq!(body["error"], "service_resource_not_found");
+        let (status, _, body) = get(&fake, &t, "/chatgroups/g1").await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            (&body["error"], &body["error_description"]),
+            (&json!("resource_not_found"), &json!("injected"))
+        );
+        let (status, _, body) = get(&fake, &t, "/chatgroups/g1/mute").await;
+        assert_eq!(status, 200);
+        assert_eq!(ids_of(&body, "user"), ["u1"]);
+        let reply = no_redirects
+            .get(url(&fake, "/chatgroups/g1/mute?x=1"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 307);
+        assert_eq!(
+            reply.headers()["location"],
+            format!("http://127.0.0.2:9/{ORG}/{APP}/chatgroups/g1/mute?x=1")
+        );
+        assert_eq!(fake.faults_left(), 0);
+        let (_, _, body) = get(&fake, &t, "/chatgroups/g1/mute").await;
+        assert_eq!(ids_of(&body, "user"), ["u1", "u2", "u3"]);
+
+        // A cursor that comes back: A -> B -> A, from the last page too.
+        fake.set_list_cycle_at(Some(3));
+        let (_, _, page1) = get(&fake, &t, "/chatgroups?limit=2").await;
+        let a = page1["cursor"].as_str().unwrap().to_owned();
+        let (_, _, page2) = get(&fake, &t, &format!("/chatgroups?limit=2&cursor={a}")).await;
+        assert_eq!(ids_of(&page2, "groupid"), ["g3", "g4"]);
+        let b = page2["cursor"].as_str().unwrap().to_owned();
+        assert_ne!(a, b);
+        let (_, _, page3) = get(&fake, &t, &format!("/chatgroups?limit=2&cursor={b}")).await;
+        assert_eq!(ids_of(&page3, "groupid"), ["g5"]);
+        assert_eq!(page3["cursor"].as_str().unwrap(), a);
+        fake.set_list_cycle_at(None);
+        let (_, _, page3) = get(&fake, &t, &format!("/chatgroups?limit=2&cursor={b}")).await;
+        assert!(page3.get("cursor").is_none());
+        fake.set_list_status(Some(503));
+        let (status, _, body) = get(&fake, &t, "/chatgroups?limit=2").await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"], "service_unavailable");
+        let (status, _, _) = get(&fake, &t, "/chatgroups/g1").await;
+        assert_eq!(status, 200, "only the listing fails");
+
+        // The token request redirected keeps its method and its secret.
+        fake.redirect_token_to(Some("http://127.0.0.2:9".into()));
+        let body =
+            json!({"grant_type": "client_credentials", "client_id": ID, "client_secret": SECRET});
+        let reply = no_redirects
+            .post(url(&fake, "/token"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 307);
+        assert_eq!(
+            reply.headers()["location"],
+            format!("http://127.0.0.2:9/{ORG}/{APP}/token")
+        );
     }
 }
