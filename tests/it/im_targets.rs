@@ -648,8 +648,8 @@ fn config_mistakes_name_the_target_key_and_the_file() {
     assert!(message.contains("ORG/APP"), "{message}");
     let (key, _, _) = parse(&format!("{agora}token_lifetime_seconds = 172800\n")).unwrap_err();
     assert_eq!(key, "targets.ag.token_lifetime_seconds");
-    let (key, _, _) = parse(&agora.replace(AGORA_CERT, "not-a-certificate")).unwrap_err();
-    assert_eq!(key, "targets.ag.app_certificate");
+    let (key, _, _) = parse(&agora.replace(AGORA_APP_ID, "not-an-app-id")).unwrap_err();
+    assert_eq!(key, "targets.ag.app_id");
     // Chat rooms exist at Agora, not at Tencent.
     let rule = |target: &str| {
         format!("[[policy.rules]]\nname = \"r\"\nthen = [{{ target = \"{target}\", chatroom = \"{{group_id}}\" }}]\n")

@@ -507,18 +507,6 @@ async fn handler(
             &format!("{what} {id} does not exist!"),
         )
     };
-    let record =
-        |id: &str, action: &str, users: Vec<String>, duration: Option<i64>, all: Option<bool>| {
-            s.common.calls.lock().unwrap().push(Call {
-                action: format!("{} {action}", kind.segment()),
-                id: id.into(),
-                users,
-                duration,
-                all_muted: all,
-                need_notify: None,
-                at: Instant::now(),
-            });
-        };
     match (&method, parts.as_slice()) {
         (&Method::GET, [_, ids]) => {
             let sep = if kind == Kind::Room { "%2C" } else { "," };
@@ -573,13 +561,15 @@ async fn handler(
                 .entry((kind, id.clone()))
                 .or_default()
                 .mute_all = on;
-            record(
-                &id,
-                if on { "ban" } else { "unban" },
-                Vec::new(),
-                None,
-                Some(on),
-            );
+            s.common.calls.lock().unwrap().push(Call {
+                action: format!("{} {}", kind.segment(), if on { "ban" } else { "unban" }),
+                id: id.clone(),
+                users: Vec::new(),
+                duration: None,
+                all_muted: Some(on),
+                need_notify: None,
+                at: Instant::now(),
+            });
             ok(if on { "post" } else { "delete" }, json!({"mute": on}))
         }
         (&Method::POST, [_, id, "mute"]) => {
@@ -609,7 +599,7 @@ async fn handler(
                     format!("mute_duration {}", req["mute_duration"]),
                 );
             };
-            apply_mutes(&s, kind, &id, &users, duration, &record, true)
+            apply_mutes(&s, kind, &id, &users, duration, true)
         }
         (&Method::DELETE, [_, id, "mute", users]) => {
             let id = decode(id);
@@ -622,7 +612,7 @@ async fn handler(
                     format!("{} users (1 to {})", users.len(), kind.batch_limit()),
                 );
             }
-            apply_mutes(&s, kind, &id, &users, 0, &record, false)
+            apply_mutes(&s, kind, &id, &users, 0, false)
         }
         _ => reject(
             404,
@@ -639,7 +629,6 @@ fn apply_mutes(
     id: &str,
     users: &[String],
     duration: i64,
-    record: &dyn Fn(&str, &str, Vec<String>, Option<i64>, Option<bool>),
     post: bool,
 ) -> Response {
     let outsiders = s.outsiders.lock().unwrap();
@@ -680,7 +669,15 @@ fn apply_mutes(
         .collect();
     drop(rooms);
     let action = if duration == 0 { "unmute" } else { "mute" };
-    record(id, action, users.to_vec(), Some(duration), None);
+    s.common.calls.lock().unwrap().push(Call {
+        action: format!("{} {action}", kind.segment()),
+        id: id.into(),
+        users: users.to_vec(),
+        duration: Some(duration),
+        all_muted: None,
+        need_notify: None,
+        at: Instant::now(),
+    });
     ok(if post { "post" } else { "delete" }, json!(data))
 }
 
