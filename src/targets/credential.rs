@@ -11,8 +11,10 @@
 //! signed with an older one can still be under way). The first refusal
 //! blamed on a credential renews it; a refusal blamed on a credential that
 //! was itself made for a refusal is final (the clock or the secret is
-//! wrong, and another one would be refused the same way).
+//! wrong, and another one would be refused the same way), and another is
+//! tried a window later, so that a fixed clock or secret needs no restart.
 
+use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -28,12 +30,23 @@ pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 const RENEW_AT_PERCENT: u64 = 90;
 
 /// One target's credential, shared by every call of the target.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Credential {
     slot: Mutex<Option<Held>>,
 }
 
-#[derive(Debug, Clone)]
+/// Never shows the credential (targets are printed with `{:?}`).
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            None => f.write_str("Credential(none yet)"),
+            Some(h) => write!(f, "Credential(<redacted>, issued at {} s)", h.issued_s),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Held {
     value: String,
     issued_s: i64,
@@ -122,6 +135,14 @@ mod tests {
 
     fn at(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn debug_output_never_shows_it() {
+        let c = Credential::default();
+        c.get(at(5), 100, |_| "the-secret-token".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("the-secret-token"), "{shown}");
     }
 
     #[test]
