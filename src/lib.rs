@@ -11,8 +11,8 @@
 //! - [`state`]: the second contract, each group's mute state, and the guard
 //!   that keeps a late callback from undoing a newer change;
 //! - [`worker`]: consume -> schedule per group -> guard -> [`policy`] decides ->
-//!   deliver to one of the [`targets`] (ZEGO, RongCloud, webhook) -> dead-letter what
-//!   fails for good -> commit.
+//!   deliver to one of the [`targets`] (ZEGO, RongCloud, Tencent, Agora, webhook) ->
+//!   dead-letter what fails for good -> commit.
 //!
 //! Around them: [`config`] (one TOML file, checked at load), [`kafka`] (the
 //! cluster, embedded or external, and every client's settings), `server`
@@ -23,7 +23,8 @@
 //! The items re-exported at the top are what the binary, the integration
 //! tests and the benchmarks build on. Beside `src/`: `tests/it/` is the one
 //! integration-test binary (each module one area, over real sockets, with
-//! faithful ZEGO, RongCloud and webhook stand-ins in `providers.rs`),
+//! faithful ZEGO, RongCloud and webhook stand-ins in `providers.rs`, Tencent's and Agora's in
+//! `providers_tencent.rs` and `providers_agora.rs`),
 //! `benches/` the worker benchmark (one module per measurement) and the
 //! ingest scripts, `deploy/` the container, compose, Kubernetes and
 //! Prometheus files and the commented config reference.

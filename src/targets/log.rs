@@ -33,7 +33,7 @@ impl LogConfig {
         match **inner {
             TargetConfig::Log(_) | TargetConfig::Discard(_) => Err(Invalid::new(
                 "as.kind",
-                "must be zego, rongcloud or webhook (the target whose requests are printed)",
+                "must be zego, rongcloud, tencent, agora or webhook (the target whose requests are printed)",
             )),
             _ => inner.validate().map_err(|e| e.under("as")),
         }

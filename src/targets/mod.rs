@@ -1,16 +1,24 @@
 //! Targets: the downstream APIs the worker applies actions to.
 //!
-//! A target turns one call (an [`Action`] with at most 20 users) into the
-//! exact HTTP [`Request`] the provider expects, signed afresh for every
-//! attempt, and reads the provider's reply into an [`Outcome`] the retry
-//! loop in the worker's deliverer acts on. Building and reading are pure,
-//! so `policy explain` and the `log` target print what a real target would
+//! A target turns one call (an [`Action`] with at most as many users as
+//! the provider takes at once: [`Target::split`]) into the exact HTTP
+//! [`Request`] the provider expects, signed afresh for every attempt, and
+//! reads the provider's reply into an [`Outcome`] the retry loop in the
+//! worker's deliverer acts on. Building and reading are pure (but for the
+//! credential Tencent and Agora make and keep: [`credential`]), so
+//! `policy explain` and the `log` target print what a real target would
 //! send (signatures masked: [`Request::redacted`]). Each provider's file
 //! also states what it can do ([`Capabilities`]), how long it holds a mute
-//! ([`Target::lapses`]), and checks its own settings.
+//! ([`Target::lapses`]), and checks its own settings; those with read APIs
+//! (Tencent, Agora) also build and parse the reads `verify` makes
+//! ([`readback`]).
 
+pub mod agora;
+pub mod credential;
 pub mod log;
+pub mod readback;
 pub mod rongcloud;
+pub mod tencent;
 pub mod webhook;
 pub mod zego;
 
@@ -39,6 +47,10 @@ pub enum TargetConfig {
     Zego(zego::ZegoConfig),
     /// RongCloud (Nexconn) server API.
     Rongcloud(rongcloud::RongCloudConfig),
+    /// Tencent Cloud Chat (IM) server API.
+    Tencent(tencent::TencentConfig),
+    /// Agora Chat REST API.
+    Agora(agora::AgoraConfig),
     /// POST the normalized event to a URL, HMAC-SHA256 signed.
     Webhook(webhook::WebhookConfig),
     /// Print each request instead of sending it.
@@ -53,6 +65,8 @@ impl TargetConfig {
         match self {
             TargetConfig::Zego(_) => "zego",
             TargetConfig::Rongcloud(_) => "rongcloud",
+            TargetConfig::Tencent(_) => "tencent",
+            TargetConfig::Agora(_) => "agora",
             TargetConfig::Webhook(_) => "webhook",
             TargetConfig::Log(_) => "log",
             TargetConfig::Discard(_) => "discard",
@@ -75,6 +89,10 @@ impl TargetConfig {
         let (key, own, rate_limit) = match self {
             TargetConfig::Zego(c) => ("server_secret", &mut c.server_secret, &mut c.rate_limit),
             TargetConfig::Rongcloud(c) => ("app_secret", &mut c.app_secret, &mut c.rate_limit),
+            TargetConfig::Tencent(c) => ("secret_key", &mut c.secret_key, &mut c.rate_limit),
+            TargetConfig::Agora(c) => {
+                ("app_certificate", &mut c.app_certificate, &mut c.rate_limit)
+            }
             TargetConfig::Webhook(c) => ("secret", &mut c.secret, &mut c.rate_limit),
             TargetConfig::Log(LogConfig {
                 render_as: Some(inner),
@@ -97,6 +115,8 @@ impl TargetConfig {
         match self {
             TargetConfig::Zego(c) => Some(&c.rate_limit),
             TargetConfig::Rongcloud(c) => Some(&c.rate_limit),
+            TargetConfig::Tencent(c) => Some(&c.rate_limit),
+            TargetConfig::Agora(c) => Some(&c.rate_limit),
             TargetConfig::Webhook(c) => Some(&c.rate_limit),
             TargetConfig::Log(_) | TargetConfig::Discard(_) => None,
         }
@@ -110,6 +130,12 @@ impl TargetConfig {
             TargetConfig::Rongcloud(c) => {
                 (c.app_key.clone(), Some(c.rate_per_second), &c.rate_limit)
             }
+            TargetConfig::Tencent(c) => (
+                c.sdk_app_id.to_string(),
+                Some(c.rate_per_second),
+                &c.rate_limit,
+            ),
+            TargetConfig::Agora(c) => (c.app_id.clone(), Some(c.rate_per_second), &c.rate_limit),
             // A webhook's "app" is its host and port: callers of one
             // receiver share it, and no path or query (which may carry a
             // token) ends up in a Redis key or a log line.
@@ -130,6 +156,8 @@ impl TargetConfig {
         let own = match self.shape() {
             TargetConfig::Zego(_) => zego::CAPABILITIES,
             TargetConfig::Rongcloud(_) => rongcloud::CAPABILITIES,
+            TargetConfig::Tencent(_) => tencent::CAPABILITIES,
+            TargetConfig::Agora(_) => agora::CAPABILITIES,
             _ => Capabilities {
                 kind: "",
                 addressing: Addressing::Event,
@@ -151,7 +179,8 @@ impl TargetConfig {
     }
 
     /// `(max_mute_seconds, renew_ahead_seconds)` of a target whose
-    /// provider caps mutes; `log` looks through to its `as` table.
+    /// provider caps mutes; `log` looks through to its `as` table. Tencent
+    /// (136 years) and Agora (no documented cap) need no renewal.
     pub fn mute_cap(&self) -> Option<(u64, u64)> {
         match self.shape() {
             TargetConfig::Zego(c) => Some((c.max_mute_seconds, c.renew_ahead_seconds)),
@@ -165,6 +194,8 @@ impl TargetConfig {
         match self {
             TargetConfig::Zego(c) => c.validate(),
             TargetConfig::Rongcloud(c) => c.validate(),
+            TargetConfig::Tencent(c) => c.validate(),
+            TargetConfig::Agora(c) => c.validate(),
             TargetConfig::Webhook(c) => c.validate(),
             TargetConfig::Log(c) => c.validate(),
             TargetConfig::Discard(_) => Ok(()),
@@ -228,6 +259,8 @@ pub struct Request {
 pub enum Method {
     Get,
     Post,
+    /// Agora's unmute-all and member unmute.
+    Delete,
 }
 
 /// Words that make a query parameter or header name a credential, masked
@@ -281,6 +314,7 @@ impl fmt::Display for Redacted<'_> {
         let method = match r.method {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Delete => "DELETE",
         };
         let url = match r.url.split_once('?') {
             None => r.url.clone(),
@@ -376,13 +410,15 @@ pub enum Unsendable {
 pub enum Target {
     Zego(zego::Zego),
     RongCloud(rongcloud::RongCloud),
+    Tencent(tencent::Tencent),
+    Agora(agora::Agora),
     Webhook(webhook::Webhook),
     /// Prints instead of sending; the inner target shapes the request.
     Log(Option<Box<Target>>),
     Discard,
 }
 
-/// Most users one provider call may name (ZEGO and RongCloud both cap at 20).
+/// Most users one ZEGO or RongCloud call may name (both cap at 20).
 pub const MAX_USERS_PER_CALL: usize = 20;
 
 impl Target {
@@ -390,6 +426,8 @@ impl Target {
         match config {
             TargetConfig::Zego(c) => Target::Zego(zego::Zego::new(c.clone())),
             TargetConfig::Rongcloud(c) => Target::RongCloud(rongcloud::RongCloud::new(c.clone())),
+            TargetConfig::Tencent(c) => Target::Tencent(tencent::Tencent::new(c.clone())),
+            TargetConfig::Agora(c) => Target::Agora(agora::Agora::new(c.clone())),
             TargetConfig::Webhook(c) => Target::Webhook(webhook::Webhook::new(c.clone())),
             TargetConfig::Log(c) => {
                 Target::Log(c.render_as.as_ref().map(|t| Box::new(Target::new(t))))
@@ -398,10 +436,12 @@ impl Target {
         }
     }
 
-    /// Hosts to fail over between (RongCloud's primary and backup).
+    /// Hosts to fail over between (RongCloud's and Tencent's primary and
+    /// backup).
     pub fn hosts(&self) -> usize {
         match self {
             Target::RongCloud(r) => r.config.base_urls.len(),
+            Target::Tencent(t) => t.config.base_urls.len(),
             _ => 1,
         }
     }
@@ -414,20 +454,33 @@ impl Target {
         match self {
             Target::Zego(z) => z.lapses(call, now),
             Target::RongCloud(r) => r.lapses(call, now),
+            Target::Tencent(t) => t.lapses(call, now),
             Target::Log(Some(inner)) => inner.lapses(call, now),
             _ => None,
         }
     }
 
-    /// Splits an action into provider calls of at most 20 users each.
+    /// Most users one call of this target may name.
+    pub fn max_users_per_call(&self) -> usize {
+        match self {
+            Target::Tencent(_) => tencent::MAX_MEMBERS_PER_CALL,
+            Target::Agora(_) => agora::MAX_MEMBERS_PER_CALL,
+            Target::Log(Some(inner)) => inner.max_users_per_call(),
+            _ => MAX_USERS_PER_CALL,
+        }
+    }
+
+    /// Splits an action into provider calls of at most
+    /// [`Target::max_users_per_call`] users each.
     pub fn split(&self, action: Action) -> Vec<Action> {
         let per_user = matches!(action.op, Op::MuteMembers { .. } | Op::UnmuteMembers);
-        if !per_user || action.users.len() <= MAX_USERS_PER_CALL {
+        let most = self.max_users_per_call();
+        if !per_user || action.users.len() <= most {
             return vec![action];
         }
         action
             .users
-            .chunks(MAX_USERS_PER_CALL)
+            .chunks(most)
             .map(|chunk| Action {
                 users: chunk.to_vec(),
                 ..action.clone()
@@ -447,6 +500,8 @@ impl Target {
         match self {
             Target::Zego(z) => z.render(call, now).map(Some),
             Target::RongCloud(r) => r.render(call, host, now).map(Some),
+            Target::Tencent(t) => t.render(call, host, now).map(Some),
+            Target::Agora(a) => a.render(call, now).map(Some),
             Target::Webhook(w) => w.render(call, event, now).map(Some),
             Target::Log(Some(inner)) => inner.render(call, event, host, now),
             Target::Log(None) | Target::Discard => {
@@ -463,6 +518,8 @@ impl Target {
         match self {
             Target::Zego(z) => z.read(call, reply),
             Target::RongCloud(_) => rongcloud::read(reply),
+            Target::Tencent(t) => t.read(reply),
+            Target::Agora(a) => a.read(call, reply),
             Target::Webhook(_) => webhook::read(reply),
             Target::Log(_) | Target::Discard => Outcome::Done,
         }
@@ -546,5 +603,12 @@ mod tests {
              X-Mutebridge-Signature: <masked>\nContent-Type: application/json\n\n{}"
         );
         assert_eq!(request.host(), "hooks.example:443");
+        // Tencent's UserSig and Agora's bearer token; not the account names.
+        for name in ["usersig", "Authorization"] {
+            assert!(is_credential(name), "{name}");
+        }
+        for name in ["sdkappid", "identifier", "random", "contenttype"] {
+            assert!(!is_credential(name), "{name}");
+        }
     }
 }

@@ -486,6 +486,7 @@ impl Deliverer {
         let mut builder = match request.method {
             Method::Get => self.client.get(&request.url),
             Method::Post => self.client.post(&request.url),
+            Method::Delete => self.client.delete(&request.url),
         };
         for (name, value) in &request.headers {
             builder = builder.header(*name, value);

@@ -154,7 +154,7 @@ fn check_config_accepts_the_documented_example() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stdout.contains("OK") && stdout.contains("3 target(s), 4 rule(s)"),
+        stdout.contains("OK") && stdout.contains("5 target(s), 6 rule(s)"),
         "{stdout}"
     );
     assert!(

@@ -3,7 +3,8 @@
 //!
 //! Each module is one area, in the order an event travels: the seeds and the
 //! ingest endpoint, the worker against the provider stand-ins, each target
-//! on its own (breaker, catch-up, renewal, rewind), the mute state and its
+//! on its own (breaker, catch-up, renewal, rewind; Tencent and Agora in
+//! `im_targets`, against their stand-ins), the mute state and its
 //! guard, the command line, and the deployment bundle checked with the
 //! real tools.
 
@@ -13,8 +14,11 @@ mod docs;
 mod easemob_rest;
 mod fixtures;
 mod hardening;
+mod im_targets;
 mod ingest;
 mod providers;
+mod providers_agora;
+mod providers_tencent;
 mod ratelimit;
 mod reconcile;
 mod seeds;

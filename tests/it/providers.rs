@@ -2,7 +2,9 @@
 //! parts of their contracts mutebridge uses: they check the signature and
 //! the parameters, enforce the documented rate limits with the real error
 //! codes, and can be told to fail (5xx, slow replies, given codes, outage).
-//! Shared by the integration tests and the worker benchmark.
+//! Shared by the integration tests and the worker benchmark; the Tencent
+//! and Agora stand-ins (`providers_tencent.rs`, `providers_agora.rs`) build
+//! on the parts here.
 
 #![allow(dead_code)]
 
@@ -35,7 +37,7 @@ pub enum Fault {
 }
 
 /// A provider's per-second limit.
-enum Bucket {
+pub(crate) enum Bucket {
     /// A token bucket: `rate` tokens per second, at most `rate` stored.
     Tokens { rate: f64, tokens: f64, at: Instant },
     /// The strictest reading of "N per second": a sliding window, refusing
@@ -47,7 +49,7 @@ enum Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64) -> Bucket {
+    pub(crate) fn new(rate: f64) -> Bucket {
         Bucket::Tokens {
             rate,
             tokens: rate,
@@ -55,14 +57,14 @@ impl Bucket {
         }
     }
 
-    fn sliding(limit: usize) -> Bucket {
+    pub(crate) fn sliding(limit: usize) -> Bucket {
         Bucket::Window {
             limit,
             admitted: VecDeque::new(),
         }
     }
 
-    fn take(&mut self) -> bool {
+    pub(crate) fn take(&mut self) -> bool {
         let now = Instant::now();
         match self {
             Bucket::Tokens { rate, tokens, at } => {
@@ -111,20 +113,20 @@ pub struct Call {
 /// What both fakes record and how they can be told to fail.
 #[derive(Default)]
 pub struct Common {
-    calls: Mutex<Vec<Call>>,
-    faults: Mutex<VecDeque<Fault>>,
-    down: AtomicBool,
+    pub(crate) calls: Mutex<Vec<Call>>,
+    pub(crate) faults: Mutex<VecDeque<Fault>>,
+    pub(crate) down: AtomicBool,
     requests: AtomicU64,
     /// When each request arrived.
     arrivals: Mutex<Vec<Instant>>,
     /// When each request refused for rate arrived.
     refusals: Mutex<Vec<Instant>>,
     rate_limited: AtomicU64,
-    rejected: Mutex<Vec<String>>,
+    pub(crate) rejected: Mutex<Vec<String>>,
 }
 
 impl Common {
-    fn arrived(&self) -> Instant {
+    pub(crate) fn arrived(&self) -> Instant {
         let now = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.arrivals.lock().unwrap().push(now);
@@ -132,13 +134,13 @@ impl Common {
     }
 
     /// Refused by the stand-in's own limit.
-    fn refused_for_rate(&self, arrived: Instant) {
+    pub(crate) fn refused_for_rate(&self, arrived: Instant) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
         self.refusal_at(arrived);
     }
 
     /// Answered with a rate-limit code (the limit's, or an injected one).
-    fn refusal_at(&self, arrived: Instant) {
+    pub(crate) fn refusal_at(&self, arrived: Instant) {
         self.refusals.lock().unwrap().push(arrived);
     }
 }
@@ -186,7 +188,7 @@ pub trait Provider {
     }
 }
 
-async fn common_gate(c: &Common) -> Option<Fault> {
+pub(crate) async fn common_gate(c: &Common) -> Option<Fault> {
     let fault = c.faults.lock().unwrap().pop_front();
     if let Some(Fault::Delay(d)) = fault {
         tokio::time::sleep(d).await;
@@ -195,7 +197,7 @@ async fn common_gate(c: &Common) -> Option<Fault> {
     fault
 }
 
-fn now_s() -> i64 {
+pub(crate) fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -223,7 +225,7 @@ fn all(pairs: &[(String, String)], key: &str) -> Vec<String> {
         .collect()
 }
 
-async fn serve(router: Router) -> SocketAddr {
+pub(crate) async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
