@@ -6,6 +6,10 @@ use rdkafka::config::ClientConfig;
 
 use crate::kafka::config::KafkaConfig;
 
+/// `[kafka.client]` keys only consumer groups take: kept from the other
+/// clients, which would warn about each at start.
+const GROUP_ONLY: &[&str] = &["group.protocol", "group.remote.assignor"];
+
 /// The settings every mutebridge client shares: the bootstrap list, the
 /// user's `[kafka.client]` pass-through properties, and no topic created
 /// by asking for it: librdkafka's producers (and the admin client, which
@@ -14,7 +18,9 @@ pub fn client_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (key, value) in cfg.client_properties() {
-        config.set(key, value);
+        if !GROUP_ONLY.contains(&key.as_str()) {
+            config.set(key, value);
+        }
     }
     config.set("allow.auto.create.topics", "false");
     config
@@ -76,6 +82,11 @@ pub fn consumer_config(cfg: &KafkaConfig, bootstrap: &str, group_id: &str) -> Cl
         .filter(|(k, _)| !(cfg.consumer_protocol() && *k == "partition.assignment.strategy"))
         .collect();
     let mut config = with_defaults(&defaults, cfg, bootstrap);
+    for (key, value) in cfg.client_properties() {
+        if GROUP_ONLY.contains(&key.as_str()) {
+            config.set(key, value);
+        }
+    }
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")

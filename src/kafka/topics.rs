@@ -281,6 +281,19 @@ impl Topics {
         }))
     }
 
+    /// Like [`Topics::observe`], but a topic that seems missing is asked for
+    /// again for a few seconds: a broker hears of a topic created through
+    /// another one a moment later.
+    async fn observe_settled(&self, topic: &str) -> anyhow::Result<Option<Observed>> {
+        for _ in 0..15 {
+            if let Some(o) = self.observe(topic).await? {
+                return Ok(Some(o));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.observe(topic).await
+    }
+
     /// The effective settings of `topic`; `None` when the cluster does not
     /// answer (librdkafka's mock cluster has no DescribeConfigs; an ACL may
     /// forbid it).
@@ -408,13 +421,13 @@ impl Topics {
     /// Everything wrong (or worth knowing) about the plan's topics as they
     /// are on the cluster.
     pub async fn check(&self, plan: &Plan) -> anyhow::Result<Vec<Finding>> {
-        let events = self.observe(&plan.event_topic).await?;
+        let events = self.observe_settled(&plan.event_topic).await?;
         let mut findings = Vec::new();
         for w in &plan.topics {
             let observed = if w.name == plan.event_topic {
                 events.clone()
             } else {
-                self.observe(&w.name).await?
+                self.observe_settled(&w.name).await?
             };
             let event_partitions = events.as_ref().map(|e| e.partitions);
             findings.extend(judge(plan, w, observed.as_ref(), event_partitions));

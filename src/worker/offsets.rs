@@ -63,9 +63,15 @@ struct Part {
     next: i64,
     /// The last position Kafka acknowledged as committed.
     committed: i64,
-    /// The last position a commit was issued for (acknowledged or not).
+    /// The last position a commit was issued for (acknowledged or not),
+    /// and when.
     issued: i64,
+    issued_at: Option<std::time::Instant>,
 }
+
+/// How long a commit may go unanswered before it is issued again (its
+/// answer lost in a rebalance).
+const COMMIT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Part {
     fn position(&self) -> i64 {
@@ -89,6 +95,7 @@ impl Tracker {
                 next: offset,
                 committed: -1,
                 issued: -1,
+                issued_at: None,
             }
         });
         if let Some(from) = self.resets.remove(&partition) {
@@ -150,9 +157,13 @@ impl Tracker {
         let mut tpl = TopicPartitionList::new();
         for (p, part) in self.parts.iter_mut() {
             let position = part.position();
-            if position > part.committed && position != part.issued {
+            let unanswered = part
+                .issued_at
+                .is_some_and(|at| at.elapsed() > COMMIT_ANSWER_TIMEOUT);
+            if position > part.committed && (position != part.issued || unanswered) {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(position));
                 part.issued = position;
+                part.issued_at = Some(std::time::Instant::now());
                 match self.fences.get(p) {
                     Some(f) if position < *f => {
                         if let Some(mut e) = tpl.find_partition(topic, *p) {
@@ -191,6 +202,9 @@ impl Tracker {
             part.committed = part.committed.max(position);
         } else if part.issued == position {
             part.issued = part.committed;
+        }
+        if part.issued <= part.committed {
+            part.issued_at = None;
         }
     }
 

@@ -201,11 +201,15 @@ pub fn answered(
 }
 
 /// `(partition, offset)` of librdkafka's warning that it reset `topic`'s
-/// position after a fetch error, e.g. `im.group-events [3]: offset reset
-/// (at offset 17 (leader epoch 0), broker 2) to offset BEGINNING (leader
-/// epoch -1): fetch failed due to requested offset not available on the
-/// broker: Broker: Offset out of range`.
+/// position after a fetch error, e.g. `[thrd:main]: im.group-events [3]:
+/// offset reset (at offset 17 (leader epoch 0), broker 2) to offset
+/// BEGINNING (leader epoch -1): fetch failed due to requested offset not
+/// available on the broker: Broker: Offset out of range`.
 fn offset_reset(topic: &str, message: &str) -> Option<(i32, i64)> {
+    let message = match message.strip_prefix("[thrd:") {
+        Some(rest) => rest.split_once("]: ")?.1,
+        None => message,
+    };
     let rest = message.strip_prefix(topic)?.strip_prefix(" [")?;
     let (partition, rest) = rest.split_once(']')?;
     let rest = rest.strip_prefix(": offset reset (at offset ")?;
@@ -219,8 +223,10 @@ mod tests {
 
     #[test]
     fn librdkafkas_reset_warning_names_partition_and_offset() {
-        let m = "im.group-events [3]: offset reset (at offset 17 (leader epoch 0), broker 2) to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the broker: Broker: Offset out of range";
+        let m = "[thrd:main]: im.group-events [3]: offset reset (at offset 17 (leader epoch 0), broker 2) to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the broker: Broker: Offset out of range";
         assert_eq!(offset_reset("im.group-events", m), Some((3, 17)));
+        let bare = m.strip_prefix("[thrd:main]: ").unwrap();
+        assert_eq!(offset_reset("im.group-events", bare), Some((3, 17)));
         assert_eq!(offset_reset("other", m), None);
         let logical = "im.group-events [0]: offset reset (at offset INVALID (leader epoch -1), broker -1) to offset BEGINNING (leader epoch -1): no previously committed offset available: Local: No offset stored";
         assert_eq!(

@@ -514,11 +514,22 @@ pub fn spawn_role(
     config: &std::path::Path,
     log: &std::path::Path,
 ) -> (Killed, SocketAddr) {
+    spawn_role_with_env(role, config, log, &[])
+}
+
+/// [`spawn_role`] with `env` set for the process (its `env:` secrets).
+pub fn spawn_role_with_env(
+    role: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Killed, SocketAddr) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let log = std::fs::File::create(log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mutebridge"))
         .args([role, "--config", config.to_str().unwrap()])
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

@@ -245,3 +245,134 @@ pub async fn eventually(limit: Duration, check: impl Fn() -> bool + Send + Sync 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A config file in `dir` for `mutebridge` processes on this cluster, with
+/// `config`'s topics, groups and app, members that leave the group 6 s
+/// after they stop heartbeating, and `fragment` (targets, rules, settings
+/// of other tables) appended.
+pub fn process_config(config: &Config, fragment: &str, dir: &std::path::Path, name: &str) -> PathBuf {
+    let k = &config.kafka;
+    let w = &config.worker;
+    let app = &config.easemob.apps[0];
+    let secrets: Vec<String> = app
+        .secrets
+        .iter()
+        .map(|s| format!("\"{}\"", s.expose()))
+        .collect();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[http]
+listen = "127.0.0.1:0"
+
+[kafka]
+brokers = "{}"
+topic = "{}"
+partitions = {}
+
+[kafka.client]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+
+[[easemob.apps]]
+appkey = "{}"
+secrets = [{}]
+
+[worker]
+group_id = "{}"
+dlq_topic = "{}"
+state_topic = "{}"
+commit_interval_ms = 100
+request_timeout_ms = 2000
+
+{fragment}
+"#,
+            k.brokers,
+            k.topic,
+            k.partitions,
+            app.appkey,
+            secrets.join(", "),
+            w.group_id,
+            w.dlq_topic,
+            w.state_topic,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Peak resident memory of process `pid`, in MiB (`VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The partitions pipeline `pipeline` of the worker at `ops` holds now
+/// (its `/targets`).
+pub fn owned(ops: std::net::SocketAddr, pipeline: &str) -> Vec<i32> {
+    let Some((200, body)) = crate::support::http_get(ops, "/targets") else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pipeline"] == pipeline)
+        .and_then(|p| p["partitions"].as_array())
+        .map(|ps| ps.iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect())
+        .unwrap_or_default()
+}
+
+/// A directory for the config and logs of a test's processes: removed
+/// when the test passes, kept (and named) when it fails.
+pub struct Logs(tempfile::TempDir);
+
+impl Logs {
+    pub fn new() -> Logs {
+        Logs(tempfile::tempdir().unwrap())
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.0, tempfile::tempdir().unwrap()).keep();
+            eprintln!("the processes' config and logs are kept in {}", kept.display());
+        }
+    }
+}
+
+/// Creates `name` (replication factor 3, `min.insync.replicas` 2) with
+/// `settings`, before mutebridge does: the tests that need a topic set up
+/// unlike the plan (short segments, short retention) make it themselves.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32, settings: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(3))
+        .set("min.insync.replicas", "2");
+    for (k, v) in settings {
+        topic = topic.set(k, v);
+    }
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    let (b, n) = (bootstrap.to_owned(), name.to_owned());
+    assert!(eventually(Duration::from_secs(30), move || fully_in_sync(&b, &n)).await);
+}

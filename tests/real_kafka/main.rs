@@ -18,3 +18,6 @@ mod support;
 
 mod cluster;
 mod failover;
+mod groups;
+mod state;
+mod flow;
