@@ -170,12 +170,12 @@ pub fn committed_reader(bootstrap: &str, group: &str) -> anyhow::Result<StreamCo
         .create()?)
 }
 
-/// Sum of the group's committed offsets over the topic's partitions (with
+/// Sum of the group's committed offsets over `topic`'s partitions (with
 /// one record per offset, the number of records committed).
-pub fn committed_total(reader: &StreamConsumer) -> anyhow::Result<i64> {
+pub fn committed_total(reader: &StreamConsumer, topic: &str) -> anyhow::Result<i64> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition(TOPIC, p);
+        tpl.add_partition(topic, p);
     }
     let committed = reader.committed_offsets(tpl, Duration::from_secs(5))?;
     Ok(committed

@@ -59,6 +59,10 @@ pub struct Args {
     /// The limit of the provider that catches up (calls/s).
     #[arg(long, default_value_t = 500)]
     catchup_rate: u32,
+    /// A real Kafka cluster (`host:port,...`): the throughput measurement
+    /// runs on it too, beside the embedded cluster, in the same runs.
+    #[arg(long)]
+    kafka: Option<String>,
     /// Repetitions of each measurement; summaries are medians.
     #[arg(long, default_value_t = 5)]
     runs: usize,

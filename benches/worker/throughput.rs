@@ -7,7 +7,9 @@
 //! keeper judges every event and writes its group's state record). The two
 //! passes alternate which goes first. Reported: the target's events/s from
 //! its first finished event to its last, and the time until the target's
-//! consumer group has committed every event.
+//! consumer group has committed every event. With `--kafka BOOTSTRAP` (a
+//! real cluster, e.g. `mutebridge kafka start`'s), each run is made on the
+//! embedded cluster and on the real one, alternating which goes first.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,33 +41,55 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         args.events, args.groups
     );
     println!(
-        "run | baseline consumer ev/s | worker, state off ev/s | worker, state on ev/s | on/off | all committed after (off / on)"
+        "run | cluster | baseline consumer ev/s | worker, state off ev/s | worker, state on ev/s | on/off | all committed after (off / on)"
     );
-    let mut runs = Vec::new();
+    let clusters: Vec<Option<&str>> = match &args.kafka {
+        None => vec![None],
+        Some(real) => vec![None, Some(real.as_str())],
+    };
+    let mut runs: Vec<(Option<&str>, Run)> = Vec::new();
     for i in 1..=args.runs {
-        let r = one(args, i % 2 == 0).await?;
-        let [off, on] = &r.worker;
-        println!(
-            "{i} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
-            r.baseline_per_s,
-            off.per_s,
-            on.per_s,
-            on.per_s / off.per_s,
-            off.committed_s,
-            on.committed_s
-        );
-        runs.push(r);
+        // Alternate which cluster goes first.
+        let order: Vec<Option<&str>> = (0..clusters.len())
+            .map(|k| clusters[(k + i) % clusters.len()])
+            .collect();
+        for real in order {
+            let r = one(args, i % 2 == 0, real, i).await?;
+            let [off, on] = &r.worker;
+            println!(
+                "{i} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
+                cluster_name(real),
+                r.baseline_per_s,
+                off.per_s,
+                on.per_s,
+                on.per_s / off.per_s,
+                off.committed_s,
+                on.committed_s
+            );
+            runs.push((real, r));
+        }
     }
-    println!(
-        "median | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
-        median(runs.iter().map(|r| r.baseline_per_s)),
-        median(runs.iter().map(|r| r.worker[0].per_s)),
-        median(runs.iter().map(|r| r.worker[1].per_s)),
-        median(runs.iter().map(|r| r.worker[1].per_s / r.worker[0].per_s)),
-        median(runs.iter().map(|r| r.worker[0].committed_s)),
-        median(runs.iter().map(|r| r.worker[1].committed_s)),
-    );
+    for real in clusters {
+        let runs: Vec<&Run> = runs.iter().filter(|(c, _)| *c == real).map(|(_, r)| r).collect();
+        println!(
+            "median | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
+            cluster_name(real),
+            median(runs.iter().map(|r| r.baseline_per_s)),
+            median(runs.iter().map(|r| r.worker[0].per_s)),
+            median(runs.iter().map(|r| r.worker[1].per_s)),
+            median(runs.iter().map(|r| r.worker[1].per_s / r.worker[0].per_s)),
+            median(runs.iter().map(|r| r.worker[0].committed_s)),
+            median(runs.iter().map(|r| r.worker[1].committed_s)),
+        );
+    }
     Ok(())
+}
+
+fn cluster_name(real: Option<&str>) -> &'static str {
+    match real {
+        None => "embedded",
+        Some(_) => "real",
+    }
 }
 
 /// A config whose `targets` discard every event, in consumer groups named
@@ -101,8 +125,22 @@ fn group(track_state: bool) -> &'static str {
     }
 }
 
-async fn one(args: &Args, state_first: bool) -> anyhow::Result<Run> {
-    let config = discard_config(group(false), &["sink"], false)?;
+/// `config` on the real cluster `real`, in a topic and consumer groups of
+/// run `i`'s own (a real cluster keeps what earlier runs left).
+fn on_cluster(mut config: Config, real: Option<&str>, i: usize) -> Config {
+    if let Some(real) = real {
+        let run = format!("{}-{i}", std::process::id());
+        config.kafka.brokers = real.to_owned();
+        config.kafka.topic = format!("{TOPIC}-{run}");
+        config.worker.group_id = format!("{}-{run}", config.worker.group_id);
+        config.worker.state_topic = format!("{}.state", config.worker.group_id);
+        config.worker.dlq_topic = format!("{}.dlq", config.worker.group_id);
+    }
+    config
+}
+
+async fn one(args: &Args, state_first: bool, real: Option<&str>, i: usize) -> anyhow::Result<Run> {
+    let config = on_cluster(discard_config(group(false), &["sink"], false)?, real, i);
     let cluster = Cluster::connect(&config.kafka).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     preload(&config, &bootstrap, args.events, args.groups)?;
@@ -110,10 +148,11 @@ async fn one(args: &Args, state_first: bool) -> anyhow::Result<Run> {
     let baseline_per_s = {
         let bootstrap = bootstrap.clone();
         let n = args.events;
-        tokio::task::spawn_blocking(move || baseline_consume(&bootstrap, n)).await??
+        let topic = config.kafka.topic.clone();
+        tokio::task::spawn_blocking(move || baseline_consume(&bootstrap, &topic, n)).await??
     };
     let pass = |state| {
-        let config = discard_config(group(state), &["sink"], state);
+        let config = discard_config(group(state), &["sink"], state).map(|c| on_cluster(c, real, i));
         let cluster = &cluster;
         async move { worker_pass(args.events, cluster, &config?, &["sink"]).await }
     };
@@ -190,7 +229,7 @@ pub async fn worker_pass(
         let last = lasts[i].expect("last");
         let per_s = (total - first_count) as f64 / last.duration_since(first).as_secs_f64();
         let committer = committed_reader(bootstrap, &format!("{}.{t}", config.worker.group_id))?;
-        while committed_total(&committer)? < total as i64 {
+        while committed_total(&committer, &config.kafka.topic)? < total as i64 {
             ensure_before(deadline, "the worker never committed every event")?;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -247,19 +286,19 @@ pub async fn worker_pass(
 /// The floor: a bare consumer group member that receives `n` records and
 /// commits every 100 ms, with no decoding or policy. Returns records/s from
 /// the first record to the last.
-fn baseline_consume(bootstrap: &str, n: usize) -> anyhow::Result<f64> {
+fn baseline_consume(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", "bench-baseline")
+            .set("group.id", format!("bench-baseline-{topic}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .create()?;
-        consumer.subscribe(&[TOPIC])?;
+        consumer.subscribe(&[topic])?;
         let mut first: Option<Instant> = None;
         let mut last_commit = Instant::now();
         let mut bytes = 0usize;

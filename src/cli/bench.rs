@@ -103,6 +103,11 @@ pub struct IngestBench {
     /// like the floor) or `run` (a worker consuming the topic beside it).
     #[arg(long, default_value = "ingest", value_parser = ["ingest", "run"])]
     pub role: String,
+    /// A real Kafka cluster (`host:port,...`, e.g. `mutebridge kafka
+    /// start`'s): the floor and mutebridge are measured against it too, in
+    /// the same rounds as against the embedded cluster.
+    #[arg(long)]
+    pub real_kafka: Option<String>,
 }
 
 /// What one load run measured.
@@ -345,6 +350,8 @@ struct Row {
     name: String,
     report: LoadReport,
     rss_mib: Option<f64>,
+    /// Against the real cluster (its floor is the real-Kafka floor).
+    real: bool,
 }
 
 /// One row; `floor`: the floor's req/s of the same round, for the ratio.
@@ -396,6 +403,7 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
                     name: "target".into(),
                     report,
                     rss_mib: None,
+                    real: false,
                 },
                 None,
             );
@@ -424,23 +432,44 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
             .unwrap_or(1)
     );
     print_header();
-    let mut servers = vec![Server::Baseline, Server::Floor, Server::Mutebridge(None)];
+    let mut servers = vec![
+        (Server::Baseline, None),
+        (Server::Floor, None),
+        (Server::Mutebridge(None), None),
+    ];
     if let Some(other) = &opts.compare {
-        servers.push(Server::Mutebridge(Some(other.clone())));
+        servers.push((Server::Mutebridge(Some(other.clone())), None));
+    }
+    if let Some(real) = &opts.real_kafka {
+        // The topic made once, as mutebridge makes it for a cluster of
+        // this size (replication, min.insync.replicas).
+        let kafka = crate::kafka::config::KafkaConfig {
+            brokers: real.clone(),
+            ..Default::default()
+        };
+        let topics = crate::kafka::topics::Topics::connect(&kafka, real)?;
+        let brokers = topics.brokers().await?;
+        topics
+            .ensure(&crate::kafka::topics::Plan::events(&kafka, brokers))
+            .await?;
+        println!("# real Kafka: {real} ({brokers} brokers)");
+        servers.push((Server::Floor, Some(real.clone())));
+        servers.push((Server::Mutebridge(None), Some(real.clone())));
     }
     let mut rows: Vec<Row> = Vec::new();
     for i in 1..=opts.runs {
         let floor = rows.len();
         // Each round in another order, so no server always runs first.
-        let order: Vec<&Server> = (0..servers.len())
+        let order: Vec<&(Server, Option<String>)> = (0..servers.len())
             .map(|k| &servers[(k + i - 1) % servers.len()])
             .collect();
-        for server in order {
+        for (server, real) in order {
             let port = free_port()?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let listen = addr.to_string();
-            let (kafka, brokers) = match opts.kafka.as_str() {
-                "separate-process" if !matches!(server, Server::Baseline) => {
+            let (kafka, brokers) = match (real, opts.kafka.as_str()) {
+                (Some(real), _) => (None, real.clone()),
+                (None, "separate-process") if !matches!(server, Server::Baseline) => {
                     let (child, bootstrap) = Child::spawn_kafka().await?;
                     (Some(child), bootstrap)
                 }
@@ -490,9 +519,10 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
             };
             let report = load(&format!("http://{addr}/webhooks/easemob"), &opts).await?;
             let row = Row {
-                name: server.name(),
+                name: name(server, real.is_some()),
                 report,
                 rss_mib: child.peak_rss_mib(),
+                real: real.is_some(),
             };
             child.stop().await?;
             if let Some(kafka) = kafka {
@@ -501,11 +531,11 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
             rows.push(row);
         }
         let round = &rows[floor..];
-        let floor_rate = round
-            .iter()
-            .find(|r| r.name == Server::Floor.name())
-            .map(|r| r.report.rate());
         for row in round {
+            let floor_rate = round
+                .iter()
+                .find(|r| r.name == name(&Server::Floor, row.real))
+                .map(|r| r.report.rate());
             print_row(&format!("{} run {i}", row.name), row, floor_rate);
         }
     }
@@ -514,11 +544,22 @@ async fn run_ingest_bench(opts: IngestBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each server's median run, and its median ratio to its round's floor.
-fn print_medians(servers: &[Server], rows: &[Row]) {
-    println!("# median run by throughput; of floor: the median of each round's ratio to that round's floor");
-    for server in servers {
-        let name = server.name();
+/// A row's name: the server, and the cluster when it is the real one.
+fn name(server: &Server, real: bool) -> String {
+    if real {
+        format!("{}, real Kafka", server.name())
+    } else {
+        server.name()
+    }
+}
+
+/// Each server's median run, and its median ratio to its round's floor
+/// (the floor on the same cluster).
+fn print_medians(servers: &[(Server, Option<String>)], rows: &[Row]) {
+    println!("# median run by throughput; of floor: the median of each round's ratio to that round's floor on the same cluster");
+    for (server, real) in servers {
+        let name = name(server, real.is_some());
+        let floor_name = self::name(&Server::Floor, real.is_some());
         let mut runs: Vec<&Row> = rows.iter().filter(|r| r.name == name).collect();
         runs.sort_by(|a, b| a.report.rate().total_cmp(&b.report.rate()));
         let Some(median) = runs.get(runs.len() / 2) else {
@@ -528,7 +569,7 @@ fn print_medians(servers: &[Server], rows: &[Row]) {
         let mut ratios: Vec<f64> = rows
             .chunks(servers.len())
             .filter_map(|round| {
-                let floor = round.iter().find(|r| r.name == Server::Floor.name())?;
+                let floor = round.iter().find(|r| r.name == floor_name)?;
                 let this = round.iter().find(|r| r.name == name)?;
                 Some(this.report.rate() / floor.report.rate())
             })

@@ -80,17 +80,25 @@ async fn a_leader_killed_mid_flow_loses_nothing_answered_200_duplicates_nothing_
     let h = Arc::new(h);
     let sent: Arc<Mutex<HashMap<String, Vec<String>>>> = Default::default();
     let statuses: Arc<Mutex<Vec<u16>>> = Default::default();
+    // Per callback: when it was first sent and when it was taken (200).
+    let timings: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Default::default();
     let victim_group = groups[0].clone();
     let victim_partition = java_partition(&victim_group, partitions);
     let mut senders = Vec::new();
     for g in groups.clone() {
         let (h, sent, statuses) = (h.clone(), sent.clone(), statuses.clone());
+        let timings = timings.clone();
         senders.push(tokio::spawn(async move {
             for n in 0..30 {
                 let body = numbered(&g, n);
+                let first_sent = Instant::now();
                 let seen = post_until_taken(&h, &body).await;
                 statuses.lock().unwrap().extend(seen);
                 let id = body["callId"].as_str().unwrap().to_owned();
+                timings
+                    .lock()
+                    .unwrap()
+                    .insert(id.clone(), (first_sent, Instant::now()));
                 sent.lock().unwrap().entry(g.clone()).or_default().push(id);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
