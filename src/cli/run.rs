@@ -82,9 +82,11 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
         )),
         _ => None,
     };
+    let mut ops_bound = None;
     if let Some((listen, key, mut router)) = ops {
         let listener = crate::ops::bind(listen, key).await?;
         let bound = listener.local_addr().unwrap_or(listen);
+        ops_bound = Some(bound);
         let name = if ingest.is_some() { "ops" } else { "worker" };
         let mut routes = "/metrics /healthz /readyz";
         if let Some(worker) = &worker {
@@ -120,7 +122,7 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
             "  ingest: http://{addr}  (POST /webhooks/easemob, GET {metrics_here}/healthz /readyz)"
         );
         if matches!(origin, Origin::Demo) {
-            demo_hints(addr, &cluster, &config);
+            demo_hints(addr, ops_bound, &cluster, &config);
         }
         tasks.spawn(ingest.serve(stopped(stop_rx.clone())));
     }
@@ -177,8 +179,14 @@ fn banner(origin: &Origin, cluster: &Cluster, config: &Config) {
     );
 }
 
-/// The demo's next steps: a signed sample callback and a topic reader.
-fn demo_hints(addr: std::net::SocketAddr, cluster: &Cluster, config: &Config) {
+/// The demo's next steps: a signed sample callback, a topic reader, and
+/// the targets' state on the ops port.
+fn demo_hints(
+    addr: std::net::SocketAddr,
+    ops: Option<std::net::SocketAddr>,
+    cluster: &Cluster,
+    config: &Config,
+) {
     println!("  DEMO app accepted: appkey {DEMO_APPKEY}, secret {DEMO_SECRET} (use a config file for real apps)");
     let exe = std::env::args()
         .next()
@@ -193,6 +201,10 @@ fn demo_hints(addr: std::net::SocketAddr, cluster: &Cluster, config: &Config) {
         cluster.bootstrap_servers(),
         config.kafka.topic
     );
+    if let Some(ops) = ops {
+        println!("  each target's breaker, lag and backlog:");
+        println!("    {exe} targets --url http://{ops}");
+    }
 }
 
 fn report(result: Result<anyhow::Result<()>, tokio::task::JoinError>, failed: &mut bool) {

@@ -496,14 +496,17 @@ fn zero_config_first_run() {
     let mut server = Server(child);
     let mut lines = BufReader::new(stdout).lines();
     let mut banner = Vec::new();
-    let (mut bootstrap, mut send_cmd) = (None, None);
-    while bootstrap.is_none() || send_cmd.is_none() {
+    let (mut bootstrap, mut send_cmd, mut targets_cmd) = (None, None, None);
+    while bootstrap.is_none() || send_cmd.is_none() || targets_cmd.is_none() {
         let line = lines.next().expect("banner ended early").unwrap();
         if let Some(rest) = line.split("bootstrap.servers=").nth(1) {
             bootstrap = Some(rest.split_whitespace().next().unwrap().to_owned());
         }
         if line.trim_start().contains(" send --url ") {
             send_cmd = Some(line.trim().to_owned());
+        }
+        if line.trim_start().contains(" targets --url ") {
+            targets_cmd = Some(line.trim().to_owned());
         }
         banner.push(line);
     }
@@ -536,6 +539,18 @@ fn zero_config_first_run() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["kind"], "mute_all");
     assert_eq!(records[0]["appkey"], "demo#mutebridge");
+
+    // The printed targets command shows the demo's targets.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(targets_cmd.as_ref().unwrap())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
+    for pipeline in ["state", "zego", "rongcloud"] {
+        assert!(shown.contains(pipeline), "{pipeline} in\n{shown}");
+    }
 
     // SIGTERM: drain, flush, exit 0.
     let pid = server.0.id().to_string();
