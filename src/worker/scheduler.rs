@@ -280,6 +280,11 @@ impl<H: Abort> Scheduler<H> {
     pub fn buffered(&self) -> usize {
         self.buffered
     }
+
+    /// Groups with work held: running or queued.
+    pub fn groups(&self) -> usize {
+        self.queues.len()
+    }
 }
 
 #[cfg(test)]

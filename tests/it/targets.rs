@@ -628,3 +628,239 @@ then = [{{ target = \"audit\" }}]
     assert_eq!(zego.calls().len(), 12, "each group once more");
     assert_eq!(hook.events().len(), 6, "the audit webhook is not rewound");
 }
+
+/// The audit webhook `hook` as the only target, every event sent to it,
+/// every worker setting at its default.
+fn audit_only(hook: &FakeWebhook) -> String {
+    format!(
+        "{}
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+",
+        webhook_target(hook, "audit")
+    )
+}
+
+/// The groups whose events `hook` accepted, in arrival order.
+fn delivered(hook: &FakeWebhook) -> Vec<String> {
+    hook.events()
+        .iter()
+        .map(|e| e["group_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Posts a mute-all (`muted`) or unmute-all of `group`, noted in `sent`.
+async fn post_mute(h: &Harness, sent: &mut HashMap<String, Vec<bool>>, group: String, muted: bool) {
+    let body = if muted {
+        mute_all(&group)
+    } else {
+        unmute_all(&group)
+    };
+    post_ok(h, &body).await;
+    sent.entry(group).or_default().push(muted);
+}
+
+/// The dead letters in the topic now.
+async fn letters(h: &Harness) -> Vec<Record> {
+    h.dead_letters(usize::MAX, Duration::from_secs(2)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_the_receiver_keeps_refusing_never_holds_its_target() {
+    // The issue's scenario, with the default [worker] settings: a webhook
+    // receiver answers 500 to one group's event and 200 to all others; 20
+    // other groups are posted 12 s after it.
+    let hook = FakeWebhook::start("audit-secret").await;
+    hook.group_fault("bad", 500, usize::MAX);
+    hook.group_fault("bad-2", 500, usize::MAX);
+    let text = audit_only(&hook);
+    let h = Harness::start_with(|c| {
+        policy_with_defaults(c, &text);
+        crate::state::quick_rebalance(c);
+    })
+    .await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || hook.events().len() == 1).await);
+    let circuit = "mutebridge_target_circuit_state{target=\"audit\"}";
+    post_ok(&h, &mute_all("bad")).await;
+    let posted = Instant::now();
+    assert!(
+        wait_until(WAIT, || w.metric(circuit) > 0.0).await,
+        "the breaker opens on the bad event alone"
+    );
+    tokio::time::sleep_until((posted + Duration::from_secs(12)).into()).await;
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("other-{g}"))).await;
+    }
+    let others = |hook: &FakeWebhook, prefix: &str| {
+        delivered(hook)
+            .iter()
+            .filter(|g| g.starts_with(prefix))
+            .count()
+    };
+    // They arrive with the first probe after they came (probes rotate away
+    // from the bad event, which failed the earlier ones).
+    let mut first_at = None;
+    let arrived = wait_until(Duration::from_secs(60), || {
+        let n = others(&hook, "other-");
+        if n > 0 && first_at.is_none() {
+            first_at = Some(Instant::now());
+        }
+        n == 20
+    })
+    .await;
+    assert!(arrived, "{} of 20 arrived", others(&hook, "other-"));
+    let spread = first_at.unwrap().elapsed();
+    eprintln!(
+        "the 20 other groups: first {:?} after the bad event was posted, all within {spread:?} of the first",
+        first_at.unwrap() - posted
+    );
+    assert!(
+        spread <= Duration::from_secs(5),
+        "the others came {spread:?} apart after the breaker closed"
+    );
+    // The bad event spends its own budget and is dead-lettered.
+    let mut found = None;
+    let deadline = posted + Duration::from_secs(150);
+    while found.is_none() && Instant::now() < deadline {
+        found = letters(&h).await.into_iter().find(|l| l.key == "bad");
+    }
+    let letter = found
+        .expect("the bad event is dead-lettered within its budget")
+        .value;
+    eprintln!(
+        "bad event dead-lettered {:?} after it was posted",
+        posted.elapsed()
+    );
+    assert_eq!(letter["reason"], "retries_exhausted", "{letter}");
+    assert_eq!(letter["attempts"], 8, "worker.retry.max_attempts: {letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("HTTP 500"),
+        "{letter}"
+    );
+    assert_eq!(w.metric(circuit), 0.0, "closed again");
+    // A restart while a bad event holds the breaker open does not bring
+    // the stall back.
+    post_ok(&h, &mute_all("bad-2")).await;
+    assert!(wait_until(WAIT, || w.metric(circuit) > 0.0).await);
+    w.stop().await;
+    let mut w = h.start_worker().await;
+    assert!(
+        wait_until(Duration::from_secs(40), || w.metric(circuit) > 0.0).await,
+        "the restarted worker opens its breaker on bad-2 again"
+    );
+    let restarted = Instant::now();
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("after-{g}"))).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || others(&hook, "after-") == 20).await,
+        "{} of 20 arrived after the restart",
+        others(&hook, "after-")
+    );
+    eprintln!(
+        "after the restart: the 20 arrived {:?} after they were posted",
+        restarted.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        found = letters(&h).await.into_iter().find(|l| l.key == "bad-2");
+    }
+    assert_eq!(
+        found.expect("bad-2 is dead-lettered").value["reason"],
+        "retries_exhausted"
+    );
+    assert_eq!(letters(&h).await.len(), 2, "nothing else dead-lettered");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brownout_after_an_outage_ends_with_nothing_dead_lettered() {
+    // Default [worker] settings. The receiver is down for 30 s while 200
+    // events come, then for two minutes serves two requests at a time (a
+    // second each) and answers 503 to the rest, while an event a second
+    // keeps coming.
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = audit_only(&hook);
+    let h = Harness::start_with(|c| policy_with_defaults(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || hook.events().len() == 1).await);
+    let mut sent: HashMap<String, Vec<bool>> = HashMap::new();
+    hook.set_down(true);
+    let outage = Instant::now();
+    for i in 0..200 {
+        let g = format!("g-{}", i % 100);
+        post_mute(&h, &mut sent, g, i < 100).await;
+        tokio::time::sleep(Duration::from_millis(140)).await;
+    }
+    tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
+    assert_eq!(
+        hook.events().len(),
+        1,
+        "nothing delivered while the receiver was down"
+    );
+    hook.set_down(false);
+    hook.set_capacity(Some((2, Duration::from_secs(1))));
+    let brownout = Instant::now();
+    let mut i = 0;
+    while brownout.elapsed() < Duration::from_secs(120) {
+        post_mute(&h, &mut sent, format!("late-{i}"), true).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let during = hook.events().len() - 1;
+    hook.set_capacity(None);
+    let total: usize = sent.values().map(Vec::len).sum();
+    assert!(
+        wait_until(Duration::from_secs(60), || hook.events().len() == total + 1).await,
+        "{} of {total} delivered",
+        hook.events().len() - 1
+    );
+    eprintln!(
+        "brownout: {during} of {total} delivered during the two minutes, {} answered 503 for want of capacity",
+        hook.busy()
+    );
+    let mut got: HashMap<String, Vec<bool>> = HashMap::new();
+    for e in hook.events().iter().skip(1) {
+        got.entry(e["group_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["kind"] == "mute_all");
+    }
+    assert_eq!(got, sent, "every event once, in order per group");
+    assert!(letters(&h).await.is_empty(), "nothing dead-lettered");
+    assert_eq!(
+        w.metric("mutebridge_target_circuit_state{target=\"audit\"}"),
+        0.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_404_while_it_redeploys_loses_nothing() {
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = audit_only(&hook);
+    let h = Harness::start_with(|c| policy_with_defaults(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || hook.events().len() == 1).await);
+    hook.answer_all(Some(404));
+    for g in 0..30 {
+        post_ok(&h, &mute_all(&format!("redeploy-{g}"))).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    hook.answer_all(None);
+    assert!(
+        wait_until(Duration::from_secs(60), || hook.events().len() == 31).await,
+        "{} of 30 delivered",
+        hook.events().len() - 1
+    );
+    assert!(
+        letters(&h).await.is_empty(),
+        "a 404 is retried, not permanent"
+    );
+    w.stop().await;
+}
