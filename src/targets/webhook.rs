@@ -41,7 +41,7 @@ impl WebhookConfig {
         self.rate_limit
             .validate()
             .map_err(|e| e.under("rate_limit"))?;
-        super::check_url("url", &self.url)
+        super::check_credential_url("url", &self.url)
     }
 }
 

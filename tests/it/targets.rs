@@ -864,3 +864,48 @@ async fn a_receiver_answering_404_while_it_redeploys_loses_nothing() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_and_is_dead_lettered_naming_the_host() {
+    // A receiver that answers every delivery with a redirect to another
+    // (recording) receiver: the signed request must not go there.
+    let elsewhere = FakeWebhook::start("audit-secret").await;
+    let target = elsewhere.url();
+    let router = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+                "moved",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let text = format!(
+        "[targets.audit]\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\nsecret = \"audit-secret\"\n
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+"
+    );
+    let (h, mut w) = crate::worker::start_with_policy(&text).await;
+    post_ok(&h, &mute_all("moved")).await;
+    let letters = h.dead_letters(1, WAIT).await;
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0].value;
+    assert_eq!(l["reason"], "permanent_error", "{l}");
+    let error = l["error"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 307") && error.contains(&addr.to_string()),
+        "{error}"
+    );
+    assert!(
+        !error.contains("/hook"),
+        "no URL path in a dead letter: {error}"
+    );
+    assert_eq!(elsewhere.requests(), 0, "the redirect was not followed");
+    w.stop().await;
+}
