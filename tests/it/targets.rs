@@ -909,3 +909,130 @@ then = [{{ target = \"audit\" }}]
     assert_eq!(elsewhere.requests(), 0, "the redirect was not followed");
     w.stop().await;
 }
+
+/// The events `mutebridge rewind` printed it re-applies, summed over the
+/// partitions (`partition P: FROM -> TO (N events...)`).
+fn reapplied(plan: &str) -> i64 {
+    plan.lines()
+        .filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<i64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_keeps_its_fence_across_a_second_rewind_and_a_worker_joining_midway() {
+    let _turn = HEAVY.lock().await;
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        crate::state::quick_rebalance(c);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&text, dir.path());
+    let path = config.to_str().unwrap();
+    // The same workers, re-applying one call a second: slow enough that
+    // the second one joins (a worker process takes about 15 s to join on
+    // the mock cluster) while the first re-applies.
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = h.worker_process_config(
+        &format!(
+            "{}rate_per_second = 1\n{ZEGO_RULE}",
+            zego_target(&zego, "zego")
+        ),
+        slow_dir.path(),
+    );
+    let rewind = |to: i64| {
+        let started = Instant::now();
+        let out = mutebridge(&[
+            "rewind",
+            "--config",
+            path,
+            "--target",
+            "zego",
+            "--to",
+            &to.to_string(),
+        ]);
+        (out, started.elapsed())
+    };
+    let (mut first, addr) = spawn_role("worker", &config, &dir.path().join("first.log"));
+    assert!(wait_for_200(addr, "/readyz", Duration::from_secs(20)));
+    let before = now_ms() - 1000;
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("early-{g}"))).await;
+    }
+    assert!(wait_until(WAIT, || zego.calls().len() == 20).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mid = now_ms();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("late-{g}"))).await;
+    }
+    assert!(wait_until(WAIT, || zego.calls().len() == 40).await);
+    // Refused while a worker runs: before any scan, and changing nothing.
+    let (out, took) = rewind(before);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("are running"),
+        "{err}"
+    );
+    eprintln!("rewind refused in {took:?} while a worker ran");
+    assert!(took < Duration::from_secs(15), "refused after {took:?}");
+    // A worker that stopped cleanly has left the group: a rewind right
+    // after is not refused.
+    crate::state::terminate(&mut first.0);
+    let (out, took) = rewind(mid);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("rewind right after a clean stop took {took:?}:\n{plan}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(reapplied(&plan), 20, "{plan}");
+    // A second, wider rewind keeps the first one's window: 40 in all.
+    let (out, _) = rewind(before);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(reapplied(&plan), 40, "{plan}");
+    assert!(plan.contains("left from an earlier rewind"), "{plan}");
+    // Two workers, the second joining midway: the revoke's commit carries
+    // the fence, so the new owner re-applies the rest.
+    let (_a, _) = spawn_role("worker", &slow, &dir.path().join("a.log"));
+    assert!(
+        wait_until(Duration::from_secs(30), || zego.calls().len() >= 42).await,
+        "{} calls",
+        zego.calls().len()
+    );
+    let (_b, _) = spawn_role("worker", &slow, &dir.path().join("b.log"));
+    let again = || {
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for c in zego.calls() {
+            *per.entry(c.id).or_default() += 1;
+        }
+        per
+    };
+    let all_twice = || again().len() == 40 && again().values().all(|n| *n >= 2);
+    assert!(
+        wait_until(Duration::from_secs(90), all_twice).await,
+        "groups applied again: {} of 40; {} calls",
+        again().values().filter(|n| **n >= 2).count(),
+        zego.calls().len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = zego.calls().len() - 40;
+    eprintln!("re-applied with two workers, one joining midway: {calls} calls for the 40 events the rewinds printed");
+    assert!(calls >= 40 && calls <= 44, "{calls} calls");
+    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
+    // The joining worker took over partitions still below their fence.
+    let joined = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(
+        joined.contains("rewound: events below this offset are applied again"),
+        "{joined}"
+    );
+}
