@@ -524,7 +524,6 @@ fn cut_short(remaining: Option<u64>, cap: u64, permanent_ok: bool, now: SystemTi
 pub fn remaining_seconds(length: &MuteLength, now: SystemTime) -> Result<Option<u64>, Unsendable> {
     match *length {
         MuteLength::Permanent => Ok(None),
-        MuteLength::Seconds(s) => Ok(Some(s)),
         MuteLength::UntilMs(until) => {
             let now_ms = unix_ms(now);
             if until <= now_ms {

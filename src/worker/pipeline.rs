@@ -423,15 +423,11 @@ impl Run<'_> {
         let Stage::Target(t) = &self.p.stage else {
             return;
         };
-        let Some(state) = &t.state else { return };
         let ahead = t.renew_ahead_ms;
-        let renewals = &mut self.renewals;
-        state.store.for_each_in(partition, |applied| {
-            if let Some(lapse) = applied.next_lapse_ms() {
-                let group = (partition, applied.group_id.as_bytes().to_vec());
-                renewals.set(applied.key(), group, Some(lapse - ahead));
-            }
-        });
+        for (key, group_id, lapse) in t.renewal_schedule(partition) {
+            let group = (partition, group_id.into_bytes());
+            self.renewals.set(key, group, Some(lapse - ahead));
+        }
     }
 
     fn renew_ahead_ms(&self) -> i64 {

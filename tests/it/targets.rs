@@ -1036,3 +1036,213 @@ async fn rewind_keeps_its_fence_across_a_second_rewind_and_a_worker_joining_midw
         "{joined}"
     );
 }
+
+/// Writes `value` under `key` to the state topic, in the partition of
+/// `group`'s events (what a worker of an earlier version left there).
+async fn put_record(h: &Harness, group: &str, key: &str, value: &Value) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let payload = value.to_string();
+    let partition = java_partition(group, h.config.kafka.partitions);
+    producer
+        .send(
+            FutureRecord::to(&h.config.worker.state_topic)
+                .partition(partition)
+                .key(key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// The RongCloud chatroom gags of `room`, each call's users.
+fn gags_of(rc: &FakeRongCloud, room: &str) -> Vec<Vec<String>> {
+    rc.calls()
+        .into_iter()
+        .filter(|c| c.action == "/chatroom/user/gag/add.json" && c.id == room)
+        .map(|c| c.users)
+        .collect()
+}
+
+/// RongCloud `rc` gagging chatroom members (never unmuting them), capped at
+/// 6 s and renewed 3 s ahead.
+fn capped_gags(rc: &FakeRongCloud, kinds: &str) -> String {
+    format!(
+        "{}max_mute_seconds = 6\nrenew_ahead_seconds = 3\n
+[[policy.rules]]
+name = \"chatroom member mutes to RongCloud\"
+when = {{ scope = \"chatroom\", kinds = [{kinds}] }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
+",
+        rc_target(&[rc], "rc")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_mutes_applied_before_records_were_kept_are_renewed_from_the_state() {
+    // An upgrade: the state keeper's group states are in the state topic,
+    // but the target kept no record of what it applied (old-room), or its
+    // record lost a member to trimming (trimmed-room, u2).
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = capped_gags(&rc, "\"member_muted\", \"member_unmuted\"");
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let embedded = h.cluster.embedded().unwrap();
+    embedded
+        .create_topic(&h.config.worker.state_topic, h.config.kafka.partitions)
+        .unwrap();
+    let set_at = now_ms() - 2000;
+    let member =
+        |id: &str| json!({"muted": true, "until_ms": null, "at_ms": set_at, "event_id": id});
+    for (room, members) in [
+        ("old-room", json!({"u1": member("old-mute")})),
+        (
+            "trimmed-room",
+            json!({"u1": member("two-mutes"), "u2": member("two-mutes")}),
+        ),
+    ] {
+        let state = json!({
+            "schema": "mutebridge.state/v1", "appkey": APPKEY, "scope": "chatroom",
+            "group_id": room, "mute_all": null, "members": members, "updated_at_ms": set_at,
+        });
+        put_record(&h, room, &format!("{APPKEY}|chatroom|{room}"), &state).await;
+    }
+    let far = now_ms() + 3_600_000;
+    let record = json!({
+        "schema": "mutebridge.applied/v1", "target": "rc", "appkey": APPKEY, "scope": "chatroom",
+        "group_id": "trimmed-room", "mute_all": null, "updated_at_ms": set_at,
+        "members": {"u1": {"muted": true, "until_ms": null, "at_ms": set_at, "event_id": "two-mutes",
+                           "applied_at_ms": set_at, "lapses_at_ms": far}},
+    });
+    put_record(
+        &h,
+        "trimmed-room",
+        &format!("@rc|{APPKEY}|chatroom|trimmed-room"),
+        &record,
+    )
+    .await;
+    let mut w = h.start_worker().await;
+    // Set 2 s ago and capped at 6 s: due at once, then every ~3 s.
+    let renewed = || gags_of(&rc, "old-room").len() >= 2 && gags_of(&rc, "trimmed-room").len() >= 2;
+    assert!(
+        wait_until(Duration::from_secs(20), renewed).await,
+        "old-room: {:?}, trimmed-room: {:?}",
+        gags_of(&rc, "old-room"),
+        gags_of(&rc, "trimmed-room")
+    );
+    assert_eq!(gags_of(&rc, "old-room")[0], ["u1"]);
+    assert!(
+        gags_of(&rc, "trimmed-room").iter().all(|u| u == &["u2"]),
+        "only the member the record lost: {:?}",
+        gags_of(&rc, "trimmed-room")
+    );
+    // From now on the target's record holds them.
+    let file = cli_config(&h, "");
+    let out = mutebridge(&[
+        "state",
+        "get",
+        "--config",
+        file.path().to_str().unwrap(),
+        APPKEY,
+        "chatroom",
+        "old-room",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u1 = &doc["applied"]["rc"]["members"]["u1"];
+    assert_eq!(u1["event_id"], "old-mute", "{doc}");
+    assert!(u1["lapses_at_ms"].as_i64().unwrap() > now_ms(), "{doc}");
+    assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_a_newer_event_changed_is_dropped_not_requeued() {
+    // The policy sends member mutes to RongCloud but not unmutes: once the
+    // member is unmuted, its gag is not renewed, and nothing is re-queued
+    // or written again.
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = capped_gags(&rc, "\"member_muted\"");
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &chatroom(member_mute("room-u", &["u1".into()], None))).await;
+    assert!(wait_until(WAIT, || gags_of(&rc, "room-u").len() == 2).await);
+    post_ok(
+        &h,
+        &chatroom(op_event(
+            "room-u",
+            "MUTE",
+            json!({"type": "REMOVE", "member": ["u1"]}),
+        )),
+    )
+    .await;
+    // The keeper records the unmute; the next renewal is dropped.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (gags, writes) = (
+        gags_of(&rc, "room-u").len(),
+        w.metric("mutebridge_worker_state_writes_total{pipeline=\"rc\"}"),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        gags_of(&rc, "room-u").len(),
+        gags,
+        "not renewed after the unmute"
+    );
+    let more = w.metric("mutebridge_worker_state_writes_total{pipeline=\"rc\"}") - writes;
+    assert!(more <= 1.0, "{more} state writes in 8 s after the unmute");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_mute_ends_when_its_rule_says_whatever_the_cap() {
+    // A rule mutes for 10 s; ZEGO is capped at 4 s (renewed 2 s ahead): the
+    // mute is renewed with what is left of the 10 s, then no more.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!(
+        "{}max_mute_seconds = 4\nrenew_ahead_seconds = 2\n
+[[policy.rules]]
+name = \"member mutes for ten seconds\"
+when = {{ scope = \"group\", kinds = [\"member_muted\"] }}
+then = [{{ target = \"zego\", group = \"{{group_id}}\", mute_seconds = 10 }}]
+",
+        zego_target(&zego, "zego")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(
+        &h,
+        &member_mute("warm-up", &["u0".into()], Some(now_ms() + 60_000)),
+    )
+    .await;
+    assert!(wait_until(WAIT, || !zego.calls().is_empty()).await);
+    let posted = Instant::now();
+    post_ok(&h, &member_mute("g-rel", &["u1".into()], None)).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let calls: Vec<Call> = zego
+        .calls()
+        .into_iter()
+        .filter(|c| c.id == "g-rel")
+        .collect();
+    let durations: Vec<i64> = calls.iter().map(|c| c.duration.unwrap()).collect();
+    eprintln!("ZEGO durations for a 10 s mute capped at 4 s: {durations:?}");
+    assert!(calls.len() >= 2, "renewed while it lasts: {durations:?}");
+    assert!(
+        durations.iter().all(|d| (1..=4).contains(d)),
+        "{durations:?}"
+    );
+    let last = calls.last().unwrap();
+    let ends =
+        last.at.duration_since(posted) + Duration::from_secs(*durations.last().unwrap() as u64);
+    assert!(
+        ends <= Duration::from_secs(12),
+        "the last call holds the mute until {ends:?} after the event"
+    );
+    assert!(
+        last.at.duration_since(posted) <= Duration::from_secs(10),
+        "a call after the rule's end: {durations:?}"
+    );
+    w.stop().await;
+}
