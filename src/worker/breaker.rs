@@ -346,11 +346,9 @@ impl Phases {
     /// that is not an outage).
     pub fn answered(&mut self, pass: Pass) {
         match (pass, &mut self.phase) {
-            (Pass::Closed { .. }, Phase::Closed { failures }) => {
-                if *failures > 0 {
-                    *failures = 0;
-                    self.changed();
-                }
+            (Pass::Closed { .. }, Phase::Closed { failures }) if *failures > 0 => {
+                *failures = 0;
+                self.changed();
             }
             (Pass::Probe, Phase::HalfOpen { interval }) => {
                 let interval = *interval;
