@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::deliver::{per_member, AlwaysCurrent, Currency, Deliverer, Superseded};
-use super::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord};
+use super::dlq::{DeadLetter, DeadLetters, MissingDim, Reason, SourceRecord};
 use super::metrics::TargetMetrics;
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
 use super::reader::Newest;
@@ -367,6 +367,7 @@ impl TargetEngine {
             }
             ActionOutcome::DeadLettered(failure) => {
                 tally.dead = true;
+                let failed_before = tally.failed.len();
                 match call {
                     Some(c) if per_member(&c.op) && !failure.users.is_empty() => {
                         for u in c.users.iter().filter(|u| failure.users.contains(&u.id)) {
@@ -381,7 +382,9 @@ impl TargetEngine {
                     _ => tally.failed.push("mute_all".into()),
                 }
                 tracing::warn!(rule = %id.rule, target = %id.target, reason = failure.reason.as_str(), error = %failure.error, event = %event.id, "action failed; dead-lettered");
-                let letter = DeadLetter::action(source.clone(), event, id, failure);
+                let mut letter = DeadLetter::action(source.clone(), event, id, failure);
+                letter.missing_state =
+                    self.missing(source.partition, event, &tally.failed[failed_before..]);
                 self.metrics
                     .dead_letters
                     .with_label_values(&[&*self.name, letter.reason.as_str()])
@@ -391,6 +394,46 @@ impl TargetEngine {
             ActionOutcome::Superseded => tally.superseded = true,
             ActionOutcome::Stale | ActionOutcome::Duplicate => {}
         }
+    }
+
+    /// The group's newest state of the dimensions `failed` (`mute_all`, or
+    /// member IDs) of `event`, which the target is left without: what a
+    /// dead letter of a mute target names.
+    fn missing(&self, partition: i32, event: &Event, failed: &[String]) -> Vec<MissingDim> {
+        let Some(state) = self.state.as_ref().filter(|_| event.kind.is_mute()) else {
+            return Vec::new();
+        };
+        let key = state::key(&event.appkey, event.scope, &event.group_id);
+        state.newest.with(partition, &key, |newest| {
+            let Some(newest) = newest else {
+                return Vec::new();
+            };
+            failed
+                .iter()
+                .filter_map(|f| {
+                    if f == "mute_all"
+                        && matches!(event.kind, EventKind::MuteAll | EventKind::UnmuteAll)
+                    {
+                        let d = newest.mute_all.as_ref()?;
+                        return Some(MissingDim {
+                            dimension: Dim::MuteAll.label(),
+                            muted: d.muted,
+                            until_ms: None,
+                            set_by: d.event_id.clone(),
+                            at_ms: d.at_ms,
+                        });
+                    }
+                    let d = newest.members.get(f)?;
+                    Some(MissingDim {
+                        dimension: Dim::Member(f).label(),
+                        muted: d.muted,
+                        until_ms: d.until_ms,
+                        set_by: d.event_id.clone(),
+                        at_ms: d.at_ms,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// A `resync` marker: applies the group's newest state to this target
