@@ -399,7 +399,7 @@ impl Deliverer {
             if pass == super::breaker::Pass::Probe {
                 tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
             } else {
-                tracing::debug!(target = %self.name, %error, "a call of the recovery ramp failed; the window narrows");
+                tracing::info!(target = %self.name, %error, "a call of the recovery ramp failed; the window narrows (no budget spent)");
             }
             return Next::Again(after.unwrap_or_default());
         }
