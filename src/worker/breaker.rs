@@ -39,7 +39,7 @@
 //! limits fetching.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -268,7 +268,8 @@ impl Phases {
     }
 
     /// The pass of a call that goes without waiting (closed).
-    pub fn closed_pass(&self) -> Pass {
+    #[cfg(test)]
+    fn closed_pass(&self) -> Pass {
         Pass::Closed { era: self.era }
     }
 
@@ -475,6 +476,8 @@ pub struct Breaker {
     /// where admitting a call and hearing it answered touch nothing shared
     /// but this.
     clean: AtomicBool,
+    /// [`Phases`]' era, for the passes of the common case.
+    era: AtomicU64,
     /// The circuit, for whoever shows it.
     circuit: watch::Sender<Circuit>,
     /// Not closed, with calls waiting or in the ramp: the pipeline limits
@@ -513,6 +516,7 @@ impl Breaker {
         Breaker {
             phases: Mutex::new(Phases::new(config)),
             clean: AtomicBool::new(true),
+            era: AtomicU64::new(0),
             circuit: watch::Sender::new(Circuit::Closed),
             blocked: watch::Sender::new(false),
             version: watch::Sender::new(0),
@@ -533,7 +537,9 @@ impl Breaker {
     /// probe, or a slot of the recovery ramp); returns how long it waited.
     pub async fn admit(&self, group: u64) -> (Permit<'_>, Duration) {
         if self.clean.load(Ordering::Acquire) {
-            let pass = self.phases.lock().expect("breaker lock").closed_pass();
+            let pass = Pass::Closed {
+                era: self.era.load(Ordering::Acquire),
+            };
             return (self.permit(pass, group), Duration::ZERO);
         }
         let started = Instant::now();
@@ -581,6 +587,7 @@ impl Breaker {
             return out;
         }
         let (version, circuit, blocked) = (phases.version, phases.circuit(), phases.blocked());
+        self.era.store(phases.era, Ordering::Release);
         self.clean.store(phases.is_clean(), Ordering::Release);
         drop(phases);
         self.circuit
