@@ -394,14 +394,16 @@ impl Deliverer {
         if !pass.spends_budget() {
             // The breaker reopened or narrowed its window: the call waits
             // for its next turn without spending its budget (the attempt's
-            // time included).
-            progress.budget.waited += sent.elapsed();
+            // time and a first backoff included, so that a call failing in
+            // the ramp does not go again at once).
+            let wait = backoff(&self.retry, 1).max(after.unwrap_or_default());
+            progress.budget.waited += sent.elapsed() + wait;
             if pass == super::breaker::Pass::Probe {
                 tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
             } else {
                 tracing::info!(target = %self.name, %error, "a call of the recovery ramp failed; the window narrows (no budget spent)");
             }
-            return Next::Again(after.unwrap_or_default());
+            return Next::Again(wait);
         }
         // A fresh host is tried at once; a full round of hosts backs off.
         let at_once = switched && !((progress.budget.attempts + 1) as usize).is_multiple_of(hosts);
