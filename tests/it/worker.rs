@@ -1157,6 +1157,14 @@ async fn a_dead_letter_of_a_superseding_event_names_the_state_the_target_misses(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The mute waits in the open breaker, and the target has read the
+    // newest state by the time it may go again.
+    let open = "mutebridge_target_circuit_state{target=\"zego\"}";
+    assert!(
+        wait_until(WAIT, || w.metric(open) > 0.0).await,
+        "the breaker opens"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     zego.group_fault("g-sup", Fault::Code(660600001), 1);
     zego.set_down(false);
     let letters = h.dead_letters(1, WAIT).await;
