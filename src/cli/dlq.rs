@@ -11,25 +11,37 @@
 //! event again. For each replayed dead letter a `mutebridge.dead_letter_replay/v1`
 //! marker is written to the dead-letter topic, so the next replay with the
 //! same filters skips it (unless `--again`) and `dlq list` shows it.
+//!
+//! Both commands stream the topic (a pass for the replay markers, then one
+//! for the summary or the count, then one for the records): what they hold
+//! is one entry per replayed dead letter, never the letters. An
+//! `undecodable` letter is replayed too once this version can read its
+//! record (an event of a newer version, dead-lettered by older workers
+//! during an upgrade); it goes to every target, like the original.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::event::{Event, HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
 use crate::ingest::publish::event_headers;
-use crate::kafka::{self, scan::ScannedRecord};
+use crate::kafka::{
+    self,
+    scan::{Reader, ScannedRecord},
+};
 use crate::time::now_ms;
 use crate::worker::dlq::{
-    Position, Reason, ReplayMarker, SourceRecord, StoredDeadLetter, DEAD_LETTER_SCHEMA,
-    REPLAY_SCHEMA,
+    Position, Reason, ReplayMarker, StoredDeadLetter, DEAD_LETTER_SCHEMA, REPLAY_SCHEMA,
 };
+use crate::worker::engine::decode;
 
 /// Which dead letters a command is about.
 #[derive(Args, Debug, Clone, Default)]
@@ -44,13 +56,6 @@ pub struct Filters {
     /// `12h`, `7d`) or milliseconds since the epoch.
     #[arg(long)]
     pub since: Option<String>,
-}
-
-/// A dead letter with where it is and whether it was replayed.
-struct Entry {
-    at: Position,
-    letter: StoredDeadLetter,
-    replays: usize,
 }
 
 struct Selection {
@@ -128,133 +133,155 @@ fn parse_since_at(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     Ok(since)
 }
 
-/// Reads the whole dead-letter topic: the dead letters in topic order and
-/// how often each was replayed. Records that are neither are reported.
-async fn read(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<Entry>> {
+/// One record of the dead-letter topic, as a pass reads it.
+enum Item {
+    Letter {
+        at: Position,
+        /// The record's key: the key of the event it is about.
+        key: Option<Vec<u8>>,
+        letter: Box<StoredDeadLetter>,
+    },
+    Marker(ReplayMarker),
+    /// Neither (written by something else).
+    Foreign,
+}
+
+impl Item {
+    fn of(r: ScannedRecord) -> Item {
+        let at = Position {
+            partition: r.partition,
+            offset: r.offset,
+        };
+        let payload = r.payload.unwrap_or_default();
+        match r.headers.get("schema").map(String::as_str) {
+            Some(REPLAY_SCHEMA) => {
+                serde_json::from_slice(&payload).map_or(Item::Foreign, Item::Marker)
+            }
+            Some(DEAD_LETTER_SCHEMA) => match serde_json::from_slice(&payload) {
+                Ok(letter) => Item::Letter {
+                    at,
+                    key: r.key,
+                    letter: Box::new(letter),
+                },
+                Err(_) => Item::Foreign,
+            },
+            _ => Item::Foreign,
+        }
+    }
+}
+
+/// Reads the dead-letter topic once, on a blocking thread, handing each
+/// record to `each` as it arrives: nothing of the topic is held but what
+/// `each` keeps.
+async fn pass<T: Send + 'static>(
+    config: &Config,
+    bootstrap: &str,
+    mut each: impl FnMut(Item, &Reader) + Send + 'static,
+    done: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let (kafka, topic) = (config.kafka.clone(), config.worker.dlq_topic.clone());
     let bootstrap = bootstrap.to_owned();
-    // Parsed as they arrive, so only the dead letters are held, not the raw
-    // records; replay markers can come after their dead letter (another
-    // partition), so the counts are joined at the end.
-    let (letters, replays, foreign) = tokio::task::spawn_blocking(move || {
-        let mut letters: Vec<(Position, StoredDeadLetter)> = Vec::new();
-        let mut replays: HashMap<Position, usize> = HashMap::new();
-        let mut foreign = 0usize;
-        kafka::scan::scan(&kafka, &bootstrap, &topic, |r: ScannedRecord| {
-            let at = Position {
-                partition: r.partition,
-                offset: r.offset,
-            };
-            let payload = r.payload.unwrap_or_default();
-            match r.headers.get("schema").map(String::as_str) {
-                Some(REPLAY_SCHEMA) => match serde_json::from_slice::<ReplayMarker>(&payload) {
-                    Ok(m) => *replays.entry(m.dead_letter).or_default() += 1,
-                    Err(_) => foreign += 1,
-                },
-                Some(DEAD_LETTER_SCHEMA) => match serde_json::from_slice(&payload) {
-                    Ok(letter) => letters.push((at, letter)),
-                    Err(_) => foreign += 1,
-                },
-                _ => foreign += 1,
-            }
-        })
-        .map(|()| (letters, replays, foreign))
+    tokio::task::spawn_blocking(move || {
+        // For events a letter was written without (read back from their
+        // source offset).
+        let reader = Reader::new(&kafka, &bootstrap)?;
+        kafka::scan::scan(&kafka, &bootstrap, &topic, |r| each(Item::of(r), &reader))?;
+        Ok(done())
     })
-    .await??;
+    .await?
+}
+
+/// How often each dead letter was replayed (replay markers can come after
+/// their dead letter), and how many records are not mutebridge's: one
+/// entry per replayed dead letter is what the commands hold.
+async fn replay_counts(
+    config: &Config,
+    bootstrap: &str,
+) -> anyhow::Result<HashMap<Position, usize>> {
+    let counts = Arc::new(Mutex::new((HashMap::new(), 0usize)));
+    let (c, d) = (counts.clone(), counts.clone());
+    let (replays, foreign) = pass(
+        config,
+        bootstrap,
+        move |item, _| {
+            let mut c = c.lock().expect("counts lock");
+            match item {
+                Item::Marker(m) => *c.0.entry(m.dead_letter).or_default() += 1,
+                Item::Foreign => c.1 += 1,
+                Item::Letter { .. } => {}
+            }
+        },
+        move || std::mem::take(&mut *d.lock().expect("counts lock")),
+    )
+    .await?;
     if foreign > 0 {
         eprintln!(
             "note: {foreign} record(s) in the topic are not mutebridge dead letters; skipped"
         );
     }
-    Ok(letters
-        .into_iter()
-        .map(|(at, letter)| Entry {
-            replays: replays.get(&at).copied().unwrap_or(0),
-            at,
-            letter,
-        })
-        .collect())
-}
-
-/// Reads back, from the event topic, the events of dead letters written
-/// without them (a letter that would not fit in one message keeps only the
-/// event's source position). One the topic no longer holds stays without.
-async fn recover_omitted(
-    config: &Config,
-    bootstrap: &str,
-    entries: &mut [Entry],
-) -> anyhow::Result<()> {
-    let wanted: Vec<(usize, SourceRecord)> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.letter.event.is_none() && e.letter.omitted.iter().any(|f| f == "event"))
-        .map(|(i, e)| (i, e.letter.source.clone()))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let (kafka, bootstrap) = (config.kafka.clone(), bootstrap.to_owned());
-    let found =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(usize, Option<Event>)>> {
-            let reader = kafka::scan::Reader::new(&kafka, &bootstrap)?;
-            wanted
-                .into_iter()
-                .map(|(i, at)| {
-                    let value = reader.read_one(&at.topic, at.partition, at.offset)?;
-                    Ok((i, value.and_then(|v| serde_json::from_slice(&v).ok())))
-                })
-                .collect()
-        })
-        .await??;
-    for (i, event) in found {
-        if event.is_none() {
-            let at = &entries[i].letter.source;
-            eprintln!(
-                "note: dead letter {}/{} was written without its event and {}/{}@{} no longer holds it",
-                entries[i].at.partition, entries[i].at.offset, at.topic, at.partition, at.offset
-            );
-        }
-        entries[i].letter.event = event;
-    }
-    Ok(())
+    Ok(replays)
 }
 
 /// `mutebridge dlq list`: a summary by target and reason, then the records.
+/// Reads the topic three times (replays, summary, records), holding only
+/// the replay counts and the summary.
 pub async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> anyhow::Result<()> {
-    let selection = filters.compile()?;
+    let selection = Arc::new(filters.compile()?);
     let (config, bootstrap) = super::connect(config_file)?;
-    let entries: Vec<Entry> = read(&config, &bootstrap)
-        .await?
-        .into_iter()
-        .filter(|e| selection.matches(&e.letter))
-        .collect();
+    let replays = Arc::new(replay_counts(&config, &bootstrap).await?);
+    let dlq = config.worker.dlq_topic.clone();
     if json {
-        for e in &entries {
-            let line = serde_json::json!({
-                "dlq": {"topic": config.worker.dlq_topic, "partition": e.at.partition, "offset": e.at.offset},
-                "replays": e.replays,
-                "dead_letter": e.letter,
-            });
-            println!("{line}");
-        }
-        return Ok(());
+        let (sel, replays) = (selection.clone(), replays.clone());
+        return pass(
+            &config,
+            &bootstrap,
+            move |item, _| {
+                if let Item::Letter { at, letter, .. } = item {
+                    if sel.matches(&letter) {
+                        let line = serde_json::json!({
+                            "dlq": {"topic": dlq, "partition": at.partition, "offset": at.offset},
+                            "replays": replays.get(&at).copied().unwrap_or(0),
+                            "dead_letter": letter,
+                        });
+                        println!("{line}");
+                    }
+                }
+            },
+            || (),
+        )
+        .await;
     }
-    let mut summary: BTreeMap<(String, &str), (usize, usize)> = BTreeMap::new();
-    for e in &entries {
-        let key = (
-            e.letter.target.clone().unwrap_or_else(|| "-".into()),
-            e.letter.reason.as_str(),
-        );
-        let row = summary.entry(key).or_default();
-        row.0 += 1;
-        row.1 += usize::from(e.replays > 0);
-    }
+    // By target and reason: how many, how many replayed.
+    type Summary = BTreeMap<(String, &'static str), (usize, usize)>;
+    let summary: Arc<Mutex<Summary>> = Arc::default();
+    let (sel, rep, sum) = (selection.clone(), replays.clone(), summary.clone());
+    pass(
+        &config,
+        &bootstrap,
+        move |item, _| {
+            if let Item::Letter { at, letter, .. } = item {
+                if sel.matches(&letter) {
+                    let key = (
+                        letter.target.clone().unwrap_or_else(|| "-".into()),
+                        letter.reason.as_str(),
+                    );
+                    let mut sum = sum.lock().expect("summary lock");
+                    let row = sum.entry(key).or_default();
+                    row.0 += 1;
+                    row.1 += usize::from(rep.get(&at).is_some());
+                }
+            }
+        },
+        || (),
+    )
+    .await?;
+    let summary = std::mem::take(&mut *summary.lock().expect("summary lock"));
+    let total: usize = summary.values().map(|(n, _)| n).sum();
     println!(
-        "{} dead letter(s) in {} matching the filters",
-        entries.len(),
+        "{total} dead letter(s) in {} matching the filters",
         config.worker.dlq_topic
     );
-    if entries.is_empty() {
+    if total == 0 {
         return Ok(());
     }
     println!(
@@ -266,31 +293,55 @@ pub async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> 
     }
     println!();
     let now = now_ms();
-    for e in &entries {
-        let l = &e.letter;
-        let (group, id) = l
-            .event
-            .as_ref()
-            .map_or(("-", "-"), |ev| (ev.group_id.as_str(), ev.id.as_str()));
+    pass(
+        &config,
+        &bootstrap,
+        move |item, _| {
+            if let Item::Letter { at, letter, .. } = item {
+                if selection.matches(&letter) {
+                    print_letter(at, &letter, replays.get(&at).copied().unwrap_or(0), now);
+                }
+            }
+        },
+        || (),
+    )
+    .await
+}
+
+/// One dead letter as `dlq list` shows it.
+fn print_letter(at: Position, l: &StoredDeadLetter, replays: usize, now: i64) {
+    let (group, id) = l
+        .event
+        .as_ref()
+        .map_or(("-", "-"), |ev| (ev.group_id.as_str(), ev.id.as_str()));
+    println!(
+        "{}/{}  {} ago  target={} rule={} action={} reason={} group={} event={}{}\n    {}",
+        at.partition,
+        at.offset,
+        age(now - l.failed_at_ms),
+        l.target.as_deref().unwrap_or("-"),
+        l.rule.as_deref().unwrap_or("-"),
+        l.action.as_deref().unwrap_or("-"),
+        l.reason.as_str(),
+        group,
+        id,
+        match replays {
+            0 => String::new(),
+            n => format!("  (replayed {n}x)"),
+        },
+        l.error
+    );
+    for m in &l.missing_state {
+        let state = match (m.muted, m.until_ms) {
+            (false, _) => "unmuted".to_owned(),
+            (true, None) => "muted".to_owned(),
+            (true, Some(until)) => format!("muted until {until} ms"),
+        };
         println!(
-            "{}/{}  {} ago  target={} rule={} action={} reason={} group={} event={}{}\n    {}",
-            e.at.partition,
-            e.at.offset,
-            age(now - l.failed_at_ms),
-            l.target.as_deref().unwrap_or("-"),
-            l.rule.as_deref().unwrap_or("-"),
-            l.action.as_deref().unwrap_or("-"),
-            l.reason.as_str(),
-            group,
-            id,
-            match e.replays {
-                0 => String::new(),
-                n => format!("  (replayed {n}x)"),
-            },
-            l.error
+            "    the target misses {} {state} (set by event {} at {} ms)",
+            m.dimension, m.set_by, m.at_ms
         );
     }
-    Ok(())
 }
 
 fn age(ms: i64) -> String {
@@ -303,90 +354,266 @@ fn age(ms: i64) -> String {
     }
 }
 
+/// What a replay publishes for one dead letter.
+struct Replay {
+    at: Position,
+    /// The event topic record: key and value.
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    event: Event,
+    target: Option<String>,
+    rule: Option<String>,
+}
+
+/// What can be replayed of a dead letter: its event; for one written
+/// without it, the event read back from its source offset; for an
+/// `undecodable` one, its record, once this version can read it (a newer
+/// version's event, dead-lettered by older workers during an upgrade).
+/// `None` when there is no event (or none this version understands).
+fn replayable(
+    at: Position,
+    key: Option<Vec<u8>>,
+    l: &StoredDeadLetter,
+    reader: &Reader,
+) -> Option<Replay> {
+    let from_source = || {
+        let s = &l.source;
+        let value = reader.read_one(&s.topic, s.partition, s.offset);
+        match value {
+            Ok(Some(v)) => Some(v),
+            Ok(None) => {
+                eprintln!(
+                    "note: dead letter {}/{} was written without its event and {}/{}@{} no longer holds it",
+                    at.partition, at.offset, s.topic, s.partition, s.offset
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!(
+                    "note: dead letter {}/{}: cannot read its event back from {}/{}@{}: {e:#}",
+                    at.partition, at.offset, s.topic, s.partition, s.offset
+                );
+                None
+            }
+        }
+    };
+    let omitted = |field: &str| l.omitted.iter().any(|f| f == field);
+    let (payload, event) = match (&l.event, l.reason) {
+        (Some(e), _) => (
+            serde_json::to_vec(e).expect("events always serialize"),
+            e.clone(),
+        ),
+        (None, Reason::Undecodable) => {
+            let raw = match &l.payload {
+                Some(p) => p.clone().into_bytes(),
+                None if omitted("payload") => from_source()?,
+                None => return None,
+            };
+            let event = decode(Some(&raw)).ok()?;
+            (raw, event)
+        }
+        (None, _) if omitted("event") => {
+            let raw = from_source()?;
+            let event: Event = serde_json::from_slice(&raw).ok()?;
+            (
+                serde_json::to_vec(&event).expect("events always serialize"),
+                event,
+            )
+        }
+        (None, _) => return None,
+    };
+    let key = key
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| event.group_id.clone().into_bytes());
+    Some(Replay {
+        at,
+        key,
+        payload,
+        event,
+        target: l.target.clone(),
+        rule: l.rule.clone(),
+    })
+}
+
+/// How a replay's letters were sorted.
+#[derive(Default)]
+struct Tally {
+    chosen: usize,
+    done_before: usize,
+    unreplayable: usize,
+}
+
 /// `mutebridge dlq replay`: publishes the selected dead letters' events
-/// again. Returns how many were replayed.
+/// again, streaming: the topic is read once to count and once to publish
+/// as it reads. Returns how many were replayed.
 pub async fn replay(
     config_file: Option<&Path>,
     filters: &Filters,
     dry_run: bool,
     again: bool,
 ) -> anyhow::Result<usize> {
-    let selection = filters.compile()?;
+    let selection = Arc::new(filters.compile()?);
     let (config, bootstrap) = super::connect(config_file)?;
-    let mut entries: Vec<Entry> = read(&config, &bootstrap)
-        .await?
-        .into_iter()
-        .filter(|e| selection.matches(&e.letter))
-        .collect();
-    recover_omitted(&config, &bootstrap, &mut entries).await?;
-    let (mut chosen, mut done_before, mut unreplayable) = (Vec::new(), 0usize, 0usize);
-    for e in entries {
-        if e.letter.event.is_none() {
-            unreplayable += 1;
-        } else if e.replays > 0 && !again {
-            done_before += 1;
-        } else {
-            chosen.push(e);
+    let replays = Arc::new(replay_counts(&config, &bootstrap).await?);
+    let tally: Arc<Mutex<Tally>> = Arc::default();
+    let (sel, rep, t) = (selection.clone(), replays.clone(), tally.clone());
+    pass(
+        &config,
+        &bootstrap,
+        move |item, reader| {
+            let Item::Letter { at, key, letter } = item else {
+                return;
+            };
+            if !sel.matches(&letter) {
+                return;
+            }
+            let mut t = t.lock().expect("tally lock");
+            if rep.contains_key(&at) && !again {
+                t.done_before += 1;
+            } else if replayable(at, key, &letter, reader).is_none() {
+                t.unreplayable += 1;
+            } else {
+                t.chosen += 1;
+            }
+        },
+        || (),
+    )
+    .await?;
+    let Tally {
+        chosen,
+        done_before,
+        unreplayable,
+    } = std::mem::take(&mut *tally.lock().expect("tally lock"));
+    eprintln!(
+        "{chosen} dead letter(s) to replay; {done_before} replayed before (skipped; --again sends them again); {unreplayable} undecodable (no event this version can read to replay)"
+    );
+    if chosen == 0 {
+        return Ok(0);
+    }
+    // The scan hands the letters to replay over a small queue: only a few
+    // are held at a time.
+    let (tx, mut rx) = mpsc::channel::<Replay>(16);
+    let scan = {
+        let (config, bootstrap) = (config.clone(), bootstrap.clone());
+        tokio::spawn(async move {
+            pass(
+                &config,
+                &bootstrap,
+                move |item, reader| {
+                    let Item::Letter { at, key, letter } = item else {
+                        return;
+                    };
+                    if !selection.matches(&letter) || (replays.contains_key(&at) && !again) {
+                        return;
+                    }
+                    if let Some(r) = replayable(at, key, &letter, reader) {
+                        // The publisher stopped (an error): read on, send nothing.
+                        let _ = tx.blocking_send(r);
+                    }
+                },
+                || (),
+            )
+            .await
+        })
+    };
+    let mut publisher = Publish::new(&config, &bootstrap, dry_run, chosen)?;
+    let mut failed = None;
+    while let Some(r) = rx.recv().await {
+        if failed.is_none() {
+            if let Err(e) = publisher.one(&r).await {
+                failed = Some(e);
+                rx.close();
+            }
         }
     }
-    eprintln!(
-        "{} dead letter(s) to replay; {done_before} replayed before (skipped; --again sends them again); {unreplayable} undecodable (no event to replay)",
-        chosen.len()
-    );
-    if dry_run {
-        for e in &chosen {
-            let ev = e.letter.event.as_ref().expect("chosen letters have events");
+    scan.await??;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(publisher.finish())
+}
+
+/// Publishes replays (or, for a dry run, prints them).
+struct Publish<'c> {
+    config: &'c Config,
+    producer: Option<FutureProducer>,
+    total: usize,
+    replayed: usize,
+}
+
+impl<'c> Publish<'c> {
+    fn new(
+        config: &'c Config,
+        bootstrap: &str,
+        dry_run: bool,
+        total: usize,
+    ) -> anyhow::Result<Publish<'c>> {
+        let producer = if dry_run {
+            None
+        } else {
+            Some(
+                kafka::producer_config(&config.kafka, bootstrap)
+                    .create()
+                    .context(
+                        "cannot create the Kafka producer (check the [kafka.client] properties)",
+                    )?,
+            )
+        };
+        Ok(Publish {
+            config,
+            producer,
+            total,
+            replayed: 0,
+        })
+    }
+
+    async fn one(&mut self, r: &Replay) -> anyhow::Result<()> {
+        let dlq = &self.config.worker.dlq_topic;
+        let topic = &self.config.kafka.topic;
+        let ev = &r.event;
+        let origin = format!("{dlq}/{}/{}", r.at.partition, r.at.offset);
+        let Some(producer) = &self.producer else {
             println!(
                 "would replay {}/{}: {} {} group {} -> target {}",
-                e.at.partition,
-                e.at.offset,
+                r.at.partition,
+                r.at.offset,
                 ev.id,
                 ev.kind,
                 ev.group_id,
-                e.letter.target.as_deref().unwrap_or("(all)")
+                r.target.as_deref().unwrap_or("(all)")
             );
-        }
-        return Ok(0);
-    }
-    let producer: FutureProducer = kafka::producer_config(&config.kafka, &bootstrap)
-        .create()
-        .context("cannot create the Kafka producer (check the [kafka.client] properties)")?;
-    let dlq = &config.worker.dlq_topic;
-    let total = chosen.len();
-    let mut replayed = 0usize;
-    for e in chosen {
-        let ev = e.letter.event.as_ref().expect("chosen letters have events");
-        let origin = format!("{dlq}/{}/{}", e.at.partition, e.at.offset);
+            return Ok(());
+        };
         let mut headers = event_headers(ev).insert(Header {
             key: HEADER_REPLAY_OF,
             value: Some(origin.as_str()),
         });
-        if let Some(target) = &e.letter.target {
+        if let Some(target) = &r.target {
             headers = headers.insert(Header {
                 key: HEADER_REPLAY_TARGET,
                 value: Some(target.as_str()),
             });
         }
-        if let Some(rule) = &e.letter.rule {
+        if let Some(rule) = &r.rule {
             headers = headers.insert(Header {
                 key: HEADER_REPLAY_RULE,
                 value: Some(rule.as_str()),
             });
         }
-        let payload = serde_json::to_vec(ev).expect("events always serialize");
-        let record = FutureRecord::to(&config.kafka.topic)
-            .key(ev.group_id.as_str())
-            .payload(&payload)
+        let record = FutureRecord::to(topic)
+            .key(&r.key)
+            .payload(&r.payload)
             .headers(headers);
+        let (replayed, total) = (self.replayed, self.total);
         let (partition, offset) = producer
             .send(record, Duration::from_secs(30))
             .await
             .map(|d| (d.partition, d.offset))
             .map_err(|(err, _)| err)
-            .with_context(|| format!("cannot publish the event of {origin} to {}; {replayed} of {total} replayed so far", config.kafka.topic))?;
+            .with_context(|| format!("cannot publish the event of {origin} to {topic}; {replayed} of {total} replayed so far"))?;
         let marker = ReplayMarker {
             schema: REPLAY_SCHEMA.into(),
-            dead_letter: e.at,
+            dead_letter: r.at,
             replayed_to: Position { partition, offset },
             replayed_at_ms: now_ms(),
         };
@@ -398,7 +625,7 @@ pub async fn replay(
         producer
             .send(
                 FutureRecord::to(dlq)
-                    .key(ev.group_id.as_str())
+                    .key(&r.key)
                     .payload(&marker)
                     .headers(headers),
                 Duration::from_secs(30),
@@ -406,18 +633,25 @@ pub async fn replay(
             .await
             .map_err(|(err, _)| err)
             .with_context(|| format!("replayed {origin} but could not record it in {dlq}; a later replay would send it again"))?;
-        replayed += 1;
+        self.replayed += 1;
         eprintln!(
-            "[{replayed}/{total}] {origin} -> {}/{partition}/{offset} ({} {} group {})",
-            config.kafka.topic, ev.id, ev.kind, ev.group_id
+            "[{}/{total}] {origin} -> {topic}/{partition}/{offset} ({} {} group {})",
+            self.replayed, ev.id, ev.kind, ev.group_id
         );
+        Ok(())
     }
-    let _ = producer.flush(Duration::from_secs(10));
-    eprintln!(
-        "replayed {replayed} dead letter(s) into {}",
-        config.kafka.topic
-    );
-    Ok(replayed)
+
+    /// How many were replayed (0 for a dry run).
+    fn finish(self) -> usize {
+        if let Some(p) = &self.producer {
+            let _ = p.flush(Duration::from_secs(10));
+            eprintln!(
+                "replayed {} dead letter(s) into {}",
+                self.replayed, self.config.kafka.topic
+            );
+        }
+        self.replayed
+    }
 }
 
 #[cfg(test)]

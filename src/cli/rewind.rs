@@ -2,33 +2,69 @@
 //! back to a time, so that X applies again what happened since (a provider
 //! that lost data, restored from a backup), the other targets untouched.
 //!
-//! The offsets come from Kafka's offsets-for-times (or, on a cluster that
-//! does not answer it, librdkafka's mock, from reading the partitions).
-//! Each moved partition's commit carries a fence, the offset it was at:
-//! events below it are judged as replays, so that what the target applied
-//! before is sent again (each group's newest state per dimension, not every
-//! step), and the fence goes with the target's commits until it is passed.
+//! Kafka moves a group's offsets only while no worker holds them, so the
+//! command first makes sure none does, before anything slow: a cluster
+//! that describes groups names the running members at once; on one that
+//! does not (librdkafka's mock cluster) the command joins the group and
+//! refuses if it is not given every partition. It then *holds* the group
+//! (so no worker can start in between) while it plans and commits.
 //!
-//! Kafka moves a group's offsets only while no member holds them, so the
-//! command refuses while X's workers run, and says which.
+//! The offsets come from Kafka's offsets-for-times (or, on a cluster that
+//! does not answer it, from reading the partitions, all at once, each only
+//! up to where the group is, with progress on stderr). Each moved
+//! partition's commit carries a fence: events below it are judged as
+//! replays, so that what the target applied before is sent again (each
+//! group's newest state per dimension, not every step). The fence goes
+//! with the target's commits, a rebalance's included, until it is passed,
+//! and a second rewind keeps the wider window (the higher fence).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::kafka::{self, scan::Reader};
-use crate::worker::offsets::FENCE;
+use crate::kafka;
+use crate::worker::offsets::{fence_of, FENCE};
 use crate::worker::target_group;
 
+/// How long the command waits to be let into the group: the coordinator
+/// holds a group for up to `session.timeout.ms` (45 s by default) after a
+/// member left without saying so.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often a long step says where it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 /// One partition's move.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Move {
     partition: i32,
+    /// Where the group is now.
     from: i64,
+    /// Where it goes.
     to: i64,
+    /// Below it events are applied again: `from`, or an earlier rewind's
+    /// fence not yet passed when that is higher.
+    fence: i64,
+}
+
+impl Move {
+    /// Events the target applies again in this partition.
+    fn reapplied(&self) -> i64 {
+        self.fence - self.to
+    }
+
+    /// Whether the group's offset moves (else an earlier rewind's fence is
+    /// still ahead of it, and stays).
+    fn moves(&self) -> bool {
+        self.to < self.from
+    }
 }
 
 /// Rewinds target `target` to `to` (a duration ago or milliseconds since
@@ -49,78 +85,133 @@ pub async fn run(
     }
     let at_ms = super::dlq::parse_since(to).map_err(|e| anyhow::anyhow!("--to {to}: {e:#}"))?;
     let group = target_group(&config.worker, target);
-    let (plan, kept) = tokio::task::spawn_blocking({
-        let (config, bootstrap, group) = (config.clone(), bootstrap.clone(), group.clone());
-        move || plan(&config, &bootstrap, &group, at_ms)
+    let target = target.to_owned();
+    // librdkafka's calls block: the whole command runs on one thread.
+    tokio::task::spawn_blocking(move || {
+        rewind(&config, &bootstrap, &target, &group, at_ms, dry_run)
     })
-    .await??;
-    let events: i64 = plan.iter().map(|m| m.from - m.to).sum();
+    .await?
+}
+
+fn rewind(
+    config: &Config,
+    bootstrap: &str,
+    target: &str,
+    group: &str,
+    at_ms: i64,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let topic = &config.kafka.topic;
+    // A dry run changes nothing, so it neither needs the group nor
+    // disturbs running workers.
+    let holder = if dry_run {
+        None
+    } else {
+        Some(Holder::take(config, bootstrap, group)?)
+    };
+    let looker;
+    let consumer = match &holder {
+        Some(h) => &h.consumer,
+        None => {
+            looker = member(config, bootstrap, group, Joined::default())?;
+            &looker
+        }
+    };
+    let keep_alive = || {
+        if let Some(h) = &holder {
+            h.keep_alive();
+        }
+    };
+    let reader = || {
+        kafka::client_config(&config.kafka, bootstrap)
+            .set("group.id", "mutebridge-rewind-scan")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create::<BaseConsumer>()
+            .context("cannot create a Kafka consumer (check the [kafka.client] properties)")
+    };
+    let (plan, kept) = plan(consumer, &reader, topic, at_ms, &keep_alive)
+        .with_context(|| format!("cannot plan the rewind of consumer group {group}"))?;
+    let events: i64 = plan.iter().map(Move::reapplied).sum();
+    let moves = plan.iter().filter(|m| m.moves()).count();
     eprintln!(
-        "target {target} (consumer group {group}): {} partition(s) move back, {events} event(s) are applied again; {kept} partition(s) already at or before the time",
-        plan.len()
+        "target {target} (consumer group {group}): {moves} partition(s) move back, {events} event(s) are applied again; {kept} partition(s) already at or before the time",
     );
     for m in &plan {
+        let left = m.fence - m.from;
+        let earlier = if left > 0 {
+            format!(", {left} of them left from an earlier rewind")
+        } else {
+            String::new()
+        };
         println!(
-            "partition {}: {} -> {} ({} events)",
+            "partition {}: {} -> {} ({} events{earlier})",
             m.partition,
             m.from,
             m.to,
-            m.from - m.to
+            m.reapplied()
         );
     }
-    if dry_run || plan.is_empty() {
+    let Some(holder) = holder else {
+        return Ok(());
+    };
+    if moves == 0 {
         return Ok(());
     }
-    tokio::task::spawn_blocking(move || commit(&config, &bootstrap, &group, &plan)).await??;
-    eprintln!("rewound; start {target}'s workers: they apply again from there (the other targets are untouched)");
+    holder.commit(&plan)?;
+    eprintln!(
+        "rewound in {:.1}s; start {target}'s workers: they apply again from there (the other targets are untouched)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// Each partition whose committed offset is past the first record at or
-/// after `at_ms`; and how many are not.
+/// after `at_ms`, or that an earlier rewind's fence is still ahead of; and
+/// how many are neither.
 fn plan(
-    config: &Config,
-    bootstrap: &str,
-    group: &str,
+    consumer: &BaseConsumer<Joined>,
+    reader: &dyn Fn() -> anyhow::Result<BaseConsumer>,
+    topic: &str,
     at_ms: i64,
+    keep_alive: &dyn Fn(),
 ) -> anyhow::Result<(Vec<Move>, usize)> {
-    let topic = &config.kafka.topic;
-    let reader = Reader::new(&config.kafka, bootstrap)?;
-    let partitions = reader.partition_count(topic)? as i32;
-    let consumer = member(config, bootstrap, group)?;
+    let timeout = Duration::from_secs(15);
+    let partitions = kafka::partition_count(consumer.client(), topic, timeout)? as i32;
     let mut all = TopicPartitionList::new();
     for p in 0..partitions {
         all.add_partition(topic, p);
     }
     let committed = consumer
-        .committed_offsets(all, Duration::from_secs(15))
-        .with_context(|| format!("cannot read the committed offsets of {group}"))?;
-    let mut times = TopicPartitionList::new();
-    for p in 0..partitions {
-        times.add_partition_offset(topic, p, Offset::Offset(at_ms))?;
-    }
-    let found = consumer
-        .offsets_for_times(times, Duration::from_secs(15))
-        .context("cannot ask Kafka for the offsets at that time")?;
-    let answers = offsets_for_times_works(&consumer, topic)?;
-    let (mut plan, mut kept) = (Vec::new(), 0);
+        .committed_offsets(all, timeout)
+        .context("cannot read the committed offsets")?;
+    // Where each partition is, and the fence an earlier rewind left there.
+    let mut at: Vec<(i32, i64, Option<i64>)> = Vec::new();
+    let mut kept = 0;
     for e in committed.elements() {
-        let p = e.partition();
-        let Offset::Offset(from) = e.offset() else {
-            kept += 1;
-            continue;
-        };
-        let to = match found.find_partition(topic, p).map(|f| f.offset()) {
-            Some(Offset::Offset(o)) if answers => o,
-            _ if answers => from,
-            // librdkafka's mock cluster does not look times up: read.
-            _ => reader.first_at_or_after(topic, p, at_ms)?,
-        };
-        if to < from {
+        match e.offset() {
+            Offset::Offset(from) => at.push((e.partition(), from, fence_of(e.metadata()))),
+            _ => kept += 1,
+        }
+    }
+    keep_alive();
+    let targets = if offsets_for_times_works(consumer, topic, partitions)? {
+        by_time(consumer, topic, &at, at_ms)?
+    } else {
+        eprintln!("the cluster does not look offsets up by time (librdkafka's mock cluster): reading the partitions instead");
+        scan(&reader()?, topic, &at, at_ms, keep_alive)?
+    };
+    let mut plan = Vec::new();
+    for (partition, from, fence) in at {
+        let to = targets.get(&partition).copied().unwrap_or(from).min(from);
+        let fence = fence.map_or(from, |f| f.max(from));
+        if to < fence {
             plan.push(Move {
-                partition: p,
+                partition,
                 from,
                 to,
+                fence,
             });
         } else {
             kept += 1;
@@ -129,14 +220,98 @@ fn plan(
     Ok((plan, kept))
 }
 
+/// The first offset at or after `at_ms` of each partition, from the
+/// broker's time index; a partition with no record since stays where it is.
+fn by_time(
+    consumer: &BaseConsumer<Joined>,
+    topic: &str,
+    at: &[(i32, i64, Option<i64>)],
+    at_ms: i64,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let mut times = TopicPartitionList::new();
+    for (p, _, _) in at {
+        times.add_partition_offset(topic, *p, Offset::Offset(at_ms))?;
+    }
+    let found = consumer
+        .offsets_for_times(times, Duration::from_secs(15))
+        .context("cannot ask Kafka for the offsets at that time")?;
+    Ok(found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            // No record at or after the time (Kafka answers -1).
+            _ => None,
+        })
+        .collect())
+}
+
+/// The first offset at or after `at_ms` of each partition, by reading the
+/// partitions together from their oldest record, each only up to where the
+/// group is (no further record can be a move back); says how far it got
+/// every few seconds.
+fn scan(
+    reader: &BaseConsumer,
+    topic: &str,
+    at: &[(i32, i64, Option<i64>)],
+    at_ms: i64,
+    keep_alive: &dyn Fn(),
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let timeout = Duration::from_secs(15);
+    let mut found = HashMap::new();
+    // Per partition: the end of what is read (where the group is).
+    let mut open: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &(p, from, _) in at {
+        let (low, _) = reader.fetch_watermarks(topic, p, timeout)?;
+        if from > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+            open.insert(p, from);
+        }
+    }
+    let total = open.len();
+    let mut read = 0u64;
+    let mut note_at = Instant::now() + PROGRESS_EVERY;
+    if !open.is_empty() {
+        reader.assign(&tpl)?;
+    }
+    while !open.is_empty() {
+        keep_alive();
+        if Instant::now() >= note_at {
+            eprintln!(
+                "  reading: {read} record(s) so far, {} of {total} partition(s) done",
+                total - open.len()
+            );
+            note_at = Instant::now() + PROGRESS_EVERY;
+        }
+        let Some(message) = reader.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.with_context(|| format!("cannot read {topic}"))?;
+        read += 1;
+        let p = message.partition();
+        let Some(&end) = open.get(&p) else { continue };
+        let written = message.timestamp().to_millis();
+        if written.is_some_and(|t| t >= at_ms) {
+            found.insert(p, message.offset());
+            open.remove(&p);
+        } else if message.offset() + 1 >= end {
+            open.remove(&p);
+        }
+    }
+    if total > 0 {
+        eprintln!("  read {read} record(s) of {total} partition(s)");
+    }
+    Ok(found)
+}
+
 /// Whether the cluster answers offsets-for-times (the oldest time gives the
 /// first offset of a partition that has records).
-fn offsets_for_times_works(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<bool> {
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))?
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len()) as i32;
+fn offsets_for_times_works(
+    consumer: &BaseConsumer<Joined>,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<bool> {
     for p in 0..partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(15))?;
         if high > low {
@@ -152,56 +327,128 @@ fn offsets_for_times_works(consumer: &BaseConsumer, topic: &str) -> anyhow::Resu
     Ok(true)
 }
 
-/// A consumer of `group` that does not join it.
-fn member(config: &Config, bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+/// Counts the assignments the group's coordinator hands out.
+#[derive(Default)]
+struct Joined {
+    assignments: AtomicUsize,
+}
+
+impl ClientContext for Joined {}
+
+impl ConsumerContext for Joined {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assignments.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A consumer of `group` (it joins only if subscribed).
+fn member(
+    config: &Config,
+    bootstrap: &str,
+    group: &str,
+    context: Joined,
+) -> anyhow::Result<BaseConsumer<Joined>> {
     kafka::consumer_config(&config.kafka, bootstrap, group)
-        .create()
+        .create_with_context(context)
         .context("cannot create a Kafka consumer (check the [kafka.client] properties)")
 }
 
-/// Commits the plan's offsets with their fences, as the group's only
-/// member: refuses when the group has others (its workers run).
-fn commit(config: &Config, bootstrap: &str, group: &str, plan: &[Move]) -> anyhow::Result<()> {
-    let topic = &config.kafka.topic;
-    let running = || {
-        anyhow::anyhow!(
-            "the workers of consumer group {group} are running: stop them first (every worker runs every target, so scale the worker deployment to 0, e.g. kubectl scale deployment/mutebridge-worker --replicas=0), rewind, then start them again; nothing was changed"
-        )
-    };
-    let consumer = member(config, bootstrap, group)?;
-    // Where the cluster describes groups, ask it; else join and see.
-    if let Ok(list) = consumer.fetch_group_list(Some(group), Duration::from_secs(10)) {
-        if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
-            if !g.members().is_empty() {
-                let hosts: Vec<&str> = g.members().iter().map(|m| m.client_host()).collect();
-                return Err(running()).with_context(|| format!("members on {}", hosts.join(", ")));
+/// The target's consumer group, held by this command as its only member.
+struct Holder {
+    consumer: BaseConsumer<Joined>,
+    topic: String,
+}
+
+impl Holder {
+    /// Makes sure no worker holds `group` and joins it as its only member;
+    /// refuses at once, naming them, where the cluster describes groups.
+    fn take(config: &Config, bootstrap: &str, group: &str) -> anyhow::Result<Holder> {
+        let topic = config.kafka.topic.clone();
+        let running = || {
+            anyhow::anyhow!(
+                "the workers of consumer group {group} are running (or one stopped without leaving the group less than session.timeout.ms ago): stop them first (every worker runs every target, so scale the worker deployment to 0, e.g. kubectl scale deployment/mutebridge-worker --replicas=0), rewind, then start them again; nothing was changed"
+            )
+        };
+        let consumer = member(config, bootstrap, group, Joined::default())?;
+        // Where the cluster describes groups, ask it: no join, no wait.
+        if let Ok(list) = consumer.fetch_group_list(Some(group), Duration::from_secs(5)) {
+            if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
+                if !g.members().is_empty() {
+                    let hosts: Vec<&str> = g.members().iter().map(|m| m.client_host()).collect();
+                    return Err(running())
+                        .with_context(|| format!("members on {}", hosts.join(", ")));
+                }
             }
         }
-    }
-    let partitions = Reader::new(&config.kafka, bootstrap)?.partition_count(topic)?;
-    consumer.subscribe(&[topic])?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let _ = consumer.poll(Duration::from_millis(100));
-        let held = consumer.assignment()?.count();
-        if held == partitions {
-            break;
+        let partitions =
+            kafka::partition_count(consumer.client(), &topic, Duration::from_secs(15))?;
+        consumer.subscribe(&[&topic])?;
+        eprintln!("joining consumer group {group} to hold it while rewinding (refused if a worker holds partitions of it) ...");
+        let started = Instant::now();
+        let mut note_at = started + PROGRESS_EVERY;
+        loop {
+            let _ = consumer.poll(Duration::from_millis(100));
+            let held = consumer.assignment()?.count();
+            if held == partitions {
+                break;
+            }
+            // Given part of the partitions, or none once the coordinator
+            // assigned them: others hold the rest.
+            if held > 0 || consumer.context().assignments.load(Ordering::SeqCst) > 0 {
+                consumer.unsubscribe();
+                return Err(running()).with_context(|| {
+                    format!("this command was given {held} of the {partitions} partitions")
+                });
+            }
+            if started.elapsed() > JOIN_TIMEOUT {
+                consumer.unsubscribe();
+                bail!(
+                    "consumer group {group}: not admitted within {}s (is Kafka reachable?); nothing was changed",
+                    JOIN_TIMEOUT.as_secs()
+                );
+            }
+            if Instant::now() >= note_at {
+                eprintln!(
+                    "  waiting for the group coordinator ({}s; it holds a group for up to session.timeout.ms after a member left)",
+                    started.elapsed().as_secs()
+                );
+                note_at = Instant::now() + PROGRESS_EVERY;
+            }
         }
-        if held > 0 || Instant::now() > deadline {
-            consumer.unsubscribe();
-            return Err(running());
-        }
+        // Held, not read: its partitions fetch nothing.
+        consumer.pause(&consumer.assignment()?)?;
+        eprintln!(
+            "holding consumer group {group} ({:.1}s)",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Holder { consumer, topic })
     }
-    let mut tpl = TopicPartitionList::new();
-    for m in plan {
-        tpl.add_partition_offset(topic, m.partition, Offset::Offset(m.to))?;
-        if let Some(mut e) = tpl.find_partition(topic, m.partition) {
-            e.set_metadata(format!("{FENCE}{}", m.from));
-        }
+
+    /// Keeps the membership (a member that does not poll for
+    /// `max.poll.interval.ms` is dropped from the group).
+    fn keep_alive(&self) {
+        let _ = self.consumer.poll(Duration::ZERO);
     }
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .with_context(|| format!("cannot commit the rewound offsets of {group}"))?;
-    consumer.unsubscribe();
-    Ok(())
+
+    /// Commits the plan's offsets with their fences.
+    fn commit(&self, plan: &[Move]) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for m in plan.iter().filter(|m| m.moves()) {
+            tpl.add_partition_offset(&self.topic, m.partition, Offset::Offset(m.to))?;
+            if let Some(mut e) = tpl.find_partition(&self.topic, m.partition) {
+                e.set_metadata(format!("{FENCE}{}", m.fence));
+            }
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .context("cannot commit the rewound offsets")
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.consumer.unsubscribe();
+    }
 }

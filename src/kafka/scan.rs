@@ -24,8 +24,6 @@ pub struct ScannedRecord {
     pub key: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
     pub payload: Option<Vec<u8>>,
-    /// The record's timestamp (ms since the epoch), when it has one.
-    pub timestamp_ms: Option<i64>,
 }
 
 /// Calls `each` with every record of `topic`, partition by partition in
@@ -96,33 +94,6 @@ impl Reader {
         Ok(found)
     }
 
-    /// The first offset of `topic`/`partition` whose record was written at
-    /// or after `at_ms`, by reading it (for clusters that do not answer
-    /// Kafka's offsets-for-times); the end when there is none. Blocks.
-    pub fn first_at_or_after(
-        &self,
-        topic: &str,
-        partition: i32,
-        at_ms: i64,
-    ) -> anyhow::Result<i64> {
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(topic, partition, self.timeout)
-            .with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
-        let mut found = None;
-        self.read(
-            topic,
-            &[partition],
-            |r| {
-                if found.is_none() && r.timestamp_ms.is_some_and(|t| t >= at_ms) {
-                    found = Some(r.offset);
-                }
-            },
-            |_| {},
-        )?;
-        Ok(found.unwrap_or(high))
-    }
-
     /// Reads `partitions` of `topic` from the oldest record to the end as
     /// it is now, together: `each` gets every record (in offset order
     /// within a partition), `done` each partition once its end is reached.
@@ -188,7 +159,6 @@ impl Reader {
                 key: message.key().map(<[u8]>::to_vec),
                 headers,
                 payload: message.payload().map(<[u8]>::to_vec),
-                timestamp_ms: message.timestamp().to_millis(),
             });
             if finished {
                 open.remove(&p);

@@ -59,7 +59,9 @@ pub struct ThenConfig {
     /// RongCloud chatroom calls: the notification's `extra` JSON.
     pub extra: Option<String>,
     /// Mute length for `mute_all`, and for `member_muted` events that do
-    /// not say until when. Unset = permanent (as long as the target allows).
+    /// not say until when, counted from the event's time (a member mute
+    /// ends then however late it is sent or how often a capped one is
+    /// renewed). Unset = permanent (as long as the target allows).
     pub mute_seconds: Option<u64>,
     /// `[maps.NAME]` translating group IDs before `{group_id}` is filled in.
     pub group_map: Option<String>,

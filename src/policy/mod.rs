@@ -101,9 +101,10 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MuteLength {
     Permanent,
-    Seconds(u64),
-    /// Until this instant (ms since the epoch); the remaining time is
-    /// computed when each request is signed.
+    /// Until this instant (ms since the epoch): the event's end, or its
+    /// time plus the rule's `mute_seconds` (so a mute the provider caps
+    /// shorter, renewed, still ends when the rule says); the remaining
+    /// time is computed when each request is signed.
     UntilMs(i64),
 }
 
@@ -467,13 +468,17 @@ impl Then {
                 seconds: self.mute_seconds,
             },
             EventKind::UnmuteAll => Op::UnmuteAll,
-            EventKind::MemberMuted => Op::MuteMembers {
-                length: match (e.mute, self.mute_seconds) {
-                    (Some(Mute::Until { until_ms: Some(ms) }), _) => MuteLength::UntilMs(ms),
-                    (_, Some(s)) => MuteLength::Seconds(s),
-                    _ => MuteLength::Permanent,
-                },
-            },
+            EventKind::MemberMuted => {
+                Op::MuteMembers {
+                    length: match (e.mute, self.mute_seconds) {
+                        (Some(Mute::Until { until_ms: Some(ms) }), _) => MuteLength::UntilMs(ms),
+                        (_, Some(s)) => MuteLength::UntilMs(e.occurred_at_ms.saturating_add(
+                            i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000),
+                        )),
+                        _ => MuteLength::Permanent,
+                    },
+                }
+            }
             EventKind::MemberUnmuted => Op::UnmuteMembers,
             _ => return None,
         })
@@ -776,10 +781,12 @@ mod tests {
             Planned::Act(a) => a.op.clone(),
             other => panic!("{other:?}"),
         };
+        // The rule's length runs from the event's time, whenever (and
+        // however often) the mute is sent.
         assert_eq!(
             op(&e),
             Op::MuteMembers {
-                length: MuteLength::Seconds(600)
+                length: MuteLength::UntilMs(e.occurred_at_ms + 600_000)
             }
         );
         e.mute = Some(Mute::Until {

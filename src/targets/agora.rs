@@ -355,7 +355,6 @@ impl Agora {
             Op::MuteMembers { length } => {
                 let ms = match *length {
                     MuteLength::Permanent => -1,
-                    MuteLength::Seconds(s) => s.min(MAX_MUTE_SECONDS) as i64 * 1000,
                     MuteLength::UntilMs(until) => {
                         let left = until - unix_ms(now);
                         if left <= 0 {

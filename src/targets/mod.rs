@@ -237,6 +237,28 @@ fn check_cap(max_mute_seconds: u64, renew_ahead_seconds: u64, limit: u64) -> Res
     Ok(())
 }
 
+/// `url` of a target whose requests carry a credential or a signature
+/// made with one: an absolute `https` URL, so that they never cross a
+/// network in clear text; `http` only to a loopback address (local
+/// stand-ins, tests).
+fn check_credential_url(key: &str, url: &str) -> Result<(), Invalid> {
+    check_url(key, url)?;
+    let u = reqwest::Url::parse(url).expect("checked just above");
+    let host = u.host_str().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if u.scheme() == "https" || loopback {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        key,
+        format!("{url:?}: requests to this target are signed with its secret, so it must be https (http is accepted only for a loopback address, for local tests)"),
+    ))
+}
+
 /// `url` must be an absolute http(s) URL.
 fn check_url(key: &str, url: &str) -> Result<(), Invalid> {
     match reqwest::Url::parse(url) {
@@ -559,7 +581,6 @@ fn cut_short(remaining: Option<u64>, cap: u64, permanent_ok: bool, now: SystemTi
 pub fn remaining_seconds(length: &MuteLength, now: SystemTime) -> Result<Option<u64>, Unsendable> {
     match *length {
         MuteLength::Permanent => Ok(None),
-        MuteLength::Seconds(s) => Ok(Some(s)),
         MuteLength::UntilMs(until) => {
             let now_ms = unix_ms(now);
             if until <= now_ms {
@@ -584,6 +605,25 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_requests_need_https_except_to_loopback() {
+        for ok in [
+            "https://zim-api.zego.im",
+            "http://127.0.0.1:8080/hook",
+            "http://localhost/hook",
+            "http://[::1]:9/x",
+        ] {
+            assert!(check_credential_url("url", ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://zim-api.zego.im", "http://10.0.0.5/hook", "ftp://h/"] {
+            assert_eq!(
+                check_credential_url("url", bad).unwrap_err().key,
+                "url",
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn shown_requests_mask_signatures_and_credentials_only() {

@@ -91,7 +91,7 @@ impl RongCloudConfig {
             return Err(Invalid::new("base_urls", "needs at least one host"));
         }
         for (i, u) in self.base_urls.iter().enumerate() {
-            super::check_url(&format!("base_urls[{i}]"), u)?;
+            super::check_credential_url(&format!("base_urls[{i}]"), u)?;
         }
         if self.app_key.trim().is_empty() {
             return Err(Invalid::new("app_key", "must not be empty"));

@@ -759,11 +759,13 @@ mod tests {
             Err(Unsendable::Moot("the mute has already expired"))
         );
         let far = Op::MuteMembers {
-            length: MuteLength::Seconds(MAX_TIMED_MUTE_SECONDS + 10),
+            length: MuteLength::UntilMs(
+                1_000_000_000 + (MAX_TIMED_MUTE_SECONDS as i64 + 10) * 1000,
+            ),
         };
         assert!(t.lapses(&call(far, &["a"]), now).is_some());
         let year = Op::MuteMembers {
-            length: MuteLength::Seconds(31_536_000),
+            length: MuteLength::UntilMs(1_000_000_000 + 31_536_000_000),
         };
         assert_eq!(t.lapses(&call(year, &["a"]), now), None, "no cap to renew");
     }

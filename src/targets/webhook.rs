@@ -41,7 +41,7 @@ impl WebhookConfig {
         self.rate_limit
             .validate()
             .map_err(|e| e.under("rate_limit"))?;
-        super::check_url("url", &self.url)
+        super::check_credential_url("url", &self.url)
     }
 }
 
@@ -90,25 +90,33 @@ impl Webhook {
     }
 }
 
-/// 2xx is success; 408, 429 and 5xx are retried; other statuses are permanent.
+/// Statuses a retry cannot change: the request itself is refused (bad
+/// request, credentials, gone, too large, unprocessable).
+const PERMANENT: [u16; 6] = [400, 401, 403, 410, 413, 422];
+
+/// 2xx is success; 429 pauses the target (its limit); [`PERMANENT`]
+/// statuses are dead-lettered. Anything else may succeed on retry (a 404 or
+/// 503 while the receiver redeploys, 409, 425, 5xx): an outage answer,
+/// retried within the budget and counted by the breaker.
 pub fn read(reply: &Reply<'_>) -> Outcome {
-    match reply.status {
+    let s = reply.status;
+    let body = || String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]).into_owned();
+    match s {
         200..=299 => Outcome::Done,
-        s @ (408 | 429 | 500..=599) => Outcome::Retry {
+        429 => Outcome::Retry {
             error: format!("HTTP {s}"),
-            kind: if s == 429 {
-                Transient::RateLimited
-            } else {
-                Transient::Outage
-            },
+            kind: Transient::RateLimited,
             switch_host: false,
             after: reply.retry_after,
         },
-        s => Outcome::Permanent {
-            error: format!(
-                "HTTP {s}: {}",
-                String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
-            ),
+        s if PERMANENT.contains(&s) => Outcome::Permanent {
+            error: format!("HTTP {s}: {}", body()),
+        },
+        s => Outcome::Retry {
+            error: format!("HTTP {s}: {}", body()),
+            kind: Transient::Outage,
+            switch_host: false,
+            after: reply.retry_after,
         },
     }
 }
@@ -116,6 +124,40 @@ pub fn read(reply: &Reply<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_answers_a_retry_cannot_change_are_permanent() {
+        let read_status = |status| {
+            read(&Reply {
+                status,
+                retry_after: None,
+                body: b"x",
+            })
+        };
+        for s in [400, 401, 403, 410, 413, 422] {
+            assert!(matches!(read_status(s), Outcome::Permanent { .. }), "{s}");
+        }
+        for s in [404, 408, 409, 425, 500, 502, 503, 504] {
+            assert!(
+                matches!(
+                    read_status(s),
+                    Outcome::Retry {
+                        kind: Transient::Outage,
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+        assert!(matches!(
+            read_status(429),
+            Outcome::Retry {
+                kind: Transient::RateLimited,
+                ..
+            }
+        ));
+        assert_eq!(read_status(204), Outcome::Done);
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {

@@ -73,7 +73,7 @@ impl ZegoConfig {
         self.rate_limit
             .validate()
             .map_err(|e| e.under("rate_limit"))?;
-        super::check_url("base_url", &self.base_url)?;
+        super::check_credential_url("base_url", &self.base_url)?;
         super::check_cap(
             self.max_mute_seconds,
             self.renew_ahead_seconds,

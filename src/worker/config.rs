@@ -33,12 +33,13 @@ pub struct WorkerConfig {
     /// remembered, to refuse a late mute of it. Longer than Easemob's
     /// 3-day re-send window.
     pub state_horizon_days: u32,
-    /// How often finished offsets are committed (also on rebalance and exit).
+    /// How often finished offsets are committed (also on rebalance and
+    /// exit); 100 to 60000.
     pub commit_interval_ms: u64,
     /// On SIGTERM, how long in-flight actions may take before they are
     /// abandoned (their events are re-delivered after a restart).
     pub shutdown_grace_seconds: u64,
-    /// Per-attempt HTTP timeout for targets.
+    /// Per-attempt HTTP timeout for targets; 100 to 600000.
     pub request_timeout_ms: u64,
     pub retry: RetryConfig,
     /// Each target's circuit breaker: when it opens, and how often it
@@ -73,9 +74,12 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// Time from the first attempt after which no new attempt starts.
     pub max_elapsed_seconds: u64,
-    /// Backoff ceiling of the first retry; doubles per attempt, with full
-    /// jitter (a uniformly random wait between 0 and the ceiling).
+    /// Backoff ceiling of the first retry (10 to 60000); doubles per
+    /// attempt, with full jitter (a uniformly random wait between 0 and the
+    /// ceiling).
     pub initial_backoff_ms: u64,
+    /// The largest backoff ceiling: at least `initial_backoff_ms`, at most
+    /// an hour.
     pub max_backoff_ms: u64,
     /// How long one call may keep drawing the provider's rate-limit answer
     /// before it is dead-lettered (reason `rate_limited`). Rate-limit
@@ -137,10 +141,13 @@ impl WorkerConfig {
             4..=3650,
             "days",
         )?;
+        // Each commit is a request to the group coordinator: more often than
+        // every 100 ms loads it for nothing; less often than a minute leaves
+        // that much to re-apply after a crash.
         within(
             "commit_interval_ms",
             self.commit_interval_ms,
-            1..=600_000,
+            100..=60_000,
             "ms",
         )?;
         within(
@@ -149,10 +156,12 @@ impl WorkerConfig {
             0..=3600,
             "seconds",
         )?;
+        // Below 100 ms a provider's answer rarely arrives in time (every
+        // call would time out and count as an outage).
         within(
             "request_timeout_ms",
             self.request_timeout_ms,
-            1..=600_000,
+            100..=600_000,
             "ms",
         )?;
         self.retry.validate().map_err(|e| e.under("retry"))?;
@@ -167,13 +176,22 @@ impl RetryConfig {
         if self.max_attempts == 0 {
             return invalid("max_attempts", "must be at least 1");
         }
-        if self.initial_backoff_ms == 0 || self.max_backoff_ms < self.initial_backoff_ms {
+        within(
+            "initial_backoff_ms",
+            self.initial_backoff_ms,
+            10..=60_000,
+            "ms",
+        )?;
+        within("max_backoff_ms", self.max_backoff_ms, 10..=3_600_000, "ms")?;
+        if self.max_backoff_ms < self.initial_backoff_ms {
             return invalid(
                 "max_backoff_ms",
-                "needs 0 < initial_backoff_ms <= max_backoff_ms",
+                format!(
+                    "{} is below initial_backoff_ms ({})",
+                    self.max_backoff_ms, self.initial_backoff_ms
+                ),
             );
         }
-        within("max_backoff_ms", self.max_backoff_ms, 1..=3_600_000, "ms")?;
         within(
             "max_elapsed_seconds",
             self.max_elapsed_seconds,

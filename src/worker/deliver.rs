@@ -9,8 +9,10 @@
 //! - an **outage** (connection error, timeout, 5xx, a system-error code)
 //!   counts against the call's budget (`[worker.retry]`: attempts and time,
 //!   whichever runs out first) and toward the target's circuit breaker;
-//!   while the breaker is open no call goes out but its probe, and waiting
-//!   for it spends no budget, so an outage of hours dead-letters nothing;
+//!   while the breaker is open no call goes out but its probe, and while it
+//!   recovers only what its window admits; waiting for it, a failed probe
+//!   and a failure in the recovery spend no budget, so an outage of hours
+//!   (or a brownout after it) dead-letters nothing;
 //! - a **rate-limit answer** of the provider app pauses every call of the
 //!   target ([`crate::limit`]) and is tried again, up to
 //!   `rate_limited_horizon_seconds`;
@@ -194,8 +196,9 @@ impl Deliverer {
         current: &dyn Currency,
     ) -> Delivered {
         let mut progress = Progress::default();
+        let group = breaker_group(event);
         loop {
-            let (permit, waited) = self.breaker.admit().await;
+            let (permit, waited) = self.breaker.admit(group).await;
             progress.budget.waited += waited;
             if !drop_superseded(&mut call, current) {
                 return self.finish(call, progress, ActionOutcome::Superseded);
@@ -204,7 +207,7 @@ impl Deliverer {
                 progress.budget.waited += limiter.acquire().await;
             }
             // The breaker opened while this call waited for its slot.
-            if !permit.is_probe() && self.breaker.circuit() != super::breaker::Circuit::Closed {
+            if permit.is_stale() {
                 continue;
             }
             // After a stall: not before the group says the partition is
@@ -290,7 +293,7 @@ impl Deliverer {
                 after,
             } => {
                 if kind == Transient::Outage {
-                    return self.outage(permit, progress, error, switch_host, after);
+                    return self.outage(permit, sent, progress, error, switch_host, after);
                 }
                 permit.neutral();
                 if let Some(dead) = self.past_horizon(&mut progress.budget, sent, &error) {
@@ -375,17 +378,18 @@ impl Deliverer {
 
     /// An outage answer (connection error, timeout, 5xx, a system error
     /// code): the breaker counts it, a multi-host target moves on, and
-    /// the call backs off; a failed probe spends no budget.
+    /// the call backs off; a failed probe or ramp attempt spends no budget.
     fn outage(
         &self,
         permit: Permit<'_>,
+        sent: Instant,
         progress: &mut Progress,
         error: String,
         switch_host: bool,
         after: Option<Duration>,
     ) -> Next {
         progress.budget.limited_since = None;
-        let probe = permit.is_probe();
+        let pass = permit.pass();
         permit.failed();
         let hosts = self.target.hosts();
         let switched = switch_host && hosts > 1;
@@ -396,11 +400,19 @@ impl Deliverer {
                 .host
                 .compare_exchange(host, next, Ordering::Relaxed, Ordering::Relaxed);
         }
-        if probe {
-            // A failed probe reopened the breaker; the call waits for the
-            // next one without spending its budget.
-            tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
-            return Next::Again(Duration::ZERO);
+        if !pass.spends_budget() {
+            // The breaker reopened or narrowed its window: the call waits
+            // for its next turn without spending its budget (the attempt's
+            // time and a first backoff included, so that a call failing in
+            // the ramp does not go again at once).
+            let wait = backoff(&self.retry, 1).max(after.unwrap_or_default());
+            progress.budget.waited += sent.elapsed() + wait;
+            if pass == super::breaker::Pass::Probe {
+                tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
+            } else {
+                tracing::info!(target = %self.name, %error, "a call of the recovery ramp failed; the window narrows (no budget spent)");
+            }
+            return Next::Again(wait);
         }
         // A fresh host is tried at once; a full round of hosts backs off.
         let at_once = switched && !((progress.budget.attempts + 1) as usize).is_multiple_of(hosts);
@@ -506,6 +518,13 @@ impl Deliverer {
             }
         };
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            // The client follows none: a redirect could carry the signed
+            // request (or a credential header) to another host.
+            return Outcome::Permanent {
+                error: format!("HTTP {status} from {host}: a redirect, and mutebridge follows none (a signed request must not go elsewhere); set the target's URL to the address it points to"),
+            };
+        }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -531,6 +550,15 @@ impl Deliverer {
             },
         }
     }
+}
+
+/// Who a call waits in the breaker as: its group (probes rotate among
+/// groups).
+fn breaker_group(event: &Event) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&event.appkey, event.scope, &event.group_id).hash(&mut h);
+    h.finish()
 }
 
 /// Drops the users of `call` a newer state has set since; false when

@@ -62,6 +62,26 @@ pub struct DeadLetter {
     /// at `source` in the event topic.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub omitted: Vec<&'static str>,
+    /// A mute target's: the group's newest state of each dimension this
+    /// failure leaves the target without. Older events of the group that
+    /// this one superseded were not sent, so this is what the target
+    /// misses; replaying the letter applies it (unless a newer event, which
+    /// reaches the target by itself, set it since: `set_by` says which).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_state: Vec<MissingDim>,
+}
+
+/// One dimension of a group's mute state a target is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingDim {
+    /// `mute_all`, or `member:{id}`.
+    pub dimension: String,
+    pub muted: bool,
+    /// A member mute's end (ms since the epoch); null when permanent.
+    pub until_ms: Option<i64>,
+    /// The event that set it, and its time.
+    pub set_by: String,
+    pub at_ms: i64,
 }
 
 /// A dead letter as read back from the topic (`dlq list`, `dlq replay`).
@@ -82,6 +102,8 @@ pub struct StoredDeadLetter {
     pub payload: Option<String>,
     #[serde(default)]
     pub omitted: Vec<String>,
+    #[serde(default)]
+    pub missing_state: Vec<MissingDim>,
 }
 
 /// Value of the `schema` field (and header) of a replay marker.
@@ -123,6 +145,7 @@ impl DeadLetter {
             event: None,
             payload: payload.map(|p| String::from_utf8_lossy(p).into_owned()),
             omitted: Vec::new(),
+            missing_state: Vec::new(),
         }
     }
 
@@ -147,6 +170,7 @@ impl DeadLetter {
             event: Some(event.clone()),
             payload: None,
             omitted: Vec::new(),
+            missing_state: Vec::new(),
         }
     }
 

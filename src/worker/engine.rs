@@ -6,13 +6,18 @@
 //! here and its offset may be committed once the record is in Kafka.
 //!
 //! The same engine re-applies a group's capped mutes before the provider
-//! ends them ([`Work::Renew`]), in the group's order like its events.
+//! ends them ([`Work::Renew`]), in the group's order like its events: those
+//! its records say it applied, and those of the group's newest state it
+//! holds no record of (applied by a version that kept none, or trimmed
+//! from an oversized record), whose provider-side end is counted from when
+//! the state says they were set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::deliver::{per_member, AlwaysCurrent, Currency, Deliverer, Superseded};
-use super::dlq::{DeadLetter, DeadLetters, Reason, SourceRecord};
+use super::dlq::{DeadLetter, DeadLetters, MissingDim, Reason, SourceRecord};
 use super::metrics::TargetMetrics;
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
 use super::reader::Newest;
@@ -204,7 +209,7 @@ impl TargetEngine {
             &self.state,
         ) {
             s.store.member().await;
-            processed = self.write(part, applied, fresh, &tally, &key);
+            processed = self.write(job.partition, part, applied, fresh, &tally, &key);
         }
         let held = verdict.as_ref().and_then(Verdict::all_held);
         self.finish(outcome(&tally, held));
@@ -233,8 +238,10 @@ impl TargetEngine {
     }
 
     /// Records what the steps of `fresh` applied; the write to confirm.
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
+        partition: i32,
         part: &Arc<Partition<AppliedState>>,
         applied: Option<AppliedState>,
         fresh: &Event,
@@ -259,7 +266,8 @@ impl TargetEngine {
         ) else {
             return Processed::default();
         };
-        let lapse = next.next_lapse_ms();
+        let newest = state.newest.get(partition, &next.group_key());
+        let lapse = self.next_lapse(Some(&next), newest.as_ref());
         Processed {
             // Revoked: the new owner applies the event again.
             staged: state.store.stage(part, next).ok(),
@@ -363,6 +371,7 @@ impl TargetEngine {
             }
             ActionOutcome::DeadLettered(failure) => {
                 tally.dead = true;
+                let failed_before = tally.failed.len();
                 match call {
                     Some(c) if per_member(&c.op) && !failure.users.is_empty() => {
                         for u in c.users.iter().filter(|u| failure.users.contains(&u.id)) {
@@ -377,7 +386,9 @@ impl TargetEngine {
                     _ => tally.failed.push("mute_all".into()),
                 }
                 tracing::warn!(rule = %id.rule, target = %id.target, reason = failure.reason.as_str(), error = %failure.error, event = %event.id, "action failed; dead-lettered");
-                let letter = DeadLetter::action(source.clone(), event, id, failure);
+                let mut letter = DeadLetter::action(source.clone(), event, id, failure);
+                letter.missing_state =
+                    self.missing(source.partition, event, &tally.failed[failed_before..]);
                 self.metrics
                     .dead_letters
                     .with_label_values(&[&*self.name, letter.reason.as_str()])
@@ -387,6 +398,46 @@ impl TargetEngine {
             ActionOutcome::Superseded => tally.superseded = true,
             ActionOutcome::Stale | ActionOutcome::Duplicate => {}
         }
+    }
+
+    /// The group's newest state of the dimensions `failed` (`mute_all`, or
+    /// member IDs) of `event`, which the target is left without: what a
+    /// dead letter of a mute target names.
+    fn missing(&self, partition: i32, event: &Event, failed: &[String]) -> Vec<MissingDim> {
+        let Some(state) = self.state.as_ref().filter(|_| event.kind.is_mute()) else {
+            return Vec::new();
+        };
+        let key = state::key(&event.appkey, event.scope, &event.group_id);
+        state.newest.with(partition, &key, |newest| {
+            let Some(newest) = newest else {
+                return Vec::new();
+            };
+            failed
+                .iter()
+                .filter_map(|f| {
+                    if f == "mute_all"
+                        && matches!(event.kind, EventKind::MuteAll | EventKind::UnmuteAll)
+                    {
+                        let d = newest.mute_all.as_ref()?;
+                        return Some(MissingDim {
+                            dimension: Dim::MuteAll.label(),
+                            muted: d.muted,
+                            until_ms: None,
+                            set_by: d.event_id.clone(),
+                            at_ms: d.at_ms,
+                        });
+                    }
+                    let d = newest.members.get(f)?;
+                    Some(MissingDim {
+                        dimension: Dim::Member(f).label(),
+                        muted: d.muted,
+                        until_ms: d.until_ms,
+                        set_by: d.event_id.clone(),
+                        at_ms: d.at_ms,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// A `resync` marker: applies the group's newest state to this target
@@ -430,7 +481,7 @@ impl TargetEngine {
             let tally = self.carry_out(&job.key, source, job.partition, steps).await;
             if let Some(fresh) = verdict.fresh.as_deref() {
                 state.store.member().await;
-                let written = self.write(part, applied.clone(), fresh, &tally, &key);
+                let written = self.write(job.partition, part, applied.clone(), fresh, &tally, &key);
                 if written.staged.is_some() {
                     applied = part.get(&key);
                     staged = written.staged;
@@ -444,13 +495,18 @@ impl TargetEngine {
             tracing::info!(group = %marker.group_id, target, "resync: no rule sends this group's mute state to the target");
         }
         self.finish(outcome(&total, None));
-        let lapse = applied.as_ref().map(|a| (key, a.next_lapse_ms()));
+        let lapse = applied
+            .as_ref()
+            .map(|a| (key, self.next_lapse(Some(a), Some(&newest))));
         Processed { staged, lapse }
     }
 
     /// Re-applies the group's mutes that the provider ends within
-    /// `renew_ahead` (its longest mute cut them short), unless a newer
-    /// event has changed them since (it reaches the target by itself).
+    /// `renew_ahead` (its longest mute cut them short): those its record
+    /// holds, unless a newer event has changed them since (it reaches the
+    /// target by itself, or the policy does not send it: either way this
+    /// one is not renewed again), and those of the group's newest state it
+    /// holds no record of ([`TargetEngine::adopted`]).
     async fn renew(&self, job: &Job, key: &str) -> Processed {
         let Some(state) = &self.state else {
             return Processed::default();
@@ -458,12 +514,36 @@ impl TargetEngine {
         let Some(part) = state.store.partition(job.partition).await else {
             return Processed::default();
         };
-        let Some(mut applied) = part.get(key) else {
+        let prefix = applied::key_prefix(&self.name);
+        let group_key = key.strip_prefix(prefix.as_str()).unwrap_or(key);
+        let newest = state.newest.get(job.partition, group_key);
+        let recorded = part.get(key);
+        let Some(mut applied) = recorded.clone().or_else(|| {
+            let n = newest.as_ref()?;
+            Some(AppliedState::new(
+                &self.name,
+                &n.appkey,
+                n.scope,
+                &n.group_id,
+            ))
+        }) else {
             return Processed::default();
         };
         let now = now_ms();
-        let newest = state.newest.get(job.partition, &applied.group_key());
-        let due = due_events(&applied, newest.as_ref(), now + self.renew_ahead_ms);
+        let by = now + self.renew_ahead_ms;
+        let snapshot = applied.clone();
+        let (due, changed_since) = due_events(&snapshot, newest.as_ref(), by);
+        for dim in &changed_since {
+            stop_renewing(&mut applied, *dim);
+        }
+        let adopted: Vec<Event> = newest
+            .as_ref()
+            .map(|n| self.adopted(recorded.as_ref(), n))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, lapse)| *lapse <= by)
+            .map(|(e, _)| e)
+            .collect();
         let source = SourceRecord {
             topic: self.topic.clone(),
             partition: job.partition,
@@ -475,17 +555,136 @@ impl TargetEngine {
                 .carry_out(&job.key, &source, job.partition, steps)
                 .await;
             renewed(&mut applied, e, &tally);
-            let calls = tally.results.members.len() + usize::from(tally.results.mute_all.is_some());
-            self.metrics.renewals.inc_by(calls as u64);
+            self.count_renewals(&tally);
             tracing::info!(target = %self.name, group = %applied.group_id, members = e.members.len(), "capped mute re-applied before the provider ends it");
         }
+        for e in &adopted {
+            let steps = self.policy.plan(e, None, None);
+            let tally = self
+                .carry_out(&job.key, &source, job.partition, steps)
+                .await;
+            let horizon = state.store.horizon_ms();
+            if let Some(next) = guard::record_applied(
+                Some(applied.clone()),
+                &self.name,
+                e,
+                &tally.results,
+                now_ms(),
+                horizon,
+            ) {
+                applied = next;
+            }
+            self.count_renewals(&tally);
+            tracing::info!(target = %self.name, group = %applied.group_id, members = e.members.len(), "capped mute of the group's state re-applied before the provider ends it (applied before this target kept records of it, or trimmed from them)");
+        }
+        let lapse = self.next_lapse(Some(&applied), newest.as_ref());
+        if due.is_empty() && adopted.is_empty() && changed_since.is_empty() {
+            return Processed {
+                staged: None,
+                lapse: Some((key.to_owned(), lapse)),
+            };
+        }
         applied.updated_at_ms = now;
-        let lapse = applied.next_lapse_ms();
         state.store.member().await;
         Processed {
             staged: state.store.stage(&part, applied).ok(),
             lapse: Some((key.to_owned(), lapse)),
         }
+    }
+
+    fn count_renewals(&self, tally: &Tally) {
+        let calls = tally.results.members.len() + usize::from(tally.results.mute_all.is_some());
+        self.metrics.renewals.inc_by(calls as u64);
+    }
+
+    /// When this target next has to re-apply a capped mute of a group: the
+    /// earliest lapse its record holds, or of a mute of the group's newest
+    /// state it holds no record of.
+    pub fn next_lapse(
+        &self,
+        applied: Option<&AppliedState>,
+        newest: Option<&GroupState>,
+    ) -> Option<i64> {
+        let own = applied.and_then(AppliedState::next_lapse_ms);
+        let adopted =
+            newest.and_then(|n| self.adopted(applied, n).into_iter().map(|(_, l)| l).min());
+        own.into_iter().chain(adopted).min()
+    }
+
+    /// The renewal schedule of a partition whose records were just read:
+    /// each group's record key, group ID and next lapse.
+    pub fn renewal_schedule(&self, partition: i32) -> Vec<(String, String, i64)> {
+        let Some(state) = &self.state else {
+            return Vec::new();
+        };
+        let mut records: HashMap<String, AppliedState> = HashMap::new();
+        state.store.for_each_in(partition, |a| {
+            records.insert(a.key(), a.clone());
+        });
+        let mut out = Vec::new();
+        state.newest.for_each_in(partition, |newest| {
+            let key = applied::key(&self.name, &newest.appkey, newest.scope, &newest.group_id);
+            let record = records.remove(&key);
+            if let Some(lapse) = self.next_lapse(record.as_ref(), Some(newest)) {
+                out.push((key, newest.group_id.clone(), lapse));
+            }
+        });
+        // Records of groups with no state (deleted by hand, say).
+        for (key, record) in records {
+            if let Some(lapse) = record.next_lapse_ms() {
+                out.push((key, record.group_id, lapse));
+            }
+        }
+        out
+    }
+
+    /// The mutes of the group's newest state that `applied` holds no
+    /// record of and this target caps: each as the event that set it (its
+    /// members cut to those missing), with when the provider ends it,
+    /// counted from when the state says it was set (it was sent then, or
+    /// later: renewed early rather than late).
+    fn adopted(&self, applied: Option<&AppliedState>, newest: &GroupState) -> Vec<(Event, i64)> {
+        // Only a target whose provider caps mutes has anything to renew.
+        if self.renew_ahead_ms == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for mut e in guard::snapshot(newest, now_ms()) {
+            match e.kind {
+                EventKind::MuteAll if applied.is_none_or(|a| a.mute_all.is_none()) => {}
+                EventKind::MemberMuted => {
+                    e.members
+                        .retain(|m| applied.is_none_or(|a| a.members.get(m).is_none()));
+                    if e.members.is_empty() {
+                        continue;
+                    }
+                }
+                _ => continue,
+            }
+            if !self.routes(&e, e.kind) {
+                continue;
+            }
+            let set_at = UNIX_EPOCH + Duration::from_millis(e.occurred_at_ms.max(0) as u64);
+            let target = &self.deliverer.target;
+            let lapse = self
+                .policy
+                .plan(&e, None, None)
+                .into_iter()
+                .filter_map(|step| match step {
+                    Step::Carry {
+                        planned: Planned::Act(action),
+                        ..
+                    } => Some(action),
+                    _ => None,
+                })
+                .flat_map(|action| target.split(action))
+                .filter_map(|call| target.lapses(&call, set_at))
+                .min();
+            if let Some(lapse) = lapse {
+                out.push((e, lapse));
+            }
+        }
+        out
     }
 
     fn count(&self, id: &ActionId, outcome: &ActionOutcome) {
@@ -520,8 +719,13 @@ fn outcome(tally: &Tally, held: Option<&Hold>) -> EventOutcome {
 
 /// The events that re-apply what of `applied` lapses by `by_ms`: each
 /// dimension the target applied, still muted, whose provider-side end is
-/// near, and that no newer event has changed since.
-fn due_events(applied: &AppliedState, newest: Option<&GroupState>, by_ms: i64) -> Vec<Event> {
+/// near, and that no newer event has changed since; and the dimensions due
+/// that a newer event has changed (not renewed any more).
+fn due_events<'a>(
+    applied: &'a AppliedState,
+    newest: Option<&GroupState>,
+    by_ms: i64,
+) -> (Vec<Event>, Vec<Dim<'a>>) {
     let group = (
         applied.appkey.as_str(),
         applied.scope,
@@ -535,22 +739,25 @@ fn due_events(applied: &AppliedState, newest: Option<&GroupState>, by_ms: i64) -
         guard::mark(newest, dim).is_none_or(|m| m.event_id == d.event_id)
     };
     let mut out = Vec::new();
-    if let Some(d) = applied
-        .mute_all
-        .as_ref()
-        .filter(|d| due(d) && unchanged(Dim::MuteAll, d))
-    {
-        let mut e = guard::about_group(group, EventKind::MuteAll, &d.event_id, d.at_ms, now);
-        e.mute = Some(Mute::All { all: true });
-        out.push(e);
+    let mut changed = Vec::new();
+    if let Some(d) = applied.mute_all.as_ref().filter(|d| due(d)) {
+        if unchanged(Dim::MuteAll, d) {
+            let mut e = guard::about_group(group, EventKind::MuteAll, &d.event_id, d.at_ms, now);
+            e.mute = Some(Mute::All { all: true });
+            out.push(e);
+        } else {
+            changed.push(Dim::MuteAll);
+        }
     }
     let mut by_event: BTreeMap<(i64, &str, Option<i64>), Vec<String>> = BTreeMap::new();
-    for (member, d) in applied.members.iter() {
-        if due(d) && unchanged(Dim::Member(member), d) {
+    for (member, d) in applied.members.iter().filter(|(_, d)| due(d)) {
+        if unchanged(Dim::Member(member), d) {
             by_event
                 .entry((d.at_ms, &d.event_id, d.until_ms))
                 .or_default()
                 .push(member.to_owned());
+        } else {
+            changed.push(Dim::Member(member));
         }
     }
     for ((at_ms, id, until_ms), members) in by_event {
@@ -559,7 +766,18 @@ fn due_events(applied: &AppliedState, newest: Option<&GroupState>, by_ms: i64) -
         e.mute = Some(Mute::Until { until_ms });
         out.push(e);
     }
-    out
+    (out, changed)
+}
+
+/// A dimension a newer event changed: its renewal is dropped.
+fn stop_renewing(applied: &mut AppliedState, dim: Dim<'_>) {
+    let d = match dim {
+        Dim::MuteAll => applied.mute_all.as_mut(),
+        Dim::Member(m) => applied.members.get_mut(m),
+    };
+    if let Some(d) = d {
+        d.lapses_at_ms = None;
+    }
 }
 
 /// Updates `applied` with a renewal's results: renewed dimensions get

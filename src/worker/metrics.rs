@@ -257,7 +257,7 @@ impl PipelineVecs {
         ),
         circuit_state: gauge(
             "mutebridge_target_circuit_state",
-            "Each target's circuit breaker: 0 closed, 1 half-open (a probe is out), 2 open (the target's consumer is paused).",
+            "Each target's circuit breaker: 0 closed, 1 half-open (a probe is out), 2 open (no call goes out but the probe), 3 recovering (calls are admitted through a widening window).",
             &["target"],
         ),
         target_lag: GaugeVec::new(

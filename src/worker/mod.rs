@@ -457,9 +457,12 @@ impl Build<'_> {
     }
 }
 
-/// The HTTP client every target shares.
+/// The HTTP client every target shares. It follows no redirect: one
+/// would carry a signed request, or RongCloud's signed headers, to wherever
+/// the answer points (a 3xx is a permanent error that names the host).
 fn http_client(w: &WorkerConfig) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_millis(w.request_timeout_ms))
         .connect_timeout(Duration::from_millis(w.request_timeout_ms.min(5000)))
         // RongCloud asks for idle keep-alive under 55 s.

@@ -221,14 +221,20 @@ impl Tracker {
     }
 
     /// Forgets a revoked partition; returns its final position when that
-    /// is past what Kafka acknowledged (else there is nothing to commit).
-    pub fn revoke(&mut self, partition: i32) -> Option<i64> {
-        self.fences.remove(&partition);
+    /// is past what Kafka acknowledged (else there is nothing to commit),
+    /// with the commit's metadata: a rewind's fence not yet passed goes
+    /// with it, so the next owner re-applies the rest.
+    pub fn revoke(&mut self, partition: i32) -> Option<(i64, String)> {
+        let fence = self.fences.remove(&partition);
         self.resets.remove(&partition);
         let part = self.parts.remove(&partition)?;
         self.revoked.push((partition, part.generation));
         let position = part.position();
-        (position > part.committed).then_some(position)
+        let metadata = match fence {
+            Some(f) if position < f => format!("{FENCE}{f}"),
+            _ => String::new(),
+        };
+        (position > part.committed).then_some((position, metadata))
     }
 
     /// Partitions revoked since the last call, with their old generation:
@@ -277,7 +283,7 @@ mod tests {
         assert!(t.take_commits("t").is_none(), "in flight: not issued twice");
         // The coordinator moved: the commit failed.
         t.commit_answered(0, 11, false);
-        assert_eq!(t.revoke(0), Some(11), "a revoke still commits it");
+        assert_eq!(t.revoke(0), Some((11, String::new())), "a revoke still commits it");
         let g = t.received(0, 11, 0);
         t.finished(0, 11, g);
         t.take_commits("t").unwrap();
@@ -317,7 +323,7 @@ mod tests {
     fn revoked_work_does_not_count_after_reassignment() {
         let mut t = Tracker::default();
         let old = t.received(3, 5, 0);
-        assert_eq!(t.revoke(3), Some(5));
+        assert_eq!(t.revoke(3), Some((5, String::new())));
         assert_eq!(t.take_revoked(), vec![(3, old)]);
         let new = t.received(3, 5, 0);
         assert_ne!(old, new);
@@ -349,6 +355,22 @@ mod tests {
         assert_eq!(e.offset(), Offset::Offset(4));
         assert_eq!(e.metadata(), "", "passed: no fence any more");
         assert!(!t.reapply(1, 2));
+    }
+
+    #[test]
+    fn a_revoke_commits_the_fence_until_it_is_passed() {
+        let mut t = Tracker::default();
+        t.set_fence(1, Some(10));
+        let g = t.received(1, 4, 0);
+        t.received(1, 5, 0);
+        t.finished(1, 4, g);
+        let (position, metadata) = t.revoke(1).unwrap();
+        assert_eq!((position, fence_of(&metadata)), (5, Some(10)));
+        // Past the fence: the commit carries none.
+        t.set_fence(2, Some(3));
+        let g = t.received(2, 3, 0);
+        t.finished(2, 3, g);
+        assert_eq!(t.revoke(2), Some((4, String::new())));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //!
 //! The coordinator owns all scheduling state: it receives records, queues
 //! them per group, starts what may start, records what finished, commits
-//! on a timer, pauses fetching (a full backlog, the target's circuit
-//! breaker open) and queues renewals of capped mutes as they come due. It
-//! runs in two phases: consuming until shutdown, then draining what runs.
+//! on a timer, pauses fetching (a full backlog; the target's circuit
+//! breaker not closed, once `probe_candidates` groups are held) and queues
+//! renewals of capped mutes as they come due. It runs in two phases:
+//! consuming until shutdown, then draining what runs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -178,10 +179,11 @@ struct Run<'p> {
     done_rx: mpsc::UnboundedReceiver<Finished>,
     /// Released jobs' records on their way to Kafka.
     confirms: FuturesUnordered<Pin<Box<dyn Future<Output = Durable> + Send>>>,
-    /// Paused for a full backlog / for the circuit breaker (open, with
-    /// calls waiting on it).
+    /// Paused for a full backlog; the target's circuit breaker not closed,
+    /// with calls waiting on it (fetching stops at `probe_candidates`
+    /// groups held).
     flow_paused: bool,
-    circuit_open: bool,
+    breaker_blocked: bool,
     paused_since: Option<i64>,
     renewals: Renewals,
     membership: Membership,
@@ -220,7 +222,7 @@ impl Pipeline {
             done_rx,
             confirms: FuturesUnordered::new(),
             flow_paused: false,
-            circuit_open: false,
+            breaker_blocked: false,
             paused_since: None,
             renewals: Renewals::default(),
             membership: Membership::default(),
@@ -309,7 +311,8 @@ impl Run<'_> {
                 Some(durable) = self.confirms.next() => self.durable(durable),
                 Some(partition) = loaded.recv() => self.partition_loaded(partition),
                 Ok(()) = changed(&mut blocked) => {
-                    self.circuit_open = blocked.as_ref().is_some_and(|b| *b.borrow());
+                    let now = blocked.as_ref().is_some_and(|b| *b.borrow());
+                    self.breaker_changed(now);
                 }
                 _ = commit_tick.tick() => {
                     p.commit(CommitMode::Async);
@@ -504,15 +507,11 @@ impl Run<'_> {
         let Stage::Target(t) = &self.p.stage else {
             return;
         };
-        let Some(state) = &t.state else { return };
         let ahead = t.renew_ahead_ms;
-        let renewals = &mut self.renewals;
-        state.store.for_each_in(partition, |applied| {
-            if let Some(lapse) = applied.next_lapse_ms() {
-                let group = (partition, applied.group_id.as_bytes().to_vec());
-                renewals.set(applied.key(), group, Some(lapse - ahead));
-            }
-        });
+        for (key, group_id, lapse) in t.renewal_schedule(partition) {
+            let group = (partition, group_id.into_bytes());
+            self.renewals.set(key, group, Some(lapse - ahead));
+        }
     }
 
     fn renew_ahead_ms(&self) -> i64 {
@@ -563,8 +562,25 @@ impl Run<'_> {
         p.metrics.buffered.set(self.scheduler.buffered() as i64);
     }
 
-    /// Pauses fetching at `worker.max_buffered_events` (resumes at half)
-    /// and while the target's circuit breaker is not closed.
+    /// The target's breaker became blocked (not closed, calls waiting on
+    /// it) or stopped being so.
+    fn breaker_changed(&mut self, blocked: bool) {
+        if blocked == self.breaker_blocked {
+            return;
+        }
+        self.breaker_blocked = blocked;
+        let p = self.p;
+        let candidates = p.config.circuit_breaker.probe_candidates;
+        if blocked {
+            tracing::warn!(pipeline = %p.name, candidates, "circuit breaker not closed: the target holds the events of at most {candidates} groups (the calls probes and the recovery are chosen from); the rest wait in Kafka");
+        } else {
+            tracing::info!(pipeline = %p.name, "circuit breaker closed: fetching as usual");
+        }
+    }
+
+    /// Pauses fetching at `worker.max_buffered_events` (resumes at half),
+    /// and while the target's circuit breaker is not closed once
+    /// `probe_candidates` groups are held (enough to choose from).
     fn flow_control(&mut self) {
         match self.scheduler.flow() {
             Some(Flow::Pause) => {
@@ -578,8 +594,10 @@ impl Run<'_> {
             }
             None => {}
         }
-        let want = self.flow_paused || self.circuit_open;
         let p = self.p;
+        let held_back = self.breaker_blocked
+            && self.scheduler.groups() >= p.config.circuit_breaker.probe_candidates;
+        let want = self.flow_paused || held_back;
         if want == p.paused.load(Ordering::SeqCst) {
             return;
         }
@@ -597,9 +615,7 @@ impl Run<'_> {
             tracing::warn!(pipeline = %p.name, error = %e, "cannot pause or resume fetching");
         }
         self.paused_since = want.then(now_ms);
-        if self.circuit_open {
-            tracing::warn!(pipeline = %p.name, "circuit breaker open: the target's consumer is paused; its events wait in Kafka");
-        } else if !want {
+        if !want && !self.breaker_blocked {
             tracing::info!(pipeline = %p.name, "fetching resumed");
         }
     }

@@ -53,6 +53,14 @@ impl Newest {
         self.with(partition, key, |s| s.cloned())
     }
 
+    /// Calls `each` with every group's newest state in `partition` (for
+    /// the renewal schedule after a rebuild).
+    pub fn for_each_in(&self, partition: i32, mut each: impl FnMut(&GroupState)) {
+        if let Some(part) = self.parts.lock().expect("newest lock").get(&partition) {
+            part.values().for_each(&mut each);
+        }
+    }
+
     fn put(&self, partition: i32, key: &str, state: Option<GroupState>) {
         let mut parts = self.parts.lock().expect("newest lock");
         let Some(part) = parts.get_mut(&partition) else {

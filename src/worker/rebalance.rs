@@ -126,12 +126,17 @@ impl ConsumerContext for WorkerContext {
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for elem in revoked.elements() {
-                if let Some(position) = tracker.revoke(elem.partition()) {
+                if let Some((position, metadata)) = tracker.revoke(elem.partition()) {
                     let _ = tpl.add_partition_offset(
                         elem.topic(),
                         elem.partition(),
                         Offset::Offset(position),
                     );
+                    // A rewind's fence, so that the next owner re-applies
+                    // the rest.
+                    if let Some(mut e) = tpl.find_partition(elem.topic(), elem.partition()) {
+                        e.set_metadata(metadata);
+                    }
                 }
                 let _ = self
                     .lag

@@ -198,9 +198,11 @@ impl<H: Abort> Scheduler<H> {
 
     /// Drops the queued and running work `partition` received under
     /// `generation` (running work is aborted), and every renewal of the
-    /// partition (the new owner schedules its own).
+    /// partition (the new owner schedules its own). Linear in the groups
+    /// held: a rebalance may revoke partitions with thousands queued.
     pub fn revoke(&mut self, partition: i32, generation: u64) {
         let renewing = &mut self.renewing;
+        let mut dropped = 0;
         for (key, queue) in self.queues.iter_mut() {
             if key.0 == partition {
                 let before = queue.len();
@@ -211,11 +213,10 @@ impl<H: Abort> Scheduler<H> {
                     }
                     keep
                 });
-                self.buffered -= before - queue.len();
+                dropped += before - queue.len();
             }
         }
         self.parked.remove(&partition);
-        let mut dropped = 0;
         self.running.retain(|key, r| {
             let stale = key.0 == partition && (r.generation == generation || r.renewal.is_some());
             if stale {
@@ -236,16 +237,21 @@ impl<H: Abort> Scheduler<H> {
         }
         self.queues
             .retain(|k, q| !q.is_empty() || running.contains_key(k));
-        // A group whose running event was dropped may still have newer
-        // events queued (of a later generation): it can run them now.
-        let parked = &self.parked;
-        for (key, queue) in &self.queues {
-            let waiting =
-                self.ready.contains(key) || parked.get(&key.0).is_some_and(|ks| ks.contains(key));
-            if !queue.is_empty() && !running.contains_key(key) && !waiting {
-                self.ready.push_back(key.clone());
-            }
-        }
+        // A group of the partition whose running event was dropped may
+        // still have newer events queued (of a later generation): it can
+        // run them now.
+        let waiting: HashSet<&GroupKey> = self
+            .ready
+            .iter()
+            .chain(self.parked.values().flatten())
+            .collect();
+        let lost: Vec<GroupKey> = self
+            .queues
+            .keys()
+            .filter(|k| k.0 == partition && !running.contains_key(*k) && !waiting.contains(k))
+            .cloned()
+            .collect();
+        self.ready.extend(lost);
     }
 
     /// The fetching change due now, if any: pause at `max_buffered`, resume
@@ -279,6 +285,11 @@ impl<H: Abort> Scheduler<H> {
     /// Events held: running or queued.
     pub fn buffered(&self) -> usize {
         self.buffered
+    }
+
+    /// Groups with work held: running or queued.
+    pub fn groups(&self) -> usize {
+        self.queues.len()
     }
 }
 
@@ -484,5 +495,25 @@ mod tests {
         assert!(b.1 .0.get(), "what still runs at the deadline is aborted");
         let a = started.iter().find(|(j, _)| j.key == b"a").unwrap();
         assert!(!a.1 .0.get(), "finished work is not aborted");
+    }
+
+    #[test]
+    fn revoking_a_partition_with_ten_thousand_queued_groups_is_linear() {
+        // 10,000 groups queued in the revoked partition, 10,000 ready in
+        // another: the revoke must not compare every queue with every
+        // waiting group (10^8 comparisons took seconds).
+        let mut s = Scheduler::<Handle>::new(1, 1_000_000);
+        for g in 0..10_000 {
+            s.push(job(1, g, 1, &format!("revoked-{g}")));
+            s.push(job(2, g, 1, &format!("kept-{g}")));
+        }
+        let started = std::time::Instant::now();
+        s.revoke(1, 1);
+        let took = started.elapsed();
+        eprintln!("revoke of 10,000 queued groups beside 10,000 others: {took:?}");
+        assert_eq!(s.buffered(), 10_000);
+        assert_eq!(s.groups(), 10_000);
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+        assert_eq!(start(&mut s).len(), 1, "the others still run");
     }
 }

@@ -453,6 +453,23 @@ fn check_config_names_file_and_key() {
             "[targets.rc]\nkind = \"rongcloud\"\napp_key = \"k\"\napp_secret = \"s\"\n[targets.rc.rate_limit]\nheadroom = 1e-30\n",
             "targets.rc.rate_limit.headroom",
         ),
+        // Intervals too short to be meant, and URLs that would send signed
+        // requests in clear text.
+        ("[worker]\ncommit_interval_ms = 1\n", "worker.commit_interval_ms"),
+        ("[worker]\nrequest_timeout_ms = 5\n", "worker.request_timeout_ms"),
+        ("[worker.retry]\ninitial_backoff_ms = 1\n", "worker.retry.initial_backoff_ms"),
+        (
+            "[worker.circuit_breaker]\nprobe_candidates = 0\n",
+            "worker.circuit_breaker.probe_candidates",
+        ),
+        (
+            "[targets.rc]\nkind = \"rongcloud\"\nbase_urls = [\"http://api.rong-api.com\"]\napp_key = \"k\"\napp_secret = \"s\"\n",
+            "targets.rc.base_urls[0]",
+        ),
+        (
+            "[targets.w]\nkind = \"webhook\"\nurl = \"http://hooks.example/in\"\nsecret = \"s\"\n",
+            "targets.w.url",
+        ),
     ] {
         let (ok, _, stderr) = check_config(&format!("{app}{extra}"));
         assert!(!ok, "{extra}");

@@ -662,6 +662,17 @@ pub struct HookState {
     common: Common,
     /// Each delivery accepted: the event's JSON, in arrival order.
     bodies: Mutex<Vec<serde_json::Value>>,
+    /// Groups whose deliveries get a status, and how many more times.
+    group_faults: Mutex<HashMap<String, (u16, usize)>>,
+    /// A brownout: at most this many requests served at once, each taking
+    /// this long; the others are answered 503 at once.
+    capacity: Mutex<Option<(usize, Duration)>>,
+    in_service: AtomicU64,
+    /// Requests answered 503 for want of capacity.
+    busy: AtomicU64,
+    /// While set, every request is answered with this status (a receiver
+    /// that redeploys answers 404 for a while).
+    answer_all: Mutex<Option<u16>>,
 }
 
 /// A receiver of the `webhook` target on loopback: checks the
@@ -679,6 +690,11 @@ impl FakeWebhook {
             secret: secret.into(),
             common: Common::default(),
             bodies: Mutex::new(Vec::new()),
+            group_faults: Mutex::new(HashMap::new()),
+            capacity: Mutex::new(None),
+            in_service: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            answer_all: Mutex::new(None),
         });
         let router = Router::new()
             .fallback(hook_handler)
@@ -697,6 +713,42 @@ impl FakeWebhook {
     /// The events delivered and accepted, in arrival order.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.state.bodies.lock().unwrap().clone()
+    }
+
+    /// The next `times` deliveries of an event of `group` are answered
+    /// `status`; other groups' are served as usual.
+    pub fn group_fault(&self, group: &str, status: u16, times: usize) {
+        self.state
+            .group_faults
+            .lock()
+            .unwrap()
+            .insert(group.into(), (status, times));
+    }
+
+    /// A brownout (`Some`): at most `at_once` requests are served at a
+    /// time, each taking `service`; the rest are answered 503 at once.
+    /// `None` serves everything again.
+    pub fn set_capacity(&self, capacity: Option<(usize, Duration)>) {
+        *self.state.capacity.lock().unwrap() = capacity;
+    }
+
+    /// While `Some`, every request is answered with that status.
+    pub fn answer_all(&self, status: Option<u16>) {
+        *self.state.answer_all.lock().unwrap() = status;
+    }
+
+    /// Requests answered 503 for want of capacity.
+    pub fn busy(&self) -> u64 {
+        self.state.busy.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request in service until dropped.
+struct InService<'a>(&'a AtomicU64);
+
+impl Drop for InService<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -721,6 +773,23 @@ async fn hook_handler(
     if let Some(Fault::Status(st)) = common_gate(&s.common).await {
         return (StatusCode::from_u16(st).unwrap(), "injected").into_response();
     }
+    if let Some(st) = *s.answer_all.lock().unwrap() {
+        return (StatusCode::from_u16(st).unwrap(), "redeploying").into_response();
+    }
+    let capacity = *s.capacity.lock().unwrap();
+    let _serving = match capacity {
+        None => None,
+        Some((at_once, service)) => {
+            if s.in_service.fetch_add(1, Ordering::SeqCst) >= at_once as u64 {
+                s.in_service.fetch_sub(1, Ordering::SeqCst);
+                s.busy.fetch_add(1, Ordering::Relaxed);
+                return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+            }
+            let serving = InService(&s.in_service);
+            tokio::time::sleep(service).await;
+            Some(serving)
+        }
+    };
     let header = |name: &str| {
         headers
             .get(name)
@@ -744,10 +813,17 @@ async fn hook_handler(
             .push("bad signature".into());
         return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
     }
-    let Ok(event) = serde_json::from_slice(&body) else {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
         s.common.rejected.lock().unwrap().push("not JSON".into());
         return (StatusCode::BAD_REQUEST, "not JSON").into_response();
     };
+    let group = event["group_id"].as_str().unwrap_or_default();
+    if let Some((status, left)) = s.group_faults.lock().unwrap().get_mut(group) {
+        if *left > 0 {
+            *left -= 1;
+            return (StatusCode::from_u16(*status).unwrap(), "injected").into_response();
+        }
+    }
     s.bodies.lock().unwrap().push(event);
     (StatusCode::OK, "ok").into_response()
 }

@@ -581,7 +581,7 @@ fn backlogs(path: &str) -> Vec<(String, i64)> {
 }
 
 /// SIGTERM, and how long the process takes to exit (at most 30 s).
-fn terminate(child: &mut std::process::Child) -> Duration {
+pub(crate) fn terminate(child: &mut std::process::Child) -> Duration {
     let started = std::time::Instant::now();
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")

@@ -628,3 +628,621 @@ then = [{{ target = \"audit\" }}]
     assert_eq!(zego.calls().len(), 12, "each group once more");
     assert_eq!(hook.events().len(), 6, "the audit webhook is not rewound");
 }
+
+/// The audit webhook `hook` as the only target, every event sent to it,
+/// every worker setting at its default.
+fn audit_only(hook: &FakeWebhook) -> String {
+    format!(
+        "{}
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+",
+        webhook_target(hook, "audit")
+    )
+}
+
+/// The groups whose events `hook` accepted, in arrival order.
+fn delivered(hook: &FakeWebhook) -> Vec<String> {
+    hook.events()
+        .iter()
+        .map(|e| e["group_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Posts a mute-all (`muted`) or unmute-all of `group`, noted in `sent`.
+async fn post_mute(h: &Harness, sent: &mut HashMap<String, Vec<bool>>, group: String, muted: bool) {
+    let body = if muted {
+        mute_all(&group)
+    } else {
+        unmute_all(&group)
+    };
+    post_ok(h, &body).await;
+    sent.entry(group).or_default().push(muted);
+}
+
+/// The dead letters in the topic now.
+async fn letters(h: &Harness) -> Vec<Record> {
+    h.dead_letters(usize::MAX, Duration::from_secs(2)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_the_receiver_keeps_refusing_never_holds_its_target() {
+    // The issue's scenario, with the default [worker] settings: a webhook
+    // receiver answers 500 to one group's event and 200 to all others; 20
+    // other groups are posted 12 s after it.
+    let hook = FakeWebhook::start("audit-secret").await;
+    hook.group_fault("bad", 500, usize::MAX);
+    hook.group_fault("bad-2", 500, usize::MAX);
+    let text = audit_only(&hook);
+    let h = Harness::start_with(|c| {
+        policy_with_defaults(c, &text);
+        crate::state::quick_rebalance(c);
+    })
+    .await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || hook.events().len() == 1).await);
+    let circuit = "mutebridge_target_circuit_state{target=\"audit\"}";
+    post_ok(&h, &mute_all("bad")).await;
+    let posted = Instant::now();
+    assert!(
+        wait_until(WAIT, || w.metric(circuit) > 0.0).await,
+        "the breaker opens on the bad event alone"
+    );
+    tokio::time::sleep_until((posted + Duration::from_secs(12)).into()).await;
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("other-{g}"))).await;
+    }
+    let others = |hook: &FakeWebhook, prefix: &str| {
+        delivered(hook)
+            .iter()
+            .filter(|g| g.starts_with(prefix))
+            .count()
+    };
+    // They arrive with the first probe after they came (probes rotate away
+    // from the bad event, which failed the earlier ones).
+    let mut first_at = None;
+    let arrived = wait_until(Duration::from_secs(60), || {
+        let n = others(&hook, "other-");
+        if n > 0 && first_at.is_none() {
+            first_at = Some(Instant::now());
+        }
+        n == 20
+    })
+    .await;
+    assert!(arrived, "{} of 20 arrived", others(&hook, "other-"));
+    let spread = first_at.unwrap().elapsed();
+    eprintln!(
+        "the 20 other groups: first {:?} after the bad event was posted, all within {spread:?} of the first",
+        first_at.unwrap() - posted
+    );
+    assert!(
+        spread <= Duration::from_secs(5),
+        "the others came {spread:?} apart after the breaker closed"
+    );
+    // The bad event spends its own budget and is dead-lettered.
+    let mut found = None;
+    let deadline = posted + Duration::from_secs(150);
+    while found.is_none() && Instant::now() < deadline {
+        found = letters(&h).await.into_iter().find(|l| l.key == "bad");
+    }
+    let letter = found
+        .expect("the bad event is dead-lettered within its budget")
+        .value;
+    eprintln!(
+        "bad event dead-lettered {:?} after it was posted",
+        posted.elapsed()
+    );
+    assert_eq!(letter["reason"], "retries_exhausted", "{letter}");
+    assert_eq!(letter["attempts"], 8, "worker.retry.max_attempts: {letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("HTTP 500"),
+        "{letter}"
+    );
+    assert_eq!(w.metric(circuit), 0.0, "closed again");
+    // A restart while a bad event holds the breaker open does not bring
+    // the stall back.
+    post_ok(&h, &mute_all("bad-2")).await;
+    assert!(wait_until(WAIT, || w.metric(circuit) > 0.0).await);
+    w.stop().await;
+    let mut w = h.start_worker().await;
+    assert!(
+        wait_until(Duration::from_secs(40), || w.metric(circuit) > 0.0).await,
+        "the restarted worker opens its breaker on bad-2 again"
+    );
+    let restarted = Instant::now();
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("after-{g}"))).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || others(&hook, "after-") == 20).await,
+        "{} of 20 arrived after the restart",
+        others(&hook, "after-")
+    );
+    eprintln!(
+        "after the restart: the 20 arrived {:?} after they were posted",
+        restarted.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        found = letters(&h).await.into_iter().find(|l| l.key == "bad-2");
+    }
+    assert_eq!(
+        found.expect("bad-2 is dead-lettered").value["reason"],
+        "retries_exhausted"
+    );
+    assert_eq!(letters(&h).await.len(), 2, "nothing else dead-lettered");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brownout_after_an_outage_ends_with_nothing_dead_lettered() {
+    // Default [worker] settings. The receiver is down for 30 s while 200
+    // events come, then for two minutes serves two requests at a time (a
+    // second each) and answers 503 to the rest, while an event a second
+    // keeps coming.
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = audit_only(&hook);
+    let h = Harness::start_with(|c| policy_with_defaults(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || hook.events().len() == 1).await);
+    let mut sent: HashMap<String, Vec<bool>> = HashMap::new();
+    hook.set_down(true);
+    let outage = Instant::now();
+    for i in 0..200 {
+        let g = format!("g-{}", i % 100);
+        post_mute(&h, &mut sent, g, i < 100).await;
+        tokio::time::sleep(Duration::from_millis(140)).await;
+    }
+    tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
+    assert_eq!(
+        hook.events().len(),
+        1,
+        "nothing delivered while the receiver was down"
+    );
+    hook.set_down(false);
+    hook.set_capacity(Some((2, Duration::from_secs(1))));
+    let brownout = Instant::now();
+    let mut i = 0;
+    while brownout.elapsed() < Duration::from_secs(120) {
+        post_mute(&h, &mut sent, format!("late-{i}"), true).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let during = hook.events().len() - 1;
+    hook.set_capacity(None);
+    let total: usize = sent.values().map(Vec::len).sum();
+    assert!(
+        wait_until(Duration::from_secs(60), || hook.events().len() == total + 1).await,
+        "{} of {total} delivered",
+        hook.events().len() - 1
+    );
+    eprintln!(
+        "brownout: {during} of {total} delivered during the two minutes, {} answered 503 for want of capacity",
+        hook.busy()
+    );
+    let mut got: HashMap<String, Vec<bool>> = HashMap::new();
+    for e in hook.events().iter().skip(1) {
+        got.entry(e["group_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["kind"] == "mute_all");
+    }
+    assert_eq!(got, sent, "every event once, in order per group");
+    assert!(letters(&h).await.is_empty(), "nothing dead-lettered");
+    assert_eq!(
+        w.metric("mutebridge_target_circuit_state{target=\"audit\"}"),
+        0.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_404_while_it_redeploys_loses_nothing() {
+    let hook = FakeWebhook::start("audit-secret").await;
+    let text = audit_only(&hook);
+    let h = Harness::start_with(|c| policy_with_defaults(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || hook.events().len() == 1).await);
+    hook.answer_all(Some(404));
+    for g in 0..30 {
+        post_ok(&h, &mute_all(&format!("redeploy-{g}"))).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    hook.answer_all(None);
+    assert!(
+        wait_until(Duration::from_secs(60), || hook.events().len() == 31).await,
+        "{} of 30 delivered",
+        hook.events().len() - 1
+    );
+    assert!(
+        letters(&h).await.is_empty(),
+        "a 404 is retried, not permanent"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_and_is_dead_lettered_naming_the_host() {
+    // A receiver that answers every delivery with a redirect to another
+    // (recording) receiver: the signed request must not go there.
+    let elsewhere = FakeWebhook::start("audit-secret").await;
+    let target = elsewhere.url();
+    let router = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+                "moved",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let text = format!(
+        "[targets.audit]\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\nsecret = \"audit-secret\"\n
+[[policy.rules]]
+name = \"audit everything\"
+then = [{{ target = \"audit\" }}]
+"
+    );
+    let (h, mut w) = crate::worker::start_with_policy(&text).await;
+    post_ok(&h, &mute_all("moved")).await;
+    let letters = h.dead_letters(1, WAIT).await;
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0].value;
+    assert_eq!(l["reason"], "permanent_error", "{l}");
+    let error = l["error"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 307") && error.contains(&addr.to_string()),
+        "{error}"
+    );
+    assert!(
+        !error.contains("/hook"),
+        "no URL path in a dead letter: {error}"
+    );
+    assert_eq!(elsewhere.requests(), 0, "the redirect was not followed");
+    w.stop().await;
+}
+
+/// The events `mutebridge rewind` printed it re-applies, summed over the
+/// partitions (`partition P: FROM -> TO (N events...)`).
+fn reapplied(plan: &str) -> i64 {
+    plan.lines()
+        .filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<i64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_keeps_its_fence_across_a_second_rewind_and_a_worker_joining_midway() {
+    let _turn = HEAVY.lock().await;
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        crate::state::quick_rebalance(c);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&text, dir.path());
+    let path = config.to_str().unwrap();
+    // The same workers, re-applying one call a second: slow enough that
+    // the second one joins (a worker process takes about 15 s to join on
+    // the mock cluster) while the first re-applies.
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = h.worker_process_config(
+        &format!(
+            "{}rate_per_second = 1\n{ZEGO_RULE}",
+            zego_target(&zego, "zego")
+        ),
+        slow_dir.path(),
+    );
+    let rewind = |to: i64| {
+        let started = Instant::now();
+        let out = mutebridge(&[
+            "rewind",
+            "--config",
+            path,
+            "--target",
+            "zego",
+            "--to",
+            &to.to_string(),
+        ]);
+        (out, started.elapsed())
+    };
+    let (mut first, addr) = spawn_role("worker", &config, &dir.path().join("first.log"));
+    assert!(wait_for_200(addr, "/readyz", Duration::from_secs(20)));
+    let before = now_ms() - 1000;
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("early-{g}"))).await;
+    }
+    assert!(wait_until(WAIT, || zego.calls().len() == 20).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mid = now_ms();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for g in 0..20 {
+        post_ok(&h, &mute_all(&format!("late-{g}"))).await;
+    }
+    assert!(wait_until(WAIT, || zego.calls().len() == 40).await);
+    // Refused while a worker runs: before any scan, and changing nothing.
+    let (out, took) = rewind(before);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("are running"),
+        "{err}"
+    );
+    eprintln!("rewind refused in {took:?} while a worker ran");
+    assert!(took < Duration::from_secs(15), "refused after {took:?}");
+    // A worker that stopped cleanly has left the group: a rewind right
+    // after is not refused.
+    crate::state::terminate(&mut first.0);
+    let (out, took) = rewind(mid);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("rewind right after a clean stop took {took:?}:\n{plan}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(reapplied(&plan), 20, "{plan}");
+    // A second, wider rewind keeps the first one's window: 40 in all.
+    let (out, _) = rewind(before);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(reapplied(&plan), 40, "{plan}");
+    assert!(plan.contains("left from an earlier rewind"), "{plan}");
+    // Two workers, the second joining midway: the revoke's commit carries
+    // the fence, so the new owner re-applies the rest.
+    let (_a, _) = spawn_role("worker", &slow, &dir.path().join("a.log"));
+    assert!(
+        wait_until(Duration::from_secs(30), || zego.calls().len() >= 42).await,
+        "{} calls",
+        zego.calls().len()
+    );
+    let (_b, _) = spawn_role("worker", &slow, &dir.path().join("b.log"));
+    let again = || {
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for c in zego.calls() {
+            *per.entry(c.id).or_default() += 1;
+        }
+        per
+    };
+    let all_twice = || again().len() == 40 && again().values().all(|n| *n >= 2);
+    assert!(
+        wait_until(Duration::from_secs(90), all_twice).await,
+        "groups applied again: {} of 40; {} calls",
+        again().values().filter(|n| **n >= 2).count(),
+        zego.calls().len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = zego.calls().len() - 40;
+    eprintln!("re-applied with two workers, one joining midway: {calls} calls for the 40 events the rewinds printed");
+    assert!((40..=44).contains(&calls), "{calls} calls");
+    assert!(zego.rejected().is_empty(), "{:?}", zego.rejected());
+    // The joining worker took over partitions still below their fence.
+    let joined = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(
+        joined.contains("rewound: events below this offset are applied again"),
+        "{joined}"
+    );
+}
+
+/// Writes `value` under `key` to the state topic, in the partition of
+/// `group`'s events (what a worker of an earlier version left there).
+async fn put_record(h: &Harness, group: &str, key: &str, value: &Value) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let payload = value.to_string();
+    let partition = java_partition(group, h.config.kafka.partitions);
+    producer
+        .send(
+            FutureRecord::to(&h.config.worker.state_topic)
+                .partition(partition)
+                .key(key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// The RongCloud chatroom gags of `room`, each call's users.
+fn gags_of(rc: &FakeRongCloud, room: &str) -> Vec<Vec<String>> {
+    rc.calls()
+        .into_iter()
+        .filter(|c| c.action == "/chatroom/user/gag/add.json" && c.id == room)
+        .map(|c| c.users)
+        .collect()
+}
+
+/// RongCloud `rc` gagging chatroom members (never unmuting them), capped at
+/// 6 s and renewed 3 s ahead.
+fn capped_gags(rc: &FakeRongCloud, kinds: &str) -> String {
+    format!(
+        "{}max_mute_seconds = 6\nrenew_ahead_seconds = 3\n
+[[policy.rules]]
+name = \"chatroom member mutes to RongCloud\"
+when = {{ scope = \"chatroom\", kinds = [{kinds}] }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
+",
+        rc_target(&[rc], "rc")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_mutes_applied_before_records_were_kept_are_renewed_from_the_state() {
+    // An upgrade: the state keeper's group states are in the state topic,
+    // but the target kept no record of what it applied (old-room), or its
+    // record lost a member to trimming (trimmed-room, u2).
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = capped_gags(&rc, "\"member_muted\", \"member_unmuted\"");
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let embedded = h.cluster.embedded().unwrap();
+    embedded
+        .create_topic(&h.config.worker.state_topic, h.config.kafka.partitions)
+        .unwrap();
+    let set_at = now_ms() - 2000;
+    let member =
+        |id: &str| json!({"muted": true, "until_ms": null, "at_ms": set_at, "event_id": id});
+    for (room, members) in [
+        ("old-room", json!({"u1": member("old-mute")})),
+        (
+            "trimmed-room",
+            json!({"u1": member("two-mutes"), "u2": member("two-mutes")}),
+        ),
+    ] {
+        let state = json!({
+            "schema": "mutebridge.state/v1", "appkey": APPKEY, "scope": "chatroom",
+            "group_id": room, "mute_all": null, "members": members, "updated_at_ms": set_at,
+        });
+        put_record(&h, room, &format!("{APPKEY}|chatroom|{room}"), &state).await;
+    }
+    let far = now_ms() + 3_600_000;
+    let record = json!({
+        "schema": "mutebridge.applied/v1", "target": "rc", "appkey": APPKEY, "scope": "chatroom",
+        "group_id": "trimmed-room", "mute_all": null, "updated_at_ms": set_at,
+        "members": {"u1": {"muted": true, "until_ms": null, "at_ms": set_at, "event_id": "two-mutes",
+                           "applied_at_ms": set_at, "lapses_at_ms": far}},
+    });
+    put_record(
+        &h,
+        "trimmed-room",
+        &format!("@rc|{APPKEY}|chatroom|trimmed-room"),
+        &record,
+    )
+    .await;
+    let mut w = h.start_worker().await;
+    // Set 2 s ago and capped at 6 s: due at once, then every ~3 s.
+    let renewed = || gags_of(&rc, "old-room").len() >= 2 && gags_of(&rc, "trimmed-room").len() >= 2;
+    assert!(
+        wait_until(Duration::from_secs(20), renewed).await,
+        "old-room: {:?}, trimmed-room: {:?}",
+        gags_of(&rc, "old-room"),
+        gags_of(&rc, "trimmed-room")
+    );
+    assert_eq!(gags_of(&rc, "old-room")[0], ["u1"]);
+    assert!(
+        gags_of(&rc, "trimmed-room").iter().all(|u| u == &["u2"]),
+        "only the member the record lost: {:?}",
+        gags_of(&rc, "trimmed-room")
+    );
+    // From now on the target's record holds them.
+    let file = cli_config(&h, "");
+    let out = mutebridge(&[
+        "state",
+        "get",
+        "--config",
+        file.path().to_str().unwrap(),
+        APPKEY,
+        "chatroom",
+        "old-room",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u1 = &doc["applied"]["rc"]["members"]["u1"];
+    assert_eq!(u1["event_id"], "old-mute", "{doc}");
+    assert!(u1["lapses_at_ms"].as_i64().unwrap() > now_ms(), "{doc}");
+    assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_a_newer_event_changed_is_dropped_not_requeued() {
+    // The policy sends member mutes to RongCloud but not unmutes: once the
+    // member is unmuted, its gag is not renewed, and nothing is re-queued
+    // or written again.
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let text = capped_gags(&rc, "\"member_muted\"");
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &chatroom(member_mute("room-u", &["u1".into()], None))).await;
+    assert!(wait_until(WAIT, || gags_of(&rc, "room-u").len() == 2).await);
+    post_ok(
+        &h,
+        &chatroom(op_event(
+            "room-u",
+            "MUTE",
+            json!({"type": "REMOVE", "member": ["u1"]}),
+        )),
+    )
+    .await;
+    // The keeper records the unmute; the next renewal is dropped.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (gags, writes) = (
+        gags_of(&rc, "room-u").len(),
+        w.metric("mutebridge_worker_state_writes_total{pipeline=\"rc\"}"),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        gags_of(&rc, "room-u").len(),
+        gags,
+        "not renewed after the unmute"
+    );
+    let more = w.metric("mutebridge_worker_state_writes_total{pipeline=\"rc\"}") - writes;
+    assert!(more <= 1.0, "{more} state writes in 8 s after the unmute");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_mute_ends_when_its_rule_says_whatever_the_cap() {
+    // A rule mutes for 10 s; ZEGO is capped at 4 s (renewed 2 s ahead): the
+    // mute is renewed with what is left of the 10 s, then no more.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!(
+        "{}max_mute_seconds = 4\nrenew_ahead_seconds = 2\n
+[[policy.rules]]
+name = \"member mutes for ten seconds\"
+when = {{ scope = \"group\", kinds = [\"member_muted\"] }}
+then = [{{ target = \"zego\", group = \"{{group_id}}\", mute_seconds = 10 }}]
+",
+        zego_target(&zego, "zego")
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(
+        &h,
+        &member_mute("warm-up", &["u0".into()], Some(now_ms() + 60_000)),
+    )
+    .await;
+    assert!(wait_until(WAIT, || !zego.calls().is_empty()).await);
+    let posted = Instant::now();
+    post_ok(&h, &member_mute("g-rel", &["u1".into()], None)).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let calls: Vec<Call> = zego
+        .calls()
+        .into_iter()
+        .filter(|c| c.id == "g-rel")
+        .collect();
+    let durations: Vec<i64> = calls.iter().map(|c| c.duration.unwrap()).collect();
+    eprintln!("ZEGO durations for a 10 s mute capped at 4 s: {durations:?}");
+    assert!(calls.len() >= 2, "renewed while it lasts: {durations:?}");
+    assert!(
+        durations.iter().all(|d| (1..=4).contains(d)),
+        "{durations:?}"
+    );
+    let last = calls.last().unwrap();
+    let ends =
+        last.at.duration_since(posted) + Duration::from_secs(*durations.last().unwrap() as u64);
+    assert!(
+        ends <= Duration::from_secs(12),
+        "the last call holds the mute until {ends:?} after the event"
+    );
+    assert!(
+        last.at.duration_since(posted) <= Duration::from_secs(10),
+        "a call after the rule's end: {durations:?}"
+    );
+    w.stop().await;
+}

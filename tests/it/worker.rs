@@ -1045,3 +1045,253 @@ async fn a_dead_letter_written_without_its_event_is_replayed_from_the_source_off
     );
     assert!(stderr.contains("0 undecodable"), "{stderr}");
 }
+
+/// Writes `letter` to the dead-letter topic under `key`, as a worker does.
+async fn write_letter(h: &Harness, key: &str, letter: &Value) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let payload = letter.to_string();
+    producer
+        .send(
+            FutureRecord::to(&h.config.worker.dlq_topic)
+                .key(key)
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "schema",
+                    value: Some("mutebridge.dead_letter/v1"),
+                })),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_letters_are_replayed_once_the_workers_can_read_them() {
+    // During an upgrade, an older worker dead-lettered as `undecodable` an
+    // event it could not read (here one this version reads); and a record
+    // no version reads.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let (h, mut w) = start_with_policy(&text).await;
+    let now = now_ms();
+    let event = json!({
+        "schema": "mutebridge.event/v1", "id": "newer-role-correction-1",
+        "source": "easemob", "format": "group_op_event", "appkey": APPKEY,
+        "scope": "group", "group_id": "g-upgrade", "kind": "mute_all",
+        "operation": "UPDATE", "subtype": "MUTE", "operator": "@ppAdmin",
+        "members": [], "mute": {"all": true},
+        "occurred_at_ms": now, "received_at_ms": now, "attributes": {},
+    });
+    let letter = |payload: String, offset: i64| {
+        json!({
+            "schema": "mutebridge.dead_letter/v1", "reason": "undecodable",
+            "error": "not a mutebridge.event/v1 event: unknown field", "target": null,
+            "rule": null, "action": null, "users": [], "attempts": 0,
+            "source": {"topic": h.config.kafka.topic, "partition": 0, "offset": offset},
+            "failed_at_ms": now, "event": null, "payload": payload,
+        })
+    };
+    write_letter(&h, "g-upgrade", &letter(event.to_string(), 100)).await;
+    write_letter(&h, "g-junk", &letter("not json at all".into(), 101)).await;
+    let file = cli_config(&h, "");
+    let path = file.path().to_str().unwrap();
+    let out = mutebridge(&["dlq", "replay", "--config", path, "--reason", "undecodable"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 dead letter(s) to replay; 0 replayed before")
+            && err.contains("1 undecodable"),
+        "{err}"
+    );
+    // Every target applies it, like the original record.
+    assert!(
+        wait_until(WAIT, || zego.calls().iter().any(|c| c.id == "g-upgrade")).await,
+        "{:?}",
+        zego.calls()
+    );
+    assert_eq!(zego.calls()[0].duration, Some(-1));
+    let again = mutebridge(&["dlq", "replay", "--config", path]);
+    assert!(String::from_utf8_lossy(&again.stderr)
+        .contains("0 dead letter(s) to replay; 1 replayed before"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_a_superseding_event_names_the_state_the_target_misses() {
+    // ZEGO is down while a group is muted then unmuted: the mute is
+    // superseded (never sent); the unmute then fails for good. Neither
+    // reached ZEGO; the dead letter says what ZEGO misses, and replaying it
+    // brings ZEGO to the group's newest state.
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let text = format!("{}{ZEGO_RULE}", zego_target(&zego, "zego"));
+    let h = Harness::start_with(|c| {
+        policy(c, &text);
+        c.worker.circuit_breaker.probe_interval_seconds = 1;
+        c.worker.circuit_breaker.max_probe_interval_seconds = 2;
+    })
+    .await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("warm-up")).await;
+    assert!(wait_until(WAIT, || zego.calls().len() == 1).await);
+    zego.set_down(true);
+    post_ok(&h, &mute_all("g-sup")).await;
+    post_ok(&h, &unmute_all("g-sup")).await;
+    // The state keeper has recorded the unmute before ZEGO is back.
+    let file = cli_config(&h, "");
+    let path = file.path().to_str().unwrap();
+    let unmuted = || {
+        let out = mutebridge(&["state", "get", "--config", path, APPKEY, "group", "g-sup"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|d| d["state"]["mute_all"]["muted"] == false)
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !unmuted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unmute is recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The mute waits in the open breaker, and the target has read the
+    // newest state by the time it may go again.
+    let open = "mutebridge_target_circuit_state{target=\"zego\"}";
+    assert!(
+        wait_until(WAIT, || w.metric(open) > 0.0).await,
+        "the breaker opens"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    zego.group_fault("g-sup", Fault::Code(660600001), 1);
+    zego.set_down(false);
+    let letters = h.dead_letters(1, WAIT).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0].value;
+    assert_eq!(l["event"]["kind"], "unmute_all", "{l}");
+    assert_eq!(l["missing_state"][0]["dimension"], "mute_all", "{l}");
+    assert_eq!(l["missing_state"][0]["muted"], false, "{l}");
+    assert_eq!(l["missing_state"][0]["set_by"], l["event"]["id"], "{l}");
+    assert!(
+        zego.calls().iter().all(|c| c.id != "g-sup"),
+        "the mute was superseded, the unmute failed: {:?}",
+        zego.calls()
+    );
+    let listed = mutebridge(&["dlq", "list", "--config", path]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("the target misses mute_all unmuted"),
+        "{text}"
+    );
+    let out = mutebridge(&["dlq", "replay", "--config", path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(WAIT, || zego.calls().iter().any(|c| c.id == "g-sup")).await,
+        "replayed"
+    );
+    let sent: Vec<Option<i64>> = zego
+        .calls()
+        .iter()
+        .filter(|c| c.id == "g-sup")
+        .map(|c| c.duration)
+        .collect();
+    assert_eq!(sent, [Some(0)], "the group's newest state: unmuted");
+    w.stop().await;
+}
+
+/// Runs `mutebridge ARGS` (output discarded) and returns its peak resident
+/// memory in KiB (`VmHWM`, read while it runs).
+fn peak_kib(args: &[&str]) -> u64 {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mutebridge"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            if let Some(kib) = text.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            }) {
+                peak = peak.max(kib);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_and_replay_stream_the_topic() {
+    let _turn = HEAVY.lock().await;
+    let h = Harness::start().await;
+    let file = cli_config(&h, "");
+    let path = file.path().to_str().unwrap().to_owned();
+    let empty = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || peak_kib(&["dlq", "list", "--config", &path, "--json"])
+    })
+    .await
+    .unwrap();
+    // 3,000 letters of 10 kB: 30 MB in the topic.
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", h.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let pad = "x".repeat(10_000);
+    let letters: Vec<(String, String)> = (0..3000)
+        .map(|i| {
+            let letter = json!({
+                "schema": "mutebridge.dead_letter/v1", "reason": "permanent_error",
+                "error": format!("error {i}: {pad}"), "target": "zego", "rule": "r",
+                "action": "mute_all", "users": [], "attempts": 1,
+                "source": {"topic": h.config.kafka.topic, "partition": 0, "offset": i},
+                "failed_at_ms": now_ms(), "event": null, "payload": null,
+            });
+            (format!("g-{i}"), letter.to_string())
+        })
+        .collect();
+    let sends = letters.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(&h.config.worker.dlq_topic)
+                .key(key)
+                .payload(payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "schema",
+                    value: Some("mutebridge.dead_letter/v1"),
+                })),
+            Duration::from_secs(30),
+        )
+    });
+    for sent in futures_util::future::join_all(sends).await {
+        sent.map_err(|(e, _)| e).unwrap();
+    }
+    let (list, replay) = tokio::task::spawn_blocking(move || {
+        (
+            peak_kib(&["dlq", "list", "--config", &path, "--json"]),
+            peak_kib(&["dlq", "replay", "--config", &path, "--dry-run"]),
+        )
+    })
+    .await
+    .unwrap();
+    eprintln!("peak RSS: {empty} KiB on an empty topic; with 30 MB of dead letters: list {list} KiB, replay {replay} KiB");
+    for (command, peak) in [("list", list), ("replay", replay)] {
+        assert!(
+            peak < empty + 20_000,
+            "dlq {command} grew by {} KiB reading 30 MB of letters",
+            peak - empty
+        );
+    }
+}
