@@ -93,8 +93,13 @@ impl Tracker {
                 generation: *next_generation,
                 pending: BTreeMap::new(),
                 next: offset,
-                committed: -1,
-                issued: -1,
+                // The consumer starts at the group's committed offset: the
+                // first record's offset is committed already. Committing
+                // it again before any work is done would only overwrite the
+                // commit's metadata (a rewind's fence the partition's
+                // records have not been read for yet).
+                committed: offset,
+                issued: offset,
                 issued_at: None,
             }
         });
@@ -323,7 +328,7 @@ mod tests {
     fn revoked_work_does_not_count_after_reassignment() {
         let mut t = Tracker::default();
         let old = t.received(3, 5, 0);
-        assert_eq!(t.revoke(3), Some((5, String::new())));
+        assert_eq!(t.revoke(3), None, "5 is where the group was: nothing to commit");
         assert_eq!(t.take_revoked(), vec![(3, old)]);
         let new = t.received(3, 5, 0);
         assert_ne!(old, new);
@@ -331,6 +336,18 @@ mod tests {
         assert_eq!(t.position(3), Some(5), "a stale finish is ignored");
         t.finished(3, 5, new);
         assert_eq!(t.position(3), Some(6));
+    }
+
+    #[test]
+    fn nothing_is_committed_before_work_is_done_so_a_fence_is_never_overwritten() {
+        let mut t = Tracker::default();
+        // The partition's first record is at the group's committed offset.
+        let g = t.received(2, 40, 0);
+        t.received(2, 41, 0);
+        assert!(t.take_commits("t").is_none(), "40 is committed already");
+        t.finished(2, 40, g);
+        let tpl = t.take_commits("t").unwrap();
+        assert_eq!(tpl.find_partition("t", 2).unwrap().offset(), Offset::Offset(41));
     }
 
     #[test]

@@ -42,6 +42,13 @@ when = { scope = "group" }
 then = [{ target = "audit" }]
 "#;
 
+const RULES_ZEGO: &str = r#"
+[[policy.rules]]
+name = "group mutes to ZEGO"
+when = { scope = "group", kinds = ["mute_all", "unmute_all"] }
+then = [{ target = "zego", group = "{group_id}" }]
+"#;
+
 fn with_policy(config: &mut Config, text: &str) {
     let parsed = Config::parse(text, std::path::Path::new("policy.toml")).unwrap();
     config.targets = parsed.targets;
@@ -468,4 +475,104 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
     assert!(eventually(Duration::from_secs(30), move || cluster::committed(&b, &g, &tp, p) == ends).await);
     two.stop().await;
     one.stop().await;
+}
+
+/// The events a rewind's plan says it re-applies, summed over partitions.
+fn reapplied(plan: &str) -> i64 {
+    plan.lines()
+        .filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<i64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joining() {
+    let t = turn().await;
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 1000.0).await;
+    let base = config(&t, "rewind");
+    let h = Harness::start_with(|c| *c = base.clone()).await;
+    let dir = cluster::Logs::new();
+    let fast = process_config(&h.config, &format!("{}{RULES_ZEGO}", zego_target(&zego)), dir.path(), "fast");
+    // Re-applying one call a second: slow enough that the second worker
+    // joins while the first re-applies.
+    let slow = process_config(
+        &h.config,
+        &format!("{}rate_per_second = 1\n{RULES_ZEGO}", zego_target(&zego)),
+        dir.path(),
+        "slow",
+    );
+    let rewind = |to: i64| {
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mutebridge"))
+            .args(["rewind", "--config", fast.to_str().unwrap(), "--target", "zego", "--to", &to.to_string()])
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let (mut first, ops) = spawn_role("worker", &fast, &dir.path().join("first.log"));
+    assert!(eventually(Duration::from_secs(60), move || !cluster::owned(ops, "zego").is_empty()).await);
+    let before = now_ms() - 1000;
+    for g in 0..20 {
+        assert_eq!(h.post(&mute_all(&format!("early-{g}"))).await.status, 200);
+    }
+    let z = zego.clone();
+    assert!(eventually(Duration::from_secs(30), move || z.calls().len() == 20).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mid = now_ms();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for g in 0..20 {
+        assert_eq!(h.post(&mute_all(&format!("late-{g}"))).await.status, 200);
+    }
+    let z = zego.clone();
+    assert!(eventually(Duration::from_secs(30), move || z.calls().len() == 40).await);
+    // Refused at once while a worker holds the group: the broker names
+    // its members.
+    let (out, took) = rewind(before);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("are running"), "{err}");
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    // After a clean stop, the broker's offsets-for-times places the rewind
+    // (no scan of the partitions), in seconds.
+    // SAFETY: a child process of this test.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
+    let _ = first.0.wait();
+    let (out, took) = rewind(mid);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("reading the partitions instead"), "{err}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(reapplied(&plan), 20, "{plan}");
+    // A second, wider rewind keeps the first one's window: 40 in all.
+    let (out, took2) = rewind(before);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(reapplied(&plan), 40, "{plan}");
+    eprintln!("rewinds on real Kafka took {took:?} and {took2:?}:\n{plan}");
+    // Two slow workers, the second joining midway: the revoke's commit
+    // carries the fence, so the new owner re-applies the rest.
+    let (_a, _) = spawn_role("worker", &slow, &dir.path().join("a.log"));
+    let z = zego.clone();
+    assert!(eventually(Duration::from_secs(60), move || z.calls().len() >= 42).await);
+    let (_b, _) = spawn_role("worker", &slow, &dir.path().join("b.log"));
+    let per_group = |z: &FakeZego| {
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for c in z.calls() {
+            *per.entry(c.id).or_default() += 1;
+        }
+        per
+    };
+    let z = zego.clone();
+    assert!(
+        eventually(Duration::from_secs(120), move || {
+            let per = per_group(&z);
+            per.len() == 40 && per.values().all(|n| *n >= 2)
+        })
+        .await,
+        "groups applied again: {} of 40",
+        per_group(&zego).values().filter(|n| **n >= 2).count()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = zego.calls().len() - 40;
+    eprintln!("re-applied with two workers, one joining midway: {calls} calls for the 40 events the rewinds printed");
+    assert!((40..=44).contains(&calls), "{calls} calls");
 }
