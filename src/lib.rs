@@ -14,6 +14,11 @@
 //!   deliver to one of the [`targets`] (ZEGO, RongCloud, webhook) -> dead-letter what
 //!   fails for good -> commit.
 //!
+//! Beside the event's path, two loops close the gaps callbacks and
+//! providers leave: [`reconcile`] compares the mute state with Easemob's
+//! own, and [`verify`] reads back what each target's provider holds and
+//! repairs the drift through the worker.
+//!
 //! Around them: [`config`] (one TOML file, checked at load), [`kafka`] (the
 //! cluster, embedded or external, and every client's settings), `server`
 //! (the HTTP/1.1 server under both roles, with connection timeouts and a
@@ -42,6 +47,7 @@ mod server;
 pub mod state;
 mod targets;
 mod time;
+pub mod verify;
 mod worker;
 
 pub use config::Config;

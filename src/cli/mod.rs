@@ -12,6 +12,7 @@ pub mod run;
 pub mod send;
 pub mod state;
 pub mod targets;
+pub mod verify;
 
 use std::path::Path;
 
