@@ -330,9 +330,10 @@ impl Verifier {
             dry_run: options.dry_run,
             ..Summary::default()
         };
-        for t in &self.targets {
-            let report = self.verify(t, &read, options).await?;
-            summary.targets.push(report);
+        // Each target on its own limiter: read together.
+        let reports = self.targets.iter().map(|t| self.verify(t, &read, options));
+        for report in futures_util::future::join_all(reports).await {
+            summary.targets.push(report?);
         }
         summary.seconds = started.elapsed().as_secs_f64();
         self.metrics

@@ -366,7 +366,11 @@ impl RongHeld {
     /// The users gagged in a group or chatroom now, with their ends.
     pub fn gagged(&self, chatroom: bool, id: &str) -> BTreeMap<String, End> {
         let now = now_ms();
-        let gags = if chatroom { &self.room_gags } else { &self.group_gags };
+        let gags = if chatroom {
+            &self.room_gags
+        } else {
+            &self.group_gags
+        };
         gags.get(id)
             .map(|p| {
                 p.iter()
@@ -395,7 +399,11 @@ impl RongHeld {
         }
     }
     pub fn console_ungag(&mut self, chatroom: bool, id: &str, user: &str) {
-        let gags = if chatroom { &mut self.room_gags } else { &mut self.group_gags };
+        let gags = if chatroom {
+            &mut self.room_gags
+        } else {
+            &mut self.group_gags
+        };
         if let Some(p) = gags.get_mut(id) {
             p.remove(user);
         }
@@ -403,7 +411,11 @@ impl RongHeld {
     /// A gag of `minutes` (0: permanent, groups only).
     pub fn console_gag(&mut self, chatroom: bool, id: &str, user: &str, minutes: i64) {
         let now = now_ms();
-        let gags = if chatroom { &mut self.room_gags } else { &mut self.group_gags };
+        let gags = if chatroom {
+            &mut self.room_gags
+        } else {
+            &mut self.group_gags
+        };
         gags.entry(id.to_owned()).or_default().insert(
             user.to_owned(),
             Gag {
@@ -433,7 +445,11 @@ impl RongHeld {
 
     fn gag_list(&self, chatroom: bool, id: &str) -> Vec<Value> {
         let now = now_ms();
-        let gags = if chatroom { &self.room_gags } else { &self.group_gags };
+        let gags = if chatroom {
+            &self.room_gags
+        } else {
+            &self.group_gags
+        };
         let lists: Vec<&BTreeMap<String, Gag>> = if id.is_empty() {
             // No groupId: every group's gags, naming no group.
             gags.values().collect()
@@ -487,8 +503,10 @@ impl RongHeld {
                 if paged || ids.is_empty() {
                     let (page, size) = page_of(50, 200)?;
                     let on = slice(self.groups_banned.iter().cloned().collect(), page, size);
-                    let info: Vec<Value> =
-                        on.iter().map(|g| json!({"groupId": g, "stat": 1})).collect();
+                    let info: Vec<Value> = on
+                        .iter()
+                        .map(|g| json!({"groupId": g, "stat": 1}))
+                        .collect();
                     return Ok(json!({"code": 200, "groupinfo": info}));
                 }
                 if ids.len() > 20 {

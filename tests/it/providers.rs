@@ -422,7 +422,13 @@ async fn zego_handler(
     }
     let action = one(&q, "Action").unwrap_or("").to_owned();
     if held::ZEGO_READS.contains(&action.as_str()) {
-        let read = held::zego_read(&s.held.lock().unwrap(), &action, method == Method::POST, &headers, &body);
+        let read = held::zego_read(
+            &s.held.lock().unwrap(),
+            &action,
+            method == Method::POST,
+            &headers,
+            &body,
+        );
         return match read {
             Ok(reply) => {
                 s.common.reads.lock().unwrap().push(action);

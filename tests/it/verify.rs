@@ -124,17 +124,34 @@ async fn drift_made_behind_mutebridge_s_back_is_found_and_repaired_with_the_rema
     post_ok(&h, &unmute_all("g3")).await;
     post_ok(&h, &mute_all("g4")).await;
     post_ok(&h, &chatroom(mute_all("room1"))).await;
-    post_ok(&h, &chatroom(member_mute("room1", &users(&["u3"]), Some(until)))).await;
+    post_ok(
+        &h,
+        &chatroom(member_mute("room1", &users(&["u3"]), Some(until))),
+    )
+    .await;
     let applied = || {
         zego.held().muted_members("g2").contains_key("u2")
             && zego.held().mute_all("g4").is_some()
-            && zego.calls().iter().rfind(|c| c.id == "g3").is_some_and(|c| c.duration == Some(0))
+            && zego
+                .calls()
+                .iter()
+                .rfind(|c| c.id == "g3")
+                .is_some_and(|c| c.duration == Some(0))
             && rc.held().gagged(true, "room1").contains_key("u3")
             && rc.held().banned(true, "room1")
             && rc.held().gagged(false, "rc-g2").contains_key("u2")
-            && rc.calls().iter().rfind(|c| c.id == "rc-g3").is_some_and(|c| c.action.contains("rollback"))
+            && rc
+                .calls()
+                .iter()
+                .rfind(|c| c.id == "rc-g3")
+                .is_some_and(|c| c.action.contains("rollback"))
     };
-    assert!(wait_until(WAIT, applied).await, "zego {:?}\nrc {:?}", zego.calls(), rc.calls());
+    assert!(
+        wait_until(WAIT, applied).await,
+        "zego {:?}\nrc {:?}",
+        zego.calls(),
+        rc.calls()
+    );
     let first_u2 = zego
         .calls()
         .into_iter()
@@ -145,17 +162,42 @@ async fn drift_made_behind_mutebridge_s_back_is_found_and_repaired_with_the_rema
     // nothing (no marker, so no call; its reads are the only requests).
     let (v, metrics) = verifier(&h, &h.config).await;
     let (zego_writes, rc_writes) = (zego.calls().len(), rc.calls().len());
-    let clean = settled(&v, &Options { repair: true, ..Options::default() }, 9).await;
+    let clean = settled(
+        &v,
+        &Options {
+            repair: true,
+            ..Options::default()
+        },
+        9,
+    )
+    .await;
     assert_eq!(found(&clean), []);
     assert!(clean.ok());
-    assert!(clean.targets.iter().all(|t| t.published == 0 && t.repairs.is_empty()));
-    assert_eq!((zego.calls().len(), rc.calls().len()), (zego_writes, rc_writes));
+    assert!(clean
+        .targets
+        .iter()
+        .all(|t| t.published == 0 && t.repairs.is_empty()));
+    assert_eq!(
+        (zego.calls().len(), rc.calls().len()),
+        (zego_writes, rc_writes)
+    );
     let z = &clean.targets[1];
     assert_eq!(z.target, "zego");
     // ZEGO: one list page for the whole app, no per-group read needed.
-    assert_eq!(z.reads, BTreeMap::from([("FetchForbidGroupList", 1)]), "{:?}", z.reads);
-    assert_eq!(z.compared.unverified, 2, "u1 and u2 are checked by ZEGO's flag only");
-    assert!(z.blind.unwrap().contains("no server API that lists muted members"));
+    assert_eq!(
+        z.reads,
+        BTreeMap::from([("FetchForbidGroupList", 1)]),
+        "{:?}",
+        z.reads
+    );
+    assert_eq!(
+        z.compared.unverified, 2,
+        "u1 and u2 are checked by ZEGO's flag only"
+    );
+    assert!(z
+        .blind
+        .unwrap()
+        .contains("no server API that lists muted members"));
     // RongCloud: the group and chatroom ban lists, a gag list per place.
     let r = &clean.targets[0];
     assert_eq!(r.places, 5);
@@ -174,9 +216,14 @@ async fn drift_made_behind_mutebridge_s_back_is_found_and_repaired_with_the_rema
     rc.held().console_ungag(false, "rc-g1", "u1");
     rc.held().console_gag(false, "rc-g2", "intruder", 60);
     rc.held().recreate_chatroom("room1");
-    let repair = Options { repair: true, ..Options::default() };
+    let repair = Options {
+        repair: true,
+        ..Options::default()
+    };
     let s = v.pass(&repair).await.expect("a pass runs");
-    let m = |t: &str, p: &str, d, u: Option<&str>, k| (t.to_owned(), p.to_owned(), d, u.map(str::to_owned), k);
+    let m = |t: &str, p: &str, d, u: Option<&str>, k| {
+        (t.to_owned(), p.to_owned(), d, u.map(str::to_owned), k)
+    };
     use Difference::*;
     use Dimension::*;
     let room = Place::Chatroom("room1".into()).to_string();
@@ -195,14 +242,29 @@ async fn drift_made_behind_mutebridge_s_back_is_found_and_repaired_with_the_rema
     );
     // Who is muted on g4 ZEGO cannot say: reported, not guessed at.
     let z = s.targets.iter().find(|t| t.target == "zego").unwrap();
-    let g4 = z.compared.findings.iter().position(|f| f.place == Place::Group("g4".into())).unwrap();
+    let g4 = z
+        .compared
+        .findings
+        .iter()
+        .position(|f| f.place == Place::Group("g4".into()))
+        .unwrap();
     assert!(matches!(&z.plans[g4], Plan::Cannot(why) if why.contains("lists no muted members")));
     assert!(!s.ok(), "an unrepairable difference fails the pass");
     // ZEGO confirmed the two mute-all differences with the group's own read.
     assert_eq!(z.reads.get("QueryGroupInfo"), Some(&2), "{:?}", z.reads);
     assert_eq!(z.published, 3);
-    assert_eq!(s.targets.iter().find(|t| t.target == "rc").unwrap().published, 3);
-    assert_eq!(metric_of(&metrics, "mutebridge_verify_last_pass_differences"), 8.0);
+    assert_eq!(
+        s.targets
+            .iter()
+            .find(|t| t.target == "rc")
+            .unwrap()
+            .published,
+        3
+    );
+    assert_eq!(
+        metric_of(&metrics, "mutebridge_verify_last_pass_differences"),
+        8.0
+    );
     assert_eq!(
         metric_of(&metrics, "mutebridge_verify_differences_total{difference=\"missing\",dimension=\"member\",target=\"rc\"}"),
         2.0
@@ -218,28 +280,64 @@ async fn drift_made_behind_mutebridge_s_back_is_found_and_repaired_with_the_rema
             && rc.held().banned(true, "room1")
             && rc.held().gagged(true, "room1").contains_key("u3")
     };
-    assert!(wait_until(WAIT, repaired).await, "zego {:?}\nrc {:?}", zego.calls(), rc.calls());
+    assert!(
+        wait_until(WAIT, repaired).await,
+        "zego {:?}\nrc {:?}",
+        zego.calls(),
+        rc.calls()
+    );
     // The remaining time, not the original length: the ends are the
     // callback's, and the repair's duration is shorter than the first.
-    let again_u2 = zego.calls().into_iter().filter(|c| c.users == ["u2"]).last().unwrap();
+    let again_u2 = zego
+        .calls()
+        .into_iter()
+        .filter(|c| c.users == ["u2"])
+        .last()
+        .unwrap();
     assert!(
         again_u2.duration.unwrap() <= first_u2.duration.unwrap() - 3,
         "first {:?}, repair {:?}",
         first_u2.duration,
         again_u2.duration
     );
-    assert!(ends_near(zego.held().muted_members("g2")["u2"], until, 1500));
+    assert!(ends_near(
+        zego.held().muted_members("g2")["u2"],
+        until,
+        1500
+    ));
     // RongCloud counts minutes, rounded up: within a minute of the end.
-    assert!(ends_near(rc.held().gagged(false, "rc-g1")["u1"], until, 60_000));
-    assert!(ends_near(rc.held().gagged(true, "room1")["u3"], until, 60_000));
+    assert!(ends_near(
+        rc.held().gagged(false, "rc-g1")["u1"],
+        until,
+        60_000
+    ));
+    assert!(ends_near(
+        rc.held().gagged(true, "room1")["u3"],
+        until,
+        60_000
+    ));
     // Nothing else was sent: one call per repaired dimension.
-    let after = |calls: Vec<crate::providers::Call>, n: usize| calls[n..].iter().map(|c| (c.action.clone(), c.id.clone(), c.users.clone())).collect::<Vec<_>>();
+    let after = |calls: Vec<crate::providers::Call>, n: usize| {
+        calls[n..]
+            .iter()
+            .map(|c| (c.action.clone(), c.id.clone(), c.users.clone()))
+            .collect::<Vec<_>>()
+    };
     let zego_repairs = after(zego.calls(), zego_writes);
     assert_eq!(zego_repairs.len(), 3, "{zego_repairs:?}");
     let rc_repairs = after(rc.calls(), rc_writes);
     assert_eq!(rc_repairs.len(), 4, "{rc_repairs:?}");
-    assert!(rc_repairs.contains(&("/group/user/gag/rollback.json".into(), "rc-g2".into(), users(&["intruder"]))));
-    assert!(zego.rejected().is_empty() && rc.rejected().is_empty(), "{:?} {:?}", zego.rejected(), rc.rejected());
+    assert!(rc_repairs.contains(&(
+        "/group/user/gag/rollback.json".into(),
+        "rc-g2".into(),
+        users(&["intruder"])
+    )));
+    assert!(
+        zego.rejected().is_empty() && rc.rejected().is_empty(),
+        "{:?} {:?}",
+        zego.rejected(),
+        rc.rejected()
+    );
 
     // Repaired: the next pass finds only what cannot be repaired.
     let s = settled(&v, &Options::default(), 9).await;
@@ -272,7 +370,9 @@ then = [{ target = "zego", group = "{group_id}", mute_seconds = 900 }]
     let mut w = h.start_worker().await;
     post_ok(&h, &mute_all("t1")).await;
     post_ok(&h, &member_mute("t2", &users(&["m"]), None)).await;
-    let applied = || zego.held().mute_all("t1").is_some() && zego.held().muted_members("t2").contains_key("m");
+    let applied = || {
+        zego.held().mute_all("t1").is_some() && zego.held().muted_members("t2").contains_key("m")
+    };
     assert!(wait_until(WAIT, applied).await, "{:?}", zego.calls());
     let end_all = zego.held().mute_all("t1").unwrap().unwrap();
     let end_m = zego.held().muted_members("t2")["m"].unwrap();
@@ -289,23 +389,48 @@ then = [{ target = "zego", group = "{group_id}", mute_seconds = 900 }]
     // the member's mute is lifted.
     zego.held().console_mute_all("t1", 60);
     zego.held().console_unmute_member("t2", "m");
-    let s = v.pass(&Options { repair: true, ..Options::default() }).await.unwrap();
+    let s = v
+        .pass(&Options {
+            repair: true,
+            ..Options::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
         found(&s),
         [
-            ("zego".into(), group("t1"), Dimension::MuteAll, None, Difference::WrongEnd),
-            ("zego".into(), group("t2"), Dimension::Member, Some("m".into()), Difference::Missing),
+            (
+                "zego".into(),
+                group("t1"),
+                Dimension::MuteAll,
+                None,
+                Difference::WrongEnd
+            ),
+            (
+                "zego".into(),
+                group("t2"),
+                Dimension::Member,
+                Some("m".into()),
+                Difference::Missing
+            ),
         ]
     );
     let repaired = || zego.calls().len() == 4;
     assert!(wait_until(WAIT, repaired).await, "{:?}", zego.calls());
     let calls = zego.calls();
     let all = calls[2..].iter().find(|c| c.action == "MuteGroup").unwrap();
-    let member = calls[2..].iter().find(|c| c.action == "MuteGroupMembers").unwrap();
+    let member = calls[2..]
+        .iter()
+        .find(|c| c.action == "MuteGroupMembers")
+        .unwrap();
     assert!(all.duration.unwrap() <= 597, "{all:?}");
     assert!(member.duration.unwrap() <= 897, "{member:?}");
     // Where the rule's length put them when first applied.
-    assert!(ends_near(zego.held().mute_all("t1").unwrap(), end_all, 1500));
+    assert!(ends_near(
+        zego.held().mute_all("t1").unwrap(),
+        end_all,
+        1500
+    ));
     assert!(ends_near(zego.held().muted_members("t2")["m"], end_m, 1500));
     w.stop().await;
 }
@@ -338,7 +463,10 @@ async fn reads_share_the_target_s_rate_limit_with_the_worker() {
     assert_eq!(found(&clean), []);
     // 40 muted groups at 5 a page: 8 pages, the last one saying FetchEnd 1
     // (with a NextFlag all the same, as the documented example does).
-    assert_eq!(clean.targets[0].reads, BTreeMap::from([("FetchForbidGroupList", 8)]));
+    assert_eq!(
+        clean.targets[0].reads,
+        BTreeMap::from([("FetchForbidGroupList", 8)])
+    );
     // Every mute-all lifted behind our back: each is confirmed with the
     // group's own read while the worker applies 40 new mutes.
     for g in &groups {
@@ -356,10 +484,19 @@ async fn reads_share_the_target_s_rate_limit_with_the_worker() {
     assert!(wait_until(Duration::from_secs(60), || zego.calls().len() == 80).await);
     // Not one refusal, and no second with more than 20 requests.
     assert_eq!(zego.rate_limited(), 0, "refused while reading and writing");
-    let arrivals: Vec<Instant> = zego.arrivals().into_iter().filter(|a| *a >= started).collect();
+    let arrivals: Vec<Instant> = zego
+        .arrivals()
+        .into_iter()
+        .filter(|a| *a >= started)
+        .collect();
     let busiest = arrivals
         .iter()
-        .map(|a| arrivals.iter().filter(|b| **b >= *a && b.duration_since(*a) < Duration::from_secs(1)).count())
+        .map(|a| {
+            arrivals
+                .iter()
+                .filter(|b| **b >= *a && b.duration_since(*a) < Duration::from_secs(1))
+                .count()
+        })
         .max()
         .unwrap();
     assert!(busiest <= 20, "{busiest} requests within a second");
@@ -381,7 +518,11 @@ async fn the_command_reports_plans_and_repairs() {
     let h = Harness::start_with(|c| policy(c, &text)).await;
     let mut w = h.start_worker().await;
     post_ok(&h, &mute_all("c1")).await;
-    assert!(wait_until(WAIT, || zego.held().mute_all("c1").is_some() && rc.held().banned(false, "rc-c1")).await);
+    assert!(
+        wait_until(WAIT, || zego.held().mute_all("c1").is_some()
+            && rc.held().banned(false, "rc-c1"))
+        .await
+    );
     let file = cli_config(&h, &text);
     let path = file.path().to_str().unwrap();
     // Until the targets' records are written, the group is pending.
@@ -392,31 +533,59 @@ async fn the_command_reports_plans_and_repairs() {
     };
     let clean = || {
         let out = run(&["--target", "zego"]);
-        out.status.success() && String::from_utf8_lossy(&out.stderr).contains(" 1 place(s) compared")
+        out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(" 1 place(s) compared")
     };
     assert!(wait_until(WAIT, clean).await);
     zego.held().console_unmute_all("c1");
     let out = run(&["--dry-run"]);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     eprintln!("verify --dry-run:\n{stdout}{stderr}");
-    assert!(!out.status.success(), "drift found and not repaired exits 1");
+    assert!(
+        !out.status.success(),
+        "drift found and not repaired exits 1"
+    );
     assert!(stdout.contains("zego: group c1 (test#app group c1): mute_all missing: expected muted permanently, held not muted; would be repaired"), "{stdout}");
-    assert!(stdout.contains("would publish a repair marker for test#app group c1 -> zego: mute_all apply"), "{stdout}");
-    assert!(stderr.contains("cannot see: ZEGO has no server API"), "{stderr}");
-    assert!(stderr.contains("dry run: 1 repair marker(s) would be published"), "{stderr}");
+    assert!(
+        stdout.contains(
+            "would publish a repair marker for test#app group c1 -> zego: mute_all apply"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("cannot see: ZEGO has no server API"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dry run: 1 repair marker(s) would be published"),
+        "{stderr}"
+    );
     let out = run(&["--json", "--target", "zego"]);
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["difference"], "missing");
     assert_eq!(lines[0]["dimension"], "mute_all");
     assert_eq!(lines[0]["place"], json!({"group": "c1"}));
     assert_eq!(lines[0]["source"]["group_id"], "c1");
-    assert_eq!(lines[0]["expected"], json!({"muted": true, "end": "permanent"}));
+    assert_eq!(
+        lines[0]["expected"],
+        json!({"muted": true, "end": "permanent"})
+    );
     assert_eq!(lines[1]["summary"]["differences"]["mute_all.missing"], 1);
     assert_eq!(lines[1]["summary"]["reads"]["QueryGroupInfo"], 1);
     let zego_writes = zego.calls().len();
     let out = run(&["--repair", "--target", "zego"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(wait_until(WAIT, || zego.held().mute_all("c1").is_some()).await);
     assert_eq!(zego.calls().len(), zego_writes + 1);
     assert_eq!(rc.calls().len(), 1, "the other target is not touched");
