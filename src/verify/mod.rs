@@ -98,15 +98,6 @@ pub struct TargetReport {
     pub seconds: f64,
 }
 
-impl TargetReport {
-    /// Every place was read, and every difference can be repaired.
-    pub fn clean(&self) -> bool {
-        self.compared.unread.is_empty()
-            && self.compared.findings.is_empty()
-            && !self.plans.iter().any(|p| matches!(p, Plan::Cannot(_)))
-    }
-}
-
 /// What a pass found.
 #[derive(Debug, Default)]
 pub struct Summary {

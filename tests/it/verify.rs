@@ -291,8 +291,7 @@ async fn drift_made_behind_mutebridge_s_back_is_found_and_repaired_with_the_rema
     let again_u2 = zego
         .calls()
         .into_iter()
-        .filter(|c| c.users == ["u2"])
-        .last()
+        .rfind(|c| c.users == ["u2"])
         .unwrap();
     assert!(
         again_u2.duration.unwrap() <= first_u2.duration.unwrap() - 3,
@@ -656,5 +655,49 @@ async fn a_pass_over_1000_groups_at_the_default_rates() {
     assert_eq!(z.compared.findings.len(), 100);
     assert_eq!(z.reads["QueryGroupInfo"], 100);
     assert_eq!(zego.rate_limited() + rc.rate_limited(), 0);
+    w.stop().await;
+}
+
+/// `[verify] interval_seconds` in the reconcile role (here without any
+/// Easemob REST API: verify passes only), repairing as it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_role_verifies_and_repairs_on_a_schedule() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 100.0).await;
+    let text = format!(
+        "{}rate_per_second = 100\n{}",
+        zego_target(&zego, "zego"),
+        crate::worker::ZEGO_RULE
+    );
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    post_ok(&h, &mute_all("s1")).await;
+    assert!(wait_until(WAIT, || zego.held().mute_all("s1").is_some()).await);
+    let file = cli_config(
+        &h,
+        &format!("{text}[http]\nlisten = \"127.0.0.1:0\"\n[verify]\ninterval_seconds = 1\nrepair = true\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("reconcile.log");
+    let (_role, addr) = spawn_role("reconcile", file.path(), &log);
+    let passes = || process_metric(addr, "mutebridge_verify_last_pass_timestamp_seconds") > 0.0;
+    assert!(wait_until(WAIT, passes).await);
+    assert_eq!(
+        process_metric(addr, "mutebridge_verify_interval_seconds"),
+        1.0
+    );
+    zego.held().console_unmute_all("s1");
+    let repaired = || zego.held().mute_all("s1").is_some();
+    assert!(
+        wait_until(WAIT, repaired).await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let line = "mutebridge_verify_repairs_total{target=\"zego\"}";
+    assert!(wait_until(WAIT, || process_metric(addr, line) >= 1.0).await);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("the provider does not hold what the target should"),
+        "{logged}"
+    );
     w.stop().await;
 }
