@@ -28,7 +28,8 @@
 //! The items re-exported at the top are what the binary, the integration
 //! tests and the benchmarks build on. Beside `src/`: `tests/it/` is the one
 //! integration-test binary (each module one area, over real sockets, with
-//! faithful ZEGO, RongCloud and webhook stand-ins in `providers.rs`),
+//! faithful ZEGO, RongCloud and webhook stand-ins in `providers.rs`, what
+//! they hold and their read APIs in `held.rs`),
 //! `benches/` the worker benchmark (one module per measurement) and the
 //! ingest scripts, `deploy/` the container, compose, Kubernetes and
 //! Prometheus files and the commented config reference.
