@@ -133,10 +133,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Read back what each target's provider holds (ZEGO, RongCloud),
-    /// compare it with the groups' mute state as the policy sends it, and
-    /// report each difference; --repair has the workers re-apply the
-    /// drifted dimensions (the remaining time of a timed mute).
+    /// Read back what each target's provider holds (ZEGO, RongCloud,
+    /// Tencent, Agora), compare it with the groups' mute state as the
+    /// policy sends it, and report each difference; --repair has the
+    /// workers re-apply the drifted dimensions (the remaining time of a
+    /// timed mute).
     Verify {
         #[arg(long, short)]
         config: Option<PathBuf>,

@@ -17,7 +17,7 @@ pub struct VerifyConfig {
     /// --repair`); off, they only report and count it.
     pub repair: bool,
     /// The targets scheduled passes read back; empty = every target whose
-    /// provider can be read back (ZEGO, RongCloud).
+    /// provider can be read back (ZEGO, RongCloud, Tencent, Agora).
     pub targets: Vec<String>,
     /// In `rate_limit.mode = "partition_share"`: the part of the target's
     /// `rate_per_second × headroom` the reads take, on top of the workers'

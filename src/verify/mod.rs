@@ -11,8 +11,8 @@
 //! 2. [`expect`]: what the target should hold, place by place, planned
 //!    through the target's part of the policy as the worker plans it;
 //! 3. [`read`]: what the provider holds, through the provider's read-back
-//!    ([`zego`], [`rongcloud`]), every read under the target's own rate
-//!    limiter;
+//!    ([`zego`], [`rongcloud`], [`tencent`], [`agora`]), every read under
+//!    the target's own rate limiter;
 //! 4. [`diff`]: each difference per place and dimension (missing, extra,
 //!    wrong end), and what the provider cannot show (ZEGO's member mutes);
 //! 5. [`repair`] (`--repair`): a `resync` marker per drifted group naming
@@ -24,15 +24,18 @@
 //! counts it. A pass runs on demand (`mutebridge verify`) or every
 //! `[verify] interval_seconds` in the reconcile role ([`config`]).
 
+pub mod agora;
 pub mod config;
 pub mod diff;
 pub mod expect;
 pub mod metrics;
+pub mod observed;
 pub mod read;
 pub mod repair;
 pub mod report;
 pub mod rongcloud;
 pub mod source;
+pub mod tencent;
 pub mod zego;
 
 use std::collections::BTreeMap;
@@ -225,7 +228,7 @@ impl Verifier {
         }
         if targets.is_empty() {
             bail!(
-                "no target can be read back (ZEGO and RongCloud targets can): {}",
+                "no target can be read back (ZEGO, RongCloud, Tencent and Agora targets can): {}",
                 describe_skipped(&skipped)
             );
         }

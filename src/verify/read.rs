@@ -4,7 +4,8 @@
 //! ## The contract
 //!
 //! A provider's read-back is a type implementing [`ReadBack`] (one file per
-//! provider: [`super::zego`], [`super::rongcloud`]), plus one arm of
+//! provider: [`super::zego`], [`super::rongcloud`], [`super::tencent`],
+//! [`super::agora`]), plus one arm of
 //! [`Reader`] and of [`Reader::for_target`]. Its [`ReadBack::read`] gets
 //! what the target should hold ([`Expected`]: every place the policy sends
 //! to, with each dimension's expectation) and answers, for each place, what
@@ -23,7 +24,10 @@
 //! target's exact shared schedule), pauses every read of the target on a
 //! rate-limit answer, retries outages (on the next host, where there are
 //! several) and counts every attempt. Builders and parsers are plain
-//! functions, unit-tested against the documented shapes.
+//! functions, unit-tested against the documented shapes. Where the
+//! target's own module already plans, signs and parses its reads (Tencent,
+//! Agora: `crate::targets::readback`), [`super::observed`] runs them, and
+//! the provider's file only says what differs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -33,9 +37,9 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::expect::{End, Expected, Place};
-use super::{rongcloud, zego};
+use super::{agora, rongcloud, tencent, zego};
 use crate::limit::Limiter;
-use crate::targets::{parse_retry_after, Method, Reply, Request, TargetConfig, Transient};
+use crate::targets::{parse_retry_after, Method, Outcome, Reply, Request, TargetConfig, Transient};
 
 /// What a provider holds at one place, as far as it can be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +105,8 @@ pub trait ReadBack {
 pub enum Reader {
     Zego(zego::ZegoReads),
     RongCloud(rongcloud::RongReads),
+    Tencent(tencent::TencentReads),
+    Agora(agora::AgoraReads),
 }
 
 impl Reader {
@@ -113,6 +119,8 @@ impl Reader {
             TargetConfig::Rongcloud(c) => {
                 Ok(Reader::RongCloud(rongcloud::RongReads::new(c.clone())?))
             }
+            TargetConfig::Tencent(c) => Ok(Reader::Tencent(tencent::TencentReads::new(c.clone()))),
+            TargetConfig::Agora(c) => Ok(Reader::Agora(agora::AgoraReads::new(c.clone()))),
             TargetConfig::Webhook(_) => Err("a webhook receiver cannot be read back"),
             TargetConfig::Log(_) | TargetConfig::Discard(_) => {
                 Err("it sends nothing, so there is nothing to read back")
@@ -124,6 +132,8 @@ impl Reader {
         match self {
             Reader::Zego(r) => r.sight(),
             Reader::RongCloud(r) => r.sight(),
+            Reader::Tencent(r) => r.sight(),
+            Reader::Agora(r) => r.sight(),
         }
     }
 
@@ -131,6 +141,8 @@ impl Reader {
         match self {
             Reader::Zego(r) => r.read(io, expected).await,
             Reader::RongCloud(r) => r.read(io, expected).await,
+            Reader::Tencent(r) => r.read(io, expected).await,
+            Reader::Agora(r) => r.read(io, expected).await,
         }
     }
 }
@@ -150,6 +162,48 @@ pub enum Answer<T> {
     },
     /// Another attempt would get the same answer.
     Fail(String),
+}
+
+impl<T> Answer<T> {
+    /// What a target's own reading of a reply means for a read: its
+    /// transient failures are retried (and paused) as the target's calls
+    /// are, anything else fails the read.
+    pub fn from_outcome(parsed: Result<T, Outcome>) -> Answer<T> {
+        match parsed {
+            Ok(t) => Answer::Data(t),
+            Err(Outcome::Retry {
+                error,
+                kind,
+                switch_host,
+                after,
+            }) => Answer::Retry {
+                error,
+                kind,
+                switch_host,
+                after,
+            },
+            Err(Outcome::Permanent { error }) => Answer::Fail(error),
+            Err(other) => Answer::Fail(format!("not an answer to a read: {other:?}")),
+        }
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Data(t) => Answer::Data(f(t)),
+            Answer::Retry {
+                error,
+                kind,
+                switch_host,
+                after,
+            } => Answer::Retry {
+                error,
+                kind,
+                switch_host,
+                after,
+            },
+            Answer::Fail(e) => Answer::Fail(e),
+        }
+    }
 }
 
 /// Rate-limit answers one read may draw before it counts as failed.
@@ -291,6 +345,7 @@ impl Io {
         let mut builder = match request.method {
             Method::Get => self.http.get(&request.url),
             Method::Post => self.http.post(&request.url),
+            Method::Delete => self.http.delete(&request.url),
         };
         for (name, value) in &request.headers {
             builder = builder.header(*name, value);

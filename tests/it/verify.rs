@@ -1,14 +1,20 @@
 //! `mutebridge verify` end to end: callbacks through the real ingest, a
-//! real worker applying them to the ZEGO and RongCloud stand-ins, drift
-//! made in the stand-ins behind mutebridge's back, found by reading them
-//! back through their documented read APIs, and repaired through the
-//! worker with the remaining time of each timed mute.
+//! real worker applying them to the ZEGO, RongCloud, Tencent and Agora
+//! stand-ins, drift made in the stand-ins behind mutebridge's back, found
+//! by reading them back through their documented read APIs, and repaired
+//! through the worker with the remaining time of each timed mute.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::fixtures::RedisServer;
-use crate::providers::{FakeRongCloud, FakeZego, Provider};
+use crate::im_targets::{
+    agora_target, tencent_pair, tencent_target, AGORA_APP_ID, AGORA_CERT, TENCENT_ADMIN,
+    TENCENT_APP, TENCENT_KEY,
+};
+use crate::providers::{Call, FakeRongCloud, FakeZego, Provider};
+use crate::providers_agora::{FakeAgora, Kind};
+use crate::providers_tencent::FakeTencent;
 use crate::support::*;
 use crate::worker::{
     cli_config, member_mute, mutebridge, policy, post_ok, rc_target, unmute_all, zego_target,
@@ -17,7 +23,7 @@ use crate::worker::{
 use mutebridge::verify::diff::{Difference, Dimension};
 use mutebridge::verify::expect::Place;
 use mutebridge::verify::repair::Plan;
-use mutebridge::verify::{Options, Summary, Verifier};
+use mutebridge::verify::{Options, Summary, TargetReport, Verifier};
 use mutebridge::{Config, Metrics};
 use serde_json::{json, Map, Value};
 
@@ -700,4 +706,536 @@ async fn the_reconcile_role_verifies_and_repairs_on_a_schedule() {
         "{logged}"
     );
     w.stop().await;
+}
+
+/// Agora's path prefix in these tests (`{org}/{app}`).
+const AGORA_PREFIX: &str = "61717166/1069763";
+
+const MUTE_KINDS: &str = r#"kinds = ["mute_all", "unmute_all", "member_muted", "member_unmuted"]"#;
+
+/// Group mutes to Tencent and Agora (same IDs), chatroom mutes to Agora's
+/// chat rooms; `extra(NAME)` is added to each target's table.
+fn mirror_im(
+    tencent: &[&FakeTencent],
+    agora: &FakeAgora,
+    extra: impl Fn(&str) -> String,
+) -> String {
+    format!(
+        "{}{}{}{}
+[[policy.rules]]
+name = \"group mutes to Tencent and Agora\"
+when = {{ scope = \"group\", {MUTE_KINDS} }}
+then = [{{ target = \"tencent\", group = \"{{group_id}}\" }}, {{ target = \"agora\", group = \"{{group_id}}\" }}]
+
+[[policy.rules]]
+name = \"chatroom mutes to Agora\"
+when = {{ scope = \"chatroom\", {MUTE_KINDS} }}
+then = [{{ target = \"agora\", chatroom = \"{{group_id}}\" }}]
+",
+        tencent_target(tencent, "tencent"),
+        extra("tencent"),
+        agora_target(agora, "agora"),
+        extra("agora"),
+    )
+}
+
+async fn agora_app(rate: f64) -> FakeAgora {
+    FakeAgora::start(AGORA_APP_ID, AGORA_CERT, AGORA_PREFIX, rate).await
+}
+
+fn target<'a>(s: &'a Summary, name: &str) -> &'a TargetReport {
+    s.targets
+        .iter()
+        .find(|t| t.target == name)
+        .unwrap_or_else(|| panic!("no report of {name}"))
+}
+
+/// The mute-all the last mute-all call to `id` set.
+fn last_all(calls: &[Call], id: &str) -> Option<bool> {
+    calls
+        .iter()
+        .rfind(|c| c.id == id && c.all_muted.is_some())
+        .and_then(|c| c.all_muted)
+}
+
+/// What the stand-ins refused, other than the credentials they were told
+/// to expire.
+fn refused_other_than_expiry(p: &dyn Provider) -> Vec<String> {
+    p.rejected()
+        .into_iter()
+        .filter(|r| !r.contains("expired"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tencent_and_agora_drift_is_found_and_repaired_with_the_remaining_time() {
+    let (tencent, backup) = tencent_pair().await;
+    let agora = agora_app(100.0).await;
+    let text = mirror_im(&[&tencent, &backup], &agora, |_| {
+        "rate_per_second = 100\n".into()
+    });
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    let until = now_ms() + 3_600_000;
+    post_ok(&h, &mute_all("g1")).await;
+    post_ok(&h, &member_mute("g1", &users(&["u1"]), Some(until))).await;
+    post_ok(&h, &member_mute("g2", &users(&["u2"]), Some(until))).await;
+    post_ok(&h, &mute_all("g3")).await;
+    post_ok(&h, &unmute_all("g3")).await;
+    post_ok(&h, &mute_all("g4")).await;
+    post_ok(&h, &mute_all("g5")).await;
+    post_ok(&h, &chatroom(mute_all("room1"))).await;
+    post_ok(
+        &h,
+        &chatroom(member_mute("room1", &users(&["u3"]), Some(until))),
+    )
+    .await;
+    let grp = Kind::Group;
+    let applied = || {
+        tencent.mute_all("g1")
+            && tencent.muted("g1").contains_key("u1")
+            && tencent.muted("g2").contains_key("u2")
+            && tencent.mute_all("g4")
+            && tencent.mute_all("g5")
+            && last_all(&tencent.calls(), "g3") == Some(false)
+            && agora.mute_all(grp, "g1")
+            && agora.muted(grp, "g1").contains_key("u1")
+            && agora.muted(grp, "g2").contains_key("u2")
+            && agora.mute_all(grp, "g4")
+            && agora.mute_all(grp, "g5")
+            && last_all(&agora.calls(), "g3") == Some(false)
+            && agora.mute_all(Kind::Room, "room1")
+            && agora.muted(Kind::Room, "room1").contains_key("u3")
+    };
+    assert!(
+        wait_until(WAIT, applied).await,
+        "tencent {:?}\nagora {:?}",
+        tencent.calls(),
+        agora.calls()
+    );
+    let first_u2 = |calls: Vec<Call>| calls.into_iter().find(|c| c.users == ["u2"]).unwrap();
+    let (t_first, a_first) = (first_u2(tencent.calls()), first_u2(agora.calls()));
+
+    // In agreement: a repairing pass finds nothing and sends nothing.
+    let (v, metrics) = verifier(&h, &h.config).await;
+    let (t_writes, a_writes) = (tencent.calls().len(), agora.calls().len());
+    let repair = Options {
+        repair: true,
+        ..Options::default()
+    };
+    let clean = settled(&v, &repair, 11).await;
+    assert_eq!(found(&clean), []);
+    assert!(clean.ok());
+    for t in &clean.targets {
+        assert!(t.published == 0 && t.repairs.is_empty(), "{}", t.target);
+        assert_eq!(t.blind, None, "{} sees every dimension", t.target);
+    }
+    assert_eq!(
+        (tencent.calls().len(), agora.calls().len()),
+        (t_writes, a_writes)
+    );
+    // The flags in batches (Tencent 50 groups a read, Agora 100 of a
+    // kind), then a member list per place.
+    assert_eq!(
+        target(&clean, "tencent").reads,
+        BTreeMap::from([("get_group_info", 1), ("get_group_muted_account", 5)])
+    );
+    assert_eq!(
+        target(&clean, "agora").reads,
+        BTreeMap::from([
+            ("GET chatgroups/{id}/mute", 5),
+            ("GET chatgroups/{ids}", 1),
+            ("GET chatrooms/{id}/mute", 1),
+            ("GET chatrooms/{ids}", 1),
+        ])
+    );
+
+    assert!(wait_until(WAIT, || t_first.at.elapsed() >= Duration::from_secs(3)).await);
+    // The stand-ins refuse credentials made before the second they are
+    // told to: let the second of the verifier's pass end.
+    let read_in = now_ms() / 1000;
+    assert!(wait_until(WAIT, || now_ms() / 1000 > read_in).await);
+    // Behind mutebridge's back: a group re-created empty, a mute lifted, a
+    // mute-all switched on, a stranger muted, a chat room re-created
+    // empty, a group dismissed; and both credentials expire.
+    tencent.recreate("g1");
+    tencent.lift("g2", "u2");
+    tencent.set_mute_all("g3", true);
+    tencent.add_mute("g4", "stranger", now_ms() / 1000 + 600);
+    tencent.only_groups(&["g1", "g2", "g3", "g4"]);
+    agora.lift(grp, "g2", "u2");
+    agora.set_mute_all(grp, "g3", true);
+    agora.add_mute(grp, "g4", "stranger", now_ms() + 600_000);
+    agora.recreate(Kind::Room, "room1");
+    let still_there = [
+        (grp, "g1"),
+        (grp, "g2"),
+        (grp, "g3"),
+        (grp, "g4"),
+        (Kind::Room, "room1"),
+    ];
+    agora.only(&still_there);
+    tencent.expire_usersigs();
+    agora.expire_tokens();
+    let s = v.pass(&repair).await.expect("a pass runs");
+    let m = |t: &str, p: &str, d, u: Option<&str>, k| {
+        (t.to_owned(), p.to_owned(), d, u.map(str::to_owned), k)
+    };
+    use Difference::*;
+    use Dimension::*;
+    let room = Place::Chatroom("room1".into()).to_string();
+    assert_eq!(
+        found(&s),
+        [
+            m("agora", &room, MuteAll, None, Missing),
+            m("agora", &room, Member, Some("u3"), Missing),
+            m("agora", &group("g2"), Member, Some("u2"), Missing),
+            m("agora", &group("g3"), MuteAll, None, Extra),
+            m("agora", &group("g4"), Member, Some("stranger"), Extra),
+            m("tencent", &group("g1"), MuteAll, None, Missing),
+            m("tencent", &group("g1"), Member, Some("u1"), Missing),
+            m("tencent", &group("g2"), Member, Some("u2"), Missing),
+            m("tencent", &group("g3"), MuteAll, None, Extra),
+            m("tencent", &group("g4"), Member, Some("stranger"), Extra),
+        ],
+    );
+    // The renewed UserSig and app token read everything.
+    assert!(tencent.expired_answers() >= 1, "Tencent refused no UserSig");
+    assert!(agora.unauthorized() >= 1, "Agora refused no app token");
+    // A dismissed group with a mute to hold is said, not repaired; the
+    // rest is.
+    for name in ["tencent", "agora"] {
+        let t = target(&s, name);
+        assert_eq!(t.compared.unread.len(), 1, "{:?}", t.compared.unread);
+        let (place, why) = &t.compared.unread[0];
+        assert_eq!(place, &Place::Group("g5".into()));
+        assert!(why.contains("has no group g5"), "{why}");
+        assert!(t.plans.iter().all(|p| matches!(p, Plan::Fix(_))));
+        assert_eq!(t.published, 4, "{name}: a marker per drifted group");
+    }
+    assert!(!s.ok(), "an unread place fails the pass");
+    // No member list of a group the provider does not have; Agora's
+    // details left g5 out, so it was asked alone (404).
+    let (t, a) = (target(&s, "tencent"), target(&s, "agora"));
+    assert_eq!(t.reads["get_group_muted_account"], 4, "{:?}", t.reads);
+    assert_eq!(a.reads["GET chatgroups/{id}/mute"], 4, "{:?}", a.reads);
+    assert_eq!(a.reads["GET chatrooms/{id}/mute"], 1, "{:?}", a.reads);
+    assert!(a.reads["GET chatgroups/{ids}"] >= 2, "{:?}", a.reads);
+    assert_eq!(
+        metric_of(&metrics, "mutebridge_verify_last_pass_differences"),
+        10.0
+    );
+
+    // The worker applies the repairs, with what is left of each mute.
+    let repaired = || {
+        tencent.mute_all("g1")
+            && tencent.muted("g1").contains_key("u1")
+            && tencent.muted("g2").contains_key("u2")
+            && !tencent.mute_all("g3")
+            && !tencent.muted("g4").contains_key("stranger")
+            && agora.muted(grp, "g2").contains_key("u2")
+            && !agora.mute_all(grp, "g3")
+            && !agora.muted(grp, "g4").contains_key("stranger")
+            && agora.mute_all(Kind::Room, "room1")
+            && agora.muted(Kind::Room, "room1").contains_key("u3")
+    };
+    assert!(
+        wait_until(WAIT, repaired).await,
+        "tencent {:?}\nagora {:?}",
+        tencent.calls(),
+        agora.calls()
+    );
+    let again_u2 = |calls: Vec<Call>| calls.into_iter().rfind(|c| c.users == ["u2"]).unwrap();
+    let (t_again, a_again) = (again_u2(tencent.calls()), again_u2(agora.calls()));
+    // Tencent's MuteTime is seconds, Agora's mute_duration ms.
+    assert!(
+        t_again.duration.unwrap() <= t_first.duration.unwrap() - 3,
+        "first {t_first:?}, repair {t_again:?}"
+    );
+    assert!(
+        a_again.duration.unwrap() <= a_first.duration.unwrap() - 3000,
+        "first {a_first:?}, repair {a_again:?}"
+    );
+    assert!((tencent.muted("g2")["u2"] - until / 1000).abs() <= 2);
+    assert!((tencent.muted("g1")["u1"] - until / 1000).abs() <= 2);
+    assert!((agora.muted(grp, "g2")["u2"] - until).abs() <= 1500);
+    assert!((agora.muted(Kind::Room, "room1")["u3"] - until).abs() <= 1500);
+    // One call per repaired dimension, nothing else.
+    assert_eq!(tencent.calls().len(), t_writes + 5, "{:?}", tencent.calls());
+    assert_eq!(agora.calls().len(), a_writes + 5, "{:?}", agora.calls());
+    assert_eq!(refused_other_than_expiry(&tencent), Vec::<String>::new());
+    assert_eq!(refused_other_than_expiry(&agora), Vec::<String>::new());
+
+    // The group is back: the next pass finds nothing.
+    tencent.only_groups(&["g1", "g2", "g3", "g4", "g5"]);
+    agora.only(&[still_there.as_slice(), &[(grp, "g5")]].concat());
+    let s = settled(&v, &Options::default(), 11).await;
+    assert_eq!(found(&s), []);
+    assert!(
+        s.ok(),
+        "{:?}",
+        s.targets
+            .iter()
+            .map(|t| &t.compared.unread)
+            .collect::<Vec<_>>()
+    );
+    w.stop().await;
+}
+
+/// Reads spend the provider's budget too: with the exact limit (Redis)
+/// each target's reads take slots of its one schedule with the worker's
+/// writes, and stand-ins that allow 10 calls per second per API refuse
+/// none of either while both run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tencent_and_agora_reads_stay_under_the_rate_limit_with_the_worker() {
+    let _heavy = HEAVY.lock().await;
+    let redis = RedisServer::start();
+    let tencent = FakeTencent::start(TENCENT_APP, TENCENT_ADMIN, TENCENT_KEY, 10.0).await;
+    let agora = agora_app(10.0).await;
+    let text = mirror_im(&[&tencent], &agora, |name| {
+        format!(
+            "rate_per_second = 10\n[targets.{name}.rate_limit]\nmode = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        )
+    });
+    let h = Harness::start_with(|c| policy(c, &text)).await;
+    let mut w = h.start_worker().await;
+    let groups: Vec<String> = (0..30).map(|i| format!("rl-{i}")).collect();
+    for g in &groups {
+        post_ok(&h, &mute_all(g)).await;
+    }
+    let both = |n: usize| tencent.calls().len() == n && agora.calls().len() == n;
+    assert!(wait_until(Duration::from_secs(60), || both(30)).await);
+    let (v, _) = verifier(&h, &h.config).await;
+    let clean = settled(&v, &Options::default(), 60).await;
+    assert_eq!(found(&clean), []);
+    // A pass while the worker applies 30 new mutes to each.
+    let started = Instant::now();
+    for i in 0..30 {
+        post_ok(&h, &mute_all(&format!("busy-{i}"))).await;
+    }
+    let s = v.pass(&Options::default()).await.unwrap();
+    assert_eq!(found(&s), []);
+    assert!(target(&s, "tencent").reads["get_group_muted_account"] >= 30);
+    assert!(target(&s, "agora").reads["GET chatgroups/{id}/mute"] >= 30);
+    assert!(wait_until(Duration::from_secs(60), || both(60)).await);
+    for (name, p) in [
+        ("tencent", &tencent as &dyn Provider),
+        ("agora", &agora as &dyn Provider),
+    ] {
+        assert_eq!(
+            p.rate_limited(),
+            0,
+            "{name} refused while reading and writing"
+        );
+        let arrivals: Vec<Instant> = p.arrivals().into_iter().filter(|a| *a >= started).collect();
+        let busiest = arrivals
+            .iter()
+            .map(|a| {
+                arrivals
+                    .iter()
+                    .filter(|b| **b >= *a && b.duration_since(*a) < Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(busiest <= 10, "{name}: {busiest} requests within a second");
+        eprintln!(
+            "{name}: reads and writes together: {} requests in {:.1?}, at most {busiest} in a second",
+            arrivals.len(),
+            started.elapsed()
+        );
+    }
+    w.stop().await;
+}
+
+/// What a pass costs, measured: 1,000 groups mirrored to Tencent and
+/// Agora, read back at the default rates (`rate_per_second` 50 each,
+/// headroom 0.95, `read_share` 0.5: 23.75 reads/s), once in agreement and
+/// once with 100 mutes lifted on each. Prints the reads per group and the
+/// time (README, Verify; benches/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tencent_and_agora_passes_over_1000_groups_at_the_default_rates() {
+    let _heavy = HEAVY.lock().await;
+    let tencent = FakeTencent::start(TENCENT_APP, TENCENT_ADMIN, TENCENT_KEY, 2000.0).await;
+    let agora = agora_app(2000.0).await;
+    // The worker applies the setup quickly; the verifier reads at the
+    // defaults (its config has no rate_per_second).
+    let fast = mirror_im(&[&tencent], &agora, |_| "rate_per_second = 1000\n".into());
+    let defaults = mirror_im(&[&tencent], &agora, |_| String::new());
+    let h = Harness::start_with(|c| policy(c, &fast)).await;
+    let mut w = h.start_worker().await;
+    let groups: Vec<String> = (0..1000).map(|i| format!("m-{i:04}")).collect();
+    let until = now_ms() + 3_600_000;
+    for (i, g) in groups.iter().enumerate() {
+        post_ok(&h, &mute_all(g)).await;
+        if i % 10 == 0 {
+            post_ok(&h, &member_mute(g, &users(&["u"]), Some(until))).await;
+        }
+    }
+    let all_applied = || tencent.calls().len() == 1100 && agora.calls().len() == 1100;
+    assert!(
+        wait_until(Duration::from_secs(180), all_applied).await,
+        "{} {}",
+        tencent.calls().len(),
+        agora.calls().len()
+    );
+    let mut config = h.config.clone();
+    policy(&mut config, &defaults);
+    let (v, _) = verifier(&h, &config).await;
+    let report = |label: &str, s: &Summary| {
+        for t in &s.targets {
+            let reads: usize = t.reads.values().sum();
+            eprintln!(
+                "verify {label}: {}: {} places, {} reads ({:.3} per place) in {:.1} s ({:?}), {} differences",
+                t.target,
+                t.places,
+                reads,
+                reads as f64 / t.places as f64,
+                t.seconds,
+                t.reads,
+                t.compared.findings.len()
+            );
+        }
+    };
+    let clean = settled(&v, &Options::default(), 2000).await;
+    report("in agreement", &clean);
+    assert_eq!(found(&clean), []);
+    let (t, a) = (target(&clean, "tencent"), target(&clean, "agora"));
+    assert_eq!((t.places, a.places), (1000, 1000));
+    assert_eq!(
+        t.reads,
+        BTreeMap::from([("get_group_info", 20), ("get_group_muted_account", 1000)])
+    );
+    assert_eq!(
+        a.reads,
+        BTreeMap::from([
+            ("GET chatgroups/{id}/mute", 1000),
+            ("GET chatgroups/{ids}", 10)
+        ])
+    );
+    // At 23.75 reads/s, 1,020 and 1,010 reads take at least 42 s.
+    assert!(t.seconds >= 1019.0 / 23.75, "{:.1} s", t.seconds);
+    assert!(a.seconds >= 1009.0 / 23.75, "{:.1} s", a.seconds);
+    // Drift costs no extra read: every flag and every list is read anyway.
+    for g in groups.iter().step_by(10) {
+        tencent.set_mute_all(g, false);
+        agora.lift(Kind::Group, g, "u");
+    }
+    let drift = v.pass(&Options::default()).await.unwrap();
+    report(
+        "with 100 mute-alls lifted on Tencent, 100 member mutes on Agora",
+        &drift,
+    );
+    let (dt, da) = (target(&drift, "tencent"), target(&drift, "agora"));
+    assert_eq!(
+        (dt.compared.findings.len(), da.compared.findings.len()),
+        (100, 100)
+    );
+    assert_eq!((&dt.reads, &da.reads), (&t.reads, &a.reads));
+    assert_eq!(tencent.rate_limited() + agora.rate_limited(), 0);
+    w.stop().await;
+}
+
+/// Issue 28's "done when": one Easemob app mirrored onto ZEGO, RongCloud,
+/// Tencent and Agora by one worker process started from one config file
+/// (`mutebridge worker --config F`), drift made on each provider,
+/// `mutebridge verify --config F --repair` finds and repairs it all, and
+/// the next `mutebridge verify` finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_app_mirrored_onto_four_providers_and_verify_repairs_drift_on_each() {
+    let zego = FakeZego::start(ZEGO_APP, ZEGO_SECRET, 100.0).await;
+    let rc = FakeRongCloud::start(RC_KEY, RC_SECRET, 100.0).await;
+    let (tencent, backup) = tencent_pair().await;
+    let agora = agora_app(100.0).await;
+    let targets = format!(
+        "{}{}time_zone = \"beijing\"\n{}{}
+[[policy.rules]]
+name = \"group mutes to every provider\"
+when = {{ scope = \"group\", {MUTE_KINDS} }}
+then = [{{ target = \"zego\", group = \"{{group_id}}\" }}, {{ target = \"rc\", group = \"{{group_id}}\" }}, {{ target = \"tencent\", group = \"{{group_id}}\" }}, {{ target = \"agora\", group = \"{{group_id}}\" }}]
+
+[[policy.rules]]
+name = \"chatroom mutes to RongCloud and Agora\"
+when = {{ scope = \"chatroom\", {MUTE_KINDS} }}
+then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}, {{ target = \"agora\", chatroom = \"{{group_id}}\" }}]
+",
+        zego_target(&zego, "zego"),
+        rc_target(&[&rc], "rc"),
+        tencent_target(&[&tencent, &backup], "tencent"),
+        agora_target(&agora, "agora"),
+    );
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = h.worker_process_config(&targets, dir.path());
+    let log = dir.path().join("worker.log");
+    let (_worker, _) = spawn_role("worker", &config, &log);
+    let worker_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let until = now_ms() + 3_600_000;
+    post_ok(&h, &mute_all("d1")).await;
+    post_ok(&h, &member_mute("d1", &users(&["u1"]), Some(until))).await;
+    post_ok(&h, &chatroom(mute_all("r1"))).await;
+    post_ok(
+        &h,
+        &chatroom(member_mute("r1", &users(&["u2"]), Some(until))),
+    )
+    .await;
+    let mirrored = || {
+        zego.held().mute_all("d1").is_some()
+            && zego.held().muted_members("d1").contains_key("u1")
+            && rc.held().banned(false, "d1")
+            && rc.held().gagged(false, "d1").contains_key("u1")
+            && rc.held().banned(true, "r1")
+            && rc.held().gagged(true, "r1").contains_key("u2")
+            && tencent.mute_all("d1")
+            && tencent.muted("d1").contains_key("u1")
+            && agora.mute_all(Kind::Group, "d1")
+            && agora.muted(Kind::Group, "d1").contains_key("u1")
+            && agora.mute_all(Kind::Room, "r1")
+            && agora.muted(Kind::Room, "r1").contains_key("u2")
+    };
+    assert!(wait_until(WAIT, mirrored).await, "{}", worker_log());
+
+    let path = config.to_str().unwrap();
+    let verify = |args: &[&str]| {
+        let mut all = vec!["verify", "--config", path];
+        all.extend_from_slice(args);
+        let out = mutebridge(&all);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    // In agreement once the worker's records are written (a pass leaves
+    // out what the targets have not applied yet).
+    let agrees = || {
+        let (ok, stdout, stderr) = verify(&[]);
+        ok && stdout.is_empty() && stderr.matches(" 0 dimension(s) pending").count() == 4
+    };
+    assert!(wait_until(WAIT, agrees).await, "{:?}", verify(&[]));
+
+    // Behind mutebridge's back, on each provider.
+    zego.held().console_unmute_all("d1");
+    rc.held().console_ungag(false, "d1", "u1");
+    tencent.lift("d1", "u1");
+    agora.recreate(Kind::Room, "r1");
+    let (ok, stdout, stderr) = verify(&["--repair"]);
+    eprintln!("verify --repair:\n{stdout}{stderr}");
+    assert!(ok, "every difference is repairable");
+    for line in [
+        "zego: group d1 (test#app group d1): mute_all missing",
+        "rc: group d1 (test#app group d1): member u1 missing",
+        "tencent: group d1 (test#app group d1): member u1 missing",
+        "agora: chatroom r1 (test#app chatroom r1): mute_all missing",
+        "agora: chatroom r1 (test#app chatroom r1): member u2 missing",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert!(stdout.lines().all(|l| l.ends_with("repair published")));
+    assert!(wait_until(WAIT, mirrored).await, "{}", worker_log());
+    // The next pass finds nothing.
+    assert!(wait_until(WAIT, agrees).await, "{:?}", verify(&[]));
+    for p in [&zego as &dyn Provider, &rc, &tencent, &agora] {
+        assert_eq!(p.rejected(), Vec::<String>::new());
+    }
 }
