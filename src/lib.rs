@@ -14,6 +14,11 @@
 //!   deliver to one of the [`targets`] (ZEGO, RongCloud, Tencent, Agora, webhook) ->
 //!   dead-letter what fails for good -> commit.
 //!
+//! Beside the event's path, two loops close the gaps callbacks and
+//! providers leave: [`reconcile`] compares the mute state with Easemob's
+//! own, and [`verify`] reads back what each target's provider holds and
+//! repairs the drift through the worker.
+//!
 //! Around them: [`config`] (one TOML file, checked at load), [`kafka`] (the
 //! cluster, embedded or external, and every client's settings), `server`
 //! (the HTTP/1.1 server under both roles, with connection timeouts and a
@@ -23,7 +28,8 @@
 //! The items re-exported at the top are what the binary, the integration
 //! tests and the benchmarks build on. Beside `src/`: `tests/it/` is the one
 //! integration-test binary (each module one area, over real sockets, with
-//! faithful ZEGO, RongCloud and webhook stand-ins in `providers.rs`, Tencent's and Agora's in
+//! faithful ZEGO, RongCloud and webhook stand-ins in `providers.rs`, what
+//! they hold and their read APIs in `held.rs`, Tencent's and Agora's in
 //! `providers_tencent.rs` and `providers_agora.rs`),
 //! `benches/` the worker benchmark (one module per measurement) and the
 //! ingest scripts, `deploy/` the container, compose, Kubernetes and
@@ -43,6 +49,7 @@ mod server;
 pub mod state;
 mod targets;
 mod time;
+pub mod verify;
 mod worker;
 
 pub use config::Config;

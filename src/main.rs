@@ -133,6 +133,31 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Read back what each target's provider holds (ZEGO, RongCloud,
+    /// Tencent, Agora), compare it with the groups' mute state as the
+    /// policy sends it, and report each difference; --repair has the
+    /// workers re-apply the drifted dimensions (the remaining time of a
+    /// timed mute).
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only this `[targets.NAME]` (default: every target that can be
+        /// read back).
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        selection: cli::state::Selection,
+        /// Print what would be repaired; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Publish a repair marker per drifted group; the worker owning
+        /// the group applies it under the target's rate limit.
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object per difference, then a summary per target.
+        #[arg(long)]
+        json: bool,
+    },
     /// Each target's circuit breaker, lag and backlog: from a running
     /// worker (--url, its ops address) or from Kafka (--config).
     Targets {
@@ -389,6 +414,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 dry_run,
             };
             cli::reconcile::run(config.as_deref(), args).await
+        }
+        Command::Verify {
+            config,
+            target,
+            selection,
+            dry_run,
+            repair,
+            json,
+        } => {
+            let args = cli::verify::Args {
+                target,
+                selection,
+                dry_run,
+                repair,
+                json,
+            };
+            cli::verify::run(config.as_deref(), args).await
         }
         Command::Schema { contract } => {
             print!(

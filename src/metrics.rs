@@ -1,6 +1,7 @@
 //! Prometheus metrics, served at `GET /metrics`: the ingest role's here,
 //! the worker's in [`crate::worker::metrics`], the reconciler's in
-//! [`crate::reconcile::metrics`], all in one registry.
+//! [`crate::reconcile::metrics`], the verifier's in
+//! [`crate::verify::metrics`], all in one registry.
 //!
 //! Labels are closed sets (outcomes, event kinds); nothing the sender
 //! controls (callId, group ID, appkey) becomes a label, so cardinality is
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use crate::event::EventKind;
 pub use crate::reconcile::metrics::ReconcileMetrics;
+pub use crate::verify::metrics::VerifyMetrics;
 pub use crate::worker::metrics::WorkerMetrics;
 
 /// What happened to a callback; the `outcome` label of `mutebridge_webhooks_total`.
@@ -94,6 +96,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub worker: WorkerMetrics,
     pub reconcile: ReconcileMetrics,
+    pub verify: VerifyMetrics,
     by_outcome: Arc<[IntCounter]>,
     by_kind: Arc<Vec<IntCounter>>,
 }
@@ -195,6 +198,10 @@ impl Metrics {
         for c in reconcile.collectors() {
             registry.register(c).expect("metric names are unique");
         }
+        let verify = VerifyMetrics::new();
+        for c in verify.collectors() {
+            registry.register(c).expect("metric names are unique");
+        }
 
         // Resolved once: a label lookup hashes and locks on every call,
         // and these are incremented on every request.
@@ -233,6 +240,7 @@ impl Metrics {
             http,
             worker,
             reconcile,
+            verify,
         }
     }
 

@@ -17,6 +17,8 @@
 
 #[path = "../../tests/it/fixtures.rs"]
 mod fixtures;
+#[path = "../../tests/it/held.rs"]
+mod held;
 #[path = "../../tests/it/providers.rs"]
 mod providers;
 

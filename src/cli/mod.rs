@@ -14,6 +14,7 @@ pub mod send;
 pub mod state;
 pub mod targets;
 pub mod topics;
+pub mod verify;
 
 use std::path::Path;
 
@@ -41,7 +42,8 @@ pub enum Resolve {
     Ingest,
     /// What `mutebridge worker` reads: the targets' secrets, Redis URLs and `[kafka.client]`'s.
     Worker,
-    /// What `mutebridge reconcile` reads: the apps' REST credentials and `[kafka.client]`'s.
+    /// What `mutebridge reconcile` reads: the apps' REST credentials and `[kafka.client]`'s
+    /// (and the targets', when it schedules verify passes).
     Reconcile,
     /// Every secret (`mutebridge run` reads ingest's and the worker's).
     All,
@@ -63,7 +65,15 @@ impl Resolve {
 /// name a variable (a deployment repository's CI has none of them).
 pub fn check_config(file: &Path, resolve: Option<Resolve>) -> anyhow::Result<()> {
     let secrets = resolve.map_or(Secrets::NONE, Resolve::secrets);
-    let (config, _) = Config::load(Some(file), secrets)?;
+    let (mut config, _) = Config::load(Some(file), secrets)?;
+    // A reconcile role that schedules verify passes reads the targets' too.
+    if resolve == Some(Resolve::Reconcile) && config.verify.interval_seconds > 0 {
+        let with_targets = Secrets {
+            targets: true,
+            ..secrets
+        };
+        config = Config::load(Some(file), with_targets)?.0;
+    }
     let resolved = match resolve {
         None => "secrets not read; --resolve ROLE reads them",
         Some(Resolve::Ingest) => "the ingest role's secrets read",

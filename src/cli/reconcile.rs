@@ -2,7 +2,9 @@
 //! own and publish corrections for what differs ([`crate::reconcile`]).
 //! `--once` (the first sync of a deployment, or a repair on demand) runs
 //! one pass with progress on stderr and a summary; without it, the role
-//! passes every `reconcile.interval_seconds` and serves its metrics.
+//! passes every `reconcile.interval_seconds` and serves its metrics, and
+//! reads the targets back every `verify.interval_seconds` when set
+//! ([`crate::verify`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use crate::config::{Config, Secrets};
 use crate::kafka::Cluster;
 use crate::metrics::Metrics;
 use crate::reconcile::{describe, Options, Reconciler};
+use crate::verify::Verifier;
 
 /// What the command line asks for.
 pub struct Args {
@@ -26,11 +29,26 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitC
         bail!("reconcile needs --config: the app's [easemob.apps.rest] and the cluster the workers use");
     };
     let (config, _) = Config::load(Some(file), Secrets::RECONCILE)?;
+    let once = args.once || args.dry_run;
+    // Scheduled verify passes sign their reads: the targets' secrets too.
+    let verifies = !once && config.verify.interval_seconds > 0;
+    let config = match verifies {
+        true => {
+            Config::load(
+                Some(file),
+                Secrets {
+                    targets: true,
+                    ..Secrets::RECONCILE
+                },
+            )?
+            .0
+        }
+        false => config,
+    };
     if config.kafka.is_embedded() {
         bail!("kafka.brokers is \"embedded\": the embedded cluster lives inside a running mutebridge; point --config at the cluster the workers use");
     }
-    let once = args.once || args.dry_run;
-    if !once && config.reconcile.interval_seconds == 0 {
+    if !once && config.reconcile.interval_seconds == 0 && !verifies {
         bail!("reconcile.interval_seconds is 0 (only on demand): run `mutebridge reconcile --once`, or set an interval to run the role");
     }
     // Warnings (a group left unread, a token refused) reach stderr in
@@ -38,16 +56,28 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitC
     super::run::init_logging();
     let metrics = Metrics::new();
     let cluster = Cluster::connect(&config.kafka).await?;
-    let reconciler = Reconciler::start(&config, &cluster, &metrics).await?;
     let options = Options {
         groups: args.groups,
         dry_run: args.dry_run,
         progress: once,
     };
     if once {
+        let reconciler = Reconciler::start(&config, &cluster, &metrics).await?;
         return one_pass(&reconciler, &options, &config.kafka.topic).await;
     }
-    serve(reconciler, options, &config, &metrics).await
+    // The role: reconcile passes when an interval and an app's REST API are
+    // set, verify passes when `[verify] interval_seconds` is.
+    let reconciles = config.reconcile.interval_seconds > 0
+        && config.easemob.apps.iter().any(|a| a.rest.is_some());
+    let reconciler = match reconciles || !verifies {
+        true => Some(Reconciler::start(&config, &cluster, &metrics).await?),
+        false => None,
+    };
+    let verifier = match verifies {
+        true => Some(Verifier::start(&config, &cluster, &metrics, None, true).await?),
+        false => None,
+    };
+    serve(reconciler, verifier, options, &config, &metrics).await
 }
 
 /// `--once` and `--dry-run`: one pass, the differences (dry run) on stdout,
@@ -118,7 +148,8 @@ async fn one_pass(
 /// The role: passes until SIGTERM, `/metrics` `/healthz` `/readyz` on
 /// `ops.listen` (or `http.listen`: the role has no other port).
 async fn serve(
-    reconciler: Reconciler,
+    reconciler: Option<Reconciler>,
+    verifier: Option<Verifier>,
     options: Options,
     config: &Config,
     metrics: &Metrics,
@@ -131,10 +162,24 @@ async fn serve(
     let bound = listener.local_addr().unwrap_or(listen);
     println!("mutebridge {}", env!("CARGO_PKG_VERSION"));
     println!("  reconcile: http://{bound}  (GET /metrics /healthz /readyz)");
-    println!(
-        "  every {} s, scope {:?}; corrections to {}",
-        config.reconcile.interval_seconds, config.reconcile.scope, config.kafka.topic
-    );
+    if reconciler.is_some() {
+        println!(
+            "  every {} s, scope {:?}; corrections to {}",
+            config.reconcile.interval_seconds, config.reconcile.scope, config.kafka.topic
+        );
+    }
+    if let Some(v) = &verifier {
+        println!(
+            "  verify every {} s: {}{}",
+            config.verify.interval_seconds,
+            v.target_names().join(", "),
+            if config.verify.repair {
+                " (repairing)"
+            } else {
+                " (report only)"
+            }
+        );
+    }
     let ready = crate::ops::Readiness::ready();
     let router = crate::ops::router(metrics.clone(), ready, || {}).fallback(crate::ops::not_found);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -149,7 +194,15 @@ async fn serve(
         metrics.http.clone(),
         stopped(stop_rx.clone()),
     ));
-    let mut passes = tokio::spawn(reconciler.run(options, stopped(stop_rx)));
+    let verifying = verifier.map(|v| tokio::spawn(v.run(stopped(stop_rx.clone()))));
+    let mut passes = match reconciler {
+        Some(r) => tokio::spawn(r.run(options, stopped(stop_rx))),
+        // Verify only: this task ends with the role.
+        None => tokio::spawn(async move {
+            stopped(stop_rx).await;
+            Ok(())
+        }),
+    };
     let ended = tokio::select! {
         _ = crate::ops::shutdown_signal() => {
             let _ = stop_tx.send(true);
@@ -159,6 +212,13 @@ async fn serve(
     };
     let _ = stop_tx.send(true);
     let _ = http.await;
+    if let Some(v) = verifying {
+        match v.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => bail!("the verify task failed: {e}"),
+        }
+    }
     match ended {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e),

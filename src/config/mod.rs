@@ -18,6 +18,7 @@ pub use crate::kafka::config::KafkaConfig;
 pub use crate::ops::OpsConfig;
 pub use crate::reconcile::config::{Reach, ReconcileConfig, RestConfig};
 pub use crate::server::config::HttpConfig;
+pub use crate::verify::config::VerifyConfig;
 pub use crate::worker::config::{RetryConfig, WorkerConfig};
 pub use error::{ConfigError, Invalid};
 pub use secret::{Secret, Secrets};
@@ -42,6 +43,7 @@ pub struct Config {
     pub easemob: EasemobConfig,
     pub worker: WorkerConfig,
     pub reconcile: ReconcileConfig,
+    pub verify: VerifyConfig,
     /// `[targets.NAME]`: downstream APIs the policy's actions go to.
     pub targets: BTreeMap<String, TargetConfig>,
     pub policy: PolicyConfig,
@@ -287,6 +289,15 @@ impl Config {
         self.worker
             .validate(&self.kafka)
             .map_err(|e| e.under("worker"))?;
+        self.verify.validate().map_err(|e| e.under("verify"))?;
+        if let Some((i, t)) =
+            (self.verify.targets.iter().enumerate()).find(|(_, t)| !self.targets.contains_key(*t))
+        {
+            return invalid(
+                &format!("verify.targets[{i}]"),
+                format!("no [targets.{t}] in the config"),
+            );
+        }
         for (name, target) in &self.targets {
             check_target_name(name).map_err(|e| e.under(&format!("targets.{name}")))?;
             target

@@ -100,7 +100,7 @@ impl Cluster {
             let fix = if cfg.create_topics {
                 ""
             } else {
-                " (kafka.create_topics is false: `mutebridge topics create --config FILE` creates missing topics)"
+                " (kafka.create_topics is false: `mutebridge topics create --config FILE` creates missing topics, or set kafka.create_topics = true)"
             };
             bail!(
                 "the topics on {} are not fit for mutebridge{fix}:\n  {}",

@@ -200,6 +200,8 @@ pub struct Topics {
     /// answer (each unanswered DescribeConfigs costs its timeout), and for
     /// librdkafka's mock cluster, which has none.
     describe: std::sync::atomic::AtomicBool,
+    /// Whether the cluster is librdkafka's mock (asked once).
+    mock: tokio::sync::OnceCell<bool>,
 }
 
 impl Topics {
@@ -211,7 +213,29 @@ impl Topics {
             admin: std::sync::Arc::new(admin),
             bootstrap: bootstrap.to_owned(),
             describe: std::sync::atomic::AtomicBool::new(true),
+            mock: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Whether the cluster is librdkafka's mock cluster (the embedded one,
+    /// or `mutebridge dev-kafka`): it has neither CreateTopics nor
+    /// DescribeConfigs, and asking would only wait for a timeout. Its
+    /// cluster ID says so.
+    async fn is_mock(&self) -> bool {
+        *self
+            .mock
+            .get_or_init(|| async {
+                let admin = self.admin.clone();
+                tokio::task::spawn_blocking(move || {
+                    admin
+                        .inner()
+                        .fetch_cluster_id(Duration::from_secs(5))
+                        .is_some_and(|id| id.starts_with("mockCluster"))
+                })
+                .await
+                .unwrap_or(false)
+            })
+            .await
     }
 
     /// Does not ask for topic settings (a cluster known to have none:
@@ -299,7 +323,7 @@ impl Topics {
     /// forbid it).
     async fn configs(&self, topic: &str) -> Option<HashMap<String, String>> {
         use std::sync::atomic::Ordering;
-        if !self.describe.load(Ordering::Relaxed) {
+        if !self.describe.load(Ordering::Relaxed) || self.is_mock().await {
             return None;
         }
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
@@ -334,6 +358,14 @@ impl Topics {
         wanted: &Wanted,
         partitions: i32,
     ) -> anyhow::Result<bool> {
+        if self.is_mock().await {
+            anyhow::bail!(
+                "cannot create topic {} ({}) on {}: it is librdkafka's mock cluster (`mutebridge dev-kafka`), which cannot create topics for its clients; create it there (dev-kafka --topic ...) and set kafka.create_topics = false",
+                wanted.name,
+                wanted.role.key(),
+                self.bootstrap
+            );
+        }
         let settings = plan.settings(wanted.role);
         let mut topic = NewTopic::new(
             &wanted.name,
@@ -453,9 +485,13 @@ pub fn judge(
         })
     };
     let Some(o) = observed else {
+        let partitions = match (wanted.role, event_partitions) {
+            (Role::Events, _) | (_, None) => format!("{} partitions, kafka.partitions", plan.partitions),
+            (_, Some(n)) => format!("{n} partitions, the event topic's"),
+        };
         say(
             Severity::Problem,
-            "does not exist: `mutebridge topics create --config FILE` creates it".into(),
+            format!("does not exist: `mutebridge topics create --config FILE` creates it ({partitions})"),
         );
         return out;
     };

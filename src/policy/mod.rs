@@ -465,7 +465,7 @@ impl Then {
         }
         Some(match e.kind {
             EventKind::MuteAll => Op::MuteAll {
-                seconds: self.mute_seconds,
+                seconds: self.mute_all_seconds(e),
             },
             EventKind::UnmuteAll => Op::UnmuteAll,
             EventKind::MemberMuted => {
@@ -482,6 +482,22 @@ impl Then {
             EventKind::MemberUnmuted => Op::UnmuteMembers,
             _ => return None,
         })
+    }
+
+    /// A mute-all's length: the rule's `mute_seconds`, or what is left of
+    /// it when the event says until when (a repair of a timed mute-all that
+    /// has run for a while: re-sent whole, it would start over). Read at
+    /// planning, so a call that waits for its rate-limit slot ends up to
+    /// that wait later.
+    fn mute_all_seconds(&self, e: &Event) -> Option<u64> {
+        let full = self.mute_seconds?;
+        match e.mute {
+            Some(Mute::Until { until_ms: Some(u) }) => {
+                let left = u.saturating_sub(crate::time::now_ms()).max(1000) as u64;
+                Some(left.div_ceil(1000).min(full))
+            }
+            _ => Some(full),
+        }
     }
 
     /// The target's ID of the group, through the group map when there is

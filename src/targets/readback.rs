@@ -2,25 +2,15 @@
 //! provider that has them (Tencent, Agora), so that `verify` compares it
 //! with what the target should hold without knowing the provider.
 //!
-//! Each provider's module builds the signed requests of a read pass
-//! (`read_requests`) and parses each answer (`parse_read`) into
+//! Each provider's module plans the reads of a pass (`read_plan`: which
+//! batches, which places), signs each read afresh for every attempt
+//! (`read_request`), and parses each answer (`parse_read`) into
 //! [`Observed`] facts, or into the same [`super::Outcome`] a write's
 //! failure would be (rate limit, outage, refused credential, permanent),
-//! so a read is retried, paused and counted like the target's calls.
+//! so a read is retried, paused and counted like the target's calls
+//! (`crate::verify::tencent`, `crate::verify::agora`).
 
-// The surface `verify` reads providers back through; the unit tests of
-// each provider's module exercise it.
-#![allow(dead_code)]
-
-use super::Request;
 use crate::policy::Dest;
-
-/// One read of a pass: what it asks about, and the request that asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadRequest {
-    pub read: Read,
-    pub request: Request,
-}
 
 /// What a read asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -51,6 +51,32 @@ pub struct RongCloudConfig {
     /// How long before RongCloud would end a capped gag it is re-applied.
     #[serde(default = "default_renew_ahead")]
     pub renew_ahead_seconds: u64,
+    /// The clock of the end times RongCloud lists (`mutebridge verify`
+    /// reads them): `beijing` (UTC+8, the Beijing data centre) or `utc`
+    /// (the global data centres). Unset: from the first of `base_urls`
+    /// (`*.rong-api.com`: beijing; `*-light-api.com`: utc).
+    #[serde(default)]
+    pub time_zone: Option<TimeZone>,
+}
+
+/// The zone of the wall-clock times RongCloud's lists show: its data
+/// centre's ("Beijing time" for the Beijing data centre, UTC for the
+/// global ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeZone {
+    Beijing,
+    Utc,
+}
+
+impl TimeZone {
+    /// Seconds east of UTC.
+    pub fn utc_offset_seconds(self) -> i32 {
+        match self {
+            TimeZone::Beijing => 8 * 3600,
+            TimeZone::Utc => 0,
+        }
+    }
 }
 
 fn default_max_mute() -> u64 {
@@ -101,6 +127,25 @@ impl RongCloudConfig {
             self.renew_ahead_seconds,
             MAX_GAG_MINUTES * 60,
         )
+    }
+}
+
+impl RongCloudConfig {
+    /// `time_zone`, or the data centre's zone told by the first host;
+    /// `None` when neither says.
+    pub fn list_time_zone(&self) -> Option<TimeZone> {
+        if self.time_zone.is_some() {
+            return self.time_zone;
+        }
+        let url = reqwest::Url::parse(self.base_urls.first()?).ok()?;
+        let host = url.host_str()?;
+        if host.ends_with(".rong-api.com") || host.ends_with(".ronghub.com") {
+            Some(TimeZone::Beijing)
+        } else if host.ends_with("-light-api.com") {
+            Some(TimeZone::Utc)
+        } else {
+            None
+        }
     }
 }
 
@@ -428,6 +473,7 @@ mod tests {
             rate_limit: Default::default(),
             max_mute_seconds: MAX_GAG_MINUTES * 60,
             renew_ahead_seconds: 86_400,
+            time_zone: None,
         })
     }
 

@@ -28,7 +28,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 use super::credential::{Credential, Refusal};
-use super::readback::{HeldMute, MuteEnd, Observed, Read, ReadRequest};
+use super::readback::{HeldMute, MuteEnd, Observed, Read};
 use super::{cut_short, remaining_seconds, Method, Outcome, Reply, Request, Transient, Unsendable};
 use crate::config::error::Invalid;
 use crate::config::secret::Secret;
@@ -473,38 +473,44 @@ impl Tencent {
 }
 
 /// The reads `verify` makes.
-#[allow(dead_code)]
 impl Tencent {
-    /// The signed requests of one read pass over `dests` (for `verify`):
-    /// the mute-all flags by `get_group_info`, 50 groups a request, then
-    /// each group's muted members by `get_group_muted_account`. Only
-    /// [`Dest::Group`]s are read; Tencent has no other kind.
-    pub fn read_requests(&self, dests: &[Dest], host: usize, now: SystemTime) -> Vec<ReadRequest> {
-        let groups: Vec<&String> = dests
+    /// The reads of one pass over `dests` (for `verify`): the mute-all
+    /// flags by `get_group_info`, 50 groups a read, then each group's muted
+    /// members by `get_group_muted_account` (Tencent has no whole-app list
+    /// of them). Only [`Dest::Group`]s are read; Tencent has no other kind.
+    pub fn read_plan(dests: &[Dest]) -> Vec<Read> {
+        let groups: Vec<&Dest> = dests
             .iter()
-            .filter_map(|d| match d {
-                Dest::Group(g) if !g.is_empty() => Some(g),
-                _ => None,
-            })
+            .filter(|d| matches!(d, Dest::Group(g) if !g.is_empty()))
             .collect();
-        let mut out = Vec::new();
-        for batch in groups.chunks(MAX_GROUPS_PER_INFO) {
-            let body = json!({
-                "GroupIdList": batch,
-                "ResponseFilter": {"GroupBaseInfoFilter": ["MuteAllMember"]},
-            });
-            out.push(ReadRequest {
-                read: Read::MuteAll(batch.iter().map(|g| Dest::Group((*g).clone())).collect()),
-                request: self.post(GROUP_INFO, &body, host, now),
-            });
-        }
-        for g in groups {
-            out.push(ReadRequest {
-                read: Read::Members(Dest::Group(g.clone())),
-                request: self.post(MUTED_ACCOUNTS, &json!({"GroupId": g}), host, now),
-            });
-        }
+        let mut out: Vec<Read> = groups
+            .chunks(MAX_GROUPS_PER_INFO)
+            .map(|batch| Read::MuteAll(batch.iter().map(|d| (*d).clone()).collect()))
+            .collect();
+        out.extend(groups.into_iter().map(|d| Read::Members(d.clone())));
         out
+    }
+
+    /// The signed POST of `read` on host `host` at `now` (made afresh for
+    /// each attempt, with the UserSig held then).
+    pub fn read_request(&self, read: &Read, host: usize, now: SystemTime) -> Request {
+        let id = |d: &Dest| match d {
+            Dest::Group(g) | Dest::Chatroom(g) => g.clone(),
+            Dest::Event => String::new(),
+        };
+        match read {
+            Read::MuteAll(dests) => {
+                let ids: Vec<String> = dests.iter().map(id).collect();
+                let body = json!({
+                    "GroupIdList": ids,
+                    "ResponseFilter": {"GroupBaseInfoFilter": ["MuteAllMember"]},
+                });
+                self.post(GROUP_INFO, &body, host, now)
+            }
+            Read::Members(dest) => {
+                self.post(MUTED_ACCOUNTS, &json!({"GroupId": id(dest)}), host, now)
+            }
+        }
     }
 
     /// What the answer to `read` says Tencent holds, or, when it failed,
@@ -884,23 +890,31 @@ mod tests {
         let t = tencent();
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let dests: Vec<Dest> = (0..51).map(|i| Dest::Group(format!("g{i}"))).collect();
-        let reads = t.read_requests(&dests, 0, now);
+        let reads = Tencent::read_plan(&dests);
         assert_eq!(
             reads.len(),
             2 + 51,
             "two info batches, a member read per group"
         );
-        assert!(matches!(&reads[0].read, Read::MuteAll(d) if d.len() == 50));
-        assert!(matches!(&reads[1].read, Read::MuteAll(d) if d.len() == 1));
-        assert!(reads[0].request.url.contains("/get_group_info?"));
+        assert!(matches!(&reads[0], Read::MuteAll(d) if d.len() == 50));
+        assert!(matches!(&reads[1], Read::MuteAll(d) if d.len() == 1));
+        assert!(t
+            .read_request(&reads[0], 0, now)
+            .url
+            .contains("/get_group_info?"));
+        let second = t.read_request(&reads[1], 1, now);
+        assert!(second.url.starts_with("https://adminapi.my-imcloud.com/"));
         let body: serde_json::Value =
-            serde_json::from_str(reads[1].request.body.as_deref().unwrap()).unwrap();
+            serde_json::from_str(second.body.as_deref().unwrap()).unwrap();
         assert_eq!(
             body,
             json!({"GroupIdList": ["g50"], "ResponseFilter": {"GroupBaseInfoFilter": ["MuteAllMember"]}})
         );
-        assert!(reads[2].request.url.contains("/get_group_muted_account?"));
-        assert_eq!(reads[2].read, Read::Members(Dest::Group("g0".into())));
+        assert!(t
+            .read_request(&reads[2], 0, now)
+            .url
+            .contains("/get_group_muted_account?"));
+        assert_eq!(reads[2], Read::Members(Dest::Group("g0".into())));
 
         let g = |id: &str| Dest::Group(id.into());
         let info = Read::MuteAll(vec![g("on"), g("off"), g("gone"), g("silent")]);

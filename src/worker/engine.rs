@@ -473,7 +473,8 @@ impl TargetEngine {
         let mut applied = part.get(&key);
         let mut total = Tally::default();
         let mut staged = None;
-        for e in guard::snapshot(&newest, now_ms()) {
+        // The whole state, or the dimensions a `mutebridge verify` marker names.
+        for e in crate::verify::repair::resync_events(marker, &newest, applied.as_ref(), now_ms()) {
             // Judged as a replay: the target gets each dimension's event
             // again even if it applied it (it may have lost it).
             let verdict = guard::judge(applied.as_ref(), &e, true);

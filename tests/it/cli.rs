@@ -946,8 +946,9 @@ fn ingest_refuses_a_missing_topic_instead_of_publishing_to_an_auto_created_one()
     let (ok, stderr) = run(false);
     assert!(!ok);
     assert!(
-        stderr.contains("topic missing does not exist")
+        stderr.contains("missing (kafka.topic): does not exist")
             && stderr.contains("12 partitions")
+            && stderr.contains("mutebridge topics create")
             && stderr.contains("kafka.create_topics = true"),
         "{stderr}"
     );

@@ -21,16 +21,17 @@ use crate::support::*;
 use crate::worker::{member_mute, policy, post_ok, unmute_all, WAIT};
 use serde_json::{json, Map, Value};
 
-const TENCENT_APP: u64 = 1400000000;
-const TENCENT_ADMIN: &str = "administrator";
+pub(crate) const TENCENT_APP: u64 = 1400000000;
+pub(crate) const TENCENT_ADMIN: &str = "administrator";
 /// The public sample key of Tencent's official READMEs.
-const TENCENT_KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+pub(crate) const TENCENT_KEY: &str =
+    "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
 /// The sample App ID and Certificate of AgoraIO/Tools' tests.
-const AGORA_APP_ID: &str = "970CA35de60c44645bbae8a215061b33";
-const AGORA_CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
+pub(crate) const AGORA_APP_ID: &str = "970CA35de60c44645bbae8a215061b33";
+pub(crate) const AGORA_CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
 
 /// `[targets.NAME]` of kind tencent for these hosts (primary first).
-fn tencent_target(hosts: &[&FakeTencent], name: &str) -> String {
+pub(crate) fn tencent_target(hosts: &[&FakeTencent], name: &str) -> String {
     let urls: Vec<String> = hosts
         .iter()
         .map(|h| format!("\"{}\"", h.base_url()))
@@ -42,7 +43,7 @@ fn tencent_target(hosts: &[&FakeTencent], name: &str) -> String {
 }
 
 /// `[targets.NAME]` of kind agora for the stand-in (prefix `org/app`).
-fn agora_target(fake: &FakeAgora, name: &str) -> String {
+pub(crate) fn agora_target(fake: &FakeAgora, name: &str) -> String {
     format!(
         "[targets.{name}]\nkind = \"agora\"\nbase_url = \"{}\"\npath_prefix = \"{}\"\napp_id = \"{AGORA_APP_ID}\"\napp_certificate = \"{AGORA_CERT}\"\n",
         fake.base_url(),
@@ -69,7 +70,7 @@ when = { scope = "chatroom", kinds = ["mute_all", "unmute_all", "member_muted", 
 then = [{ target = "agora", chatroom = "{group_id}" }]
 "#;
 
-async fn tencent_pair() -> (FakeTencent, FakeTencent) {
+pub(crate) async fn tencent_pair() -> (FakeTencent, FakeTencent) {
     FakeTencent::start_pair(TENCENT_APP, TENCENT_ADMIN, TENCENT_KEY, 200.0).await
 }
 

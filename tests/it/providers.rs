@@ -2,24 +2,27 @@
 //! parts of their contracts mutebridge uses: they check the signature and
 //! the parameters, enforce the documented rate limits with the real error
 //! codes, and can be told to fail (5xx, slow replies, given codes, outage).
-//! Shared by the integration tests and the worker benchmark; the Tencent
-//! and Agora stand-ins (`providers_tencent.rs`, `providers_agora.rs`) build
-//! on the parts here.
+//! Each holds the mute state its accepted writes made and serves the read
+//! APIs over it (`held.rs`). Shared by the integration tests and the worker
+//! benchmark; the Tencent and Agora stand-ins (`providers_tencent.rs`,
+//! `providers_agora.rs`) build on the parts here.
 
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::json;
+
+use crate::held::{self, RongHeld, ZegoHeld};
 
 /// A scripted misbehaviour, applied to the next request.
 #[derive(Debug, Clone)]
@@ -123,6 +126,8 @@ pub struct Common {
     refusals: Mutex<Vec<Instant>>,
     rate_limited: AtomicU64,
     pub(crate) rejected: Mutex<Vec<String>>,
+    /// Reads answered (the action or path), in arrival order.
+    reads: Mutex<Vec<String>>,
 }
 
 impl Common {
@@ -245,6 +250,8 @@ pub struct ZegoState {
     failing_users: Mutex<HashMap<String, i64>>,
     /// Groups whose requests misbehave, and how many more times.
     group_faults: Mutex<HashMap<String, (Fault, usize)>>,
+    /// The mute state the accepted writes made.
+    held: Mutex<ZegoHeld>,
 }
 
 /// A ZEGO ZIM server API on loopback: GET `/?Action=MuteGroup|MuteGroupMembers`.
@@ -275,6 +282,7 @@ impl FakeZego {
             groups: Mutex::new(None),
             failing_users: Mutex::new(HashMap::new()),
             group_faults: Mutex::new(HashMap::new()),
+            held: Mutex::new(ZegoHeld::default()),
         });
         let router = Router::new()
             .fallback(zego_handler)
@@ -304,6 +312,16 @@ impl FakeZego {
             .unwrap()
             .insert(user.into(), sub_code);
     }
+    /// The mute state it holds: to read, or to change behind
+    /// mutebridge's back.
+    pub fn held(&self) -> MutexGuard<'_, ZegoHeld> {
+        self.state.held.lock().unwrap()
+    }
+    /// Read requests accepted (`FetchForbidGroupList`, `QueryGroupInfo`),
+    /// in arrival order.
+    pub fn reads(&self) -> Vec<String> {
+        self.state.common.reads.lock().unwrap().clone()
+    }
 }
 
 impl Provider for FakeZego {
@@ -319,7 +337,13 @@ fn zego_reply(code: i64, message: &str) -> Response {
     axum::Json(json!({"Code": code, "Message": message, "RequestId": "fake"})).into_response()
 }
 
-async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
+async fn zego_handler(
+    State(s): State<Arc<ZegoState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrived = s.common.arrived();
     if s.common.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
@@ -397,6 +421,26 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
         s.common.refused_for_rate(arrived);
         return zego_reply(660300005, "AppID rate limit");
     }
+    let action = one(&q, "Action").unwrap_or("").to_owned();
+    if held::ZEGO_READS.contains(&action.as_str()) {
+        let read = held::zego_read(
+            &s.held.lock().unwrap(),
+            &action,
+            method == Method::POST,
+            &headers,
+            &body,
+        );
+        return match read {
+            Ok(reply) => {
+                s.common.reads.lock().unwrap().push(action);
+                reply
+            }
+            Err(why) => {
+                s.common.rejected.lock().unwrap().push(why.clone());
+                held::zego_bad_params(&why)
+            }
+        };
+    }
     let (Some(from), Some(group)) = (one(&q, "FromUserId"), one(&q, "GroupId")) else {
         return reject(660000002, "FromUserId and GroupId are required".into());
     };
@@ -413,7 +457,6 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
             return zego_reply(660600001, "group does not exist");
         }
     }
-    let action = one(&q, "Action").unwrap_or("").to_owned();
     let mut call = Call {
         action: action.clone(),
         id: group.into(),
@@ -431,6 +474,14 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
                 Some("false") => Some(false),
                 Some(other) => return reject(660000002, format!("IsAllMuted={other}")),
             };
+            let roles = all(&q, "MuteRoleList[]")
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect();
+            s.held
+                .lock()
+                .unwrap()
+                .mute_group(group, call.all_muted, roles, duration);
             s.common.calls.lock().unwrap().push(call);
             zego_reply(0, "success")
         }
@@ -454,6 +505,10 @@ async fn zego_handler(State(s): State<Arc<ZegoState>>, uri: Uri) -> Response {
             if call.users.is_empty() {
                 return axum::Json(json!({"Code": 660600033, "Message": "failed for every user", "ErrorUsers": errors})).into_response();
             }
+            s.held
+                .lock()
+                .unwrap()
+                .mute_members(group, &call.users, duration);
             s.common.calls.lock().unwrap().push(call);
             axum::Json(
                 json!({"Code": 0, "Message": "success", "RequestId": "fake", "ErrorUsers": errors}),
@@ -471,6 +526,8 @@ pub struct RongState {
     pub secret: String,
     common: Common,
     bucket: Mutex<Bucket>,
+    /// The mute state the accepted writes made (this host's).
+    held: Mutex<RongHeld>,
 }
 
 /// One RongCloud host (primary or backup) on loopback.
@@ -498,6 +555,7 @@ impl FakeRongCloud {
             secret: secret.into(),
             common: Common::default(),
             bucket: Mutex::new(Bucket::new(rate_per_second)),
+            held: Mutex::new(RongHeld::default()),
         });
         let router = Router::new()
             .fallback(rong_handler)
@@ -506,6 +564,18 @@ impl FakeRongCloud {
             addr: serve(router).await,
             state,
         }
+    }
+}
+
+impl FakeRongCloud {
+    /// The mute state it holds: to read, or to change behind
+    /// mutebridge's back.
+    pub fn held(&self) -> MutexGuard<'_, RongHeld> {
+        self.state.held.lock().unwrap()
+    }
+    /// Read requests accepted (the paths), in arrival order.
+    pub fn reads(&self) -> Vec<String> {
+        self.state.common.reads.lock().unwrap().clone()
     }
 }
 
@@ -608,10 +678,18 @@ async fn rong_handler(
         return rong_reply(429, 1008, "Too Many Requests");
     }
     let path = uri.path();
+    let form = pairs(std::str::from_utf8(&body).unwrap_or(""));
+    if held::RONG_READS.contains(&path) {
+        let answer = s.held.lock().unwrap().read(path, &form);
+        match &answer {
+            Ok(_) => s.common.reads.lock().unwrap().push(path.to_owned()),
+            Err(why) => s.common.rejected.lock().unwrap().push(why.clone()),
+        }
+        return held::rong_answer(answer);
+    }
     if !RONG_PATHS.contains(&path) {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
-    let form = pairs(std::str::from_utf8(&body).unwrap_or(""));
     let chatroom = path.starts_with("/chatroom/");
     let id_key = if chatroom { "chatroomId" } else { "groupId" };
     let ids = all(&form, id_key);
@@ -643,6 +721,7 @@ async fn rong_handler(
         (_, None) => None,
         (_, Some(_)) => return reject(400, 1002, "unexpected minute".into()),
     };
+    s.held.lock().unwrap().apply(path, &form);
     s.common.calls.lock().unwrap().push(Call {
         action: path.to_owned(),
         id: ids[0].clone(),

@@ -10,8 +10,9 @@
 //! brokers (failover), the worker and the group coordinator (groups), the
 //! state topic (state), then the whole deployment (flow).
 
+#[path = "../it/held.rs"]
+mod held;
 #[path = "../it/providers.rs"]
-#[allow(dead_code)]
 mod providers;
 #[path = "../it/support.rs"]
 mod support;
