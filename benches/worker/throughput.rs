@@ -70,7 +70,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     for real in clusters {
-        let runs: Vec<&Run> = runs.iter().filter(|(c, _)| *c == real).map(|(_, r)| r).collect();
+        let runs: Vec<&Run> = runs
+            .iter()
+            .filter(|(c, _)| *c == real)
+            .map(|(_, r)| r)
+            .collect();
         println!(
             "median | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s / {:.2} s",
             cluster_name(real),

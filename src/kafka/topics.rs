@@ -486,7 +486,9 @@ pub fn judge(
     };
     let Some(o) = observed else {
         let partitions = match (wanted.role, event_partitions) {
-            (Role::Events, _) | (_, None) => format!("{} partitions, kafka.partitions", plan.partitions),
+            (Role::Events, _) | (_, None) => {
+                format!("{} partitions, kafka.partitions", plan.partitions)
+            }
             (_, Some(n)) => format!("{n} partitions, the event topic's"),
         };
         say(

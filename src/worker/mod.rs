@@ -186,6 +186,16 @@ impl Worker {
         self.statuses.clone()
     }
 
+    /// Makes librdkafka raise a fatal error on the state producer, as a
+    /// fenced or unauthorized idempotent producer would (its own test hook).
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self, reason: &str) {
+        use rdkafka::producer::Producer as _;
+        if let Some(w) = self.ready.watches().iter().find(|w| w.role == "state") {
+            crate::ingest::publish::inject_fatal_error(w.producer.client(), reason);
+        }
+    }
+
     /// Runs every pipeline until `shutdown` completes, then lets running
     /// actions finish (up to `worker.shutdown_grace_seconds`) and commits
     /// what is done.

@@ -288,7 +288,11 @@ mod tests {
         assert!(t.take_commits("t").is_none(), "in flight: not issued twice");
         // The coordinator moved: the commit failed.
         t.commit_answered(0, 11, false);
-        assert_eq!(t.revoke(0), Some((11, String::new())), "a revoke still commits it");
+        assert_eq!(
+            t.revoke(0),
+            Some((11, String::new())),
+            "a revoke still commits it"
+        );
         let g = t.received(0, 11, 0);
         t.finished(0, 11, g);
         t.take_commits("t").unwrap();
@@ -328,7 +332,11 @@ mod tests {
     fn revoked_work_does_not_count_after_reassignment() {
         let mut t = Tracker::default();
         let old = t.received(3, 5, 0);
-        assert_eq!(t.revoke(3), None, "5 is where the group was: nothing to commit");
+        assert_eq!(
+            t.revoke(3),
+            None,
+            "5 is where the group was: nothing to commit"
+        );
         assert_eq!(t.take_revoked(), vec![(3, old)]);
         let new = t.received(3, 5, 0);
         assert_ne!(old, new);
@@ -347,7 +355,10 @@ mod tests {
         assert!(t.take_commits("t").is_none(), "40 is committed already");
         t.finished(2, 40, g);
         let tpl = t.take_commits("t").unwrap();
-        assert_eq!(tpl.find_partition("t", 2).unwrap().offset(), Offset::Offset(41));
+        assert_eq!(
+            tpl.find_partition("t", 2).unwrap().offset(),
+            Offset::Offset(41)
+        );
     }
 
     #[test]

@@ -564,7 +564,11 @@ fn zero_config_first_run() {
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for pipeline in ["state", "zego", "rongcloud"] {
         assert!(shown.contains(pipeline), "{pipeline} in\n{shown}");
     }

@@ -644,7 +644,12 @@ fn kubernetes_settings_agree_with_the_config() {
         .collect();
     assert_eq!(
         args,
-        ["topics", "create", "--config", "/etc/mutebridge/mutebridge.toml"]
+        [
+            "topics",
+            "create",
+            "--config",
+            "/etc/mutebridge/mutebridge.toml"
+        ]
     );
     assert!(!config.kafka.create_topics);
     assert_eq!(config.kafka.min_insync_replicas, Some(2));
@@ -916,7 +921,12 @@ fn compose_file_parses_and_agrees_with_its_config() {
         .collect();
     assert_eq!(
         command,
-        ["topics", "create", "--config", "/etc/mutebridge/mutebridge.toml"]
+        [
+            "topics",
+            "create",
+            "--config",
+            "/etc/mutebridge/mutebridge.toml"
+        ]
     );
     assert!(!config.kafka.create_topics);
     assert_eq!(

@@ -250,7 +250,12 @@ pub async fn eventually(limit: Duration, check: impl Fn() -> bool + Send + Sync 
 /// `config`'s topics, groups and app, members that leave the group 6 s
 /// after they stop heartbeating, and `fragment` (targets, rules, settings
 /// of other tables) appended.
-pub fn process_config(config: &Config, fragment: &str, dir: &std::path::Path, name: &str) -> PathBuf {
+pub fn process_config(
+    config: &Config,
+    fragment: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> PathBuf {
     let k = &config.kafka;
     let w = &config.worker;
     let app = &config.easemob.apps[0];
@@ -325,7 +330,12 @@ pub fn owned(ops: std::net::SocketAddr, pipeline: &str) -> Vec<i32> {
         .flatten()
         .find(|p| p["pipeline"] == pipeline)
         .and_then(|p| p["partitions"].as_array())
-        .map(|ps| ps.iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect())
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -347,7 +357,10 @@ impl Drop for Logs {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let kept = std::mem::replace(&mut self.0, tempfile::tempdir().unwrap()).keep();
-            eprintln!("the processes' config and logs are kept in {}", kept.display());
+            eprintln!(
+                "the processes' config and logs are kept in {}",
+                kept.display()
+            );
         }
     }
 }
@@ -361,13 +374,16 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32, settings
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(3))
-        .set("min.insync.replicas", "2");
+    let mut topic =
+        NewTopic::new(name, partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
     for (k, v) in settings {
         topic = topic.set(k, v);
     }
     let results = admin
-        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .unwrap();
     for r in results {

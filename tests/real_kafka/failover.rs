@@ -360,3 +360,27 @@ async fn a_fatal_producer_error_makes_ingest_unready_and_stop_with_an_error() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fatal_producer_error_makes_the_worker_unready_and_stop_with_an_error() {
+    let t = turn().await;
+    let base = config(&t, "fatal-worker");
+    let h = Harness::start_with(|c| *c = base.clone()).await;
+    let metrics = mutebridge::Metrics::new();
+    let worker = mutebridge::Worker::start(&checked(&h.config), &h.cluster, &metrics)
+        .await
+        .unwrap();
+    let ready = worker.ready_flag();
+    worker.inject_fatal_error("test: state producer fenced");
+    let stopped = tokio::time::timeout(Duration::from_secs(30), worker.run(std::future::pending()))
+        .await
+        .expect("the worker stops by itself");
+    let error = format!("{:#}", stopped.expect_err("it stops with an error"));
+    assert!(
+        error.contains("state producer failed fatally")
+            && error.contains("test: state producer fenced"),
+        "{error}"
+    );
+    let why = ready.why_not().expect("not ready");
+    assert!(why.contains("failed fatally"), "{why}");
+}

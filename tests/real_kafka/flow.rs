@@ -77,7 +77,11 @@ then = [{{ target = "rc", chatroom = "{{group_id}}" }}]
 }
 
 /// A callback of the compose config's app, signed with its secret.
-fn compose_callback(group: &str, chatroom: bool, mute: bool) -> serde_json::Map<String, serde_json::Value> {
+fn compose_callback(
+    group: &str,
+    chatroom: bool,
+    mute: bool,
+) -> serde_json::Map<String, serde_json::Value> {
     let appkey = "1100000000000000#moderation";
     let mut body = json!({
         "callId": format!("{appkey}_{}", uuid::Uuid::new_v4()),
@@ -118,22 +122,47 @@ async fn the_compose_deployment_runs_end_to_end_with_topics_made_by_mutebridge()
     assert!(String::from_utf8_lossy(&check.stdout).contains("does not exist"));
     let create = mutebridge(&["topics", "create", "--config", f]);
     let out = String::from_utf8_lossy(&create.stdout).into_owned();
-    assert!(create.status.success(), "{out}{}", String::from_utf8_lossy(&create.stderr));
-    assert!(out.contains("3 broker(s)") && out.contains("replication factor 3, min.insync.replicas 2"), "{out}");
+    assert!(
+        create.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&create.stderr)
+    );
+    assert!(
+        out.contains("3 broker(s)") && out.contains("replication factor 3, min.insync.replicas 2"),
+        "{out}"
+    );
     assert_eq!(out.matches(": created, ").count(), 3, "{out}");
     let check = mutebridge(&["topics", "check", "--config", f]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     // The roles as the stack runs them, each a process of its own.
-    let env = [("EASEMOB_RULE_SECRET", RULE_SECRET), ("ZEGO_SERVER_SECRET", ZEGO_SECRET)];
-    let spawn = |role: &str, log: &str| spawn_role_with_env(role, &file, &logs.path().join(log), &env);
+    let env = [
+        ("EASEMOB_RULE_SECRET", RULE_SECRET),
+        ("ZEGO_SERVER_SECRET", ZEGO_SECRET),
+    ];
+    let spawn =
+        |role: &str, log: &str| spawn_role_with_env(role, &file, &logs.path().join(log), &env);
     let (_ingest, ingest_addr) = spawn("ingest", "ingest.log");
     let (_w1, w1) = spawn("worker", "worker-1.log");
     let (_w2, w2) = spawn("worker", "worker-2.log");
-    assert!(wait_for_200(ingest_addr, "/readyz", Duration::from_secs(30)));
+    assert!(wait_for_200(
+        ingest_addr,
+        "/readyz",
+        Duration::from_secs(30)
+    ));
     for ops in [w1, w2] {
         assert!(wait_for_200(ops, "/readyz", Duration::from_secs(30)));
-        assert!(eventually(Duration::from_secs(60), move || !cluster::owned(ops, "zego").is_empty()).await);
+        assert!(
+            eventually(Duration::from_secs(60), move || !cluster::owned(
+                ops, "zego"
+            )
+            .is_empty())
+            .await
+        );
     }
 
     // Ten groups muted and five unmuted again; four chatrooms muted.
@@ -164,12 +193,19 @@ async fn the_compose_deployment_runs_end_to_end_with_topics_made_by_mutebridge()
                 .iter()
                 .filter(|c| c.action == "MuteGroup" && c.all_muted == Some(true))
                 .count();
-            let unmuted = z.calls().iter().filter(|c| c.action == "MuteGroup" && c.all_muted.is_none()).count();
+            let unmuted = z
+                .calls()
+                .iter()
+                .filter(|c| c.action == "MuteGroup" && c.all_muted.is_none())
+                .count();
             muted >= 5 && unmuted >= 5 && r.calls().len() >= 4
         })
         .await,
         "ZEGO {:?}, RongCloud {:?}",
-        zego.calls().iter().map(|c| (c.id.clone(), c.all_muted)).collect::<Vec<_>>(),
+        zego.calls()
+            .iter()
+            .map(|c| (c.id.clone(), c.all_muted))
+            .collect::<Vec<_>>(),
         rc.calls().iter().map(|c| c.id.clone()).collect::<Vec<_>>()
     );
     assert!(zego.rejected().is_empty() && rc.rejected().is_empty());
@@ -181,9 +217,9 @@ async fn the_compose_deployment_runs_end_to_end_with_topics_made_by_mutebridge()
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         out.status.success()
             && text.lines().count() >= 3
-            && text
-                .lines()
-                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["backlog"] == 0))
+            && text.lines().all(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["backlog"] == 0)
+            })
     })
     .await;
     let out = mutebridge(&["targets", "--config", f, "--json"]);
@@ -199,11 +235,20 @@ async fn the_compose_deployment_runs_end_to_end_with_topics_made_by_mutebridge()
 
     // A state topic that would also delete is refused by the check and by
     // a worker that starts on it.
-    alter(&bootstrap, &format!("{topic}.state"), "cleanup.policy", "compact,delete").await;
+    alter(
+        &bootstrap,
+        &format!("{topic}.state"),
+        "cleanup.policy",
+        "compact,delete",
+    )
+    .await;
     let check = mutebridge(&["topics", "check", "--config", f]);
     let out = String::from_utf8_lossy(&check.stdout).into_owned();
     assert!(!check.status.success());
-    assert!(out.contains("cleanup.policy=compact,delete") && out.contains("PROBLEM"), "{out}");
+    assert!(
+        out.contains("cleanup.policy=compact,delete") && out.contains("PROBLEM"),
+        "{out}"
+    );
     let refused = Command::new(env!("CARGO_BIN_EXE_mutebridge"))
         .args(["worker", "--config", f])
         .env("ZEGO_SERVER_SECRET", ZEGO_SECRET)
@@ -211,7 +256,10 @@ async fn the_compose_deployment_runs_end_to_end_with_topics_made_by_mutebridge()
         .unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
-    assert!(err.contains("compact,delete") && err.contains("worker.state_topic"), "{err}");
+    assert!(
+        err.contains("compact,delete") && err.contains("worker.state_topic"),
+        "{err}"
+    );
 }
 
 /// Sets one topic setting (AlterConfigs), as an operator with
@@ -223,7 +271,11 @@ async fn alter(bootstrap: &str, topic: &str, key: &str, value: &str) {
         .create()
         .unwrap();
     let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
-    for r in admin.alter_configs([&change], &AdminOptions::new()).await.unwrap() {
+    for r in admin
+        .alter_configs([&change], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
         r.unwrap();
     }
 }

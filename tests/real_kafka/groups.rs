@@ -120,7 +120,9 @@ async fn the_group_coordinator_killed_while_workers_commit_loses_nothing_and_com
                 assert_eq!(r.status, 503, "{:?}", r.body);
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            sent.entry(g).or_default().push(body["callId"].as_str().unwrap().to_owned());
+            sent.entry(g)
+                .or_default()
+                .push(body["callId"].as_str().unwrap().to_owned());
         }
         if round == 10 {
             // The worker has committed by now: the coordinator is known.
@@ -135,11 +137,22 @@ async fn the_group_coordinator_killed_while_workers_commit_loses_nothing_and_com
     assert!(
         eventually(Duration::from_secs(90), {
             let hook = hook.clone();
-            move || first_arrivals(&hook).0.values().map(Vec::len).sum::<usize>() >= total
+            move || {
+                first_arrivals(&hook)
+                    .0
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+                    >= total
+            }
         })
         .await,
         "delivered {} of {total}",
-        first_arrivals(&hook).0.values().map(Vec::len).sum::<usize>()
+        first_arrivals(&hook)
+            .0
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
     );
     let (first, deliveries) = first_arrivals(&hook);
     assert_eq!(first, sent, "every event, each group in order");
@@ -150,7 +163,10 @@ async fn the_group_coordinator_killed_while_workers_commit_loses_nothing_and_com
     let (b, tp, g) = (bootstrap.clone(), topic.clone(), group.clone());
     let e = ends.clone();
     assert!(
-        eventually(Duration::from_secs(60), move || cluster::committed(&b, &g, &tp, partitions) == e).await,
+        eventually(Duration::from_secs(60), move || cluster::committed(
+            &b, &g, &tp, partitions
+        ) == e)
+        .await,
         "committed {:?}, ends {ends:?}",
         cluster::committed(&bootstrap, &group, &topic, partitions)
     );
@@ -175,11 +191,18 @@ async fn replicas_killed_and_added_during_a_backlog_lose_nothing_keep_order_and_
     );
     let file = process_config(&h.config, &fragment, dir.path(), "worker");
     let spawn = |n: usize| spawn_role("worker", &file, &dir.path().join(format!("worker-{n}.log")));
-    let mut workers: Vec<(crate::support::Killed, std::net::SocketAddr)> = (0..3).map(spawn).collect();
+    let mut workers: Vec<(crate::support::Killed, std::net::SocketAddr)> =
+        (0..3).map(spawn).collect();
     // Everyone has partitions before the backlog builds.
     for (_, ops) in &workers {
         let ops = *ops;
-        assert!(eventually(Duration::from_secs(60), move || !cluster::owned(ops, "zego").is_empty()).await);
+        assert!(
+            eventually(Duration::from_secs(60), move || !cluster::owned(
+                ops, "zego"
+            )
+            .is_empty())
+            .await
+        );
     }
     // A backlog: 60 groups, each muted and unmuted in turn 10 times, far
     // more calls than ZEGO's 20/s takes at once.
@@ -192,11 +215,17 @@ async fn replicas_killed_and_added_during_a_backlog_lose_nothing_keep_order_and_
             let body = if muted {
                 mute_all(&g)
             } else {
-                op_event(&g, "UPDATE", serde_json::json!({"type": "MUTE", "mute": false}))
+                op_event(
+                    &g,
+                    "UPDATE",
+                    serde_json::json!({"type": "MUTE", "mute": false}),
+                )
             };
             let r = h.post(&body).await;
             assert_eq!(r.status, 200, "{:?}", r.body);
-            sent.entry(g.clone()).or_default().push(body["callId"].as_str().unwrap().to_owned());
+            sent.entry(g.clone())
+                .or_default()
+                .push(body["callId"].as_str().unwrap().to_owned());
             last.insert(g, muted);
         }
         if round == 3 {
@@ -210,11 +239,22 @@ async fn replicas_killed_and_added_during_a_backlog_lose_nothing_keep_order_and_
     assert!(
         eventually(Duration::from_secs(180), {
             let hook = hook.clone();
-            move || first_arrivals(&hook).0.values().map(Vec::len).sum::<usize>() >= total
+            move || {
+                first_arrivals(&hook)
+                    .0
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+                    >= total
+            }
         })
         .await,
         "the audit got {} of {total}",
-        first_arrivals(&hook).0.values().map(Vec::len).sum::<usize>()
+        first_arrivals(&hook)
+            .0
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
     );
     let (first, deliveries) = first_arrivals(&hook);
     assert_eq!(first, sent, "every event at the audit, each group in order");
@@ -231,7 +271,10 @@ async fn replicas_killed_and_added_during_a_backlog_lose_nothing_keep_order_and_
             .filter(|(g, m)| last.get(*g) != Some(m))
             .collect::<Vec<_>>()
     );
-    let peaks: Vec<f64> = workers.iter().map(|(k, _)| cluster::peak_rss_mib(k.0.id())).collect();
+    let peaks: Vec<f64> = workers
+        .iter()
+        .map(|(k, _)| cluster::peak_rss_mib(k.0.id()))
+        .collect();
     eprintln!(
         "{total} events; audit deliveries {deliveries} ({} repeats); ZEGO calls {}; worker peak RSS {peaks:?} MiB",
         deliveries - total,
@@ -302,7 +345,10 @@ async fn a_worker_frozen_past_its_session_never_lands_an_older_state_after_the_n
         .await,
         "B took A's partitions"
     );
-    eprintln!("B took over {:.1} s after the freeze", frozen.elapsed().as_secs_f64());
+    eprintln!(
+        "B took over {:.1} s after the freeze",
+        frozen.elapsed().as_secs_f64()
+    );
     let z = zego.clone();
     let gs = groups.clone();
     assert!(
@@ -315,7 +361,11 @@ async fn a_worker_frozen_past_its_session_never_lands_an_older_state_after_the_n
     );
     for g in &groups {
         let r = h
-            .post(&op_event(g, "UPDATE", serde_json::json!({"type": "MUTE", "mute": false})))
+            .post(&op_event(
+                g,
+                "UPDATE",
+                serde_json::json!({"type": "MUTE", "mute": false}),
+            ))
             .await;
         assert_eq!(r.status, 200);
     }
@@ -359,7 +409,9 @@ async fn a_worker_frozen_past_its_session_never_lands_an_older_state_after_the_n
         .unwrap();
     for g in &groups {
         let key = format!("{}|group|{g}", APPKEY);
-        let s = newest.get(&key).unwrap_or_else(|| panic!("no state for {key}"));
+        let s = newest
+            .get(&key)
+            .unwrap_or_else(|| panic!("no state for {key}"));
         assert_eq!(s["mute_all"]["muted"], Value::Bool(false), "{key}: {s}");
     }
     let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
@@ -432,9 +484,10 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
         &mut base,
         &format!("{}\n[[policy.rules]]\nname = \"all\"\nwhen = {{ scope = \"group\" }}\nthen = [{{ target = \"audit\" }}]\n", audit_target(&hook)),
     );
-    base.kafka
-        .client
-        .insert("group.protocol".into(), toml::Value::String("consumer".into()));
+    base.kafka.client.insert(
+        "group.protocol".into(),
+        toml::Value::String("consumer".into()),
+    );
     let h = Harness::start_with(|c| *c = base.clone()).await;
     let mut one = h.start_worker_with(&h.config).await;
     for i in 0..60 {
@@ -448,9 +501,17 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
     let (mut sent, mut two_applied) = (60, 0.0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while two_applied == 0.0 {
-        assert!(Instant::now() < deadline, "the second member never got a partition");
+        assert!(
+            Instant::now() < deadline,
+            "the second member never got a partition"
+        );
         for i in 0..12 {
-            assert_eq!(h.post(&mute_all(&format!("kip-late-{sent}-{i}"))).await.status, 200);
+            assert_eq!(
+                h.post(&mute_all(&format!("kip-late-{sent}-{i}")))
+                    .await
+                    .status,
+                200
+            );
         }
         sent += 12;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -458,10 +519,17 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
     }
     let hk = hook.clone();
     let all = sent;
-    assert!(eventually(Duration::from_secs(60), move || {
-        hk.events().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect::<HashSet<_>>().len() >= all
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(60), move || {
+            hk.events()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect::<HashSet<_>>()
+                .len()
+                >= all
+        })
+        .await
+    );
     eprintln!(
         "group.protocol=consumer: {sent} events; the first member applied {}, the second {}",
         one.metric(&line),
@@ -469,10 +537,19 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
     );
     assert!(one.metric(&line) > 0.0 && two.metric(&line) > 0.0);
     // Committed to the end, under the new protocol too.
-    let (b, tp, g) = (t.bootstrap(), h.config.kafka.topic.clone(), format!("{}.audit", h.config.worker.group_id));
+    let (b, tp, g) = (
+        t.bootstrap(),
+        h.config.kafka.topic.clone(),
+        format!("{}.audit", h.config.worker.group_id),
+    );
     let p = h.config.kafka.partitions;
     let ends = cluster::ends(&b, &tp, p);
-    assert!(eventually(Duration::from_secs(30), move || cluster::committed(&b, &g, &tp, p) == ends).await);
+    assert!(
+        eventually(Duration::from_secs(30), move || cluster::committed(
+            &b, &g, &tp, p
+        ) == ends)
+        .await
+    );
     two.stop().await;
     one.stop().await;
 }
@@ -491,7 +568,12 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
     let base = config(&t, "rewind");
     let h = Harness::start_with(|c| *c = base.clone()).await;
     let dir = cluster::Logs::new();
-    let fast = process_config(&h.config, &format!("{}{RULES_ZEGO}", zego_target(&zego)), dir.path(), "fast");
+    let fast = process_config(
+        &h.config,
+        &format!("{}{RULES_ZEGO}", zego_target(&zego)),
+        dir.path(),
+        "fast",
+    );
     // Re-applying one call a second: slow enough that the second worker
     // joins while the first re-applies.
     let slow = process_config(
@@ -503,13 +585,27 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
     let rewind = |to: i64| {
         let started = Instant::now();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mutebridge"))
-            .args(["rewind", "--config", fast.to_str().unwrap(), "--target", "zego", "--to", &to.to_string()])
+            .args([
+                "rewind",
+                "--config",
+                fast.to_str().unwrap(),
+                "--target",
+                "zego",
+                "--to",
+                &to.to_string(),
+            ])
             .output()
             .unwrap();
         (out, started.elapsed())
     };
     let (mut first, ops) = spawn_role("worker", &fast, &dir.path().join("first.log"));
-    assert!(eventually(Duration::from_secs(60), move || !cluster::owned(ops, "zego").is_empty()).await);
+    assert!(
+        eventually(Duration::from_secs(60), move || !cluster::owned(
+            ops, "zego"
+        )
+        .is_empty())
+        .await
+    );
     let before = now_ms() - 1000;
     for g in 0..20 {
         assert_eq!(h.post(&mute_all(&format!("early-{g}"))).await.status, 200);
@@ -528,7 +624,10 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
     // its members.
     let (out, took) = rewind(before);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("are running"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("are running"),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(10), "refused after {took:?}");
     // After a clean stop, the broker's offsets-for-times places the rewind
     // (no scan of the partitions), in seconds.
@@ -545,7 +644,11 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
     // A second, wider rewind keeps the first one's window: 40 in all.
     let (out, took2) = rewind(before);
     let plan = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(reapplied(&plan), 40, "{plan}");
     eprintln!("rewinds on real Kafka took {took:?} and {took2:?}:\n{plan}");
     // Two slow workers, the second joining midway: the revoke's commit

@@ -19,6 +19,6 @@ mod support;
 
 mod cluster;
 mod failover;
+mod flow;
 mod groups;
 mod state;
-mod flow;

@@ -45,7 +45,11 @@ async fn dump(config: &Config, dir: &std::path::Path) -> BTreeMap<String, Value>
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -72,13 +76,16 @@ fn records_and_span(bootstrap: &str, topic: &str, partitions: i32) -> (usize, i6
         .unwrap();
     let span: i64 = (0..partitions)
         .map(|p| {
-            let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (low, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
             high - low
         })
         .sum();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut records = 0;
@@ -130,7 +137,11 @@ async fn the_state_topic_compacted_by_the_broker_rebuilds_the_same_state_after_a
     let mut posted = 0;
     for round in 0..8 {
         for g in &groups {
-            let body = if round % 2 == 0 { mute_all(g) } else { unmute_all(g) };
+            let body = if round % 2 == 0 {
+                mute_all(g)
+            } else {
+                unmute_all(g)
+            };
             assert_eq!(h.post(&body).await.status, 200);
             posted += 1;
         }
@@ -146,10 +157,17 @@ async fn the_state_topic_compacted_by_the_broker_rebuilds_the_same_state_after_a
     }
     let line = "mutebridge_state_events_total{outcome=\"";
     let keeper_done = |w: &WorkerHandle| {
-        ["recorded", "unchanged", "stale", "not_mute", "removed", "undecodable"]
-            .iter()
-            .map(|o| w.metric(&format!("{line}{o}\"}}")))
-            .sum::<f64>()
+        [
+            "recorded",
+            "unchanged",
+            "stale",
+            "not_mute",
+            "removed",
+            "undecodable",
+        ]
+        .iter()
+        .map(|o| w.metric(&format!("{line}{o}\"}}")))
+        .sum::<f64>()
     };
     assert!(wait_until(Duration::from_secs(60), || keeper_done(&w) >= posted as f64).await);
     // Segments roll only when something is appended: a trickle of other
@@ -159,7 +177,12 @@ async fn the_state_topic_compacted_by_the_broker_rebuilds_the_same_state_after_a
     let mut trickle = 0;
     let compacted = loop {
         for i in 0..6 {
-            assert_eq!(h.post(&mute_all(&format!("trickle-{trickle}-{i}"))).await.status, 200);
+            assert_eq!(
+                h.post(&mute_all(&format!("trickle-{trickle}-{i}")))
+                    .await
+                    .status,
+                200
+            );
         }
         trickle += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -215,7 +238,11 @@ async fn the_state_topic_compacted_by_the_broker_rebuilds_the_same_state_after_a
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
-    assert_eq!(strip(&before), strip(&after), "the state changed across the restart");
+    assert_eq!(
+        strip(&before),
+        strip(&after),
+        "the state changed across the restart"
+    );
     assert!(!trickled.is_empty());
     w.stop().await;
 }
@@ -292,8 +319,15 @@ async fn events_retention_deletes_before_a_stalled_target_reads_them_are_counted
         got.len(),
         w.metric(skipped)
     );
-    assert!(lost > 0, "the test must make retention delete unread events");
-    assert_eq!(w.metric(skipped), lost as f64, "every lost event counted, no more");
+    assert!(
+        lost > 0,
+        "the test must make retention delete unread events"
+    );
+    assert_eq!(
+        w.metric(skipped),
+        lost as f64,
+        "every lost event counted, no more"
+    );
     assert_eq!(
         w.metric("mutebridge_worker_offsets_skipped_total{pipeline=\"state\"}"),
         0.0,
