@@ -165,7 +165,15 @@ impl Metrics {
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "mutebridge_http_connections_closed_total",
-                "HTTP connections the server closed, by reason (header_timeout, body_timeout, idle, limit).",
+                // Derived from the enum, so the help lists every reason.
+                format!(
+                    "HTTP connections the server closed, by reason ({}).",
+                    CloseReason::ALL
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ),
             &["reason"],
         )

@@ -436,12 +436,18 @@ impl Build<'_> {
             backlog: backlog.clone(),
             commit_failures: metrics.commit_failures.clone(),
         };
-        let consumer: StreamConsumer<WorkerContext> =
-            kafka::consumer_config(kafka, self.bootstrap, group_id)
-                .create_with_context(context)
-                .context(
-                    "cannot create the Kafka consumer (check the [kafka.client] properties)",
-                )?;
+        let mut config = kafka::consumer_config(kafka, self.bootstrap, group_id);
+        // rdkafka derives librdkafka's log level from the `log` crate's,
+        // and the warning that an offset was reset (retention deleted
+        // what this pipeline had not read) is how skipped records are
+        // counted: it must reach the context whatever RUST_LOG says.
+        use rdkafka::config::RDKafkaLogLevel::Warning;
+        if (config.log_level as i32) < Warning as i32 {
+            config.set_log_level(Warning);
+        }
+        let consumer: StreamConsumer<WorkerContext> = config
+            .create_with_context(context)
+            .context("cannot create the Kafka consumer (check the [kafka.client] properties)")?;
         consumer
             .subscribe(&[&kafka.topic])
             .with_context(|| format!("cannot subscribe to {}", kafka.topic))?;

@@ -220,6 +220,24 @@ impl Tracker {
         self.resets.entry(partition).or_insert(from);
     }
 
+    /// The broker's log start of `partition` (librdkafka's statistics):
+    /// what a reset there skipped is counted now, up to where the log
+    /// starts, instead of only when a record next arrives (none may, when
+    /// retention deleted all of it). The reset stays noted from there
+    /// until a record arrives, so each skipped record is counted once.
+    pub fn log_starts_at(&mut self, partition: i32, low: i64) {
+        if let Some(from) = self.resets.get_mut(&partition) {
+            if low > *from {
+                let from = std::mem::replace(from, low);
+                self.skipped.push(Skipped {
+                    partition,
+                    from,
+                    to: low,
+                });
+            }
+        }
+    }
+
     /// Records skipped by resets since the last call.
     pub fn take_skipped(&mut self) -> Vec<Skipped> {
         std::mem::take(&mut self.skipped)
@@ -326,6 +344,24 @@ mod tests {
         t.reset_at(4, 252);
         t.received(4, 252, 0);
         assert!(t.take_skipped().is_empty());
+    }
+
+    #[test]
+    fn a_reset_is_counted_from_the_log_start_when_no_record_follows() {
+        let mut t = Tracker::default();
+        t.log_starts_at(2, 500);
+        assert!(t.take_skipped().is_empty(), "no reset: nothing skipped");
+        t.reset_at(2, 100);
+        t.log_starts_at(2, 90);
+        assert!(t.take_skipped().is_empty(), "older statistics");
+        t.log_starts_at(2, 300);
+        t.log_starts_at(2, 300);
+        t.log_starts_at(2, 340);
+        // Then a record past the log start: the rest, once.
+        t.received(2, 360, 0);
+        t.log_starts_at(2, 400);
+        let ranges: Vec<(i64, i64)> = t.take_skipped().iter().map(|s| (s.from, s.to)).collect();
+        assert_eq!(ranges, [(100, 300), (300, 340), (340, 360)]);
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl Run<'_> {
                         // already before scheduling again (one pass of this
                         // loop per record costs more than the record).
                         for _ in 0..BATCH {
-                            if self.scheduler.flow() == Some(Flow::Pause) {
+                            if self.scheduler.flow() == Some(Flow::Pause) || self.held_back() {
                                 break;
                             }
                             match p.consumer.recv().now_or_never() {
@@ -578,6 +578,13 @@ impl Run<'_> {
         }
     }
 
+    /// Whether the breaker holds fetching back: not closed, and enough
+    /// groups held to choose probes and the recovery's calls from.
+    fn held_back(&self) -> bool {
+        self.breaker_blocked
+            && self.scheduler.groups() >= self.p.config.circuit_breaker.probe_candidates
+    }
+
     /// Pauses fetching at `worker.max_buffered_events` (resumes at half),
     /// and while the target's circuit breaker is not closed once
     /// `probe_candidates` groups are held (enough to choose from).
@@ -595,9 +602,7 @@ impl Run<'_> {
             None => {}
         }
         let p = self.p;
-        let held_back = self.breaker_blocked
-            && self.scheduler.groups() >= p.config.circuit_breaker.probe_candidates;
-        let want = self.flow_paused || held_back;
+        let want = self.flow_paused || self.held_back();
         if want == p.paused.load(Ordering::SeqCst) {
             return;
         }

@@ -72,6 +72,14 @@ impl ClientContext for WorkerContext {
             return;
         };
         let mut backlog = 0;
+        {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            for (p, stats) in &topic.partitions {
+                if *p >= 0 && stats.lo_offset >= 0 {
+                    tracker.log_starts_at(*p, stats.lo_offset);
+                }
+            }
+        }
         for (p, stats) in &topic.partitions {
             // -1 marks librdkafka's internal UA partition; lag -1 = unknown.
             if *p >= 0 && stats.consumer_lag >= 0 {

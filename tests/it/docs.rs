@@ -1,7 +1,9 @@
 //! The documents a stranger reads first stay true: every relative link and
-//! anchor in the READMEs resolves, the README stays short, and the alert
-//! table in `deploy/README.md` is the one `deploy/prometheus/alerts.yml`
-//! gives (`MUTEBRIDGE_BLESS=1` rewrites it).
+//! anchor in the READMEs resolves, every source path the READMEs and the
+//! code's comments name exists, the code map in `src/lib.rs` names every
+//! module, the README stays short, and the alert table in
+//! `deploy/README.md` is the one `deploy/prometheus/alerts.yml` gives
+//! (`MUTEBRIDGE_BLESS=1` rewrites it).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -96,6 +98,141 @@ fn every_link_and_anchor_in_the_readmes_resolves() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The repository paths a text names (`src/...`, `tests/...`, `benches/...`,
+/// `deploy/...`, `.ci/...`), as written: relative to the repository's root.
+/// Paths with a placeholder in them (`*`, `{`, an upper-case `NAME`) are
+/// patterns, not paths, and are left out.
+fn source_paths(text: &str) -> Vec<String> {
+    const ROOTS: [&str; 5] = ["src/", "tests/", "benches/", "deploy/", ".ci/"];
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "_./-*{}".contains(c);
+    let mut out = Vec::new();
+    for (i, _) in text.char_indices() {
+        let rest = &text[i..];
+        let Some(root) = ROOTS.iter().find(|r| rest.starts_with(**r)) else {
+            continue;
+        };
+        // Only where a path starts: not inside a longer one (`../benches/`
+        // is a link, checked as one).
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| path_char(c) || c == '/') {
+            continue;
+        }
+        let end = rest.find(|c: char| !path_char(c)).unwrap_or(rest.len());
+        let path = rest[..end].trim_end_matches(['.', '-']);
+        if path.len() == root.len()
+            || path.contains(['*', '{'])
+            || path
+                .split(['/', '.', '-', '_'])
+                .any(|w| w.len() > 1 && w != "README" && w.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            continue;
+        }
+        out.push(path.to_owned());
+    }
+    out
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_source_path_the_docs_and_comments_name_exists() {
+    let mut texts: Vec<(String, String)> = DOCS
+        .iter()
+        .chain(["deploy/config/mutebridge.toml", "Cargo.toml"].iter())
+        .map(|d| (d.to_string(), std::fs::read_to_string(d).unwrap()))
+        .collect();
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches"] {
+        rust_files(Path::new(dir), &mut files);
+    }
+    for file in files {
+        // Comments only: a string in code may name a path on purpose
+        // (a test's missing file).
+        let comments: String = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        texts.push((file.display().to_string(), comments));
+    }
+    let missing: Vec<String> = texts
+        .iter()
+        .flat_map(|(name, text)| {
+            source_paths(text)
+                .into_iter()
+                .filter(|p| !Path::new(p).exists())
+                .map(move |p| format!("{name}: {p}"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "paths named but not in the repository:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn source_paths_are_found_where_prose_names_them() {
+    let found = source_paths(
+        "see `src/server/mod.rs`, src/lib.rs. and [x](../benches/README.md) or deploy/k8s/ \
+         but not target/src/x.rs, `tests/it/*.rs`, src/NAME.rs or src/{a,b}.rs",
+    );
+    assert_eq!(found, ["src/server/mod.rs", "src/lib.rs", "deploy/k8s/"]);
+}
+
+/// Every module of the crate as a path (`worker::engine`), from the files
+/// under `src/` (`mod.rs` is its directory's module).
+fn modules() -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(Path::new("src"), &mut files);
+    let mut out: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let rel = f.strip_prefix("src").unwrap().with_extension("");
+            let mut parts: Vec<String> = rel
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            // The crate root and the binary are the map's page, not entries.
+            (parts != ["lib"] && parts != ["main"]).then(|| parts.join("::"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_code_map_names_every_module() {
+    let map: String = std::fs::read_to_string("src/lib.rs")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let missing: Vec<String> = modules()
+        .into_iter()
+        .filter(|m| !map.contains(&format!("`{m}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "src/lib.rs's code map does not name these modules (as `path::to::module`): {missing:?}"
+    );
 }
 
 #[test]

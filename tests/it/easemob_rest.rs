@@ -1,6 +1,7 @@
 //! A local stand-in for the Easemob / Agora Chat server REST API, faithful to
-//! the reads reconciliation makes (shared notes, providers.md section 5,
-//! "Easemob / Agora Chat REST API"), all under `/{org}/{app}`:
+//! the reads reconciliation makes (Easemob's server-side documentation,
+//! <https://doc.easemob.com/document/server-side/>: app token, group
+//! details, mute lists), all under `/{org}/{app}`:
 //!
 //! - `POST /token` (`client_credentials`, optional `ttl`): the app token,
 //!   which every other route needs as `Authorization: Bearer`; 401

@@ -1,4 +1,4 @@
-//! Fixtures the rate-limit tests and `benches/worker.rs` share (the bench
+//! Fixtures the rate-limit tests and `benches/worker/` share (the bench
 //! includes this file by path): a real `redis-server`, and group IDs spread
 //! evenly over the partitions.
 

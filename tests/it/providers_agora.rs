@@ -1,7 +1,7 @@
 //! A local stand-in for the Agora Chat REST API (the Easemob family),
-//! written from the documented contract (shared notes,
-//! providers-readback.md section 4 and providers.md section 5), for the
-//! parts mutebridge uses, all under the app's path prefix (`org/app` or
+//! written from the documented contract (Agora Chat's RESTful API pages,
+//! <https://docs.agora.io/en/agora-chat/restful-api/>: group and chat
+//! room mute lists, token generation), for the parts mutebridge uses, all under the app's path prefix (`org/app` or
 //! `app-id/{app_id}`, as configured):
 //!
 //! - writes on groups (`chatgroups`) and chat rooms (`chatrooms`):

@@ -1,6 +1,7 @@
 //! A local stand-in for the Tencent Cloud Chat (IM) server API, written
-//! from the documented contract (shared notes, providers-readback.md
-//! section 3), for the parts mutebridge uses:
+//! from the documented contract (Tencent Cloud Chat's RESTful API,
+//! <https://www.tencentcloud.com/document/product/1047/34620>, and its
+//! group-management and error-code pages), for the parts mutebridge uses:
 //!
 //! - `POST /v4/group_open_http_svc/{command}?sdkappid=&identifier=&usersig=&random=&contenttype=json`,
 //!   answered HTTP 200 with `{ActionStatus, ErrorCode, ErrorInfo}` whatever

@@ -382,9 +382,14 @@ then = [{ target = "zego", group = "{group_id}", mute_seconds = 900 }]
     let end_all = zego.held().mute_all("t1").unwrap().unwrap();
     let end_m = zego.held().muted_members("t2")["m"].unwrap();
     let first = zego.calls();
-    let mut lengths: Vec<_> = first.iter().map(|c| c.duration).collect();
+    // The rules' lengths, counted from the events: a call made a few
+    // seconds after its callback (a loaded machine) sends what is left.
+    let mut lengths: Vec<i64> = first.iter().map(|c| c.duration.unwrap()).collect();
     lengths.sort();
-    assert_eq!(lengths, [Some(600), Some(900)]);
+    assert!(
+        (590..=600).contains(&lengths[0]) && (890..=900).contains(&lengths[1]),
+        "{lengths:?}"
+    );
 
     let (v, _) = verifier(&h, &h.config).await;
     let clean = settled(&v, &Options::default(), 2).await;

@@ -293,7 +293,13 @@ async fn events_retention_deletes_before_a_stalled_target_reads_them_are_counted
     let skipped = "mutebridge_worker_offsets_skipped_total{pipeline=\"audit\"}";
     assert!(
         wait_until(Duration::from_secs(90), || w.metric(skipped) > 0.0).await,
-        "retention deleted unread events and nothing counted them"
+        "retention deleted unread events and nothing counted them; the audit target's metrics:\n{}",
+        w.metrics
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("audit"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let total = posted.len();
     let delivered = |hook: &FakeWebhook| -> HashSet<String> {
