@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,9 +37,15 @@ use crate::config::{DEMO_APPKEY, DEMO_SECRET};
 use crate::ingest::verify::sign;
 use crate::time::now_ms;
 
-/// `mutebridge bench ...`
+/// `mutebridge bench ...`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
 #[derive(Subcommand, Debug)]
-pub enum BenchCommand {
+enum BenchCommand {
     /// Load-test the callback endpoint.
     Ingest(IngestBench),
     /// A bare axum server answering 200 to everything (the baseline).
@@ -695,12 +701,13 @@ fn floor_reply(status: StatusCode) -> hyper::Response<Full<Bytes>> {
 }
 
 /// Runs a `mutebridge bench` subcommand.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Ingest(opts) => run_ingest_bench(opts).await,
-        BenchCommand::BaselineServer { listen } => baseline_server(listen).await,
-        BenchCommand::FloorServer { listen, brokers } => floor_server(listen, &brokers).await,
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        BenchCommand::Ingest(opts) => run_ingest_bench(opts).await?,
+        BenchCommand::BaselineServer { listen } => baseline_server(listen).await?,
+        BenchCommand::FloorServer { listen, brokers } => floor_server(listen, &brokers).await?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

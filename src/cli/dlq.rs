@@ -20,12 +20,13 @@
 //! during an upgrade); it goes to every target, like the original.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
@@ -42,6 +43,61 @@ use crate::worker::dlq::{
     Position, Reason, ReplayMarker, StoredDeadLetter, DEAD_LETTER_SCHEMA, REPLAY_SCHEMA,
 };
 use crate::worker::engine::decode;
+
+/// `mutebridge dlq list | replay`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// A summary by target and reason, then each dead letter.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        filters: Filters,
+        /// One JSON line per dead letter instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the selected dead letters' events to the event topic again,
+    /// for the worker to re-apply (only the failed target and rule).
+    Replay {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        filters: Filters,
+        /// Print what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also replay dead letters that were replayed before.
+        #[arg(long)]
+        again: bool,
+    },
+}
+
+/// Runs `mutebridge dlq ...`.
+pub async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DlqCommand::List {
+            config,
+            filters,
+            json,
+        } => list(config.as_deref(), &filters, json).await?,
+        DlqCommand::Replay {
+            config,
+            filters,
+            dry_run,
+            again,
+        } => {
+            replay(config.as_deref(), &filters, dry_run, again).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Which dead letters a command is about.
 #[derive(Args, Debug, Clone, Default)]
@@ -225,7 +281,7 @@ async fn replay_counts(
 /// `mutebridge dlq list`: a summary by target and reason, then the records.
 /// Reads the topic three times (replays, summary, records), holding only
 /// the replay counts and the summary.
-pub async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> anyhow::Result<()> {
+async fn list(config_file: Option<&Path>, filters: &Filters, json: bool) -> anyhow::Result<()> {
     let selection = Arc::new(filters.compile()?);
     let (config, bootstrap) = super::connect(config_file)?;
     let replays = Arc::new(replay_counts(&config, &bootstrap).await?);
@@ -446,7 +502,7 @@ struct Tally {
 /// `mutebridge dlq replay`: publishes the selected dead letters' events
 /// again, streaming: the topic is read once to count and once to publish
 /// as it reads. Returns how many were replayed.
-pub async fn replay(
+async fn replay(
     config_file: Option<&Path>,
     filters: &Filters,
     dry_run: bool,

@@ -4,9 +4,11 @@
 //! Calls nothing.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
 
 use crate::config::{Config, Secrets};
 use crate::event::{self, Event, EventKind};
@@ -15,9 +17,43 @@ use crate::state::guard::{self, Hold, Verdict};
 use crate::state::{self, GroupState};
 use crate::targets::{Target, TargetConfig, Unsendable};
 
+/// `mutebridge policy ...`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print which rules match a normalized event (JSON, as read from the
+    /// topic) and the exact requests they would send. Calls nothing.
+    Explain {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A `mutebridge.event/v1` JSON file.
+        event: PathBuf,
+        /// A group state (`mutebridge state get` output): also show what
+        /// the stale-event guard would let through against it.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+/// Runs `mutebridge policy ...`.
+pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
+    let PolicyCommand::Explain {
+        config,
+        event,
+        state,
+    } = args.command;
+    explain(config.as_deref(), &event, state.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Prints the explanation of the event in `event_file` under `config`,
 /// judged first against the group state in `state_file` when given.
-pub fn run(
+fn explain(
     config: Option<&Path>,
     event_file: &Path,
     state_file: Option<&Path>,

@@ -4,6 +4,7 @@
 //! resume one node, and start it again.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
@@ -58,9 +59,14 @@ enum KafkaCommand {
     Restart { node: u32 },
 }
 
-/// Runs `mutebridge kafka ...`; blocking (the JVMs are started and waited
-/// on from this thread).
-pub fn run(args: KafkaArgs) -> anyhow::Result<()> {
+/// Runs `mutebridge kafka ...`.
+pub async fn run(args: KafkaArgs) -> anyhow::Result<ExitCode> {
+    tokio::task::spawn_blocking(move || control(args)).await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Blocking: the JVMs are started and waited on from this thread.
+fn control(args: KafkaArgs) -> anyhow::Result<()> {
     let home = Home::new(&args.dir);
     let dir = args.dir.join("cluster");
     let say = |s: &str| eprintln!("{s}");

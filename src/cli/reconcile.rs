@@ -6,10 +6,11 @@
 //! reads the targets back every `verify.interval_seconds` when set
 //! ([`crate::verify`]).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
+use clap::Args;
 
 use crate::config::{Config, Secrets};
 use crate::kafka::Cluster;
@@ -17,15 +18,29 @@ use crate::metrics::Metrics;
 use crate::reconcile::{describe, Options, Reconciler};
 use crate::verify::Verifier;
 
-/// What the command line asks for.
-pub struct Args {
-    pub once: bool,
-    pub groups: Option<String>,
-    pub dry_run: bool,
+/// `mutebridge reconcile`: a pass or the role, over which groups.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// One pass, progress on stderr, a summary, then exit (the first
+    /// sync of a deployment); exits 1 if some groups or apps could not
+    /// be read, or were held back (the summary names them).
+    #[arg(long)]
+    once: bool,
+    /// Only groups whose ID matches this pattern (`*` matches any run
+    /// of characters).
+    #[arg(long)]
+    groups: Option<String>,
+    /// Print the differences; publish nothing (implies --once).
+    #[arg(long)]
+    dry_run: bool,
 }
 
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
-    let Some(file) = config_file else {
+/// Runs `mutebridge reconcile`: one pass with `--once` or `--dry-run`,
+/// else the role until SIGTERM or Ctrl-C.
+pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let Some(file) = args.config.as_deref() else {
         bail!("reconcile needs --config: the app's [easemob.apps.rest] and the cluster the workers use");
     };
     let (config, _) = Config::load(Some(file), Secrets::RECONCILE)?;

@@ -9,10 +9,12 @@
 //! normal deliverer: the target's rate limit, retries and dead letters.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Args;
 use rdkafka::message::Header;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
@@ -26,8 +28,30 @@ use crate::time::now_ms;
 /// Markers handed to Kafka and not yet acknowledged, at most.
 const WINDOW: usize = 1000;
 
+/// `mutebridge resync`: which target, which groups.
+#[derive(Debug, Args)]
+pub struct ResyncArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The `[targets.NAME]` to bring in line.
+    #[arg(long)]
+    target: String,
+    #[command(flatten)]
+    selection: Selection,
+    /// Print the groups that would be resynced; publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Runs `mutebridge resync`.
+pub async fn run(args: ResyncArgs) -> anyhow::Result<ExitCode> {
+    let (config, target) = (args.config.as_deref(), &args.target);
+    resync(config, target, &args.selection, args.dry_run).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Publishes one marker per selected group; returns how many.
-pub async fn run(
+async fn resync(
     config_file: Option<&Path>,
     target: &str,
     selection: &Selection,

@@ -19,11 +19,13 @@
 //! and a second rewind keeps the wider window (the higher fence).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -32,6 +34,22 @@ use crate::config::Config;
 use crate::kafka;
 use crate::worker::offsets::{fence_of, FENCE};
 use crate::worker::target_group;
+
+/// `mutebridge rewind`: which target, to when.
+#[derive(Debug, Args)]
+pub struct RewindArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The `[targets.NAME]` to rewind.
+    #[arg(long)]
+    target: String,
+    /// A duration ago (90s, 30m, 12h, 7d) or milliseconds since the epoch.
+    #[arg(long)]
+    to: String,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
 
 /// How long the command waits to be let into the group: the coordinator
 /// holds a group for up to `session.timeout.ms` (45 s by default) after a
@@ -67,30 +85,31 @@ impl Move {
     }
 }
 
-/// Rewinds target `target` to `to` (a duration ago or milliseconds since
-/// the epoch); prints the plan, and with `dry_run` only that.
-pub async fn run(
-    config_file: Option<&Path>,
-    target: &str,
-    to: &str,
-    dry_run: bool,
-) -> anyhow::Result<()> {
-    let (config, bootstrap) = super::connect(config_file)?;
-    if !config.targets.contains_key(target) {
+/// Rewinds `--target` to `--to`; prints the plan, and with `--dry-run`
+/// only that.
+pub async fn run(args: RewindArgs) -> anyhow::Result<ExitCode> {
+    let RewindArgs {
+        config,
+        target,
+        to,
+        dry_run,
+    } = args;
+    let (config, bootstrap) = super::connect(config.as_deref())?;
+    if !config.targets.contains_key(&target) {
         let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
         bail!(
             "--target {target}: no [targets.{target}] in the config; defined: {}",
             known.join(", ")
         );
     }
-    let at_ms = super::dlq::parse_since(to).map_err(|e| anyhow::anyhow!("--to {to}: {e:#}"))?;
-    let group = target_group(&config.worker, target);
-    let target = target.to_owned();
+    let at_ms = super::dlq::parse_since(&to).map_err(|e| anyhow::anyhow!("--to {to}: {e:#}"))?;
+    let group = target_group(&config.worker, &target);
     // librdkafka's calls block: the whole command runs on one thread.
     tokio::task::spawn_blocking(move || {
         rewind(&config, &bootstrap, &target, &group, at_ms, dry_run)
     })
-    .await?
+    .await??;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rewind(

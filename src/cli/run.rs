@@ -2,15 +2,28 @@
 //! print what a first-time user needs to know (the banner), and stop them
 //! in order on SIGTERM or Ctrl-C.
 
-use std::path::Path;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, Origin, Secrets, DEMO_APPKEY, DEMO_SECRET};
+use clap::Args;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{Checked, Config, Origin, Secrets, DEMO_APPKEY, DEMO_SECRET};
 use crate::ingest::publish::Publisher;
 use crate::ingest::Ingest;
 use crate::kafka::Cluster;
 use crate::metrics::Metrics;
 use crate::worker::Worker;
+
+/// `mutebridge run | ingest | worker`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
 
 /// Which roles a process runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -18,6 +31,17 @@ pub enum Roles {
     Both,
     Ingest,
     Worker,
+}
+
+impl Roles {
+    /// Each role reads only the secrets it uses.
+    fn secrets(self) -> Secrets {
+        match self {
+            Roles::Both => Secrets::RUN,
+            Roles::Ingest => Secrets::INGEST,
+            Roles::Worker => Secrets::WORKER,
+        }
+    }
 }
 
 pub(crate) fn init_logging() {
@@ -31,15 +55,9 @@ pub(crate) fn init_logging() {
 
 /// Runs `roles` until SIGTERM or Ctrl-C; the exit code says whether every
 /// part stopped cleanly.
-pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<ExitCode> {
+pub async fn serve(args: RunArgs, roles: Roles) -> anyhow::Result<ExitCode> {
     init_logging();
-    // Each role reads only the secrets it uses.
-    let secrets = match roles {
-        Roles::Both => Secrets::RUN,
-        Roles::Ingest => Secrets::INGEST,
-        Roles::Worker => Secrets::WORKER,
-    };
-    let (config, origin) = Config::load(config_path, secrets)?;
+    let (config, origin) = Config::load(args.config.as_deref(), roles.secrets())?;
     // Each HTTP connection and Kafka socket is a file descriptor; the
     // connection cap is derived from what is available.
     let fd_limit = crate::server::raise_fd_limit();
@@ -48,28 +66,144 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
     }
     let metrics = Metrics::new();
     let cluster = Cluster::connect(&config.kafka).await?;
+    let (ingest, worker) = start(roles, &config, &cluster, &metrics).await?;
+
+    banner(&origin, &cluster, &config);
+    let mut tasks = Tasks::new();
+    let ops = serve_ops(
+        &mut tasks,
+        ingest.as_ref(),
+        worker.as_ref(),
+        &config,
+        &metrics,
+        fd_limit,
+    )
+    .await?;
+    if let Some(ingest) = ingest {
+        serve_ingest(&mut tasks, ingest, ops, &origin, &cluster, &config);
+    }
+    if let Some(worker) = worker {
+        serve_worker(&mut tasks, worker, &origin, &config);
+    }
+    let clean = tasks.until_stopped().await;
+    drop(cluster);
+    Ok(super::exit_code(clean))
+}
+
+/// The parts `roles` asks for, ready to serve: the worker, then ingest
+/// bound to its port.
+async fn start(
+    roles: Roles,
+    config: &Checked,
+    cluster: &Cluster,
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<Ingest>, Option<Worker>)> {
     let worker = match roles {
         Roles::Ingest => None,
-        _ => Some(Worker::start(&config, &cluster, &metrics).await?),
+        _ => Some(Worker::start(config, cluster, metrics).await?),
     };
     let ingest = match roles {
         Roles::Worker => None,
         _ => {
             let publisher = Publisher::new(&config.kafka, cluster.bootstrap_servers())?;
-            Some(Ingest::bind(&config, publisher, metrics.clone()).await?)
+            Some(Ingest::bind(config, publisher, metrics.clone()).await?)
         }
     };
+    Ok((ingest, worker))
+}
 
-    banner(&origin, &cluster, &config);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+/// The running parts. They are told to stop together: on a signal, or as
+/// soon as one of them ends.
+struct Tasks {
+    set: JoinSet<anyhow::Result<()>>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Tasks {
+            set: JoinSet::new(),
+            stop_tx,
+            stop_rx,
+        }
+    }
+
+    /// Completes when the parts are told to stop.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    fn spawn(&mut self, part: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+        self.set.spawn(part);
+    }
+
+    /// Waits for SIGTERM, Ctrl-C or the first part to end, tells every
+    /// part to stop and waits for each; true when all stopped cleanly.
+    async fn until_stopped(mut self) -> bool {
+        let mut failed = false;
+        tokio::select! {
+            _ = crate::ops::shutdown_signal() => {}
+            Some(result) = self.set.join_next() => {
+                report(result, &mut failed);
+            }
+        }
+        let _ = self.stop_tx.send(true);
+        while let Some(result) = self.set.join_next().await {
+            report(result, &mut failed);
+        }
+        !failed
+    }
+}
+
+/// Spawns the operators' listener, if the roles have one; returns the
+/// address it is bound to.
+async fn serve_ops(
+    tasks: &mut Tasks,
+    ingest: Option<&Ingest>,
+    worker: Option<&Worker>,
+    config: &Config,
+    metrics: &Metrics,
+    fd_limit: Option<u64>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some((listen, key, mut router)) = ops_listener(ingest, worker, config, metrics) else {
+        return Ok(None);
     };
-    let mut tasks = tokio::task::JoinSet::new();
-    // The operators' listener: `[ops] listen`, or a worker-only process's
-    // `http.listen` (it has no callback port). Its routes are the role's
-    // `crate::ops::router`, into which a role merges routes of its own.
-    let ops = match (&ingest, &worker, config.ops.listen) {
+    let listener = crate::ops::bind(listen, key).await?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    let name = if ingest.is_some() { "ops" } else { "worker" };
+    let mut routes = "/metrics /healthz /readyz";
+    if let Some(worker) = worker {
+        router = router.merge(targets_route(worker));
+        routes = "/metrics /healthz /readyz /targets";
+    }
+    println!("  {name}: http://{bound}  (GET {routes})");
+    let router = router.fallback(crate::ops::not_found);
+    let stop = tasks.stopped();
+    let limits = crate::server::Limits::new(&config.http, fd_limit);
+    let http = metrics.http.clone();
+    tasks.spawn(async move {
+        crate::server::serve(listener, router, limits, http, stop).await;
+        Ok(())
+    });
+    Ok(Some(bound))
+}
+
+/// The operators' listener: `[ops] listen`, or a worker-only process's
+/// `http.listen` (it has no callback port), with the config key that sets
+/// it. Its routes are the role's `crate::ops::router`, into which a role
+/// merges routes of its own.
+fn ops_listener(
+    ingest: Option<&Ingest>,
+    worker: Option<&Worker>,
+    config: &Config,
+    metrics: &Metrics,
+) -> Option<(SocketAddr, &'static str, axum::Router)> {
+    match (ingest, worker, config.ops.listen) {
         (Some(ingest), _, Some(listen)) => Some((listen, "ops.listen", ingest.ops_router())),
         (None, Some(worker), listen) => Some((
             listen.unwrap_or(config.http.listen),
@@ -81,82 +215,61 @@ pub async fn serve(config_path: Option<&Path>, roles: Roles) -> anyhow::Result<E
             crate::ops::router(metrics.clone(), worker.ready_flag(), || {}),
         )),
         _ => None,
-    };
-    let mut ops_bound = None;
-    if let Some((listen, key, mut router)) = ops {
-        let listener = crate::ops::bind(listen, key).await?;
-        let bound = listener.local_addr().unwrap_or(listen);
-        ops_bound = Some(bound);
-        let name = if ingest.is_some() { "ops" } else { "worker" };
-        let mut routes = "/metrics /healthz /readyz";
-        if let Some(worker) = &worker {
-            // Each target's breaker, lag and backlog (`mutebridge targets`).
-            let statuses = worker.statuses();
-            router = router.merge(crate::ops::json_route("/targets", move || {
-                let list: Vec<_> = statuses
-                    .iter()
-                    .map(|s| s.lock().expect("status lock").clone())
-                    .collect();
-                serde_json::json!({ "pipelines": list })
-            }));
-            routes = "/metrics /healthz /readyz /targets";
-        }
-        println!("  {name}: http://{bound}  (GET {routes})");
-        let router = router.fallback(crate::ops::not_found);
-        let stop = stopped(stop_rx.clone());
-        let limits = crate::server::Limits::new(&config.http, fd_limit);
-        let http = metrics.http.clone();
-        tasks.spawn(async move {
-            crate::server::serve(listener, router, limits, http, stop).await;
-            Ok(())
-        });
     }
-    if let Some(ingest) = ingest {
-        let addr = ingest.local_addr();
-        let metrics_here = if config.ops.listen.is_some() {
-            ""
-        } else {
-            "/metrics "
-        };
-        println!(
-            "  ingest: http://{addr}  (POST /webhooks/easemob, GET {metrics_here}/healthz /readyz)"
-        );
-        if matches!(origin, Origin::Demo) {
-            demo_hints(addr, ops_bound, &cluster, &config);
-        }
-        tasks.spawn(ingest.serve(stopped(stop_rx.clone())));
-    }
-    if let Some(worker) = worker {
-        println!(
-            "  worker: state keeper group {}, one group per target ({}.NAME) -> {} target(s), {} rule(s); dead letters to {}",
-            config.worker.group_id,
-            config.worker.group_id,
-            config.targets.len(),
-            config.policy.rules.len(),
-            config.worker.dlq_topic
-        );
-        if matches!(origin, Origin::Demo) {
-            println!("  DEMO targets are `log` targets: each action is printed below as the signed request it would send");
-        }
-        tasks.spawn(worker.run(stopped(stop_rx.clone())));
-    }
-    let mut failed = false;
-    tokio::select! {
-        _ = crate::ops::shutdown_signal() => {}
-        Some(result) = tasks.join_next() => {
-            report(result, &mut failed);
-        }
-    }
-    let _ = stop_tx.send(true);
-    while let Some(result) = tasks.join_next().await {
-        report(result, &mut failed);
-    }
-    drop(cluster);
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+}
+
+/// Each target's breaker, lag and backlog (`mutebridge targets`).
+fn targets_route(worker: &Worker) -> axum::Router {
+    let statuses = worker.statuses();
+    crate::ops::json_route("/targets", move || {
+        let list: Vec<_> = statuses
+            .iter()
+            .map(|s| s.lock().expect("status lock").clone())
+            .collect();
+        serde_json::json!({ "pipelines": list })
     })
+}
+
+/// Spawns the callback listener; in the demo, says what to try first.
+fn serve_ingest(
+    tasks: &mut Tasks,
+    ingest: Ingest,
+    ops: Option<SocketAddr>,
+    origin: &Origin,
+    cluster: &Cluster,
+    config: &Config,
+) {
+    let addr = ingest.local_addr();
+    let metrics_here = if config.ops.listen.is_some() {
+        ""
+    } else {
+        "/metrics "
+    };
+    println!(
+        "  ingest: http://{addr}  (POST /webhooks/easemob, GET {metrics_here}/healthz /readyz)"
+    );
+    if matches!(origin, Origin::Demo) {
+        demo_hints(addr, ops, cluster, config);
+    }
+    let stop = tasks.stopped();
+    tasks.spawn(ingest.serve(stop));
+}
+
+/// Spawns the worker's consumers.
+fn serve_worker(tasks: &mut Tasks, worker: Worker, origin: &Origin, config: &Config) {
+    println!(
+        "  worker: state keeper group {}, one group per target ({}.NAME) -> {} target(s), {} rule(s); dead letters to {}",
+        config.worker.group_id,
+        config.worker.group_id,
+        config.targets.len(),
+        config.policy.rules.len(),
+        config.worker.dlq_topic
+    );
+    if matches!(origin, Origin::Demo) {
+        println!("  DEMO targets are `log` targets: each action is printed below as the signed request it would send");
+    }
+    let stop = tasks.stopped();
+    tasks.spawn(worker.run(stop));
 }
 
 /// What runs where: the version, the config and the cluster.

@@ -7,9 +7,11 @@
 //! the same callback looks).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use clap::Args;
 use serde_json::{Map, Value};
 
 use crate::ingest::verify::sign;
@@ -114,19 +116,40 @@ pub fn resign(
     Ok(())
 }
 
-/// What to send and where.
+/// `mutebridge send`: what to send and where. (Not `Debug`: it holds the
+/// secret.)
+#[derive(Args)]
 pub struct SendArgs {
-    pub url: String,
-    pub appkey: String,
-    pub secret: String,
-    pub files: Vec<PathBuf>,
-    pub examples: Vec<String>,
-    pub keep_ids: bool,
-    pub timeout: Duration,
+    /// The callback endpoint, e.g. http://127.0.0.1:8080/webhooks/easemob
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    appkey: String,
+    /// The callback rule's secret.
+    #[arg(long, env = "MUTEBRIDGE_SEND_SECRET")]
+    secret: String,
+    /// A built-in payload (repeatable): mute-all, unmute-all, member-muted,
+    /// member-unmuted, chatroom-mute-all, chatroom-unmute-all.
+    #[arg(long = "example")]
+    examples: Vec<String>,
+    /// Keep the payloads' callId and timestamp instead of fresh ones.
+    #[arg(long)]
+    keep_ids: bool,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// JSON payload files.
+    files: Vec<PathBuf>,
 }
 
-/// Sends every payload in order; returns how many were not answered 200.
-pub async fn run(args: SendArgs) -> anyhow::Result<usize> {
+/// Sends every payload in order; exits 1 if one was not answered 200.
+pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let failures = send(args).await?;
+    Ok(super::exit_code(failures == 0))
+}
+
+/// Returns how many payloads were not answered 200.
+async fn send(args: SendArgs) -> anyhow::Result<usize> {
     let mut payloads = Vec::new();
     for name in &args.examples {
         payloads.push((format!("example {name}"), example(name)?));
@@ -144,7 +167,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<usize> {
     if payloads.is_empty() {
         bail!("nothing to send: give payload files or --example NAME");
     }
-    let client = reqwest::Client::builder().timeout(args.timeout).build()?;
+    let timeout = Duration::from_secs(args.timeout);
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
     let mut failures = 0;
     for (name, mut body) in payloads {
         resign(&mut body, &args.appkey, &args.secret, args.keep_ids)?;

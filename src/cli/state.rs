@@ -4,10 +4,11 @@
 //! committed, the workers are not disturbed.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use crate::config::Config;
 use crate::event::Scope;
@@ -15,6 +16,53 @@ use crate::kafka::{key_partition, scan::Reader};
 use crate::policy::glob;
 use crate::state::applied::AppliedState;
 use crate::state::{self, GroupState};
+
+/// `mutebridge state get | dump`.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    #[command(subcommand)]
+    command: StateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print one group's mute state (JSON), reading only its partition.
+    Get {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// `org#app`.
+        appkey: String,
+        /// `group` or `chatroom`.
+        scope: String,
+        group_id: String,
+    },
+    /// Print every group's newest mute state, one JSON line each.
+    Dump {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        selection: Selection,
+    },
+}
+
+/// Runs `mutebridge state ...`; `get` exits 1 when the group has no state.
+pub async fn run(args: StateArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        StateCommand::Get {
+            config,
+            appkey,
+            scope,
+            group_id,
+        } => {
+            let found = get(config.as_deref(), &appkey, &scope, &group_id).await?;
+            Ok(super::exit_code(found))
+        }
+        StateCommand::Dump { config, selection } => {
+            dump(config.as_deref(), &selection).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
 
 /// Which groups a command is about.
 #[derive(Args, Debug, Clone, Default)]
@@ -39,7 +87,7 @@ impl Selection {
 /// target applied, as one JSON document (`{"state": ..., "applied":
 /// {TARGET: ...}}`), reading only the partition it lives in. Returns false
 /// when there is neither.
-pub async fn get(
+async fn get(
     config_file: Option<&Path>,
     appkey: &str,
     scope: &str,
@@ -115,7 +163,7 @@ pub async fn get(
 
 /// `mutebridge state dump`: every selected group's newest state, one JSON
 /// line each, a partition at a time (only one partition's states are held).
-pub async fn dump(config_file: Option<&Path>, selection: &Selection) -> anyhow::Result<()> {
+async fn dump(config_file: Option<&Path>, selection: &Selection) -> anyhow::Result<()> {
     let (config, bootstrap) = super::connect(config_file)?;
     let mut out = std::io::stdout().lock();
     let total = for_each_state(&config, &bootstrap, selection, |s| {

@@ -3,10 +3,12 @@
 //! a running worker (its `/targets` endpoint) or, with no worker to ask,
 //! from Kafka (committed offsets against the end of each partition).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -30,14 +32,27 @@ struct Row {
     buffered: Option<usize>,
 }
 
-/// Prints the table; `url` asks a running worker, else `config_file`'s
+/// `mutebridge targets`: where to read from, and how to print it.
+#[derive(Debug, Args)]
+pub struct TargetsArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// A worker's ops address, e.g. http://127.0.0.1:9091
+    #[arg(long)]
+    url: Option<String>,
+    /// One JSON line per pipeline instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the table; `--url` asks a running worker, else `--config`'s
 /// cluster.
-pub async fn run(config_file: Option<&Path>, url: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let rows = match url {
+pub async fn run(args: TargetsArgs) -> anyhow::Result<ExitCode> {
+    let rows = match args.url.as_deref() {
         Some(url) => from_worker(url).await?,
-        None => from_kafka(config_file).await?,
+        None => from_kafka(args.config.as_deref()).await?,
     };
-    if json {
+    if args.json {
         for r in &rows {
             println!(
                 "{}",
@@ -47,7 +62,7 @@ pub async fn run(config_file: Option<&Path>, url: Option<&str>, json: bool) -> a
                 })
             );
         }
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{:<20} {:<36} {:<10} {:>10} {:>9} {:>9}",
@@ -69,7 +84,7 @@ pub async fn run(config_file: Option<&Path>, url: Option<&str>, json: bool) -> a
             r.buffered.map_or("-".into(), |b| b.to_string())
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `GET {url}/targets` of a running worker.

@@ -3,29 +3,45 @@
 //! or JSON lines), a summary per target (stderr), and with `--repair`
 //! publish a repair marker per drifted group for the workers to apply.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
+use clap::Args;
 
 use crate::config::{Config, Secrets};
 use crate::kafka::Cluster;
 use crate::metrics::Metrics;
 use crate::verify::{report, Options, Selection, Verifier};
 
-/// What the command line asks for.
-pub struct Args {
-    pub target: Option<String>,
-    pub selection: super::state::Selection,
-    pub dry_run: bool,
-    pub repair: bool,
-    pub json: bool,
+/// `mutebridge verify`: which targets and groups, and what to do about
+/// the differences.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Only this `[targets.NAME]` (default: every target that can be
+    /// read back).
+    #[arg(long)]
+    target: Option<String>,
+    #[command(flatten)]
+    selection: super::state::Selection,
+    /// Print what would be repaired; publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Publish a repair marker per drifted group; the worker owning
+    /// the group applies it under the target's rate limit.
+    #[arg(long)]
+    repair: bool,
+    /// One JSON object per difference, then a summary per target.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs one pass; exits 1 when a place could not be read, a difference
 /// cannot be repaired, or differences were found and not repaired.
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
-    let Some(file) = config_file else {
+pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let Some(file) = args.config.as_deref() else {
         bail!("verify needs --config: the targets' credentials and the cluster the workers use");
     };
     // The targets' credentials (it signs its reads) and Kafka's.
