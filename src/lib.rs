@@ -63,8 +63,9 @@
 //! [`cli`] holds the commands, one file each: `cli::run` (the roles),
 //! `cli::send`, `cli::explain`, `cli::targets`, `cli::state`,
 //! `cli::resync`, `cli::reconcile`, `cli::verify`, `cli::rewind`,
-//! `cli::dlq`, `cli::topics`, `cli::kafka`, `cli::health`, `cli::bench`;
-//! `main.rs` parses the arguments and calls them.
+//! `cli::dlq`, `cli::topics`, `cli::kafka`, `cli::dev_kafka`,
+//! `cli::check_config`, `cli::schema`, `cli::health`, `cli::bench`, each
+//! with its arguments; `main.rs` lists the commands and calls them.
 //!
 //! The items re-exported at the top are what the binary, the integration
 //! tests and the benchmarks build on. Beside `src/`: `tests/it/` is the one
