@@ -752,6 +752,7 @@ async fn read(s: &Shared, route: Route, headers: &HeaderMap, uri: &Uri, at: Inst
         (delay, truncate)
     };
     if let Some(delay) = delay {
+        // The stand-in's simulated latency: the fault under test.
         tokio::time::sleep(delay).await;
     }
     let mut inner = s.lock();
@@ -1129,6 +1130,7 @@ mod tests {
         assert_eq!(fake.refused_for_rate(), 2);
         assert_eq!(fake.max_requests_in_any_second(), 8);
 
+        // Past the 1 s rate window and the 1 s token: the clock under test.
         tokio::time::sleep(Duration::from_millis(1050)).await;
         let (status, _, _) = get(&fake, &t, "/chatgroups/g1").await;
         assert_eq!(status, 200);

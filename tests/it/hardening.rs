@@ -190,7 +190,29 @@ async fn at_the_fd_limit_the_oldest_stalled_connections_make_room() {
     // 256 fds less 128 kept back: at most 128 connections. Open more than
     // the process could hold at all.
     let stalled = stall(addr, 300).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has taken them in: at its cap of 128, closing the oldest.
+    let limit_closed = "mutebridge_http_connections_closed_total{reason=\"limit\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let closed = text
+            .lines()
+            .find_map(|l| l.strip_prefix(limit_closed))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
+        if closed >= 150.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{closed} closed at the cap");
+        // The poll interval of this deadline loop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for i in 0..10 {
         let r = http.get(url("/healthz")).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -419,7 +441,19 @@ async fn connections_trickling_their_bodies_are_evicted_at_the_cap_and_past_the_
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has taken them in: a new connection, queued behind them,
+    // is accepted after them, past the cap (closing the oldest).
+    let limit = "mutebridge_http_connections_closed_total{reason=\"limit\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::task::spawn_blocking(move || process_metric(addr, limit))
+        .await
+        .unwrap()
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the 16 were never taken in");
+        // The poll interval of this deadline loop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for i in 0..5 {
         let r = h.post(&mute_all(&format!("g-trickle-{i}"))).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
@@ -444,6 +478,8 @@ async fn connections_trickling_their_bodies_are_evicted_at_the_cap_and_past_the_
         (0..40)
             .map(|_| {
                 let s = trickle(addr, 60_000, 50_000);
+                // Spaced, so that which were opened first is clear: not a
+                // wait.
                 std::thread::sleep(Duration::from_millis(5));
                 s
             })
@@ -451,10 +487,19 @@ async fn connections_trickling_their_bodies_are_evicted_at_the_cap_and_past_the_
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let closed = h
-        .metric("mutebridge_http_connections_closed_total{reason=\"memory\"}")
-        .await;
+    // The server has read past its budget and closed the oldest.
+    let memory = "mutebridge_http_connections_closed_total{reason=\"memory\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.metric(memory).await < 15.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} closed",
+            h.metric(memory).await
+        );
+        // The poll interval of this deadline loop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed = h.metric(memory).await;
     // 40 x 50 KB = 2 MB against 1 MiB: about half must go.
     assert!((15.0..=30.0).contains(&closed), "{closed} closed");
     // The first ones opened are the ones closed.

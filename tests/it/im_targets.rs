@@ -356,7 +356,14 @@ async fn outage_opens_the_breaker_and_catch_up_sends_the_newest_state(s: Subject
         "breaker state {}",
         w.metric(&open)
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The open breaker probes on: two more requests (the probes, one per
+    // interval) show it running before what it sent is counted.
+    let at_open = s.requests();
+    assert!(
+        wait_until(WAIT, || s.requests() >= at_open + 2).await,
+        "no probe after the breaker opened ({} requests)",
+        s.requests()
+    );
     let down_for = down_at.elapsed().as_secs_f64();
     let requests = s.requests() as f64;
     assert!(
@@ -377,7 +384,8 @@ async fn outage_opens_the_breaker_and_catch_up_sends_the_newest_state(s: Subject
         })
     };
     assert!(wait_until(WAIT, caught_up).await, "{:?}", s.calls());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every event finished on the target: no older state can follow.
+    w.wait_finished(&h, name).await;
     assert_eq!(s.calls().len(), 5, "one call per group: {:?}", s.calls());
     assert!(
         wait_until(WAIT, || w.metric(&open) == 0.0).await,
@@ -513,7 +521,8 @@ then = [{{ target = \"tencent\", group = \"{{group_id}}\" }}, {{ target = \"agor
             && agora.calls().len() == 1)
         .await
     );
-    // Refuse what was made before this second (so a second from now).
+    // Refuse what was made before this second (so a second from now): the
+    // credentials carry whole seconds, so the clock itself must move on.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     tencent.expire_usersigs();
     agora.expire_tokens();

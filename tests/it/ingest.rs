@@ -417,8 +417,17 @@ async fn shutdown_drains_in_flight_requests() {
             (id, r.map(|r| r.status().as_u16()))
         });
     }
-    // Long enough for every request to arrive, shorter than an ack.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every request has arrived: each is published, or waits for its ack.
+    let published = "mutebridge_webhooks_total{outcome=\"published\"}";
+    assert!(
+        wait_until(Duration::from_secs(20), || h.publisher().in_flight() as f64
+            + metric_of(&h.metrics, published)
+            >= 50.0)
+        .await,
+        "{} in flight, {} published",
+        h.publisher().in_flight(),
+        metric_of(&h.metrics, published)
+    );
     let stopping = Instant::now();
     h.stop_server().await;
     assert!(

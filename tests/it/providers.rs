@@ -196,6 +196,7 @@ pub trait Provider {
 pub(crate) async fn common_gate(c: &Common) -> Option<Fault> {
     let fault = c.faults.lock().unwrap().pop_front();
     if let Some(Fault::Delay(d)) = fault {
+        // The stand-in's simulated latency: the fault under test.
         tokio::time::sleep(d).await;
         return None;
     }
@@ -865,6 +866,7 @@ async fn hook_handler(
                 return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
             }
             let serving = InService(&s.in_service);
+            // The stand-in's simulated service time: the capacity under test.
             tokio::time::sleep(service).await;
             Some(serving)
         }

@@ -324,6 +324,7 @@ async fn the_gcra_script_bursts_spaces_and_says_how_long_to_wait() {
     for k in 0..10 {
         let w = spaced.reserve(step, 1).await.unwrap();
         assert!(ms(w) <= 50.0 + 1.0, "call {k} told to wait {w:?}");
+        // Sleeping the returned wait is the caller under test.
         tokio::time::sleep(w).await;
         let at = ms(start.elapsed());
         assert!(

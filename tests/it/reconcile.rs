@@ -687,7 +687,9 @@ async fn gone_takes_easemob_s_own_answer_twice_and_any_other_answer_changes_noth
     // every group is still there to compare, and the next pass, with
     // Easemob answering as itself, finds the six gone, each after two reads
     // of it alone.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The keeper has finished every event in the topic, so also anything
+    // those passes could have published.
+    bed.w.wait_finished(&bed.h, "state").await;
     assert_eq!(bed.w.metric(removed), 0.0);
     let from = e.calls().len();
     let (s, events) = pass_events(&r, &Options::default()).await;

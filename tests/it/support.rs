@@ -313,6 +313,8 @@ pub fn java_partition(key: &str, partitions: i32) -> i32 {
 /// A worker running against the harness's cluster.
 pub struct WorkerHandle {
     pub metrics: Metrics,
+    /// Each pipeline's status, as the worker's `/targets` shows it.
+    statuses: Box<dyn Fn() -> Vec<Value> + Send + Sync>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -340,7 +342,55 @@ impl WorkerHandle {
     pub fn metric(&self, line_prefix: &str) -> f64 {
         metric_of(&self.metrics, line_prefix)
     }
+
+    /// Each pipeline's status as the worker's `/targets` shows it
+    /// (`pipeline`, `group_id`, `partitions`, `paused`, ...); a pipeline
+    /// that has not reported yet has an empty name.
+    pub fn statuses(&self) -> Vec<Value> {
+        (self.statuses)()
+    }
+
+    /// The status of `pipeline` (a target's name, or `state` for the state
+    /// keeper), once it has reported.
+    pub fn status(&self, pipeline: &str) -> Option<Value> {
+        self.statuses()
+            .into_iter()
+            .find(|s| s["pipeline"] == pipeline)
+    }
+
+    /// The partitions `pipeline` owns now.
+    pub fn owned(&self, pipeline: &str) -> Vec<i32> {
+        self.status(pipeline)
+            .and_then(|s| {
+                s["partitions"].as_array().map(|ps| {
+                    ps.iter()
+                        .map(|p| p.as_i64().expect("a partition number") as i32)
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `pipeline` has finished, and committed, every event in
+    /// the event topic when asked (see [`Harness::wait_committed`]): what
+    /// it does about anything sent before has been done.
+    pub async fn wait_finished(&self, h: &Harness, pipeline: &str) {
+        let mut group = None;
+        let reported = wait_until(WAIT_LONG, || {
+            group = self
+                .status(pipeline)
+                .and_then(|s| s["group_id"].as_str().map(str::to_owned));
+            group.is_some()
+        })
+        .await;
+        assert!(reported, "{pipeline} never reported: {:?}", self.statuses());
+        h.wait_committed(&group.unwrap()).await;
+    }
 }
+
+/// Deadline of the waits here: generous, for 2 cores shared by several
+/// test runs.
+pub const WAIT_LONG: Duration = Duration::from_secs(60);
 
 /// The value in `metrics` of the line starting with `line_prefix`, or 0.
 pub fn metric_of(metrics: &Metrics, line_prefix: &str) -> f64 {
@@ -381,12 +431,23 @@ impl Harness {
         let worker = mutebridge::Worker::start(&checked(config), &self.cluster, &metrics)
             .await
             .expect("worker starts");
+        let statuses = worker.statuses();
+        let statuses = Box::new(move || {
+            statuses
+                .iter()
+                .map(|s| {
+                    serde_json::to_value(&*s.lock().expect("status lock"))
+                        .expect("a status is JSON")
+                })
+                .collect()
+        });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run(async move {
             let _ = rx.await;
         }));
         WorkerHandle {
             metrics,
+            statuses,
             stop: Some(tx),
             task: Some(task),
         }
@@ -425,6 +486,76 @@ impl Harness {
         config
     }
 
+    /// Waits until every pipeline of `workers` has joined its consumer
+    /// group with all of them: between them each pipeline owns every
+    /// partition of the event topic once, and each worker owns some.
+    pub async fn wait_joined(&self, workers: &[&WorkerHandle]) {
+        let all: Vec<i32> = (0..self.config.kafka.partitions).collect();
+        let joined = || {
+            let statuses: Vec<Vec<Value>> = workers.iter().map(|w| w.statuses()).collect();
+            if statuses.iter().flatten().any(|s| s["pipeline"] == "") {
+                return false;
+            }
+            statuses[0].iter().all(|s| {
+                let pipeline = s["pipeline"].as_str().unwrap();
+                let mut owned = Vec::new();
+                for w in workers {
+                    let mine = w.owned(pipeline);
+                    if mine.is_empty() {
+                        return false;
+                    }
+                    owned.extend(mine);
+                }
+                owned.sort();
+                owned == all
+            })
+        };
+        assert!(
+            wait_until(WAIT_LONG, joined).await,
+            "the workers' pipelines never settled on the partitions: {:?}",
+            workers.iter().map(|w| w.statuses()).collect::<Vec<_>>()
+        );
+    }
+
+    /// Waits until consumer group `group` has committed every record in the
+    /// event topic as it is when asked. A committed offset means the
+    /// event's actions ran (or it is dead-lettered): whatever that group
+    /// does about anything sent before has been done, so a check that
+    /// nothing more happens can follow at once.
+    pub async fn wait_committed(&self, group: &str) {
+        let (bootstrap, topic, group) = (
+            self.cluster.bootstrap_servers().to_owned(),
+            self.config.kafka.topic.clone(),
+            group.to_owned(),
+        );
+        let partitions = self.config.kafka.partitions;
+        let behind = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer");
+            let deadline = Instant::now() + WAIT_LONG;
+            loop {
+                let behind = uncommitted(&consumer, &topic, partitions);
+                if behind.as_ref().is_ok_and(Vec::is_empty) || Instant::now() > deadline {
+                    return (group, behind);
+                }
+                // The poll interval of this deadline loop.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            behind.1.as_ref().is_ok_and(Vec::is_empty),
+            "{} has not committed the event topic's end: (partition, committed, end) {:?}",
+            behind.0,
+            behind.1
+        );
+    }
+
     /// Reads the dead-letter topic from the start.
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<Record> {
         let bootstrap = self.cluster.bootstrap_servers().to_owned();
@@ -434,6 +565,33 @@ impl Harness {
             .await
             .unwrap()
     }
+}
+
+/// `(partition, committed, end)` of each partition of `topic` that
+/// `consumer`'s group has not committed to its end (records retention
+/// deleted are not waited for).
+fn uncommitted(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<Vec<(i32, i64, i64)>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+    let mut behind = Vec::new();
+    for p in 0..partitions {
+        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        };
+        let (start, end) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+        if done.max(start) < end {
+            behind.push((p, done, end));
+        }
+    }
+    Ok(behind)
 }
 
 /// Tests that run several worker processes, or measure rates against a

@@ -72,8 +72,8 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
     );
     let h = Harness::start_with(|c| policy_with_defaults(c, &text)).await;
     let mut w = h.start_worker().await;
-    // Both consumer groups joined before the outage starts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every consumer group joined before the outage starts.
+    h.wait_joined(&[&w]).await;
     rc.set_down(true);
     audit.set_down(true);
     let outage = Instant::now();
@@ -192,7 +192,8 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
         rc.calls().len(),
         audit.events().len()
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every event finished on RongCloud: no other call can follow.
+    w.wait_finished(&h, "rc").await;
     let mut per_room: HashMap<String, usize> = HashMap::new();
     for c in rc.calls() {
         *per_room.entry(c.id).or_default() += 1;
@@ -357,9 +358,23 @@ then = [{{ target = \"rc\", chatroom = \"{{group_id}}\" }}]
             .any(|c| c.action == "/chatroom/user/gag/rollback.json"))
         .await
     );
-    let after = gags(&rc);
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_eq!(gags(&rc), after, "an unmuted member is not renewed");
+    let after = gags_of(&rc, "room-r").len();
+    // Another member gagged after the unmute: renewals go out in the order
+    // they fall due, so by its second renewal (~6 s) room-r's next one
+    // (due within 3 s of its last gag) has had its turn.
+    post_ok(&h, &chatroom(member_mute("room-c", &["u2".into()], None))).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || gags_of(&rc, "room-c").len()
+            >= 3)
+        .await,
+        "the other member's gag was renewed {} times",
+        gags_of(&rc, "room-c").len().saturating_sub(1)
+    );
+    assert_eq!(
+        gags_of(&rc, "room-r").len(),
+        after,
+        "an unmuted member is not renewed"
+    );
     assert!(rc.rejected().is_empty(), "{:?}", rc.rejected());
     w.stop().await;
 }
@@ -481,7 +496,9 @@ then = [{{ target = \"audit\" }}]
     }
     let mut w = h.start_worker().await;
     assert!(wait_until(WAIT, || zego.calls().len() == 5 && hook.events().len() == 5).await);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Both targets finished every event: nothing else can come.
+    w.wait_finished(&h, "zego").await;
+    w.wait_finished(&h, "audit").await;
     let ids: Vec<String> = zego.calls().into_iter().map(|c| c.id).collect();
     assert!(
         ids.iter().all(|i| i.starts_with("new-")),
@@ -563,8 +580,10 @@ then = [{{ target = \"audit\" }}]
         "{err}"
     );
     drop(worker);
-    // From Kafka, with no worker: committed offsets against the ends.
-    tokio::time::sleep(Duration::from_secs(7)).await; // the dead member's session ends
+    // From Kafka, with no worker: committed offsets against the ends. The
+    // killed member's session (6 s) has to run out: the behaviour's own
+    // clock, not a condition.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let out = mutebridge(&["targets", "--config", path, "--json"]);
     assert!(
         out.status.success(),
@@ -624,7 +643,10 @@ then = [{{ target = \"audit\" }}]
         zego.calls().len(),
         std::fs::read_to_string(dir.path().join("again.log")).unwrap_or_default()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The worker finished every event (the rewound ones again) on both
+    // targets: nothing else can come.
+    h.wait_committed("mutebridge-workers.zego").await;
+    h.wait_committed("mutebridge-workers.audit").await;
     assert_eq!(zego.calls().len(), 12, "each group once more");
     assert_eq!(hook.events().len(), 6, "the audit webhook is not rewound");
 }
@@ -690,6 +712,7 @@ async fn one_event_the_receiver_keeps_refusing_never_holds_its_target() {
         wait_until(WAIT, || w.metric(circuit) > 0.0).await,
         "the breaker opens on the bad event alone"
     );
+    // The scenario's timing (the others come 12 s later), not a wait.
     tokio::time::sleep_until((posted + Duration::from_secs(12)).into()).await;
     for g in 0..20 {
         post_ok(&h, &mute_all(&format!("other-{g}"))).await;
@@ -795,8 +818,10 @@ async fn a_brownout_after_an_outage_ends_with_nothing_dead_lettered() {
     for i in 0..200 {
         let g = format!("g-{}", i % 100);
         post_mute(&h, &mut sent, g, i < 100).await;
+        // The scenario's pacing (200 events over the outage), not a wait.
         tokio::time::sleep(Duration::from_millis(140)).await;
     }
+    // The outage lasts 30 s: the scenario's own clock.
     tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
     assert_eq!(
         hook.events().len(),
@@ -810,6 +835,7 @@ async fn a_brownout_after_an_outage_ends_with_nothing_dead_lettered() {
     while brownout.elapsed() < Duration::from_secs(120) {
         post_mute(&h, &mut sent, format!("late-{i}"), true).await;
         i += 1;
+        // The scenario's pacing (an event a second), not a wait.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let during = hook.events().len() - 1;
@@ -851,6 +877,8 @@ async fn a_receiver_answering_404_while_it_redeploys_loses_nothing() {
     for g in 0..30 {
         post_ok(&h, &mute_all(&format!("redeploy-{g}"))).await;
     }
+    // The receiver redeploys for 8 s (retries run into its 404s
+    // meanwhile): the scenario's own clock.
     tokio::time::sleep(Duration::from_secs(8)).await;
     hook.answer_all(None);
     assert!(
@@ -962,6 +990,9 @@ async fn rewind_keeps_its_fence_across_a_second_rewind_and_a_worker_joining_midw
         post_ok(&h, &mute_all(&format!("early-{g}"))).await;
     }
     assert!(wait_until(WAIT, || zego.calls().len() == 20).await);
+    // Clock gaps, not waits: `mid` falls strictly between the early and the
+    // late events' timestamps (a rewind's `--to` is in milliseconds, the
+    // broker's index by record time).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mid = now_ms();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1024,7 +1055,9 @@ async fn rewind_keeps_its_fence_across_a_second_rewind_and_a_worker_joining_midw
         again().values().filter(|n| **n >= 2).count(),
         zego.calls().len()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The workers finished every event, below the fence too: nothing else
+    // can come.
+    h.wait_committed("mutebridge-workers.zego").await;
     let calls = zego.calls().len() - 40;
     eprintln!("re-applied with two workers, one joining midway: {calls} calls for the 40 events the rewinds printed");
     assert!((40..=44).contains(&calls), "{calls} calls");
@@ -1179,20 +1212,34 @@ async fn a_renewal_a_newer_event_changed_is_dropped_not_requeued() {
         )),
     )
     .await;
-    // The keeper records the unmute; the next renewal is dropped.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let (gags, writes) = (
-        gags_of(&rc, "room-u").len(),
-        w.metric("mutebridge_worker_state_writes_total{pipeline=\"rc\"}"),
+    // The keeper has recorded the unmute, and the target has read it.
+    w.wait_finished(&h, "state").await;
+    w.wait_finished(&h, "rc").await;
+    let writes_line = "mutebridge_worker_state_writes_total{pipeline=\"rc\"}";
+    let (gags, writes) = (gags_of(&rc, "room-u").len(), w.metric(writes_line));
+    // Another member gagged now: renewals go out in the order they fall
+    // due, so by its second renewal (~6 s) room-u's next one (due within
+    // 3 s of its last gag) has had its turn, and been dropped.
+    post_ok(&h, &chatroom(member_mute("room-c", &["u2".into()], None))).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || gags_of(&rc, "room-c").len()
+            >= 3)
+        .await,
+        "the other member's gag was renewed {} times",
+        gags_of(&rc, "room-c").len().saturating_sub(1)
     );
-    tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         gags_of(&rc, "room-u").len(),
         gags,
         "not renewed after the unmute"
     );
-    let more = w.metric("mutebridge_worker_state_writes_total{pipeline=\"rc\"}") - writes;
-    assert!(more <= 1.0, "{more} state writes in 8 s after the unmute");
+    // The other member's record is written once per gag.
+    let others = gags_of(&rc, "room-c").len() as f64;
+    let more = w.metric(writes_line) - writes - others;
+    assert!(
+        more <= 1.0,
+        "{more} state writes for room-u after the unmute"
+    );
     w.stop().await;
 }
 
@@ -1220,6 +1267,9 @@ then = [{{ target = \"zego\", group = \"{{group_id}}\", mute_seconds = 10 }}]
     assert!(wait_until(WAIT, || !zego.calls().is_empty()).await);
     let posted = Instant::now();
     post_ok(&h, &member_mute("g-rel", &["u1".into()], None)).await;
+    // The mute's whole life (10 s) and the time a renewal past its end
+    // would take: the behaviour's own clock. (No other mute can show the
+    // renewals running past it: the rule ends every member mute at 10 s.)
     tokio::time::sleep(Duration::from_secs(16)).await;
     let calls: Vec<Call> = zego
         .calls()

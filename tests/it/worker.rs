@@ -364,7 +364,14 @@ then = [{{ target = \"audit\" }}]
         "breaker state {}",
         w.metric(open)
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The open breaker probes on: two more requests (the probes, one per
+    // interval) show it running before what it sent is counted.
+    let at_open = zego.requests();
+    assert!(
+        wait_until(WAIT, || zego.requests() >= at_open + 2).await,
+        "no probe after the breaker opened ({} requests)",
+        zego.requests()
+    );
     let down_for = down_at.elapsed().as_secs_f64();
     let requests = zego.requests() as f64;
     assert!(
@@ -388,7 +395,8 @@ then = [{{ target = \"audit\" }}]
         })
     };
     assert!(wait_until(WAIT, caught_up).await, "{:?}", zego.calls());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every event finished on ZEGO: no older state can follow.
+    w.wait_finished(&h, "zego").await;
     assert_eq!(
         zego.calls().len(),
         5,
@@ -442,6 +450,7 @@ async fn permanent_errors_and_exhausted_retries_are_dead_lettered_with_the_reaso
                     .body(body)
                     .send()
                     .await;
+                // Pacing of this background traffic, not a wait.
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
         })
@@ -735,8 +744,8 @@ async fn two_workers_in_one_group_share_the_partitions() {
     .await;
     let mut a = h.start_worker().await;
     let mut b = h.start_worker().await;
-    // Let both join before events flow, so the rebalance does not race them.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Both joined before events flow, so the rebalance does not race them.
+    h.wait_joined(&[&a, &b]).await;
     for g in 0..60 {
         post_ok(&h, &mute_all(&format!("shared-{g}"))).await;
     }
@@ -953,7 +962,9 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
             .count(),
         3
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The running worker has finished everything in the event topic, so
+    // also anything the dry run could have written there.
+    w.wait_finished(&h, "zego").await;
     assert!(zego.calls().is_empty(), "a dry run sends nothing");
 
     let out = mutebridge(&["dlq", "replay", "--config", path, "--target", "zego"]);
@@ -983,7 +994,7 @@ then = [{ target = "zego", group = "{group_id}" }, { target = "audit", group = "
     );
     let listed = mutebridge(&["dlq", "list", "--config", path]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("(replayed 1x)"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.wait_finished(&h, "zego").await;
     assert_eq!(zego.calls().len(), 1, "replaying again sends nothing");
     w.stop().await;
 }
@@ -1164,6 +1175,9 @@ async fn a_dead_letter_of_a_superseding_event_names_the_state_the_target_misses(
         wait_until(WAIT, || w.metric(open) > 0.0).await,
         "the breaker opens"
     );
+    // A margin, not a condition: the target's copy of the newest states
+    // (a reader tailing the state topic) shows nothing of how far it has
+    // read; one probe interval lets it take the recorded unmute.
     tokio::time::sleep(Duration::from_secs(1)).await;
     zego.group_fault("g-sup", Fault::Code(660600001), 1);
     zego.set_down(false);

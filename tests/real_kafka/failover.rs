@@ -54,6 +54,7 @@ async fn post_until_taken(h: &Harness, body: &serde_json::Map<String, Value>) ->
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
                 assert!(after.is_some(), "a 503 without Retry-After: {:?}", r.body);
+                // A sender's retry after a 503, not a wait.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             other => panic!("unexpected {other}: {:?}", r.body),
@@ -100,6 +101,7 @@ async fn a_leader_killed_mid_flow_loses_nothing_answered_200_duplicates_nothing_
                     .unwrap()
                     .insert(id.clone(), (first_sent, Instant::now()));
                 sent.lock().unwrap().entry(g.clone()).or_default().push(id);
+                // The sender's pacing, not a wait.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }));

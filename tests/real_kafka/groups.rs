@@ -118,6 +118,7 @@ async fn the_group_coordinator_killed_while_workers_commit_loses_nothing_and_com
                     break;
                 }
                 assert_eq!(r.status, 503, "{:?}", r.body);
+                // A sender's retry after a 503, not a wait.
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             sent.entry(g)
@@ -131,6 +132,7 @@ async fn the_group_coordinator_killed_while_workers_commit_loses_nothing_and_com
             eprintln!("killed node {node}, coordinator of {group}");
             killed = Some(node);
         }
+        // The traffic's pacing (before, during and after), not a wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total: usize = sent.values().map(Vec::len).sum();
@@ -233,6 +235,7 @@ async fn replicas_killed_and_added_during_a_backlog_lose_nothing_keep_order_and_
             drop(workers.remove(1));
             workers.push(spawn(3));
         }
+        // The traffic's pacing (the replicas change mid-backlog), not a wait.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let total: usize = sent.values().map(Vec::len).sum();
@@ -514,6 +517,7 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
             );
         }
         sent += 12;
+        // The traffic's pacing while the loop waits for its condition.
         tokio::time::sleep(Duration::from_secs(1)).await;
         two_applied = two.metric(&line);
     }
@@ -612,6 +616,8 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
     }
     let z = zego.clone();
     assert!(eventually(Duration::from_secs(30), move || z.calls().len() == 20).await);
+    // Clock gaps, not waits: `mid` falls strictly between the early and the
+    // late events' timestamps.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mid = now_ms();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -185,6 +185,8 @@ async fn the_state_topic_compacted_by_the_broker_rebuilds_the_same_state_after_a
             );
         }
         trickle += 1;
+        // The trickle's pacing (segments roll on time), not a wait: the
+        // loop's condition is the compaction.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (b, st) = (b.clone(), st.clone());
         let (records, span) = tokio::task::spawn_blocking(move || records_and_span(&b, &st, p))
@@ -228,7 +230,8 @@ async fn the_state_topic_compacted_by_the_broker_rebuilds_the_same_state_after_a
         "the rebuilt keeper judged {} of 25 late callbacks stale",
         w.metric(stale)
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ZEGO's pipeline has finished every event, the late ones too.
+    w.wait_finished(&h, "zego").await;
     assert_eq!(zego.calls().len(), calls_before, "ZEGO got a late callback");
     let after = dump(&h.config, logs.path()).await;
     let trickled: HashSet<&String> = after.keys().filter(|k| k.contains("|trickle-")).collect();
@@ -286,6 +289,7 @@ async fn events_retention_deletes_before_a_stalled_target_reads_them_are_counted
     while started.elapsed() < Duration::from_secs(15) {
         post(&h, &mut posted, format!("rt-{n:04}")).await;
         n += 1;
+        // The traffic's pacing over the 15 s, not a wait.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     hook.set_down(false);
