@@ -124,6 +124,23 @@ impl Dim<'_> {
     }
 }
 
+/// A [`Dim`] that owns its member ID, for lists that outlive the call or
+/// event it came from (the dimensions an action failed for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dimension {
+    MuteAll,
+    Member(String),
+}
+
+impl Dimension {
+    pub fn as_dim(&self) -> Dim<'_> {
+        match self {
+            Dimension::MuteAll => Dim::MuteAll,
+            Dimension::Member(m) => Dim::Member(m),
+        }
+    }
+}
+
 /// The mark `state` holds for `dim`.
 pub fn mark<'a, S: Marks>(state: Option<&'a S>, dim: Dim<'_>) -> Option<Mark<'a>> {
     let state = state?;

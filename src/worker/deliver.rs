@@ -106,9 +106,8 @@ pub struct Deliverer {
     lease: Lease,
 }
 
-/// How much of a call's budget is spent.
 /// What one call has come to so far.
-struct Progress {
+struct CallState {
     budget: Budget,
     /// Users that failed for good, with the provider's reason.
     failed: Vec<(String, String)>,
@@ -116,9 +115,9 @@ struct Progress {
     accepted: Vec<User>,
 }
 
-impl Default for Progress {
+impl Default for CallState {
     fn default() -> Self {
-        Progress {
+        CallState {
             budget: Budget {
                 attempts: 0,
                 started: Instant::now(),
@@ -132,6 +131,7 @@ impl Default for Progress {
     }
 }
 
+/// How much of a call's budget is spent.
 struct Budget {
     /// Attempts that failed with an outage while the breaker was closed.
     attempts: u32,
@@ -197,16 +197,16 @@ impl Deliverer {
         event: &Event,
         current: &dyn Currency,
     ) -> Delivered {
-        let mut progress = Progress::default();
+        let mut call_state = CallState::default();
         let group = breaker_group(event);
         loop {
             let (permit, waited) = self.breaker.admit(group).await;
-            progress.budget.waited += waited;
+            call_state.budget.waited += waited;
             if !drop_superseded(&mut call, current) {
-                return self.finish(call, progress, ActionOutcome::Superseded);
+                return self.finish(call, call_state, ActionOutcome::Superseded);
             }
             if let Some(limiter) = &self.limiter {
-                progress.budget.waited += limiter.acquire().await;
+                call_state.budget.waited += limiter.acquire().await;
             }
             // The breaker opened while this call waited for its slot.
             if permit.is_stale() {
@@ -214,24 +214,24 @@ impl Deliverer {
             }
             // After a stall: not before the group says the partition is
             // still ours (a revoke aborts this call instead).
-            progress.budget.waited += self.lease.wait().await;
+            call_state.budget.waited += self.lease.wait().await;
             let sent = Instant::now();
             let outcome = match self.attempt(&call, event).await {
                 Ok(o) => o,
                 Err(Unsendable::Moot(why)) => {
-                    return self.finish(call, progress, ActionOutcome::Skipped(why.into()))
+                    return self.finish(call, call_state, ActionOutcome::Skipped(why.into()))
                 }
                 Err(Unsendable::Invalid(error)) => {
-                    let attempts = progress.budget.attempts;
+                    let attempts = call_state.budget.attempts;
                     let f = Failure::whole(Reason::PermanentError, error, attempts);
-                    return self.finish(call, progress, f);
+                    return self.finish(call, call_state, f);
                 }
             };
             match self
-                .settle(outcome, permit, sent, &mut call, &mut progress)
+                .settle(outcome, permit, sent, &mut call, &mut call_state)
                 .await
             {
-                Next::Done(last) => return self.finish(call, progress, last),
+                Next::Done(last) => return self.finish(call, call_state, last),
                 Next::Again(wait) => {
                     self.metrics.retries.inc();
                     tokio::time::sleep(wait).await;
@@ -242,10 +242,13 @@ impl Deliverer {
 
     /// The call's result: the users that failed for good (a partial
     /// failure), then how it ended, and until when the provider holds it.
-    fn finish(&self, call: Action, progress: Progress, last: ActionOutcome) -> Delivered {
+    fn finish(&self, call: Action, call_state: CallState, last: ActionOutcome) -> Delivered {
         let mut outcomes = Vec::new();
-        if !progress.failed.is_empty() {
-            outcomes.push(partial_failure(progress.failed, progress.budget.attempts));
+        if !call_state.failed.is_empty() {
+            outcomes.push(partial_failure(
+                call_state.failed,
+                call_state.budget.attempts,
+            ));
         }
         let now = SystemTime::now();
         let lapses_at_ms = matches!(last, ActionOutcome::Ok)
@@ -255,7 +258,7 @@ impl Deliverer {
         Delivered {
             call,
             outcomes,
-            accepted: progress.accepted,
+            accepted: call_state.accepted,
             at_ms: unix_ms(now),
             lapses_at_ms,
         }
@@ -269,24 +272,24 @@ impl Deliverer {
         permit: Permit<'_>,
         sent: Instant,
         call: &mut Action,
-        progress: &mut Progress,
+        call_state: &mut CallState,
     ) -> Next {
         match outcome {
             Outcome::Done => {
                 permit.answered();
                 self.admitted();
-                progress.accepted.append(&mut call.users.clone());
+                call_state.accepted.append(&mut call.users.clone());
                 Next::Done(ActionOutcome::Ok)
             }
             Outcome::Permanent { error } => {
                 permit.answered();
-                let attempts = progress.budget.attempts + 1;
+                let attempts = call_state.budget.attempts + 1;
                 Next::Done(Failure::whole(Reason::PermanentError, error, attempts))
             }
             Outcome::Partial { retry, failed } => {
                 permit.answered();
                 self.admitted();
-                self.partial(call, progress, retry, failed)
+                self.partial(call, call_state, retry, failed)
             }
             Outcome::Retry {
                 error,
@@ -295,14 +298,14 @@ impl Deliverer {
                 after,
             } => {
                 if kind == Transient::Outage {
-                    return self.outage(permit, sent, progress, error, switch_host, after);
+                    return self.outage(permit, sent, call_state, error, switch_host, after);
                 }
                 permit.neutral();
-                if let Some(dead) = self.past_horizon(&mut progress.budget, sent, &error) {
+                if let Some(dead) = self.past_horizon(&mut call_state.budget, sent, &error) {
                     return Next::Done(dead);
                 }
                 if kind == Transient::GroupLimited {
-                    self.group_limited(call, progress, &error, after)
+                    self.group_limited(call, call_state, &error, after)
                 } else {
                     self.rate_limited(call, sent, &error, after).await
                 }
@@ -322,21 +325,21 @@ impl Deliverer {
     fn partial(
         &self,
         call: &mut Action,
-        progress: &mut Progress,
+        call_state: &mut CallState,
         retry: Vec<String>,
         gave_up: Vec<(String, String)>,
     ) -> Next {
         let settled =
             |u: &User| !retry.contains(&u.id) && !gave_up.iter().any(|(id, _)| *id == u.id);
         let done = call.users.iter().filter(|u| settled(u)).cloned();
-        progress.accepted.extend(done);
-        progress.failed.extend(gave_up);
+        call_state.accepted.extend(done);
+        call_state.failed.extend(gave_up);
         if retry.is_empty() {
             return Next::Done(ActionOutcome::Ok);
         }
         call.users.retain(|u| retry.contains(&u.id));
         let error = format!("failed for {} user(s), retrying them", retry.len());
-        self.failed_attempt(&mut progress.budget, error, Duration::ZERO, false)
+        self.failed_attempt(&mut call_state.budget, error, Duration::ZERO, false)
     }
 
     /// The target's own limit: the shared limiter pauses the whole target.
@@ -363,11 +366,11 @@ impl Deliverer {
     fn group_limited(
         &self,
         call: &Action,
-        progress: &mut Progress,
+        call_state: &mut CallState,
         error: &str,
         after: Option<Duration>,
     ) -> Next {
-        let budget = &mut progress.budget;
+        let budget = &mut call_state.budget;
         budget.group_strikes += 1;
         let wait = FIRST_PAUSE
             .saturating_mul(1 << (budget.group_strikes - 1).min(16))
@@ -385,12 +388,12 @@ impl Deliverer {
         &self,
         permit: Permit<'_>,
         sent: Instant,
-        progress: &mut Progress,
+        call_state: &mut CallState,
         error: String,
         switch_host: bool,
         after: Option<Duration>,
     ) -> Next {
-        progress.budget.limited_since = None;
+        call_state.budget.limited_since = None;
         let pass = permit.pass();
         permit.failed();
         let hosts = self.target.hosts();
@@ -408,7 +411,7 @@ impl Deliverer {
             // time and a first backoff included, so that a call failing in
             // the ramp does not go again at once).
             let wait = backoff(&self.retry, 1).max(after.unwrap_or_default());
-            progress.budget.waited += sent.elapsed() + wait;
+            call_state.budget.waited += sent.elapsed() + wait;
             if pass == super::breaker::Pass::Probe {
                 tracing::info!(target = %self.name, %error, "circuit breaker probe failed; the target stays paused");
             } else {
@@ -417,9 +420,10 @@ impl Deliverer {
             return Next::Again(wait);
         }
         // A fresh host is tried at once; a full round of hosts backs off.
-        let at_once = switched && !((progress.budget.attempts + 1) as usize).is_multiple_of(hosts);
+        let at_once =
+            switched && !((call_state.budget.attempts + 1) as usize).is_multiple_of(hosts);
         self.failed_attempt(
-            &mut progress.budget,
+            &mut call_state.budget,
             error,
             after.unwrap_or_default(),
             at_once,

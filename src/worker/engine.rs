@@ -6,28 +6,24 @@
 //! here and its offset may be committed once the record is in Kafka.
 //!
 //! The same engine re-applies a group's capped mutes before the provider
-//! ends them ([`Work::Renew`]), in the group's order like its events: those
-//! its records say it applied, and those of the group's newest state it
-//! holds no record of (applied by a version that kept none, or trimmed
-//! from an oversized record), whose provider-side end is counted from when
-//! the state says they were set.
+//! ends them ([`Work::Renew`]); [`super::renewal`] decides which and when.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
+use super::completion::{Handled, Lapse};
 use super::deliver::{per_member, AlwaysCurrent, Currency, Deliverer, Superseded};
 use super::dlq::{DeadLetter, DeadLetters, MissingDim, Reason, SourceRecord};
 use super::metrics::TargetMetrics;
 use super::outcome::{ActionId, ActionOutcome, EventOutcome, Failure};
 use super::reader::Newest;
 use super::scheduler::{Job, Work};
-use super::store::{Partition, Staged, Store};
-use crate::event::{Event, EventKind, Mute, ReplayScope, SCHEMA_V1};
+use super::store::{Partition, Store};
+use crate::event::{Event, EventKind, ReplayScope, SCHEMA_V1};
 use crate::policy::{Action, Op, Planned, Policy, Step};
+use crate::state;
 use crate::state::applied::{self, AppliedState};
-use crate::state::guard::{self, Applied, Dim, Hold, Results, Verdict};
-use crate::state::{self, GroupState};
+use crate::state::guard::{self, Applied, Dim, Dimension, Hold, Results, Verdict};
 use crate::time::now_ms;
 
 /// A mute target's records: what it applied, and the groups' newest state.
@@ -52,27 +48,35 @@ pub struct TargetEngine {
     pub renew_ahead_ms: i64,
 }
 
-/// What a group task hands back.
-#[derive(Default)]
-pub struct Processed {
-    /// The applied record to confirm before the offset is committed.
-    pub staged: Option<Staged<AppliedState>>,
-    /// The group's record, and when a mute of it lapses next (`None`: no
-    /// renewal due), for the renewal schedule.
-    pub lapse: Option<(String, Option<i64>)>,
-}
-
 /// What the steps of one event came to.
-#[derive(Default)]
-struct Tally {
+#[derive(Debug, Default)]
+pub(super) struct Tally {
     ok: bool,
     dead: bool,
     /// A call was dropped because a newer state was known by then.
     superseded: bool,
     steps: usize,
-    results: Results,
+    pub(super) results: Results,
     /// Dimensions an action failed for (not applied, whatever else did).
-    failed: Vec<String>,
+    failed: Vec<Dimension>,
+}
+
+impl Tally {
+    /// What the target applied: the results, less every dimension an
+    /// action failed for (one call of several may have failed).
+    fn applied(&self) -> Results {
+        let mut results = self.results.clone();
+        results.members.retain(|m, _| {
+            !self
+                .failed
+                .iter()
+                .any(|f| f.as_dim() == Dim::Member(m.as_str()))
+        });
+        if self.failed.contains(&Dimension::MuteAll) {
+            results.mute_all = None;
+        }
+        results
+    }
 }
 
 /// The group's newest state, asked before each attempt of a call.
@@ -113,8 +117,9 @@ impl Currency for Newer<'_> {
 }
 
 impl TargetEngine {
-    /// Carries out one job; see [`Processed`].
-    pub async fn process(&self, job: &Job) -> Processed {
+    /// Carries out one job; what it left: the applied record to confirm
+    /// before the offset is committed, and the group's next lapse.
+    pub async fn process(&self, job: &Job) -> Handled<AppliedState> {
         match &job.work {
             Work::Record {
                 offset,
@@ -139,22 +144,22 @@ impl TargetEngine {
         source: SourceRecord,
         payload: Option<&[u8]>,
         replay: Option<&ReplayScope>,
-    ) -> Processed {
+    ) -> Handled<AppliedState> {
         let Ok(event) = decode(payload) else {
             // The state keeper dead-letters it, once for every target.
             self.finish(EventOutcome::Skipped);
-            return Processed::default();
+            return Handled::default();
         };
         if replay.is_some_and(|s| s.target.as_deref().is_some_and(|t| t != &*self.name)) {
             self.finish(EventOutcome::NoMatch);
-            return Processed::default();
+            return Handled::default();
         }
         let part = match &self.state {
             None => None,
             // Revoked meanwhile: the new owner applies the event.
             Some(s) => match s.store.partition(job.partition).await {
                 Some(p) => Some(p),
-                None => return Processed::default(),
+                None => return Handled::default(),
             },
         };
         if event.kind == EventKind::Resync {
@@ -167,10 +172,13 @@ impl TargetEngine {
                 if part.get(&key).is_some() {
                     self.finish(EventOutcome::NoMatch);
                     s.store.member().await;
-                    let staged = s.store.stage_delete(part, &key).ok();
-                    return Processed {
-                        staged,
-                        lapse: Some((key, None)),
+                    let write = s.store.stage_delete(part, &key).ok();
+                    return Handled {
+                        write,
+                        lapse: Some(Lapse {
+                            record: key,
+                            at_ms: None,
+                        }),
                     };
                 }
             }
@@ -179,13 +187,18 @@ impl TargetEngine {
             // No rule sends this event to this target: nothing to judge or
             // record either.
             self.finish(EventOutcome::NoMatch);
-            return Processed::default();
+            return Handled::default();
         }
-        let guarded = part.as_ref().filter(|_| event.kind.is_mute());
-        let key = guarded.map(|_| key()).unwrap_or_default();
-        let applied = guarded.and_then(|p| p.get(&key));
-        let verdict =
-            guarded.map(|_| self.judge(job.partition, applied.as_ref(), &event, replay.is_some()));
+        // A mute event at a target that keeps records: judged, and its
+        // group's record (by key) updated.
+        let guarded = part
+            .as_ref()
+            .filter(|_| event.kind.is_mute())
+            .map(|p| (p, key()));
+        let applied = guarded.as_ref().and_then(|(p, key)| p.get(key));
+        let verdict = guarded
+            .as_ref()
+            .map(|_| self.judge(job.partition, applied.as_ref(), &event, replay.is_some()));
         if let Some(v) = &verdict {
             log_held(&self.name, &event, v);
         }
@@ -202,18 +215,18 @@ impl TargetEngine {
             .await;
         // The record follows the actions it vouches for: a crash before
         // this line re-applies the event, never loses it.
-        let mut processed = Processed::default();
-        if let (Some(part), Some(fresh), Some(s)) = (
-            guarded,
+        let mut handled = Handled::default();
+        if let (Some((part, key)), Some(fresh), Some(s)) = (
+            &guarded,
             verdict.as_ref().and_then(|v| v.fresh.as_deref()),
             &self.state,
         ) {
             s.store.member().await;
-            processed = self.write(job.partition, part, applied, fresh, &tally, &key);
+            handled = self.write(job.partition, part, applied, fresh, &tally, key);
         }
         let held = verdict.as_ref().and_then(Verdict::all_held);
         self.finish(outcome(&tally, held));
-        processed
+        handled
     }
 
     /// Judges a mute event for this target.
@@ -232,7 +245,7 @@ impl TargetEngine {
     }
 
     /// Whether this target's rules send events of `kind` about `event`'s group.
-    fn routes(&self, event: &Event, kind: EventKind) -> bool {
+    pub(super) fn routes(&self, event: &Event, kind: EventKind) -> bool {
         self.policy
             .routes(kind, event.scope, &event.appkey, &event.group_id)
     }
@@ -247,15 +260,9 @@ impl TargetEngine {
         fresh: &Event,
         tally: &Tally,
         key: &str,
-    ) -> Processed {
+    ) -> Handled<AppliedState> {
         let state = self.state.as_ref().expect("written only with state");
-        let mut results = tally.results.clone();
-        results
-            .members
-            .retain(|m, _| !tally.failed.iter().any(|f| f == m));
-        if tally.failed.iter().any(|f| f == "mute_all") {
-            results.mute_all = None;
-        }
+        let results = tally.applied();
         let Some(next) = guard::record_applied(
             applied,
             &self.name,
@@ -264,19 +271,22 @@ impl TargetEngine {
             now_ms(),
             state.store.horizon_ms(),
         ) else {
-            return Processed::default();
+            return Handled::default();
         };
         let newest = state.newest.get(partition, &next.group_key());
-        let lapse = self.next_lapse(Some(&next), newest.as_ref());
-        Processed {
+        let at_ms = self.next_lapse(Some(&next), newest.as_ref());
+        Handled {
             // Revoked: the new owner applies the event again.
-            staged: state.store.stage(part, next).ok(),
-            lapse: Some((key.to_owned(), lapse)),
+            write: state.store.stage(part, next).ok(),
+            lapse: Some(Lapse {
+                record: key.to_owned(),
+                at_ms,
+            }),
         }
     }
 
     /// Runs the steps one after another; dead-letters what fails.
-    async fn carry_out(
+    pub(super) async fn carry_out(
         &self,
         key: &[u8],
         source: &SourceRecord,
@@ -375,15 +385,14 @@ impl TargetEngine {
                 match call {
                     Some(c) if per_member(&c.op) && !failure.users.is_empty() => {
                         for u in c.users.iter().filter(|u| failure.users.contains(&u.id)) {
-                            tally.failed.push(u.member.clone());
+                            tally.failed.push(Dimension::Member(u.member.clone()));
                         }
                     }
                     Some(c) if per_member(&c.op) => {
-                        tally
-                            .failed
-                            .extend(c.users.iter().map(|u| u.member.clone()));
+                        let members = c.users.iter().map(|u| Dimension::Member(u.member.clone()));
+                        tally.failed.extend(members);
                     }
-                    _ => tally.failed.push("mute_all".into()),
+                    _ => tally.failed.push(Dimension::MuteAll),
                 }
                 tracing::warn!(rule = %id.rule, target = %id.target, reason = failure.reason.as_str(), error = %failure.error, event = %event.id, "action failed; dead-lettered");
                 let mut letter = DeadLetter::action(source.clone(), event, id, failure);
@@ -400,10 +409,10 @@ impl TargetEngine {
         }
     }
 
-    /// The group's newest state of the dimensions `failed` (`mute_all`, or
-    /// member IDs) of `event`, which the target is left without: what a
-    /// dead letter of a mute target names.
-    fn missing(&self, partition: i32, event: &Event, failed: &[String]) -> Vec<MissingDim> {
+    /// The group's newest state of the dimensions `failed` of `event`,
+    /// which the target is left without: what a dead letter of a mute
+    /// target names.
+    fn missing(&self, partition: i32, event: &Event, failed: &[Dimension]) -> Vec<MissingDim> {
         let Some(state) = self.state.as_ref().filter(|_| event.kind.is_mute()) else {
             return Vec::new();
         };
@@ -414,27 +423,34 @@ impl TargetEngine {
             };
             failed
                 .iter()
-                .filter_map(|f| {
-                    if f == "mute_all"
-                        && matches!(event.kind, EventKind::MuteAll | EventKind::UnmuteAll)
+                .filter_map(|f| match f.as_dim() {
+                    // A group-wide call's failure (or one no call was made
+                    // for) leaves only a group-wide event's dimension.
+                    Dim::MuteAll
+                        if !matches!(event.kind, EventKind::MuteAll | EventKind::UnmuteAll) =>
                     {
+                        None
+                    }
+                    Dim::MuteAll => {
                         let d = newest.mute_all.as_ref()?;
-                        return Some(MissingDim {
+                        Some(MissingDim {
                             dimension: Dim::MuteAll.label(),
                             muted: d.muted,
                             until_ms: None,
                             set_by: d.event_id.clone(),
                             at_ms: d.at_ms,
-                        });
+                        })
                     }
-                    let d = newest.members.get(f)?;
-                    Some(MissingDim {
-                        dimension: Dim::Member(f).label(),
-                        muted: d.muted,
-                        until_ms: d.until_ms,
-                        set_by: d.event_id.clone(),
-                        at_ms: d.at_ms,
-                    })
+                    Dim::Member(m) => {
+                        let d = newest.members.get(m)?;
+                        Some(MissingDim {
+                            dimension: Dim::Member(m).label(),
+                            muted: d.muted,
+                            until_ms: d.until_ms,
+                            set_by: d.event_id.clone(),
+                            at_ms: d.at_ms,
+                        })
+                    }
                 })
                 .collect()
         })
@@ -448,7 +464,7 @@ impl TargetEngine {
         source: &SourceRecord,
         marker: &Event,
         part: Option<&Arc<Partition<AppliedState>>>,
-    ) -> Processed {
+    ) -> Handled<AppliedState> {
         let target = marker
             .attributes
             .get("target")
@@ -456,23 +472,23 @@ impl TargetEngine {
             .unwrap_or_default();
         if target != &*self.name {
             self.finish(EventOutcome::NoMatch);
-            return Processed::default();
+            return Handled::default();
         }
         let (Some(part), Some(state)) = (part, &self.state) else {
             tracing::warn!(group = %marker.group_id, target, "resync marker, but this target keeps no state (worker.track_state is off, or it forwards whole events): nothing to apply");
             self.finish(EventOutcome::NoMatch);
-            return Processed::default();
+            return Handled::default();
         };
         let group_key = state::key(&marker.appkey, marker.scope, &marker.group_id);
         let Some(newest) = state.newest.get(job.partition, &group_key) else {
             tracing::info!(group = %marker.group_id, target, "resync: no mute state for the group; nothing to apply");
             self.finish(EventOutcome::NoMatch);
-            return Processed::default();
+            return Handled::default();
         };
         let key = applied::key(&self.name, &marker.appkey, marker.scope, &marker.group_id);
         let mut applied = part.get(&key);
         let mut total = Tally::default();
-        let mut staged = None;
+        let mut write = None;
         // The whole state, or the dimensions a `mutebridge verify` marker names.
         for e in crate::verify::repair::resync_events(marker, &newest, applied.as_ref(), now_ms()) {
             // Judged as a replay: the target gets each dimension's event
@@ -483,9 +499,9 @@ impl TargetEngine {
             if let Some(fresh) = verdict.fresh.as_deref() {
                 state.store.member().await;
                 let written = self.write(job.partition, part, applied.clone(), fresh, &tally, &key);
-                if written.staged.is_some() {
+                if written.write.is_some() {
                     applied = part.get(&key);
-                    staged = written.staged;
+                    write = written.write;
                 }
             }
             total.ok |= tally.ok;
@@ -496,196 +512,11 @@ impl TargetEngine {
             tracing::info!(group = %marker.group_id, target, "resync: no rule sends this group's mute state to the target");
         }
         self.finish(outcome(&total, None));
-        let lapse = applied
-            .as_ref()
-            .map(|a| (key, self.next_lapse(Some(a), Some(&newest))));
-        Processed { staged, lapse }
-    }
-
-    /// Re-applies the group's mutes that the provider ends within
-    /// `renew_ahead` (its longest mute cut them short): those its record
-    /// holds, unless a newer event has changed them since (it reaches the
-    /// target by itself, or the policy does not send it: either way this
-    /// one is not renewed again), and those of the group's newest state it
-    /// holds no record of ([`TargetEngine::adopted`]).
-    async fn renew(&self, job: &Job, key: &str) -> Processed {
-        let Some(state) = &self.state else {
-            return Processed::default();
-        };
-        let Some(part) = state.store.partition(job.partition).await else {
-            return Processed::default();
-        };
-        let prefix = applied::key_prefix(&self.name);
-        let group_key = key.strip_prefix(prefix.as_str()).unwrap_or(key);
-        let newest = state.newest.get(job.partition, group_key);
-        let recorded = part.get(key);
-        let Some(mut applied) = recorded.clone().or_else(|| {
-            let n = newest.as_ref()?;
-            Some(AppliedState::new(
-                &self.name,
-                &n.appkey,
-                n.scope,
-                &n.group_id,
-            ))
-        }) else {
-            return Processed::default();
-        };
-        let now = now_ms();
-        let by = now + self.renew_ahead_ms;
-        let snapshot = applied.clone();
-        let (due, changed_since) = due_events(&snapshot, newest.as_ref(), by);
-        for dim in &changed_since {
-            stop_renewing(&mut applied, *dim);
-        }
-        let adopted: Vec<Event> = newest
-            .as_ref()
-            .map(|n| self.adopted(recorded.as_ref(), n))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, lapse)| *lapse <= by)
-            .map(|(e, _)| e)
-            .collect();
-        let source = SourceRecord {
-            topic: self.topic.clone(),
-            partition: job.partition,
-            offset: -1,
-        };
-        for e in &due {
-            let steps = self.policy.plan(e, None, None);
-            let tally = self
-                .carry_out(&job.key, &source, job.partition, steps)
-                .await;
-            renewed(&mut applied, e, &tally);
-            self.count_renewals(&tally);
-            tracing::info!(target = %self.name, group = %applied.group_id, members = e.members.len(), "capped mute re-applied before the provider ends it");
-        }
-        for e in &adopted {
-            let steps = self.policy.plan(e, None, None);
-            let tally = self
-                .carry_out(&job.key, &source, job.partition, steps)
-                .await;
-            let horizon = state.store.horizon_ms();
-            if let Some(next) = guard::record_applied(
-                Some(applied.clone()),
-                &self.name,
-                e,
-                &tally.results,
-                now_ms(),
-                horizon,
-            ) {
-                applied = next;
-            }
-            self.count_renewals(&tally);
-            tracing::info!(target = %self.name, group = %applied.group_id, members = e.members.len(), "capped mute of the group's state re-applied before the provider ends it (applied before this target kept records of it, or trimmed from them)");
-        }
-        let lapse = self.next_lapse(Some(&applied), newest.as_ref());
-        if due.is_empty() && adopted.is_empty() && changed_since.is_empty() {
-            return Processed {
-                staged: None,
-                lapse: Some((key.to_owned(), lapse)),
-            };
-        }
-        applied.updated_at_ms = now;
-        state.store.member().await;
-        Processed {
-            staged: state.store.stage(&part, applied).ok(),
-            lapse: Some((key.to_owned(), lapse)),
-        }
-    }
-
-    fn count_renewals(&self, tally: &Tally) {
-        let calls = tally.results.members.len() + usize::from(tally.results.mute_all.is_some());
-        self.metrics.renewals.inc_by(calls as u64);
-    }
-
-    /// When this target next has to re-apply a capped mute of a group: the
-    /// earliest lapse its record holds, or of a mute of the group's newest
-    /// state it holds no record of.
-    pub fn next_lapse(
-        &self,
-        applied: Option<&AppliedState>,
-        newest: Option<&GroupState>,
-    ) -> Option<i64> {
-        let own = applied.and_then(AppliedState::next_lapse_ms);
-        let adopted =
-            newest.and_then(|n| self.adopted(applied, n).into_iter().map(|(_, l)| l).min());
-        own.into_iter().chain(adopted).min()
-    }
-
-    /// The renewal schedule of a partition whose records were just read:
-    /// each group's record key, group ID and next lapse.
-    pub fn renewal_schedule(&self, partition: i32) -> Vec<(String, String, i64)> {
-        let Some(state) = &self.state else {
-            return Vec::new();
-        };
-        let mut records: HashMap<String, AppliedState> = HashMap::new();
-        state.store.for_each_in(partition, |a| {
-            records.insert(a.key(), a.clone());
+        let lapse = applied.as_ref().map(|a| Lapse {
+            at_ms: self.next_lapse(Some(a), Some(&newest)),
+            record: key,
         });
-        let mut out = Vec::new();
-        state.newest.for_each_in(partition, |newest| {
-            let key = applied::key(&self.name, &newest.appkey, newest.scope, &newest.group_id);
-            let record = records.remove(&key);
-            if let Some(lapse) = self.next_lapse(record.as_ref(), Some(newest)) {
-                out.push((key, newest.group_id.clone(), lapse));
-            }
-        });
-        // Records of groups with no state (deleted by hand, say).
-        for (key, record) in records {
-            if let Some(lapse) = record.next_lapse_ms() {
-                out.push((key, record.group_id, lapse));
-            }
-        }
-        out
-    }
-
-    /// The mutes of the group's newest state that `applied` holds no
-    /// record of and this target caps: each as the event that set it (its
-    /// members cut to those missing), with when the provider ends it,
-    /// counted from when the state says it was set (it was sent then, or
-    /// later: renewed early rather than late).
-    fn adopted(&self, applied: Option<&AppliedState>, newest: &GroupState) -> Vec<(Event, i64)> {
-        // Only a target whose provider caps mutes has anything to renew.
-        if self.renew_ahead_ms == 0 {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for mut e in guard::snapshot(newest, now_ms()) {
-            match e.kind {
-                EventKind::MuteAll if applied.is_none_or(|a| a.mute_all.is_none()) => {}
-                EventKind::MemberMuted => {
-                    e.members
-                        .retain(|m| applied.is_none_or(|a| a.members.get(m).is_none()));
-                    if e.members.is_empty() {
-                        continue;
-                    }
-                }
-                _ => continue,
-            }
-            if !self.routes(&e, e.kind) {
-                continue;
-            }
-            let set_at = UNIX_EPOCH + Duration::from_millis(e.occurred_at_ms.max(0) as u64);
-            let target = &self.deliverer.target;
-            let lapse = self
-                .policy
-                .plan(&e, None, None)
-                .into_iter()
-                .filter_map(|step| match step {
-                    Step::Carry {
-                        planned: Planned::Act(action),
-                        ..
-                    } => Some(action),
-                    _ => None,
-                })
-                .flat_map(|action| target.split(action))
-                .filter_map(|call| target.lapses(&call, set_at))
-                .min();
-            if let Some(lapse) = lapse {
-                out.push((e, lapse));
-            }
-        }
-        out
+        Handled { write, lapse }
     }
 
     fn count(&self, id: &ActionId, outcome: &ActionOutcome) {
@@ -715,93 +546,6 @@ fn outcome(tally: &Tally, held: Option<&Hold>) -> EventOutcome {
         EventOutcome::Superseded
     } else {
         EventOutcome::Skipped
-    }
-}
-
-/// The events that re-apply what of `applied` lapses by `by_ms`: each
-/// dimension the target applied, still muted, whose provider-side end is
-/// near, and that no newer event has changed since; and the dimensions due
-/// that a newer event has changed (not renewed any more).
-fn due_events<'a>(
-    applied: &'a AppliedState,
-    newest: Option<&GroupState>,
-    by_ms: i64,
-) -> (Vec<Event>, Vec<Dim<'a>>) {
-    let group = (
-        applied.appkey.as_str(),
-        applied.scope,
-        applied.group_id.as_str(),
-    );
-    let now = now_ms();
-    let due = |d: &applied::AppliedDim| {
-        d.muted && d.applied_at_ms.is_some() && d.lapses_at_ms.is_some_and(|t| t <= by_ms)
-    };
-    let unchanged = |dim: Dim<'_>, d: &applied::AppliedDim| {
-        guard::mark(newest, dim).is_none_or(|m| m.event_id == d.event_id)
-    };
-    let mut out = Vec::new();
-    let mut changed = Vec::new();
-    if let Some(d) = applied.mute_all.as_ref().filter(|d| due(d)) {
-        if unchanged(Dim::MuteAll, d) {
-            let mut e = guard::about_group(group, EventKind::MuteAll, &d.event_id, d.at_ms, now);
-            e.mute = Some(Mute::All { all: true });
-            out.push(e);
-        } else {
-            changed.push(Dim::MuteAll);
-        }
-    }
-    let mut by_event: BTreeMap<(i64, &str, Option<i64>), Vec<String>> = BTreeMap::new();
-    for (member, d) in applied.members.iter().filter(|(_, d)| due(d)) {
-        if unchanged(Dim::Member(member), d) {
-            by_event
-                .entry((d.at_ms, &d.event_id, d.until_ms))
-                .or_default()
-                .push(member.to_owned());
-        } else {
-            changed.push(Dim::Member(member));
-        }
-    }
-    for ((at_ms, id, until_ms), members) in by_event {
-        let mut e = guard::about_group(group, EventKind::MemberMuted, id, at_ms, now);
-        e.members = members;
-        e.mute = Some(Mute::Until { until_ms });
-        out.push(e);
-    }
-    (out, changed)
-}
-
-/// A dimension a newer event changed: its renewal is dropped.
-fn stop_renewing(applied: &mut AppliedState, dim: Dim<'_>) {
-    let d = match dim {
-        Dim::MuteAll => applied.mute_all.as_mut(),
-        Dim::Member(m) => applied.members.get_mut(m),
-    };
-    if let Some(d) = d {
-        d.lapses_at_ms = None;
-    }
-}
-
-/// Updates `applied` with a renewal's results: renewed dimensions get
-/// their new provider-side end; one whose renewal failed for good is not
-/// renewed again (its dead letter says so).
-fn renewed(applied: &mut AppliedState, e: &Event, tally: &Tally) {
-    let apply = |d: &mut applied::AppliedDim, r: Option<Applied>| match r {
-        Some(r) => {
-            d.applied_at_ms = Some(r.at_ms);
-            d.lapses_at_ms = r.lapses_at_ms;
-        }
-        None => d.lapses_at_ms = None,
-    };
-    if e.kind == EventKind::MuteAll {
-        if let Some(d) = applied.mute_all.as_mut() {
-            apply(d, tally.results.mute_all);
-        }
-        return;
-    }
-    for m in &e.members {
-        if let Some(d) = applied.members.get_mut(m) {
-            apply(d, tally.results.members.get(m).copied());
-        }
     }
 }
 
@@ -858,4 +602,291 @@ pub fn decode(payload: Option<&[u8]>) -> Result<Event, String> {
         return Err(format!("schema {:?} is not {SCHEMA_V1}", event.schema));
     }
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{GroupState, MemberState};
+    use crate::worker::testing::{self, event, record_job, RongCloud, APPKEY, ROOM};
+
+    /// RongCloud's longest gag, and the renewal lead of its default config.
+    const CAP_SECONDS: u64 = 43_200 * 60;
+    const AHEAD_SECONDS: u64 = 3_600;
+
+    fn record_key() -> String {
+        applied::key("rc", APPKEY, crate::event::Scope::Chatroom, ROOM)
+    }
+
+    fn count(engine: &TargetEngine, outcome: EventOutcome) -> u64 {
+        engine.metrics.events[outcome as usize].get()
+    }
+
+    fn accepted(_: &str, _: &str) -> u32 {
+        200
+    }
+
+    fn refused(_: &str, _: &str) -> u32 {
+        1002
+    }
+
+    /// The engine's partition 0, read to its end (nothing in it).
+    async fn loaded(engine: &TargetEngine) -> Arc<Partition<AppliedState>> {
+        let state = engine.state.as_ref().unwrap();
+        state.store.assign(&[0]);
+        state.store.loaded(0);
+        state.newest.assign(0);
+        state.store.partition(0).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fresh_member_mute_is_sent_then_recorded_with_its_lapse() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(accepted).await;
+        let engine = testing::engine(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS);
+        let part = loaded(&engine).await;
+        let mute = event(EventKind::MemberMuted, "e1", 1_000, &["u1"]);
+        let before = now_ms();
+        let handled = engine.process(&record_job(&mute, 7)).await;
+        let calls = rc.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].0, "/chatroom/user/gag/add.json");
+        assert!(calls[0].1.contains("userId=u1"), "{calls:?}");
+        assert_eq!(count(&engine, EventOutcome::Applied), 1);
+        // Recorded here at once, before Kafka has it.
+        let record = part.get(&record_key()).expect("the applied record");
+        let u1 = record.members.get("u1").expect("u1 recorded");
+        assert_eq!((u1.event_id.as_str(), u1.at_ms), ("e1", 1_000));
+        assert!(u1.applied_at_ms.is_some_and(|t| t >= before));
+        // A permanent chatroom gag is capped: it lapses after the cap.
+        let lapse = u1.lapses_at_ms.expect("capped");
+        let cap_ms = CAP_SECONDS as i64 * 1000;
+        assert!(lapse >= before + cap_ms && lapse <= now_ms() + cap_ms);
+        assert_eq!(
+            handled.lapse,
+            Some(Lapse {
+                record: record_key(),
+                at_ms: Some(lapse)
+            })
+        );
+        let write = handled.write.expect("a record to confirm");
+        assert!(write.confirm().await.is_ok(), "Kafka acknowledges it");
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_event_is_a_duplicate_and_not_sent_again() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(accepted).await;
+        let engine = testing::engine(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS);
+        loaded(&engine).await;
+        let mute = event(EventKind::MuteAll, "e1", 1_000, &[]);
+        assert!(engine.process(&record_job(&mute, 7)).await.write.is_some());
+        let again = engine.process(&record_job(&mute, 7)).await;
+        assert_eq!(rc.calls().len(), 1, "sent once");
+        assert!(again.write.is_none() && again.lapse.is_none());
+        assert_eq!(count(&engine, EventOutcome::Duplicate), 1);
+        // An older event of the same dimension is stale.
+        let older = event(EventKind::UnmuteAll, "e0", 500, &[]);
+        assert!(engine.process(&record_job(&older, 8)).await.write.is_none());
+        assert_eq!(rc.calls().len(), 1, "a stale event is not sent");
+        assert_eq!(count(&engine, EventOutcome::Stale), 1);
+    }
+
+    #[tokio::test]
+    async fn a_member_a_newer_state_has_set_since_is_superseded() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(accepted).await;
+        let engine = testing::engine(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS);
+        loaded(&engine).await;
+        let mut newest = GroupState::new(APPKEY, crate::event::Scope::Chatroom, ROOM);
+        let unmuted = |id: &str, at_ms| MemberState {
+            muted: false,
+            until_ms: None,
+            at_ms,
+            event_id: id.into(),
+        };
+        newest.members.insert("u1".into(), unmuted("later", 2_000));
+        let state = engine.state.as_ref().unwrap();
+        state.newest.put(0, &newest.key(), Some(newest));
+        let mute = event(EventKind::MemberMuted, "e1", 1_000, &["u1", "u2"]);
+        engine.process(&record_job(&mute, 7)).await;
+        let calls = rc.calls();
+        assert_eq!(calls.len(), 1);
+        assert!(
+            calls[0].1.contains("userId=u2") && !calls[0].1.contains("userId=u1"),
+            "only u2 is sent: {calls:?}"
+        );
+        // All of it superseded: nothing sent, nothing recorded.
+        let all = event(EventKind::MemberMuted, "e2", 1_500, &["u1"]);
+        let handled = engine.process(&record_job(&all, 8)).await;
+        assert_eq!(rc.calls().len(), 1);
+        assert!(handled.write.is_none());
+        assert_eq!(count(&engine, EventOutcome::Superseded), 1);
+    }
+
+    #[tokio::test]
+    async fn a_member_the_provider_refuses_is_dead_lettered_and_recorded_as_not_applied() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(refused).await;
+        let engine = testing::engine(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS);
+        let part = loaded(&engine).await;
+        // A member whose ID is the group-wide mute's name.
+        let mute = event(EventKind::MemberMuted, "e1", 1_000, &["mute_all"]);
+        let handled = engine.process(&record_job(&mute, 7)).await;
+        assert_eq!(rc.calls().len(), 1, "a permanent error is not retried");
+        assert_eq!(count(&engine, EventOutcome::DeadLettered), 1);
+        let letters = engine
+            .metrics
+            .dead_letters
+            .with_label_values(&["rc", Reason::PermanentError.as_str()]);
+        assert_eq!(letters.get(), 1);
+        // Judged (a redelivery is a duplicate), but not applied.
+        let record = part.get(&record_key()).expect("recorded");
+        let m = record.members.get("mute_all").expect("the member");
+        assert_eq!((m.applied_at_ms, m.lapses_at_ms), (None, None));
+        assert_eq!(record.mute_all, None, "the group-wide mute is untouched");
+        assert_eq!(
+            handled.lapse.and_then(|l| l.at_ms),
+            None,
+            "nothing to renew"
+        );
+    }
+
+    #[test]
+    fn a_failed_member_called_mute_all_is_not_the_group_wide_mute() {
+        let done = Applied {
+            at_ms: 1,
+            lapses_at_ms: None,
+        };
+        let mut tally = Tally::default();
+        tally.results.mute_all = Some(done);
+        tally.results.members.insert("mute_all".into(), done);
+        tally.results.members.insert("u1".into(), done);
+        tally.failed = vec![Dimension::Member("mute_all".into())];
+        let applied = tally.applied();
+        assert_eq!(applied.mute_all, Some(done), "the group-wide mute applied");
+        assert_eq!(applied.members.keys().collect::<Vec<_>>(), ["u1"]);
+        tally.failed = vec![Dimension::MuteAll];
+        let applied = tally.applied();
+        assert_eq!(applied.mute_all, None);
+        assert_eq!(applied.members.len(), 2, "members untouched");
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_names_the_newest_state_of_the_dimensions_it_misses() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(accepted).await;
+        let engine = testing::engine(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS);
+        loaded(&engine).await;
+        let mut newest = GroupState::new(APPKEY, crate::event::Scope::Chatroom, ROOM);
+        newest.mute_all = Some(crate::state::MuteAllState {
+            muted: true,
+            at_ms: 3_000,
+            event_id: "all".into(),
+        });
+        newest.members.insert(
+            "mute_all".into(),
+            MemberState {
+                muted: true,
+                until_ms: Some(9_000),
+                at_ms: 2_000,
+                event_id: "member".into(),
+            },
+        );
+        let state = engine.state.as_ref().unwrap();
+        state.newest.put(0, &newest.key(), Some(newest));
+        let member = event(EventKind::MemberMuted, "e1", 1_000, &["mute_all"]);
+        let missing = engine.missing(0, &member, &[Dimension::Member("mute_all".into())]);
+        assert_eq!(
+            missing,
+            [MissingDim {
+                dimension: "member:mute_all".into(),
+                muted: true,
+                until_ms: Some(9_000),
+                set_by: "member".into(),
+                at_ms: 2_000,
+            }]
+        );
+        // A group-wide failure of a member event misses no member.
+        assert!(engine.missing(0, &member, &[Dimension::MuteAll]).is_empty());
+        let all = event(EventKind::MuteAll, "e2", 1_000, &[]);
+        let missing = engine.missing(0, &all, &[Dimension::MuteAll]);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(
+            (missing[0].dimension.as_str(), missing[0].set_by.as_str()),
+            ("mute_all", "all")
+        );
+    }
+
+    #[test]
+    fn an_events_outcome_is_its_worst_step() {
+        let tally = |ok, dead, superseded, steps| Tally {
+            ok,
+            dead,
+            superseded,
+            steps,
+            ..Tally::default()
+        };
+        let stale = Hold::Stale {
+            newer_at_ms: 2,
+            newer_event: "n".into(),
+        };
+        assert_eq!(
+            outcome(&tally(true, true, false, 2), None),
+            EventOutcome::DeadLettered
+        );
+        assert_eq!(
+            outcome(&tally(true, false, true, 2), None),
+            EventOutcome::Applied
+        );
+        assert_eq!(
+            outcome(&tally(false, false, false, 0), Some(&stale)),
+            EventOutcome::Stale
+        );
+        assert_eq!(
+            outcome(&tally(false, false, false, 0), Some(&Hold::Duplicate)),
+            EventOutcome::Duplicate
+        );
+        assert_eq!(
+            outcome(&tally(false, false, false, 0), None),
+            EventOutcome::NoMatch
+        );
+        assert_eq!(
+            outcome(&tally(false, false, true, 1), None),
+            EventOutcome::Superseded
+        );
+        assert_eq!(
+            outcome(&tally(false, false, false, 1), None),
+            EventOutcome::Skipped
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_no_rule_sends_here_is_neither_judged_nor_recorded() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(accepted).await;
+        let engine = testing::engine(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS);
+        let part = loaded(&engine).await;
+        let mut group = event(EventKind::MuteAll, "e1", 1_000, &[]);
+        group.scope = crate::event::Scope::Group;
+        let handled = engine.process(&record_job(&group, 7)).await;
+        assert!(handled.write.is_none() && handled.lapse.is_none());
+        assert!(rc.calls().is_empty());
+        assert_eq!(count(&engine, EventOutcome::NoMatch), 1);
+        assert!(part.get(&record_key()).is_none());
+        let undecodable = Job {
+            work: Work::Record {
+                offset: 8,
+                payload: Some(b"not json".to_vec()),
+                replay: None,
+            },
+            ..record_job(&group, 8)
+        };
+        assert!(engine.process(&undecodable).await.write.is_none());
+        assert_eq!(
+            count(&engine, EventOutcome::Skipped),
+            1,
+            "the keeper dead-letters it, not each target"
+        );
+    }
 }

@@ -8,11 +8,12 @@
 //! events (once, for all targets), deletes a destroyed group's state, and
 //! its committed offsets are where a target added later starts.
 
+use super::completion::Handled;
 use super::dlq::{DeadLetter, DeadLetters, SourceRecord};
 use super::metrics::KeeperMetrics;
 use super::outcome::KeeperOutcome;
 use super::scheduler::{Job, Work};
-use super::store::{Staged, Store};
+use super::store::{PendingWrite, Store};
 use crate::event::{Event, EventKind};
 use crate::state::guard::{self, Hold};
 use crate::state::{self, GroupState};
@@ -29,9 +30,16 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Judges and records one record; returns the state write to confirm
-    /// before its offset may be committed.
-    pub async fn process(&self, job: &Job) -> Option<Staged<GroupState>> {
+    /// Judges and records one record; what it left is the state write to
+    /// confirm before its offset may be committed.
+    pub async fn process(&self, job: &Job) -> Handled<GroupState> {
+        Handled {
+            write: self.record(job).await,
+            lapse: None,
+        }
+    }
+
+    async fn record(&self, job: &Job) -> Option<PendingWrite<GroupState>> {
         let Work::Record {
             offset,
             payload,

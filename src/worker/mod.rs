@@ -10,18 +10,41 @@
 //! Read it in the order a record travels: [`pipeline`] (one consumer group
 //! and its coordinator; [`offsets`]: the commit position, which never
 //! passes an unfinished event) -> [`scheduler`] (per-group queues: one job
-//! per group at a time) -> [`keeper`] (the state keeper: judge, record the
-//! newest state) or [`engine`] (a target: decode -> guard -> plan ->
-//! deliver -> dead-letter -> record what it applied) -> [`deliver`]
-//! (breaker, rate limit, send, retry) -> [`dlq`]. [`store`] and [`reader`]
-//! keep the records in the state topic; [`breaker`] is the circuit
-//! breaker; [`outcome`] names the results and [`metrics`] counts them.
+//! per group at a time) -> [`handler`] (keeper or target) -> [`keeper`]
+//! (the state keeper: judge, record the newest state) or [`engine`] (a
+//! target: decode -> guard -> plan -> deliver -> dead-letter -> record what
+//! it applied) -> [`deliver`] (breaker, rate limit, send, retry) -> [`dlq`].
+//! [`store`] and [`reader`] keep the records in the state topic;
+//! [`renewal`] re-applies capped mutes before the provider ends them;
+//! [`breaker`] is the circuit breaker; [`outcome`] names the results and
+//! [`metrics`] counts them. At start, [`topics`] checks the topics and
+//! [`inherit`] gives new target groups their starting offsets.
+//!
+//! A job's completion protocol, from the scheduler to the commit (the
+//! types are in [`completion`]):
+//!
+//! 1. a [`scheduler::Job`] (a consumed record, or a renewal) starts on its
+//!    group's task ([`handler::Handler::spawn`]);
+//! 2. the keeper or the engine handles it, and leaves a
+//!    [`completion::Handled`]: the state record it wrote, as a
+//!    [`store::PendingWrite`] (not yet acknowledged), and a target's next
+//!    renewal [`completion::Lapse`];
+//! 3. the group task sends the coordinator a [`completion::Report`]: the
+//!    group's next job may start, and its offset may be committed
+//!    [`completion::Commit::Now`] or [`completion::Commit::OnceWritten`];
+//! 4. once Kafka acknowledged the record, it is [`completion::Written`]
+//!    (abandoned when the partition was revoked: never committed here);
+//! 5. the offset is finished in the [`offsets::Tracker`], and committed
+//!    with the next commit once every offset before it is.
 
 pub mod breaker;
+pub mod completion;
 pub mod config;
 pub mod deliver;
 pub mod dlq;
 pub mod engine;
+pub mod handler;
+pub mod inherit;
 pub mod keeper;
 pub mod lease;
 pub mod metrics;
@@ -30,8 +53,12 @@ pub mod outcome;
 pub mod pipeline;
 pub mod reader;
 pub mod rebalance;
+pub mod renewal;
 pub mod scheduler;
 pub mod store;
+#[cfg(test)]
+mod testing;
+pub mod topics;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64};
@@ -39,17 +66,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::mpsc;
 
 use crate::config::{Checked, Config};
-
-use crate::kafka::config::KafkaConfig;
-
 use crate::kafka::client::{Producer, Watched};
-use crate::kafka::topics::{Plan, Role};
-use crate::kafka::{self, scan::Reader, Cluster};
+use crate::kafka::{self, Cluster};
 use crate::limit::{Limiter, Shares};
 use crate::metrics::Metrics;
 use crate::ops::Readiness;
@@ -60,11 +82,12 @@ use crate::worker::config::WorkerConfig;
 use deliver::{DeliverMetrics, Deliverer};
 use dlq::DeadLetters;
 use engine::{TargetEngine, TargetState};
+use handler::Handler;
 use keeper::Keeper;
 use lease::Lease;
 use metrics::{PipelineMetrics, WorkerMetrics, KEEPER};
 use offsets::Tracker;
-use pipeline::{Pipeline, Stage, Status};
+use pipeline::{Pipeline, Status};
 use reader::{Fences, Newest, Sinks, StateReader};
 use rebalance::WorkerContext;
 use store::Store;
@@ -101,18 +124,8 @@ impl Worker {
             );
         }
         let w = &config.worker;
-        // The dead-letter and state topics, created or checked; a state
-        // topic that is not compacted, or also deletes, is refused.
-        let roles: &[Role] = if w.track_state {
-            &[Role::DeadLetters, Role::State]
-        } else {
-            &[Role::DeadLetters]
-        };
-        cluster
-            .prepare(&config.kafka, |brokers| Plan::new(config, roles, brokers))
-            .await?;
+        let partitions = topics::prepare(config, cluster).await?;
         let bootstrap = cluster.bootstrap_servers().to_owned();
-        let partitions = event_partitions(config, cluster).await?;
         let dlq = DeadLetters::new(&config.kafka, &bootstrap, &w.dlq_topic)?;
         let mut state_config = kafka::producer_config(&config.kafka, &bootstrap);
         // Nobody waits on a state record but the offset commit, so
@@ -134,7 +147,7 @@ impl Worker {
             partitions,
         };
         // The targets' groups get their starting offsets before anything
-        // of this process consumes (see `inherit_offsets`).
+        // of this process consumes (see the `inherit` module).
         let targets: Vec<(&str, &TargetConfig, Policy)> = config
             .targets
             .iter()
@@ -156,7 +169,7 @@ impl Worker {
                 config.kafka.topic.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                inherit_offsets(&kafka_cfg, &boot, &topic, partitions, &from, &group)
+                inherit::inherit_offsets(&kafka_cfg, &boot, &topic, partitions, &from, &group)
             })
             .await??;
         }
@@ -288,7 +301,7 @@ impl Build<'_> {
         self.pipeline(
             KEEPER,
             &w.group_id,
-            Stage::Keeper(keeper),
+            Handler::Keeper(keeper),
             sinks,
             None,
             loaded_rx,
@@ -349,7 +362,7 @@ impl Build<'_> {
         self.pipeline(
             name,
             &group,
-            Stage::Target(engine),
+            Handler::Target(engine),
             sinks,
             shares,
             loaded_rx,
@@ -405,7 +418,7 @@ impl Build<'_> {
         &self,
         name: &str,
         group_id: &str,
-        stage: Stage,
+        handler: Handler,
         sinks: Option<Sinks>,
         shares: Option<Arc<Shares>>,
         loaded: mpsc::UnboundedReceiver<i32>,
@@ -458,7 +471,7 @@ impl Build<'_> {
             tracker,
             paused,
             backlog,
-            stage,
+            handler,
             loaded,
             lease,
             config: self.config.worker.clone(),
@@ -486,128 +499,4 @@ fn http_client(w: &WorkerConfig) -> anyhow::Result<reqwest::Client> {
         .user_agent(concat!("mutebridge/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("cannot build the HTTP client")
-}
-
-/// Gives the consumer group `to` (a target's) the committed offsets of
-/// `from` (the state keeper's) when `to` has none: the first start of a
-/// target group continues where the single consumer group of earlier
-/// versions stopped (nothing applied twice or skipped), and a target added
-/// later starts with new events (`mutebridge resync` brings it in line
-/// with older state). With no offsets anywhere, `auto.offset.reset`
-/// decides (the oldest retained event).
-pub fn inherit_offsets(
-    kafka_cfg: &KafkaConfig,
-    bootstrap: &str,
-    topic: &str,
-    partitions: usize,
-    from: &str,
-    to: &str,
-) -> anyhow::Result<()> {
-    let all = || {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions as i32 {
-            tpl.add_partition(topic, p);
-        }
-        tpl
-    };
-    let group = |id: &str| -> anyhow::Result<BaseConsumer> {
-        kafka::consumer_config(kafka_cfg, bootstrap, id)
-            .create()
-            .context("cannot create a Kafka consumer (check the [kafka.client] properties)")
-    };
-    let target = group(to)?;
-    let own = committed(&target, all(), to)?;
-    if own
-        .elements()
-        .iter()
-        .any(|e| matches!(e.offset(), Offset::Offset(_)))
-    {
-        return Ok(());
-    }
-    let theirs = committed(&group(from)?, all(), from)?;
-    let mut start = TopicPartitionList::new();
-    for e in theirs.elements() {
-        if let Offset::Offset(o) = e.offset() {
-            start.add_partition_offset(topic, e.partition(), Offset::Offset(o))?;
-        }
-    }
-    if start.count() == 0 {
-        tracing::info!(
-            group = to,
-            "new consumer group; it starts at the oldest retained event (no offsets to inherit)"
-        );
-        return Ok(());
-    }
-    target
-        .commit(&start, CommitMode::Sync)
-        .with_context(|| format!("cannot commit the starting offsets of consumer group {to}"))?;
-    tracing::info!(group = to, from, partitions = start.count(), "new consumer group starts where {from} is (an upgrade from one consumer group, or a target added since)");
-    Ok(())
-}
-
-/// The offsets consumer group `group` committed for `partitions`. A new
-/// cluster has no group coordinator until the first group asks for one
-/// (its offsets topic is created then): that is waited for, up to a minute.
-fn committed(
-    consumer: &BaseConsumer,
-    partitions: TopicPartitionList,
-    group: &str,
-) -> anyhow::Result<TopicPartitionList> {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match consumer.committed_offsets(partitions.clone(), Duration::from_secs(15)) {
-            Ok(tpl) => return Ok(tpl),
-            Err(e)
-                if std::time::Instant::now() < deadline
-                    && matches!(
-                        e.rdkafka_error_code(),
-                        Some(
-                            Code::CoordinatorNotAvailable
-                                | Code::NotCoordinator
-                                | Code::CoordinatorLoadInProgress
-                                | Code::OperationTimedOut
-                                | Code::RequestTimedOut
-                        )
-                    ) =>
-            {
-                tracing::info!(group, error = %e, "the group coordinator is not ready yet; asking again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e)).with_context(|| {
-                    format!("cannot read the committed offsets of consumer group {group}")
-                })
-            }
-        }
-    }
-}
-
-/// The event topic's partition count (the whole that rate-limit shares
-/// are parts of).
-async fn event_partitions(config: &Config, cluster: &Cluster) -> anyhow::Result<usize> {
-    let count = partition_count(config, cluster, &config.kafka.topic).await;
-    let hint = "create it, or let mutebridge create it (kafka.create_topics = true)";
-    match count {
-        Ok(0) => anyhow::bail!(
-            "the event topic {} (kafka.topic) has no partitions yet: {hint}",
-            config.kafka.topic
-        ),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.context(format!(
-            "the event topic {} (kafka.topic) cannot be read, so the workers' rate-limit shares cannot be set: {hint}",
-            config.kafka.topic
-        ))),
-    }
-}
-
-/// How many partitions `topic` has (a metadata request, off the runtime:
-/// librdkafka's metadata call blocks).
-async fn partition_count(config: &Config, cluster: &Cluster, topic: &str) -> anyhow::Result<usize> {
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let (kafka_cfg, topic) = (config.kafka.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        Reader::new(&kafka_cfg, &bootstrap)?.partition_count(&topic)
-    })
-    .await?
 }

@@ -3,18 +3,17 @@
 //! (`{worker.group_id}.{target}`).
 //!
 //! The coordinator owns all scheduling state: it receives records, queues
-//! them per group, starts what may start, records what finished, commits
-//! on a timer, pauses fetching (a full backlog; the target's circuit
-//! breaker not closed, once `probe_candidates` groups are held) and queues
-//! renewals of capped mutes as they come due. It runs in two phases:
-//! consuming until shutdown, then draining what runs.
+//! them per group, starts what may start, records what finished (steps 3
+//! to 5 of the completion protocol in [`super`]), commits on a timer,
+//! pauses fetching (a full backlog; the target's circuit breaker not
+//! closed, once `probe_candidates` groups are held) and queues renewals of
+//! capped mutes as they come due. It runs in two phases: consuming until
+//! shutdown, then draining what runs.
 
-use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -23,28 +22,22 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
 
 use super::breaker::Circuit;
-use super::engine::{Processed, TargetEngine};
-use super::keeper::Keeper;
+use super::completion::{Commit, Report, Written};
+use super::handler::{Handle, Handler};
 use super::lease::Lease;
 use super::metrics::PipelineMetrics;
 use super::offsets::Tracker;
 use super::rebalance::WorkerContext;
-use super::scheduler::{Flow, GroupKey, Job, Scheduler, Work};
+use super::renewal::Renewals;
+use super::scheduler::{Flow, Job, Scheduler, Work};
 use crate::event::ReplayScope;
 use crate::time::now_ms;
 use crate::worker::config::WorkerConfig;
 
 /// Records taken from the consumer in one pass of the coordinator, at most.
 const BATCH: usize = 256;
-
-/// What a pipeline does with its jobs.
-pub enum Stage {
-    Keeper(Arc<Keeper>),
-    Target(Arc<TargetEngine>),
-}
 
 /// What `/targets` and `mutebridge targets` show of a pipeline.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -72,7 +65,7 @@ pub struct Pipeline {
     pub tracker: Arc<Mutex<Tracker>>,
     pub paused: Arc<AtomicBool>,
     pub backlog: Arc<AtomicI64>,
-    pub stage: Stage,
+    pub handler: Handler,
     /// Partitions whose records are read, from the pipeline's store.
     pub loaded: mpsc::UnboundedReceiver<i32>,
     /// Whether this process still holds its partitions after a stall.
@@ -83,102 +76,14 @@ pub struct Pipeline {
     pub status: Arc<Mutex<Status>>,
 }
 
-/// A group task's report on its job.
-struct Finished {
-    group: GroupKey,
-    offset: Option<i64>,
-    generation: u64,
-    stage: Progress,
-    /// An applied record whose next lapse changed (targets).
-    lapse: Option<(String, Option<i64>)>,
-}
-
-/// A record on its way to Kafka; true once acknowledged, false when
-/// abandoned (the partition was revoked).
-type Confirm = Pin<Box<dyn Future<Output = bool> + Send>>;
-
-/// How far a group task got.
-enum Progress {
-    /// Finished, and committable.
-    Done,
-    /// Finished: the group's next job may start. Its record is still on
-    /// its way to Kafka, so its offset waits for the confirmation.
-    Released(Confirm),
-}
-
-/// A released job's record, acknowledged (`true`) or abandoned.
-struct Durable {
-    group: GroupKey,
-    offset: Option<i64>,
-    generation: u64,
-    written: bool,
-}
-
-/// A running job: its task, or nothing when it finished on its first poll.
-pub struct Handle(Option<AbortHandle>);
-
-impl super::scheduler::Abort for Handle {
-    fn abort(&self) {
-        if let Some(h) = &self.0 {
-            h.abort();
-        }
-    }
-}
-
-/// Capped mutes waiting for their renewal, by when it is due.
-#[derive(Default)]
-struct Renewals {
-    due: BTreeSet<(i64, String)>,
-    by_key: HashMap<String, (i64, GroupKey)>,
-}
-
-impl Renewals {
-    fn set(&mut self, key: String, group: GroupKey, due: Option<i64>) {
-        if let Some((old, _)) = self.by_key.remove(&key) {
-            self.due.remove(&(old, key.clone()));
-        }
-        if let Some(t) = due {
-            self.due.insert((t, key.clone()));
-            self.by_key.insert(key, (t, group));
-        }
-    }
-
-    /// The renewals due by `now`, taken out of the schedule.
-    fn take_due(&mut self, now: i64) -> Vec<(String, GroupKey)> {
-        let mut out = Vec::new();
-        while let Some((t, key)) = self.due.first().cloned() {
-            if t > now {
-                break;
-            }
-            self.due.pop_first();
-            if let Some((_, group)) = self.by_key.remove(&key) {
-                out.push((key, group));
-            }
-        }
-        out
-    }
-
-    fn revoke(&mut self, partition: i32) {
-        let gone: Vec<String> = self
-            .by_key
-            .iter()
-            .filter(|(_, (_, g))| g.0 == partition)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            self.set(k, (partition, Vec::new()), None);
-        }
-    }
-}
-
 /// The coordinator's state while it runs.
 struct Run<'p> {
     p: &'p Pipeline,
     scheduler: Scheduler<Handle>,
-    done_tx: mpsc::UnboundedSender<Finished>,
-    done_rx: mpsc::UnboundedReceiver<Finished>,
-    /// Released jobs' records on their way to Kafka.
-    confirms: FuturesUnordered<Pin<Box<dyn Future<Output = Durable> + Send>>>,
+    done_tx: mpsc::UnboundedSender<Report>,
+    done_rx: mpsc::UnboundedReceiver<Report>,
+    /// Records of reported jobs on their way to Kafka.
+    writes: FuturesUnordered<Pin<Box<dyn Future<Output = Written> + Send>>>,
     /// Paused for a full backlog; the target's circuit breaker not closed,
     /// with calls waiting on it (fetching stops at `probe_candidates`
     /// groups held).
@@ -211,22 +116,7 @@ impl Pipeline {
     /// to `worker.shutdown_grace_seconds`) and commits what is done.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let loaded = std::mem::replace(&mut self.loaded, mpsc::unbounded_channel().1);
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut run = Run {
-            p: &self,
-            scheduler: Scheduler::new(
-                self.config.max_in_flight_groups,
-                self.config.max_buffered_events,
-            ),
-            done_tx,
-            done_rx,
-            confirms: FuturesUnordered::new(),
-            flow_paused: false,
-            breaker_blocked: false,
-            paused_since: None,
-            renewals: Renewals::default(),
-            membership: Membership::default(),
-        };
+        let mut run = Run::new(&self);
         run.consume(shutdown, loaded).await;
         run.drain().await;
         drop(run);
@@ -256,27 +146,25 @@ impl Pipeline {
             );
         }
     }
-
-    /// Whether the target's breaker blocks (open, calls waiting on it).
-    fn blocked(&self) -> Option<watch::Receiver<bool>> {
-        match &self.stage {
-            Stage::Target(t) => Some(t.deliverer.breaker.subscribe()),
-            Stage::Keeper(_) => None,
-        }
-    }
-
-    fn is_loaded(&self, partition: i32) -> bool {
-        match &self.stage {
-            Stage::Keeper(k) => k.state.as_ref().is_none_or(|s| s.is_loaded(partition)),
-            Stage::Target(t) => t
-                .state
-                .as_ref()
-                .is_none_or(|s| s.store.is_loaded(partition)),
-        }
-    }
 }
 
-impl Run<'_> {
+impl<'p> Run<'p> {
+    fn new(p: &'p Pipeline) -> Run<'p> {
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Report>();
+        Run {
+            p,
+            scheduler: Scheduler::new(p.config.max_in_flight_groups, p.config.max_buffered_events),
+            done_tx,
+            done_rx,
+            writes: FuturesUnordered::new(),
+            flow_paused: false,
+            breaker_blocked: false,
+            paused_since: None,
+            renewals: Renewals::new(p.handler.renew_ahead_ms()),
+            membership: Membership::default(),
+        }
+    }
+
     /// Phase one: receive, schedule, record finished work, commit and
     /// renew on timers, until `shutdown` completes.
     async fn consume(
@@ -292,7 +180,7 @@ impl Run<'_> {
         renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_tick = tokio::time::interval(Duration::from_millis(250));
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut blocked = p.blocked();
+        let mut blocked = p.handler.blocked();
         tokio::pin!(shutdown);
         loop {
             self.take_revoked();
@@ -301,14 +189,14 @@ impl Run<'_> {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
-                Some(done) = self.done_rx.recv() => {
-                    self.finished(done);
+                Some(report) = self.done_rx.recv() => {
+                    self.reported(report);
                     // What else is done, before scheduling again.
-                    while let Ok(done) = self.done_rx.try_recv() {
-                        self.finished(done);
+                    while let Ok(report) = self.done_rx.try_recv() {
+                        self.reported(report);
                     }
                 }
-                Some(durable) = self.confirms.next() => self.durable(durable),
+                Some(written) = self.writes.next() => self.written(written),
                 Some(partition) = loaded.recv() => self.partition_loaded(partition),
                 Ok(()) = changed(&mut blocked) => {
                     let now = blocked.as_ref().is_some_and(|b| *b.borrow());
@@ -402,10 +290,10 @@ impl Run<'_> {
         let grace = Duration::from_secs(self.p.config.shutdown_grace_seconds);
         tracing::info!(pipeline = %self.p.name, running = self.scheduler.running(), ?grace, "stopping: finishing running events");
         let deadline = tokio::time::Instant::now() + grace;
-        while self.scheduler.running() > 0 || !self.confirms.is_empty() {
+        while self.scheduler.running() > 0 || !self.writes.is_empty() {
             tokio::select! {
-                Some(done) = self.done_rx.recv() => self.finished(done),
-                Some(durable) = self.confirms.next() => self.durable(durable),
+                Some(report) = self.done_rx.recv() => self.reported(report),
+                Some(written) = self.writes.next() => self.written(written),
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(pipeline = %self.p.name, abandoned = self.scheduler.running(), "grace period over; abandoning running events (they are re-delivered after restart)");
                     self.scheduler.abort_running();
@@ -449,47 +337,49 @@ impl Run<'_> {
         });
     }
 
-    fn finished(&mut self, done: Finished) {
-        if let Some((key, lapse)) = done.lapse {
-            let due = lapse.map(|t| t - self.renew_ahead_ms());
-            self.renewals.set(key, done.group.clone(), due);
-        }
-        let Finished {
+    /// Step 3: a group task reported on its job. The group's next job
+    /// may start; the offset is finished now or once its record is written.
+    fn reported(&mut self, report: Report) {
+        let Report {
             group,
             offset,
             generation,
-            stage,
-            ..
-        } = done;
-        match stage {
-            Progress::Done => {
+            commit,
+            lapse,
+        } = report;
+        if let Some(lapse) = lapse {
+            self.renewals.lapse(lapse, group.clone());
+        }
+        match commit {
+            Commit::Now => {
                 if self.scheduler.finished(&group, generation) {
                     self.commit_ready(group.0, offset, generation);
                 }
             }
-            Progress::Released(confirm) => {
+            Commit::OnceWritten(confirm) => {
                 self.scheduler.finished(&group, generation);
-                self.confirms.push(Box::pin(async move {
-                    let written = confirm.await;
-                    Durable {
+                self.writes.push(Box::pin(async move {
+                    let acknowledged = confirm.await;
+                    Written {
                         group,
                         offset,
                         generation,
-                        written,
+                        acknowledged,
                     }
                 }));
             }
         }
     }
 
-    /// A released job's record is in Kafka (or abandoned).
-    fn durable(&mut self, d: Durable) {
-        if d.written {
+    /// Step 4: a reported job's record is in Kafka (or abandoned).
+    fn written(&mut self, w: Written) {
+        if w.acknowledged {
             // The tracker ignores an offset of an older assignment.
-            self.commit_ready(d.group.0, d.offset, d.generation);
+            self.commit_ready(w.group.0, w.offset, w.generation);
         }
     }
 
+    /// Step 5: the offset may be committed (once every offset before it may).
     fn commit_ready(&self, partition: i32, offset: Option<i64>, generation: u64) {
         if let Some(offset) = offset {
             self.p
@@ -504,20 +394,9 @@ impl Run<'_> {
     /// mutes are scheduled for renewal.
     fn partition_loaded(&mut self, partition: i32) {
         self.scheduler.unpark(partition);
-        let Stage::Target(t) = &self.p.stage else {
-            return;
-        };
-        let ahead = t.renew_ahead_ms;
-        for (key, group_id, lapse) in t.renewal_schedule(partition) {
-            let group = (partition, group_id.into_bytes());
-            self.renewals.set(key, group, Some(lapse - ahead));
-        }
-    }
-
-    fn renew_ahead_ms(&self) -> i64 {
-        match &self.p.stage {
-            Stage::Target(t) => t.renew_ahead_ms,
-            Stage::Keeper(_) => 0,
+        for (lapse, group_id) in self.p.handler.renewal_schedule(partition) {
+            self.renewals
+                .lapse(lapse, (partition, group_id.into_bytes()));
         }
     }
 
@@ -538,25 +417,8 @@ impl Run<'_> {
         let p = self.p;
         let done_tx = &self.done_tx;
         self.scheduler.start_ready(
-            |partition| p.is_loaded(partition),
-            |mut job| match &p.stage {
-                Stage::Keeper(k) => spawn_keeper(k.clone(), job, done_tx.clone()),
-                Stage::Target(t) => {
-                    // Re-applied after a rewind (its fence is read with the
-                    // partition's records): judged as a replay of every rule.
-                    if let Work::Record { offset, replay, .. } = &mut job.work {
-                        if replay.is_none()
-                            && p.tracker
-                                .lock()
-                                .expect("tracker lock")
-                                .reapply(job.partition, *offset)
-                        {
-                            *replay = Some(ReplayScope::default());
-                        }
-                    }
-                    spawn_target(t.clone(), job, done_tx.clone())
-                }
-            },
+            |partition| p.handler.is_loaded(partition),
+            |job| p.handler.spawn(job, &p.tracker, done_tx.clone()),
         );
         p.metrics.in_flight.set(self.scheduler.running() as i64);
         p.metrics.buffered.set(self.scheduler.buffered() as i64);
@@ -647,15 +509,7 @@ impl Run<'_> {
             _ => 0,
         };
         let lag_seconds = lag_ms.max(0) as f64 / 1000.0;
-        let circuit = match &p.stage {
-            Stage::Target(t) => {
-                let c = t.deliverer.breaker.circuit();
-                t.metrics.circuit.set(c.value());
-                t.metrics.lag_seconds.set(lag_seconds);
-                Some(c)
-            }
-            Stage::Keeper(_) => None,
-        };
+        let circuit = p.handler.update_gauges(lag_seconds);
         let partitions = p
             .consumer
             .assignment()
@@ -683,64 +537,6 @@ async fn changed(rx: &mut Option<watch::Receiver<bool>>) -> Result<(), watch::er
     }
 }
 
-fn report(job: &Job, stage: Progress, lapse: Option<(String, Option<i64>)>) -> Finished {
-    Finished {
-        group: (job.partition, job.key.clone()),
-        offset: job.offset(),
-        generation: job.generation,
-        stage,
-        lapse,
-    }
-}
-
-/// Runs `job` to its first wait right here; only what waits (a provider
-/// call, a retry) goes on as a task of its own. Most jobs never wait (the
-/// keeper's judgement, an event no rule routes, a `discard` target), and a
-/// task per event costs more than the event.
-fn run_or_spawn(job: impl Future<Output = ()> + Send + 'static) -> Handle {
-    let mut job = Box::pin(job);
-    // A job that waits registers this waker; its task polls it again at
-    // once and registers its own.
-    match job.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(()) => Handle(None),
-        Poll::Pending => Handle(Some(tokio::spawn(job).abort_handle())),
-    }
-}
-
-fn spawn_keeper(keeper: Arc<Keeper>, job: Job, tx: mpsc::UnboundedSender<Finished>) -> Handle {
-    run_or_spawn(async move {
-        let stage = match keeper.process(&job).await {
-            None => Progress::Done,
-            Some(staged) => {
-                let store = keeper.state.clone().expect("staged only with state");
-                Progress::Released(Box::pin(async move { store.confirm(staged).await.is_ok() }))
-            }
-        };
-        let _ = tx.send(report(&job, stage, None));
-    })
-}
-
-fn spawn_target(
-    engine: Arc<TargetEngine>,
-    job: Job,
-    tx: mpsc::UnboundedSender<Finished>,
-) -> Handle {
-    run_or_spawn(async move {
-        let Processed { staged, lapse } = engine.process(&job).await;
-        let stage = match staged {
-            None => Progress::Done,
-            Some(staged) => {
-                let engine = engine.clone();
-                Progress::Released(Box::pin(async move {
-                    let state = engine.state.as_ref().expect("staged only with state");
-                    state.store.confirm(staged).await.is_ok()
-                }))
-            }
-        };
-        let _ = tx.send(report(&job, stage, lapse));
-    })
-}
-
 /// The scope of a record `dlq replay` published; `None` for any other.
 fn replay_scope(msg: &BorrowedMessage<'_>) -> Option<ReplayScope> {
     use crate::event::{HEADER_REPLAY_OF, HEADER_REPLAY_RULE, HEADER_REPLAY_TARGET};
@@ -758,4 +554,222 @@ fn replay_scope(msg: &BorrowedMessage<'_>) -> Option<ReplayScope> {
         }
     }
     scope
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::config::KafkaConfig;
+    use crate::kafka::EmbeddedKafka;
+    use crate::worker::completion::Lapse;
+    use crate::worker::dlq::DeadLetters;
+    use crate::worker::keeper::Keeper;
+    use crate::worker::metrics::WorkerMetrics;
+    use crate::worker::scheduler::GroupKey;
+    use crate::worker::testing::{self, DLQ, EVENTS};
+    use tokio::sync::oneshot;
+
+    /// A state keeper's pipeline on `kafka`, subscribed to nothing: the
+    /// coordinator's bookkeeping is driven by hand.
+    fn pipeline(kafka: &EmbeddedKafka) -> Pipeline {
+        let metrics = WorkerMetrics::new();
+        let pm = metrics.pipeline("keeper");
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let (paused, backlog) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicI64::new(0)),
+        );
+        let cfg = KafkaConfig::default();
+        let context = WorkerContext {
+            tracker: tracker.clone(),
+            topic: EVENTS.into(),
+            pipeline: "keeper".into(),
+            lag: pm.consumer_lag.clone(),
+            state: None,
+            shares: None,
+            paused: paused.clone(),
+            backlog: backlog.clone(),
+            commit_failures: pm.commit_failures.clone(),
+        };
+        let consumer: StreamConsumer<WorkerContext> =
+            crate::kafka::consumer_config(&cfg, kafka.bootstrap_servers(), "keeper")
+                .create_with_context(context)
+                .unwrap();
+        let keeper = Keeper {
+            dlq: DeadLetters::new(&cfg, kafka.bootstrap_servers(), DLQ).unwrap(),
+            metrics: metrics.keeper(),
+            topic: EVENTS.into(),
+            state: None,
+        };
+        Pipeline {
+            name: "keeper".into(),
+            group_id: "keeper".into(),
+            consumer: Arc::new(consumer),
+            tracker,
+            paused,
+            backlog,
+            handler: Handler::Keeper(Arc::new(keeper)),
+            loaded: mpsc::unbounded_channel().1,
+            lease: Lease::new(),
+            config: WorkerConfig::default(),
+            metrics: pm,
+            topic: EVENTS.into(),
+            status: Arc::default(),
+        }
+    }
+
+    fn group(key: &str) -> GroupKey {
+        (0, key.as_bytes().to_vec())
+    }
+
+    /// Receives the record at `offset` of group `key` in partition 0, as
+    /// `received` does; returns its generation.
+    fn receive(run: &mut Run<'_>, key: &str, offset: i64) -> u64 {
+        let generation = run.p.tracker.lock().unwrap().received(0, offset, 0);
+        run.scheduler.push(Job {
+            partition: 0,
+            generation,
+            key: key.as_bytes().to_vec(),
+            work: Work::Record {
+                offset,
+                payload: None,
+                replay: None,
+            },
+        });
+        generation
+    }
+
+    /// Starts what may start (without running it); how many started.
+    fn start(run: &mut Run<'_>) -> usize {
+        let mut started = 0;
+        run.scheduler.start_ready(
+            |_| true,
+            |_| {
+                started += 1;
+                Handle::none()
+            },
+        );
+        started
+    }
+
+    fn report(key: &str, offset: i64, generation: u64, commit: Commit) -> Report {
+        Report {
+            group: group(key),
+            offset: Some(offset),
+            generation,
+            commit,
+            lapse: None,
+        }
+    }
+
+    /// A record write that Kafka acknowledges (`true`) or that is
+    /// abandoned (`false`) when the sender says.
+    fn pending_write() -> (oneshot::Sender<bool>, Commit) {
+        let (tx, rx) = oneshot::channel();
+        let commit = Commit::OnceWritten(Box::pin(async move { rx.await.unwrap_or(false) }));
+        (tx, commit)
+    }
+
+    fn position(run: &Run<'_>) -> Option<i64> {
+        run.p.tracker.lock().unwrap().position(0)
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_record_is_on_its_way_frees_its_group_but_not_its_offset() {
+        let kafka = testing::kafka();
+        let p = pipeline(&kafka);
+        let mut run = Run::new(&p);
+        let g = receive(&mut run, "a", 10);
+        receive(&mut run, "a", 11);
+        assert_eq!(start(&mut run), 1, "one job per group");
+        let (ack, commit) = pending_write();
+        run.reported(report("a", 10, g, commit));
+        assert_eq!(start(&mut run), 1, "the group's next job starts at once");
+        assert_eq!(position(&run), Some(10), "10 waits for its record");
+        run.reported(report("a", 11, g, Commit::Now));
+        assert_eq!(position(&run), Some(10), "11 is done, 10 still is not");
+        ack.send(true).unwrap();
+        let written = run.writes.next().await.unwrap();
+        assert!(written.acknowledged);
+        run.written(written);
+        assert_eq!(position(&run), Some(12), "both may be committed now");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_never_lets_its_offset_be_committed() {
+        let kafka = testing::kafka();
+        let p = pipeline(&kafka);
+        let mut run = Run::new(&p);
+        let g = receive(&mut run, "a", 10);
+        start(&mut run);
+        let (abandon, commit) = pending_write();
+        run.reported(report("a", 10, g, commit));
+        abandon.send(false).unwrap();
+        let written = run.writes.next().await.unwrap();
+        run.written(written);
+        assert_eq!(position(&run), Some(10));
+        assert!(p.tracker.lock().unwrap().take_commits(EVENTS).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_report_from_before_a_revoke_commits_nothing() {
+        let kafka = testing::kafka();
+        let p = pipeline(&kafka);
+        let mut run = Run::new(&p);
+        let old = receive(&mut run, "a", 10);
+        start(&mut run);
+        p.tracker.lock().unwrap().revoke(0);
+        run.take_revoked();
+        let new = receive(&mut run, "a", 10);
+        assert_ne!(old, new);
+        assert_eq!(start(&mut run), 1, "the new owner's copy runs");
+        run.reported(report("a", 10, old, Commit::Now));
+        assert_eq!(
+            position(&run),
+            Some(10),
+            "the old job's finish does not count"
+        );
+        let (ack, commit) = pending_write();
+        run.reported(report("a", 10, old, commit));
+        ack.send(true).unwrap();
+        let written = run.writes.next().await.unwrap();
+        run.written(written);
+        assert_eq!(position(&run), Some(10), "nor does its record");
+        run.reported(report("a", 10, new, Commit::Now));
+        assert_eq!(position(&run), Some(11));
+    }
+
+    #[tokio::test]
+    async fn a_reported_lapse_queues_a_renewal_in_its_group_when_due() {
+        let kafka = testing::kafka();
+        let p = pipeline(&kafka);
+        let mut run = Run::new(&p);
+        run.renewals = Renewals::new(60_000);
+        let g = receive(&mut run, "a", 10);
+        start(&mut run);
+        let lapse = |at_ms| Lapse {
+            record: "@rc|k".into(),
+            at_ms: Some(at_ms),
+        };
+        let mut done = report("a", 10, g, Commit::Now);
+        done.lapse = Some(lapse(now_ms() + 3_600_000));
+        run.reported(done);
+        run.queue_renewals();
+        assert_eq!(run.scheduler.buffered(), 0, "not due for an hour");
+        // A rebuild reports it due within the lead.
+        run.renewals.lapse(lapse(now_ms() + 30_000), group("a"));
+        run.queue_renewals();
+        assert_eq!(run.scheduler.buffered(), 1, "queued");
+        let mut renewal = None;
+        run.scheduler.start_ready(
+            |_| true,
+            |job| {
+                renewal = Some(job);
+                Handle::none()
+            },
+        );
+        let job = renewal.expect("started");
+        assert_eq!((job.key.as_slice(), job.offset()), (&b"a"[..], None));
+        assert_eq!(job.work, Work::Renew("@rc|k".into()));
+    }
 }

@@ -61,7 +61,7 @@ impl Newest {
         }
     }
 
-    fn put(&self, partition: i32, key: &str, state: Option<GroupState>) {
+    pub(super) fn put(&self, partition: i32, key: &str, state: Option<GroupState>) {
         let mut parts = self.parts.lock().expect("newest lock");
         let Some(part) = parts.get_mut(&partition) else {
             return;
@@ -76,7 +76,7 @@ impl Newest {
         }
     }
 
-    fn assign(&self, partition: i32) {
+    pub(super) fn assign(&self, partition: i32) {
         self.parts
             .lock()
             .expect("newest lock")

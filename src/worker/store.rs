@@ -342,8 +342,12 @@ impl<R: Record> Store<R> {
     }
 
     /// Makes `record` its group's record here and hands it to Kafka;
-    /// [`Store::confirm`] then waits for the acknowledgement.
-    pub fn stage(&self, part: &Arc<Partition<R>>, mut record: R) -> Result<Staged<R>, Revoked> {
+    /// [`PendingWrite::confirm`] then waits for the acknowledgement.
+    pub fn stage(
+        &self,
+        part: &Arc<Partition<R>>,
+        mut record: R,
+    ) -> Result<PendingWrite<R>, Revoked> {
         let key = record.key();
         let payload = self.fit(&key, &mut record);
         // Checked and handed over under the lock the revoke takes: after a
@@ -356,7 +360,8 @@ impl<R: Record> Store<R> {
         if inner.records.insert(key.clone(), record).is_none() {
             self.shared.metrics.held.inc();
         }
-        Ok(Staged {
+        Ok(PendingWrite {
+            store: self.clone(),
             part: part.clone(),
             key,
             delivery,
@@ -364,7 +369,11 @@ impl<R: Record> Store<R> {
     }
 
     /// Deletes the group's record here and writes its tombstone.
-    pub fn stage_delete(&self, part: &Arc<Partition<R>>, key: &str) -> Result<Staged<R>, Revoked> {
+    pub fn stage_delete(
+        &self,
+        part: &Arc<Partition<R>>,
+        key: &str,
+    ) -> Result<PendingWrite<R>, Revoked> {
         let mut inner = part.inner.lock().expect("state lock");
         if inner.revoked {
             return Err(Revoked);
@@ -373,53 +382,12 @@ impl<R: Record> Store<R> {
         if inner.records.remove(key).is_some() {
             self.shared.metrics.held.dec();
         }
-        Ok(Staged {
+        Ok(PendingWrite {
+            store: self.clone(),
             part: part.clone(),
             key: key.to_owned(),
             delivery,
         })
-    }
-
-    /// Waits until the staged record is acknowledged, writing the group's
-    /// newest record (or its tombstone) again after a failure, never an
-    /// older one: the newest is what must be in the topic last. `Err` once
-    /// the partition is revoked.
-    pub async fn confirm(&self, staged: Staged<R>) -> Result<(), Revoked> {
-        let Staged {
-            part,
-            key,
-            mut delivery,
-        } = staged;
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let error = match delivery.take() {
-                None => "the producer queue is full".to_owned(),
-                Some(future) => match future.await {
-                    Ok(Ok(_)) => {
-                        self.shared.metrics.writes.inc();
-                        return Ok(());
-                    }
-                    Ok(Err((e, message))) => {
-                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
-                            self.refused_as_too_large(message.payload().map_or(0, <[u8]>::len));
-                        }
-                        e.to_string()
-                    }
-                    Err(_) => "the producer shut down".to_owned(),
-                },
-            };
-            self.shared.metrics.write_errors.inc();
-            tracing::error!(error, topic = %self.shared.topic, partition = part.id, "cannot write a group's record to the state topic; retrying (its offset is not committed meanwhile)");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-            self.member().await;
-            let mut inner = part.inner.lock().expect("state lock");
-            if inner.revoked {
-                return Err(Revoked);
-            }
-            let payload = inner.records.get_mut(&key).map(|r| self.fit(&key, r));
-            delivery = self.send(part.id, &key, payload.as_deref());
-        }
     }
 
     /// The record's JSON, once it fits in a message: members dropped, the
@@ -491,11 +459,58 @@ impl<R: Record> Store<R> {
     }
 }
 
-/// A record handed to Kafka and not yet acknowledged.
-pub struct Staged<R> {
+/// A record handed to Kafka and not yet acknowledged: step 2 of the
+/// completion protocol (see [`super`]).
+pub struct PendingWrite<R> {
+    store: Store<R>,
     part: Arc<Partition<R>>,
     key: String,
     delivery: Option<DeliveryFuture>,
+}
+
+impl<R: Record> PendingWrite<R> {
+    /// Waits until the staged record is acknowledged, writing the group's
+    /// newest record (or its tombstone) again after a failure, never an
+    /// older one: the newest is what must be in the topic last. `Err` once
+    /// the partition is revoked.
+    pub async fn confirm(self) -> Result<(), Revoked> {
+        let PendingWrite {
+            store,
+            part,
+            key,
+            mut delivery,
+        } = self;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let error = match delivery.take() {
+                None => "the producer queue is full".to_owned(),
+                Some(future) => match future.await {
+                    Ok(Ok(_)) => {
+                        store.shared.metrics.writes.inc();
+                        return Ok(());
+                    }
+                    Ok(Err((e, message))) => {
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                            store.refused_as_too_large(message.payload().map_or(0, <[u8]>::len));
+                        }
+                        e.to_string()
+                    }
+                    Err(_) => "the producer shut down".to_owned(),
+                },
+            };
+            store.shared.metrics.write_errors.inc();
+            tracing::error!(error, topic = %store.shared.topic, partition = part.id, "cannot write a group's record to the state topic; retrying (its offset is not committed meanwhile)");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            store.member().await;
+            let mut inner = part.inner.lock().expect("state lock");
+            if inner.revoked {
+                return Err(Revoked);
+            }
+            let payload = inner.records.get_mut(&key).map(|r| store.fit(&key, r));
+            delivery = store.send(part.id, &key, payload.as_deref());
+        }
+    }
 }
 
 impl<R: Clone> Partition<R> {
@@ -524,5 +539,116 @@ impl<R> Partition<R> {
         // Waiters see the sender dropped only with the last Arc; wake them.
         self.loaded.send_replace(true);
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Scope;
+    use crate::state::MemberState;
+    use crate::worker::metrics::WorkerMetrics;
+    use crate::worker::testing;
+
+    fn group_state(members: usize) -> GroupState {
+        let mut s = GroupState::new("org#app", Scope::Group, "g1");
+        for i in 0..members {
+            s.members.insert(
+                format!("member-{i:04}"),
+                MemberState {
+                    muted: true,
+                    until_ms: None,
+                    at_ms: i as i64,
+                    event_id: format!("event-{i}"),
+                },
+            );
+        }
+        s
+    }
+
+    fn store(kafka: &crate::kafka::EmbeddedKafka, max: usize) -> (Store<GroupState>, StoreMetrics) {
+        let metrics = WorkerMetrics::new().pipeline("keeper").store;
+        (testing::store(kafka, metrics.clone(), max), metrics)
+    }
+
+    #[tokio::test]
+    async fn a_partitions_records_are_judged_only_once_it_is_read_to_its_end() {
+        let kafka = testing::kafka();
+        let (store, metrics) = store(&kafka, 1_000_000);
+        store.assign(&[0]);
+        assert!(!store.is_loaded(0));
+        assert!(store.is_loaded(1), "not assigned here: nothing to wait for");
+        store.load(0, "g", Some(group_state(1)), crate::time::now_ms());
+        let waiting = tokio::time::timeout(Duration::from_millis(50), store.partition(0)).await;
+        assert!(waiting.is_err(), "still being read");
+        store.loaded(0);
+        let part = store.partition(0).await.expect("loaded");
+        assert_eq!(part.get("g"), Some(group_state(1)));
+        assert_eq!(metrics.held.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_staged_record_is_held_at_once_and_confirmed_once_kafka_has_it() {
+        let kafka = testing::kafka();
+        let (store, metrics) = store(&kafka, 1_000_000);
+        store.assign(&[0]);
+        store.loaded(0);
+        let part = store.partition(0).await.unwrap();
+        let record = group_state(2);
+        let key = record.key();
+        let write = store.stage(&part, record.clone()).unwrap();
+        assert_eq!(part.get(&key), Some(record), "the next event sees it now");
+        assert_eq!(metrics.writes.get(), 0, "not acknowledged yet");
+        write.confirm().await.unwrap();
+        assert_eq!((metrics.writes.get(), metrics.held.get()), (1, 1));
+        // A delete forgets it here and writes the tombstone.
+        let delete = store.stage_delete(&part, &key).unwrap();
+        assert_eq!(part.get(&key), None);
+        assert_eq!(metrics.held.get(), 0);
+        delete.confirm().await.unwrap();
+        assert_eq!(metrics.writes.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_for_a_revoked_partition() {
+        let kafka = testing::kafka();
+        let (store, metrics) = store(&kafka, 1_000_000);
+        store.assign(&[0, 1]);
+        store.loaded(0);
+        store.loaded(1);
+        let part = store.partition(0).await.unwrap();
+        store.stage(&part, group_state(1)).unwrap();
+        store.revoke(&[0]);
+        assert!(matches!(store.stage(&part, group_state(2)), Err(Revoked)));
+        assert!(matches!(store.stage_delete(&part, "g"), Err(Revoked)));
+        assert!(store.partition(0).await.is_none(), "its events are dropped");
+        assert!(store.partition(1).await.is_some(), "the other stays");
+        assert_eq!(metrics.held.get(), 0, "its record is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_record_too_large_for_one_message_sheds_members_until_it_fits() {
+        let kafka = testing::kafka();
+        let room = 4_000;
+        let (store, metrics) = store(&kafka, RECORD_FRAMING_BYTES + room);
+        store.assign(&[0]);
+        store.loaded(0);
+        let part = store.partition(0).await.unwrap();
+        let record = group_state(100);
+        let key = record.key();
+        assert!(serde_json::to_vec(&record).unwrap().len() > room);
+        let write = store.stage(&part, record).unwrap();
+        let kept = part.get(&key).unwrap();
+        let size = serde_json::to_vec(&kept).unwrap().len();
+        assert!(size <= room, "{size} bytes");
+        assert!(kept.members.len() < 100);
+        assert_eq!(
+            metrics.members_dropped.get(),
+            100 - kept.members.len() as u64
+        );
+        // The oldest mutes went first.
+        assert!(kept.members.get("member-0099").is_some());
+        assert!(kept.members.get("member-0000").is_none());
+        write.confirm().await.unwrap();
     }
 }
