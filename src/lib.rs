@@ -20,14 +20,20 @@
 //! - [`worker`]: one consumer group per target and one for the state keeper
 //!   (`worker::keeper`). Per group: `worker::pipeline` (the consumer and its
 //!   coordinator) -> `worker::scheduler` (which event runs next) ->
+//!   `worker::handler` (what a keeper and a target each do with a job) ->
 //!   `worker::engine` (judge with the guard, plan with [`policy`]) ->
 //!   `worker::deliver` (call the target through `worker::breaker`) ->
 //!   `worker::dlq` (what failed for good) -> `worker::store` (the state
-//!   records) -> `worker::offsets` (what may be committed). Beside them:
-//!   `worker::reader` (rebuilding state from the state topic),
+//!   records) -> `worker::completion` (the steps from a finished job to a
+//!   commit) -> `worker::offsets` (what may be committed);
+//!   `worker::renewal` decides and schedules the renewal of capped mutes.
+//!   Beside them: `worker::reader` (rebuilding state from the state topic),
 //!   `worker::rebalance` (assignments and revocations), `worker::lease`
-//!   (whether this worker may still act), `worker::outcome` (the words for
-//!   results), `worker::metrics`, `worker::config`.
+//!   (whether this worker may still act), `worker::topics` (the start-up
+//!   checks), `worker::inherit` (offsets of the single consumer group of
+//!   earlier versions), `worker::outcome` (the words for results),
+//!   `worker::metrics`, `worker::config`, and `worker::testing` (the unit
+//!   tests' Kafka and provider).
 //! - [`policy`]: the rules; `policy::config` as written,
 //!   `policy::compile` checked against the targets, `policy::template` the
 //!   ID templates and conditions.
