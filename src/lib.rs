@@ -52,7 +52,8 @@
 //! each target's provider holds and repairs the drift through the worker:
 //! `verify::source` (the newest states) -> `verify::expect` (what a target
 //! should hold) -> `verify::read` (`verify::zego`, `verify::rongcloud`,
-//! `verify::tencent`, `verify::agora`, `verify::observed`) ->
+//! `verify::tencent`, `verify::agora`, `verify::observed`; one enum of
+//! them, `verify::providers`) ->
 //! `verify::diff` -> `verify::report` and `verify::repair`;
 //! `verify::metrics`, `verify::config`.
 //!

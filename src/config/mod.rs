@@ -96,6 +96,11 @@ impl std::ops::Deref for Checked {
 /// the contract's own fields, the record key and headers.
 pub const EVENT_ENVELOPE_BYTES: usize = 512;
 
+/// The state keeper's name where targets are named too (the `pipeline`
+/// label, `/targets`): reserved, so no target may take it. Here, beside
+/// the check that refuses it, because the config is read by everything.
+pub const KEEPER: &str = "state";
+
 /// Where a configuration came from: a file, or the built-in demo defaults.
 #[derive(Debug, Clone)]
 pub enum Origin {
@@ -333,7 +338,7 @@ fn check_target_name(name: &str) -> Result<(), Invalid> {
             "a target's name is 1 to 64 letters, digits, `_` or `-` (it names the target's consumer group)",
         );
     }
-    if name == crate::worker::metrics::KEEPER {
+    if name == KEEPER {
         return invalid(
             "",
             "`state` is the state keeper's name in metrics; give the target another",

@@ -30,6 +30,7 @@ pub mod diff;
 pub mod expect;
 pub mod metrics;
 pub mod observed;
+pub mod providers;
 pub mod read;
 pub mod repair;
 pub mod report;
@@ -58,7 +59,8 @@ use crate::time::now_ms;
 use diff::{Compared, Finding};
 use expect::Source;
 use metrics::{PlaceOutcome, VerifyMetrics};
-use read::{Io, Reader};
+use providers::Reader;
+use read::Io;
 use repair::{Plan, Repair};
 pub use source::Selection;
 

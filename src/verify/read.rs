@@ -6,7 +6,7 @@
 //! A provider's read-back is a type implementing [`ReadBack`] (one file per
 //! provider: [`super::zego`], [`super::rongcloud`], [`super::tencent`],
 //! [`super::agora`]), plus one arm of
-//! [`Reader`] and of [`Reader::for_target`]. Its [`ReadBack::read`] gets
+//! [`super::providers::Reader`] and of its `for_target`. Its [`ReadBack::read`] gets
 //! what the target should hold ([`Expected`]: every place the policy sends
 //! to, with each dimension's expectation) and answers, for each place, what
 //! the provider holds ([`Held`]), or why it could not read it. It decides
@@ -37,9 +37,8 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::expect::{End, Expected, Place};
-use super::{agora, rongcloud, tencent, zego};
 use crate::limit::Limiter;
-use crate::targets::{parse_retry_after, Method, Outcome, Reply, Request, TargetConfig, Transient};
+use crate::targets::{parse_retry_after, Method, Outcome, Reply, Request, Transient};
 
 /// What a provider holds at one place, as far as it can be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,52 +98,6 @@ pub trait ReadBack {
         io: &Io,
         expected: &Expected,
     ) -> impl std::future::Future<Output = Holdings> + Send;
-}
-
-/// Every provider with a read-back; one arm per provider.
-pub enum Reader {
-    Zego(zego::ZegoReads),
-    RongCloud(rongcloud::RongReads),
-    Tencent(tencent::TencentReads),
-    Agora(agora::AgoraReads),
-}
-
-impl Reader {
-    /// The read-back of a target: `Ok(Err(why))` for a kind that cannot
-    /// be read back, `Err` for a setting it lacks (its key relative to the
-    /// target, then what to do).
-    pub fn for_target(config: &TargetConfig) -> Result<Result<Reader, &'static str>, String> {
-        Ok(match config {
-            TargetConfig::Zego(c) => Ok(Reader::Zego(zego::ZegoReads::new(c.clone()))),
-            TargetConfig::Rongcloud(c) => {
-                Ok(Reader::RongCloud(rongcloud::RongReads::new(c.clone())?))
-            }
-            TargetConfig::Tencent(c) => Ok(Reader::Tencent(tencent::TencentReads::new(c.clone()))),
-            TargetConfig::Agora(c) => Ok(Reader::Agora(agora::AgoraReads::new(c.clone()))),
-            TargetConfig::Webhook(_) => Err("a webhook receiver cannot be read back"),
-            TargetConfig::Log(_) | TargetConfig::Discard(_) => {
-                Err("it sends nothing, so there is nothing to read back")
-            }
-        })
-    }
-
-    pub fn sight(&self) -> Sight {
-        match self {
-            Reader::Zego(r) => r.sight(),
-            Reader::RongCloud(r) => r.sight(),
-            Reader::Tencent(r) => r.sight(),
-            Reader::Agora(r) => r.sight(),
-        }
-    }
-
-    pub async fn read(&self, io: &Io, expected: &Expected) -> Holdings {
-        match self {
-            Reader::Zego(r) => r.read(io, expected).await,
-            Reader::RongCloud(r) => r.read(io, expected).await,
-            Reader::Tencent(r) => r.read(io, expected).await,
-            Reader::Agora(r) => r.read(io, expected).await,
-        }
-    }
 }
 
 /// A parsed reply.

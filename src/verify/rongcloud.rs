@@ -170,46 +170,18 @@ fn data<T: serde::de::DeserializeOwned>(reply: &Reply<'_>, what: &str) -> Answer
 
 /// `/group/ban/query.json` by page: the muted groups on it.
 pub fn parse_group_bans(reply: &Reply<'_>) -> Answer<Vec<String>> {
-    match data::<GroupBans>(reply, "/group/ban/query.json") {
-        Answer::Data(b) => Answer::Data(
-            b.groupinfo
-                .into_iter()
-                .filter(|g| g.stat == 1)
-                .map(|g| g.group_id)
-                .collect(),
-        ),
-        Answer::Retry {
-            error,
-            kind,
-            switch_host,
-            after,
-        } => Answer::Retry {
-            error,
-            kind,
-            switch_host,
-            after,
-        },
-        Answer::Fail(e) => Answer::Fail(e),
-    }
+    data::<GroupBans>(reply, "/group/ban/query.json").map(|b| {
+        b.groupinfo
+            .into_iter()
+            .filter(|g| g.stat == 1)
+            .map(|g| g.group_id)
+            .collect()
+    })
 }
 
 /// `/chatroom/ban/query.json` by page: the muted chatrooms on it.
 pub fn parse_chatroom_bans(reply: &Reply<'_>) -> Answer<Vec<String>> {
-    match data::<ChatroomBans>(reply, "/chatroom/ban/query.json") {
-        Answer::Data(b) => Answer::Data(b.chatroom_ids),
-        Answer::Retry {
-            error,
-            kind,
-            switch_host,
-            after,
-        } => Answer::Retry {
-            error,
-            kind,
-            switch_host,
-            after,
-        },
-        Answer::Fail(e) => Answer::Fail(e),
-    }
+    data::<ChatroomBans>(reply, "/chatroom/ban/query.json").map(|b| b.chatroom_ids)
 }
 
 /// A gag list: each user's end. What a permanent group gag (`minute=0`)
@@ -220,34 +192,20 @@ pub fn parse_gags(
     offset: time::UtcOffset,
     now_ms: i64,
 ) -> Answer<BTreeMap<String, End>> {
-    match data::<Gags>(reply, "gag list") {
-        Answer::Data(g) => Answer::Data(
-            g.users
-                .into_iter()
-                .map(|u| {
-                    let end = u
-                        .time
-                        .as_deref()
-                        .and_then(|t| wall_clock_ms(t, offset))
-                        .filter(|t| *t <= now_ms + PERMANENT_AFTER_MS)
-                        .map_or(End::Permanent, End::At);
-                    (u.user_id, end)
-                })
-                .collect(),
-        ),
-        Answer::Retry {
-            error,
-            kind,
-            switch_host,
-            after,
-        } => Answer::Retry {
-            error,
-            kind,
-            switch_host,
-            after,
-        },
-        Answer::Fail(e) => Answer::Fail(e),
-    }
+    data::<Gags>(reply, "gag list").map(|g| {
+        g.users
+            .into_iter()
+            .map(|u| {
+                let end = u
+                    .time
+                    .as_deref()
+                    .and_then(|t| wall_clock_ms(t, offset))
+                    .filter(|t| *t <= now_ms + PERMANENT_AFTER_MS)
+                    .map_or(End::Permanent, End::At);
+                (u.user_id, end)
+            })
+            .collect()
+    })
 }
 
 const WALL_CLOCK: &[time::format_description::FormatItem<'static>] =

@@ -20,7 +20,7 @@ use crate::limit::LimitMetrics;
 use crate::policy::Op;
 
 /// The `pipeline` label of the state keeper.
-pub const KEEPER: &str = "state";
+pub use crate::config::KEEPER;
 
 /// Every worker metric, as registered.
 #[derive(Clone)]
