@@ -4,6 +4,7 @@
 //! (what the stack's init job runs), one ingest and two workers as
 //! separate processes, and ZEGO and RongCloud stand-ins behind the policy.
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -181,7 +182,26 @@ async fn the_compose_deployment_runs_end_to_end_with_topics_made_by_mutebridge()
     for i in 0..4 {
         post(compose_callback(&format!("dr-{i}"), true, true)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The undo follows the applied mutes (not their coalesced newest
+    // state), so ZEGO sees both calls.
+    let z = zego.clone();
+    assert!(
+        eventually(Duration::from_secs(60), move || {
+            let muted: HashSet<String> = z
+                .calls()
+                .iter()
+                .filter(|c| c.action == "MuteGroup" && c.all_muted == Some(true))
+                .map(|c| c.id.clone())
+                .collect();
+            (0..10).all(|i| muted.contains(&format!("dg-{i}")))
+        })
+        .await,
+        "ZEGO muted dg-0..dg-9: {:?}",
+        zego.calls()
+            .iter()
+            .map(|c| (c.id.clone(), c.all_muted))
+            .collect::<Vec<_>>()
+    );
     for i in 0..5 {
         post(compose_callback(&format!("dg-{i}"), false, false)).await;
     }

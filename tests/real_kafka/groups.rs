@@ -390,7 +390,32 @@ async fn a_worker_frozen_past_its_session_never_lands_an_older_state_after_the_n
     let calls_before = zego.calls().len();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    let woken = Instant::now();
+    // The window ends once A has run its check (the coordinator answered
+    // its commit after the stall) and the group has settled again with A
+    // in it: its due retries were dropped or held by then, never sent.
+    let log_a = dir.path().join("a.log");
+    let all = h.config.kafka.partitions;
+    assert!(
+        eventually(Duration::from_secs(90), move || {
+            let checked = std::fs::read_to_string(&log_a).is_ok_and(|log| {
+                log.lines()
+                    .any(|l| l.contains("after the stall") && l.contains("zego"))
+            });
+            let (a, b) = (cluster::owned(a_ops, "zego"), cluster::owned(b_ops, "zego"));
+            let mut both: Vec<i32> = a.iter().chain(&b).copied().collect();
+            both.sort_unstable();
+            checked && !a.is_empty() && both == (0..all).collect::<Vec<_>>()
+        })
+        .await,
+        "A checked its membership and rejoined; B holds {:?}, A {:?}",
+        cluster::owned(b_ops, "zego"),
+        cluster::owned(a_ops, "zego")
+    );
+    eprintln!(
+        "A checked its membership and the group settled {:.1} s after the wake",
+        woken.elapsed().as_secs_f64()
+    );
     let late: Vec<_> = zego.calls()[calls_before..]
         .iter()
         .filter(|c| groups.contains(&c.id))
@@ -680,7 +705,23 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
         "groups applied again: {} of 40",
         per_group(&zego).values().filter(|n| **n >= 2).count()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both workers committed to the end: every call the rewinds cause
+    // has been made, so none can still be on its way.
+    let (b, tp, g) = (
+        t.bootstrap(),
+        h.config.kafka.topic.clone(),
+        format!("{}.zego", h.config.worker.group_id),
+    );
+    let p = h.config.kafka.partitions;
+    let ends = cluster::ends(&b, &tp, p);
+    let e = ends.clone();
+    assert!(
+        eventually(Duration::from_secs(60), move || cluster::committed(
+            &b, &g, &tp, p
+        ) == e)
+        .await,
+        "committed to the end {ends:?}"
+    );
     let calls = zego.calls().len() - 40;
     eprintln!("re-applied with two workers, one joining midway: {calls} calls for the 40 events the rewinds printed");
     assert!((40..=44).contains(&calls), "{calls} calls");
