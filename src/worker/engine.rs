@@ -609,6 +609,7 @@ mod tests {
     use super::*;
     use crate::state::{GroupState, MemberState};
     use crate::worker::testing::{self, event, record_job, RongCloud, APPKEY, ROOM};
+    use std::time::{Duration, Instant};
 
     /// RongCloud's longest gag, and the renewal lead of its default config.
     const CAP_SECONDS: u64 = 43_200 * 60;
@@ -671,6 +672,40 @@ mod tests {
         );
         let write = handled.write.expect("a record to confirm");
         assert!(write.confirm().await.is_ok(), "Kafka acknowledges it");
+    }
+
+    #[tokio::test]
+    async fn after_a_stall_nothing_is_sent_until_the_group_confirms_the_partition() {
+        let kafka = testing::kafka();
+        let rc = RongCloud::start(accepted).await;
+        let (lease, epoch) = crate::worker::lease::Lease::after_a_stall();
+        let engine =
+            testing::engine_with_lease(&kafka, &rc.url, CAP_SECONDS, AHEAD_SECONDS, lease.clone());
+        loaded(&engine).await;
+        let job = record_job(&event(EventKind::MuteAll, "e1", 1_000, &[]), 7);
+        let running = tokio::spawn(async move {
+            let handled = engine.process(&job).await;
+            (engine, handled)
+        });
+        // The call is under way and held at the lease, not merely slow.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lease.waiting() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the call never reached the lease"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rc.calls().is_empty(), "sent while in doubt");
+        assert!(!running.is_finished());
+        lease.confirm(epoch);
+        let (engine, handled) = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("sent once confirmed")
+            .unwrap();
+        assert_eq!(rc.calls().len(), 1);
+        assert_eq!(count(&engine, EventOutcome::Applied), 1);
+        assert!(handled.write.is_some());
     }
 
     #[tokio::test]

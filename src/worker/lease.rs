@@ -174,6 +174,29 @@ impl Lease {
 }
 
 #[cfg(test)]
+impl Lease {
+    /// A lease on a clock of its own (ticking like the process's) that has
+    /// just seen a stall: invalid until confirmed with the epoch returned.
+    pub(crate) fn after_a_stall() -> (Lease, u64) {
+        let c: &'static Clock = Box::leak(Box::new(Clock::new()));
+        c.tick();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(TICK);
+            c.tick();
+        });
+        let lease = Lease::on(c);
+        let epoch = c.stalls.fetch_add(1, Ordering::SeqCst) + 1;
+        c.changed.send_replace(epoch);
+        (lease, epoch)
+    }
+
+    /// How many calls are waiting in [`Lease::wait`].
+    pub(crate) fn waiting(&self) -> usize {
+        self.confirmed.receiver_count()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

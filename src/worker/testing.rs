@@ -150,6 +150,23 @@ pub fn engine(
     max_mute_seconds: u64,
     renew_ahead_seconds: u64,
 ) -> TargetEngine {
+    engine_with_lease(
+        kafka,
+        url,
+        max_mute_seconds,
+        renew_ahead_seconds,
+        Lease::new(),
+    )
+}
+
+/// [`engine`] whose calls wait on `lease` (see [`super::lease`]).
+pub fn engine_with_lease(
+    kafka: &EmbeddedKafka,
+    url: &str,
+    max_mute_seconds: u64,
+    renew_ahead_seconds: u64,
+    lease: Lease,
+) -> TargetEngine {
     let toml = format!(
         r#"
 [targets.rc]
@@ -174,7 +191,6 @@ then = [{{ target = "rc", chatroom = "{{group_id}}" }}]
         duration: metrics.events.action_duration.with_label_values(&["rc"]),
         retries: metrics.events.action_retries.with_label_values(&["rc"]),
     };
-    let lease = Lease::new();
     let deliverer = Deliverer::new(
         "rc",
         Target::new(cfg),
