@@ -1225,9 +1225,13 @@ async fn a_pass_holds_a_batch_of_states_however_many_groups_it_reads() {
         large_kib as f64 / 1024.0,
         state_bytes as f64 / 1048576.0
     );
+    // A pass that kept what it read would grow by at least the records'
+    // own 36 MiB. One that keeps a batch grows by what a batch and its
+    // read-ahead hold once full, which the 100-group pass may not reach:
+    // 3.7 to 9.3 MiB in the runs deploy/README.md quotes.
     let growth_kib = large_kib.saturating_sub(small_kib);
     assert!(
-        growth_kib < 8 * 1024,
+        growth_kib < state_bytes as u64 / 1024 / 2,
         "{large} groups took {growth_kib} KiB more than {small} ({} KiB of state records)",
         state_bytes / 1024
     );
