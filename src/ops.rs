@@ -240,12 +240,20 @@ pub fn error(status: StatusCode, message: &str) -> Response {
 /// metadata request, asking every [`PROBE_INTERVAL`], and `gauge` (if
 /// given) to whether the role is ready. `ask` runs on a blocking thread
 /// (librdkafka's metadata call blocks) and returns `None` once its client
-/// is gone, which ends the loop; so does aborting it.
+/// is gone, which ends the loop; so does `stop` turning true (or its
+/// sender going away).
+///
+/// A question under way is always waited for, stopping or not: while it
+/// runs, `ask` may hold the last reference to a consumer, which then
+/// closes (leaves its group, commits on revoke) on that thread. A caller
+/// that awaits this loop after its own clients are dropped knows they
+/// have closed, while Kafka can still answer them.
 pub async fn probe_kafka(
     role: &'static str,
     ready: Arc<Readiness>,
     gauge: Option<IntGauge>,
     ask: impl Fn(Duration) -> Option<bool> + Clone + Send + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut was_ready = false;
     loop {
@@ -254,6 +262,9 @@ pub async fn probe_kafka(
             .await
             .unwrap_or(Some(false));
         let Some(ok) = answer else { return };
+        if *stop.borrow() {
+            return;
+        }
         ready.set_reachable(ok);
         let why_not = ready.why_not();
         match (&why_not, was_ready) {
@@ -265,7 +276,10 @@ pub async fn probe_kafka(
         if let Some(g) = &gauge {
             g.set(was_ready as i64);
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
     }
 }
 

@@ -321,6 +321,7 @@ impl Ingest {
                     }
                     Some(ok)
                 },
+                stop_rx.clone(),
             ))
         };
         let fatal = ingestor.publisher.watched().clone();

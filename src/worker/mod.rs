@@ -213,6 +213,7 @@ impl Worker {
     /// actions finish (up to `worker.shutdown_grace_seconds`) and commits
     /// what is done.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let probe = {
             let consumer = Arc::downgrade(&self.pipelines[0].consumer);
             let topic = self.topic.clone();
@@ -224,9 +225,9 @@ impl Worker {
                     let c = consumer.upgrade()?;
                     Some(kafka::partition_count(c.client(), &topic, timeout).is_ok())
                 },
+                stop_rx.clone(),
             ))
         };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for p in self.pipelines {
             let mut rx = stop_rx.clone();
@@ -251,7 +252,8 @@ impl Worker {
         };
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
-        probe.abort();
+        // Not aborted: a probe holding a pipeline's consumer at this moment
+        // closes it, and this returns only once it has.
         let _ = probe.await;
         self.dlq.flush(Duration::from_secs(5));
         if let Some(why) = failed {
