@@ -217,6 +217,30 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
         .collect()
 }
 
+/// Waits up to `limit` until consumer group `group` has committed every
+/// partition of `topic` to its end as of now: all it was given is done.
+/// The ends and the offsets committed last, when it has not.
+pub async fn committed_to_end(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    limit: Duration,
+) -> Result<(), String> {
+    let ends = ends(bootstrap, topic, partitions);
+    let (b, g, t, e) = (
+        bootstrap.to_owned(),
+        group.to_owned(),
+        topic.to_owned(),
+        ends.clone(),
+    );
+    if eventually(limit, move || committed(&b, &g, &t, partitions) == e).await {
+        return Ok(());
+    }
+    let last = committed(bootstrap, group, topic, partitions);
+    Err(format!("{group} committed {last:?}, the ends are {ends:?}"))
+}
+
 /// The node coordinating consumer group `group`: the leader of its
 /// `__consumer_offsets` partition (Java's `abs(hashCode) % partitions`;
 /// the tier's brokers have 3).

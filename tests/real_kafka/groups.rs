@@ -573,19 +573,15 @@ async fn the_consumer_group_protocol_splits_partitions_and_commits() {
     );
     assert!(one.metric(&line) > 0.0 && two.metric(&line) > 0.0);
     // Committed to the end, under the new protocol too.
-    let (b, tp, g) = (
-        t.bootstrap(),
-        h.config.kafka.topic.clone(),
-        format!("{}.audit", h.config.worker.group_id),
-    );
-    let p = h.config.kafka.partitions;
-    let ends = cluster::ends(&b, &tp, p);
-    assert!(
-        eventually(Duration::from_secs(30), move || cluster::committed(
-            &b, &g, &tp, p
-        ) == ends)
-        .await
-    );
+    cluster::committed_to_end(
+        &t.bootstrap(),
+        &format!("{}.audit", h.config.worker.group_id),
+        &h.config.kafka.topic,
+        h.config.kafka.partitions,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     two.stop().await;
     one.stop().await;
 }
@@ -714,21 +710,15 @@ async fn rewind_looks_offsets_up_by_time_and_keeps_its_fence_across_a_worker_joi
     );
     // Both workers committed to the end: every call the rewinds cause
     // has been made, so none can still be on its way.
-    let (b, tp, g) = (
-        t.bootstrap(),
-        h.config.kafka.topic.clone(),
-        format!("{}.zego", h.config.worker.group_id),
-    );
-    let p = h.config.kafka.partitions;
-    let ends = cluster::ends(&b, &tp, p);
-    let e = ends.clone();
-    assert!(
-        eventually(Duration::from_secs(60), move || cluster::committed(
-            &b, &g, &tp, p
-        ) == e)
-        .await,
-        "committed to the end {ends:?}"
-    );
+    cluster::committed_to_end(
+        &t.bootstrap(),
+        &format!("{}.zego", h.config.worker.group_id),
+        &h.config.kafka.topic,
+        h.config.kafka.partitions,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     let calls = zego.calls().len() - 40;
     eprintln!("re-applied with two workers, one joining midway: {calls} calls for the 40 events the rewinds printed");
     assert!((40..=44).contains(&calls), "{calls} calls");
